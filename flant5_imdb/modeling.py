@@ -1,0 +1,90 @@
+"""Model construction: pretrained weights, or a named architecture with random init.
+
+Random init exists so that benchmarks (time and memory do not depend on weight values) and tests
+run offline. `flan-t5-base` copies google/flan-t5-base's config; `tiny` is a two-layer T5 small
+enough to train on a laptop CPU in a minute.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from transformers import T5Config, T5ForConditionalGeneration
+
+logger = logging.getLogger(__name__)
+
+ARCHITECTURES = {
+    "flan-t5-base": dict(
+        d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_decoder_layers=12, num_heads=12,
+        feed_forward_proj="gated-gelu", vocab_size=32128, tie_word_embeddings=False,
+        relative_attention_num_buckets=32, relative_attention_max_distance=128, dropout_rate=0.1,
+        layer_norm_epsilon=1e-6, is_encoder_decoder=True,
+    ),
+    "tiny": dict(
+        d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4,
+        feed_forward_proj="gated-gelu", tie_word_embeddings=False, relative_attention_num_buckets=32,
+        relative_attention_max_distance=128, dropout_rate=0.1, layer_norm_epsilon=1e-6, is_encoder_decoder=True,
+    ),
+}
+# T5 conventions, shared with every tokenizer this project builds.
+SPECIAL_IDS = dict(pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+
+
+def architecture_config(name: str, vocab_size: int, **overrides) -> T5Config:
+    """The T5Config of a named architecture; the vocabulary grows (to a multiple of 128) to fit the tokenizer."""
+    if name not in ARCHITECTURES:
+        raise ValueError(f"--model-config {name!r}: choose from {', '.join(ARCHITECTURES)}")
+    kw = {**ARCHITECTURES[name], **SPECIAL_IDS, **overrides}
+    kw["vocab_size"] = max(kw.get("vocab_size", 0), -(-vocab_size // 128) * 128)
+    return T5Config(**kw)
+
+
+def build_model(
+    model: str,
+    *,
+    model_config: str | None = None,
+    vocab_size: int | None = None,
+    attn_implementation: str = "sdpa",
+    dropout: float | None = None,
+) -> T5ForConditionalGeneration:
+    """`from_pretrained(model)`, or, with `model_config`, that architecture with random init.
+
+    Weights stay fp32: mixed precision is autocast's job, and T5 keeps `wo` in fp32 anyway.
+
+    Raises:
+        ValueError: the weights cannot be had (offline and not cached), or the architecture is unknown.
+    """
+    extra = {} if dropout is None else {"dropout_rate": dropout}
+    if model_config is not None:
+        if vocab_size is None:
+            raise ValueError("a random-init architecture needs the tokenizer's vocab_size")
+        cfg = architecture_config(model_config, vocab_size, **extra)
+        cfg._attn_implementation = attn_implementation
+        m = T5ForConditionalGeneration(cfg)
+        if not ARCHITECTURES[model_config]["tie_word_embeddings"]:
+            _untie_lm_head(m)
+        return m
+    try:
+        m = T5ForConditionalGeneration.from_pretrained(model, attn_implementation=attn_implementation, dtype=torch.float32, **extra)
+    except OSError as e:
+        raise ValueError(
+            f"cannot load model '{model}' ({str(e).strip().splitlines()[0][:200]}); offline, pass a local folder "
+            "with --model, or --model-config flan-t5-base for random init"
+        ) from e
+    if vocab_size is not None and vocab_size > m.config.vocab_size:
+        raise ValueError(f"the tokenizer has {vocab_size} tokens but model '{model}' only {m.config.vocab_size} embeddings")
+    return m
+
+
+def _untie_lm_head(model: T5ForConditionalGeneration) -> None:
+    """Give lm_head its own weights, as flan-t5 has.
+
+    transformers 5 builds every T5 with lm_head tied to the shared embedding (the pretrained
+    flan-t5 checkpoints untie it on load, since they hold both). A random-init flan-t5-base must
+    match the real one's parameter count and optimizer memory, so it is untied here, with T5's
+    own init for an untied head (normal, std = initializer_factor).
+    """
+    w = torch.empty_like(model.shared.weight).normal_(0.0, model.config.initializer_factor)
+    model.lm_head.weight = torch.nn.Parameter(w)
+    model.all_tied_weights_keys.pop("lm_head.weight", None)

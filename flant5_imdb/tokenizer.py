@@ -1,0 +1,45 @@
+"""Tokenizers: a pretrained one by name or path, or a word-level one trained on the spot.
+
+The word-level tokenizer exists so that the offline demo (`--preset smoke`) and the tests run
+with no download: it follows T5's conventions (pad 0, EOS 1 appended to every sequence, unk 2).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from flant5_imdb.data import VERBALIZERS
+
+TRAIN_HERE = "word-level"  # --tokenizer value that trains a word-level tokenizer on the training texts
+SPECIALS = ["<pad>", "</s>", "<unk>"]
+
+
+def load_tokenizer(name_or_path: str):
+    """`AutoTokenizer.from_pretrained` with a one-line error when it cannot be had."""
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as e:
+        raise ValueError(
+            f"cannot load tokenizer '{name_or_path}' ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]}); "
+            "offline, pass --tokenizer with a local folder (or --tokenizer word-level)"
+        ) from e
+
+
+def train_word_tokenizer(texts: Iterable[str], vocab_size: int = 2000) -> PreTrainedTokenizerFast:
+    """A lower-cased word-level tokenizer with T5's special ids; both verbalizers' words are kept."""
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    # The verbalizers' words must be ordinary vocabulary (a special token would be stripped when
+    # generated text is decoded), so they are fed in often enough to survive the vocabulary cut.
+    label_line = " ".join(sorted({w for pair in VERBALIZERS.values() for w in pair}))
+    trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=SPECIALS)
+    tok.train_from_iterator(itertools.chain(texts, [label_line] * 10_000), trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=1_000_000
+    )

@@ -1,0 +1,265 @@
+"""The training loop: `run(cfg) -> summary`.
+
+Read `run` top to bottom: data, model, optimizer, the loop, evaluation, saving. Side effects that
+only happen now and then (logging, evaluation) live in small `maybe_*` helpers below it.
+
+The loss is normalized by the number of target tokens in the whole effective batch (every
+micro-batch of the accumulation window, on every process), so that 8 x 1, 4 x 2 and 2 processes x 4
+give the same update. Two library behaviours are undone for that: `Accelerator.backward` divides
+the loss by `gradient_accumulation_steps`, and DDP averages gradients over processes; the loss is
+multiplied back by both before it is divided by the global token count.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import gather_object, set_seed
+from tqdm.auto import tqdm
+
+from flant5_imdb.checkpoint import TrainState
+from flant5_imdb.config import TrainConfig
+from flant5_imdb.data import DataError, load_imdb, subset, target_ids, texts_of, tokenize
+from flant5_imdb.evaluate import evaluate, format_report, write_report
+from flant5_imdb.modeling import build_model
+from flant5_imdb.optim import build_optimizer, build_scheduler
+from flant5_imdb.sampler import Collator, Step, StepSampler
+from flant5_imdb.tokenizer import TRAIN_HERE, load_tokenizer, train_word_tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+def run(cfg: TrainConfig, on_step: Callable[[TrainState, Step], None] | None = None) -> dict:
+    """Train, evaluate and save as `cfg` says; returns the summary also written to summary.json.
+
+    `on_step(state, step)` is called after every optimizer step with the examples that step saw
+    on this process (tests use it to trace the data order).
+
+    Raises:
+        DataError: the data source is unusable (see `data.load_imdb`).
+        ValueError: the model or tokenizer cannot be had.
+    """
+    started = time.perf_counter()
+    accelerator = Accelerator(
+        mixed_precision="bf16" if cfg.precision == "bf16" else "no",
+        gradient_accumulation_steps=cfg.grad_accum,
+        # Several processes and no CUDA (`accelerate launch --multi_gpu` on a CPU machine): accelerate
+        # only sets up gloo when told to use the CPU; otherwise each process would train alone.
+        cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
+    )
+    out = Path(cfg.output_dir)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+
+    # 1. Data: every process builds the same tokenized splits; the main process fills the cache first.
+    with accelerator.main_process_first():
+        raw, skipped = load_imdb(cfg.data, skip_bad_rows=cfg.skip_bad_rows)
+        tokenizer = _tokenizer(cfg, raw)
+        tokenized = tokenize(raw, tokenizer, verbalizer=cfg.verbalizer, prompt=cfg.prompt, max_source_length=cfg.max_source_length)
+    if cfg.eval_split not in tokenized:
+        raise DataError(f"--eval-split {cfg.eval_split!r}: the data has only {', '.join(tokenized)}")
+    train_ds = subset(tokenized["train"], cfg.max_train_samples, cfg.seed)
+    eval_ds = subset(tokenized[cfg.eval_split], cfg.max_eval_samples, cfg.seed)
+    targets = target_ids(tokenizer, cfg.verbalizer)
+    if accelerator.is_main_process and skipped:
+        with open(out / "skipped_rows.jsonl", "w") as f:
+            f.writelines(json.dumps({"where": r.where, "row": r.row, "reason": r.reason}) + "\n" for r in skipped)
+
+    # 2. Model and optimizer. Seeding right before init makes the weights independent of data loading.
+    set_seed(cfg.seed)
+    model = build_model(cfg.model, model_config=cfg.model_config, vocab_size=len(tokenizer),
+                        attn_implementation=cfg.attn_implementation, dropout=cfg.dropout)
+    optimizer = build_optimizer(model.to(accelerator.device), cfg)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    # The sampler shards the data itself (identical plan on every rank), so no dataloader is prepared.
+    sampler = StepSampler(train_ds["length"], batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+                          num_replicas=accelerator.num_processes, rank=accelerator.process_index,
+                          seed=cfg.seed, group_by_length=cfg.group_by_length)
+    total_steps = cfg.max_steps or cfg.epochs * sampler.steps_per_epoch
+    # Not prepared by accelerate: a prepared scheduler steps once per process per step.
+    scheduler = build_scheduler(optimizer, cfg, total_steps)
+    collate = Collator(pad_token_id=tokenizer.pad_token_id, pad_to_multiple_of=cfg.pad_to_multiple_of,
+                       max_length=cfg.max_source_length if cfg.pad_to_max_length else None)
+    state = TrainState()
+    log = MetricsLog(out / "metrics.jsonl", accelerator.is_main_process)
+    logger.info("training %d steps (%d per epoch), effective batch %d, %d examples",
+                total_steps, sampler.steps_per_epoch, sampler.global_batch, len(train_ds))
+
+    # 3. The loop. One iteration = one optimizer step = `grad_accum` micro-batches on each process.
+    model.train()
+    bar = tqdm(total=total_steps, desc="train", disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+    window = Window(accelerator)
+    train_start = time.perf_counter()
+    while state.step < total_steps:
+        sampler.set_epoch(state.epoch)
+        for step in sampler:
+            batches = [_micro_batch(train_ds, idx, collate, filler=train_ds[:1]) for idx in step.micro_batches]
+            # Target tokens of the whole effective batch: counted on the host from the padded labels
+            # (no GPU sync), summed over processes on the device.
+            counts = [int((b["labels"] != -100).sum()) for b in batches]
+            n_tokens = accelerator.reduce(torch.tensor(sum(counts), device=accelerator.device), "sum")
+            scale = accelerator.num_processes * cfg.grad_accum / n_tokens
+            lr = scheduler.get_last_lr()[0]
+            for batch, count in zip(batches, counts, strict=True):
+                batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
+                with accelerator.accumulate(model):
+                    loss_sum = token_loss_sum(model, batch)
+                    accelerator.backward(loss_sum * scale)
+                window.add(loss_sum.detach(), count)
+            # accumulate() has now synchronised the gradients (the last micro-batch of the window).
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm else None
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+            state.step += 1
+            state.samples_seen += step.global_examples
+            bar.update(1)
+            maybe_log(cfg, state, window, log, bar, lr=lr, grad_norm=grad_norm, seconds=time.perf_counter() - train_start)
+            maybe_evaluate(cfg, state, model, eval_ds, targets, tokenizer, accelerator, log)
+            if on_step is not None:
+                on_step(state, step)
+            if state.step >= total_steps:
+                break
+        else:
+            state.epoch += 1
+    bar.close()
+    state.target_tokens_seen += window.drain()[1]
+    accelerator.wait_for_everyone()
+    train_seconds = time.perf_counter() - train_start
+    checksums = rank_param_checksums(accelerator, model)
+
+    # 4. Final evaluation, model, summary.
+    result = evaluate(model, eval_ds, targets=targets, accelerator=accelerator, mode=cfg.eval_mode,
+                      batch_size=cfg.eval_batch_size, tokenizer=tokenizer, collator=Collator(tokenizer.pad_token_id))
+    save_final(accelerator, model, tokenizer, out / "final")
+    summary = dict(
+        steps=state.step, samples_seen=state.samples_seen, epochs=state.samples_seen / len(train_ds),
+        target_tokens_seen=state.target_tokens_seen, train_seconds=train_seconds,
+        wall_seconds=time.perf_counter() - started, samples_per_s=state.samples_seen / train_seconds,
+        processes=accelerator.num_processes, device=str(accelerator.device), precision=cfg.precision,
+        peak_gpu_memory_gib=torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+        skipped_rows=len(skipped), last_logged_loss=window.last_loss, rank_param_checksums=checksums,
+        eval={k: v for k, v in result.items() if k != "predictions"}, config=cfg.to_dict(),
+    )
+    if accelerator.is_main_process:
+        write_report(result, out)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        logger.info("evaluation:\n%s", format_report(result))
+    accelerator.end_training()
+    return summary
+
+
+def token_loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Summed cross-entropy over the non-padding target tokens, in fp32.
+
+    The model's own loss is a mean over this micro-batch's tokens, which would weigh a token in a
+    short-target micro-batch more than one in a long-target micro-batch of the same window.
+    """
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   decoder_input_ids=_decoder_inputs(model, batch["labels"])).logits
+    return F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=-100, reduction="sum")
+
+
+def _decoder_inputs(model, labels: torch.Tensor) -> torch.Tensor:
+    """Labels shifted right behind the start token, -100 replaced by padding (T5's own rule)."""
+    return getattr(model, "module", model).prepare_decoder_input_ids_from_labels(labels)
+
+
+def _micro_batch(ds, indices: list[int], collate: Collator, filler) -> dict[str, torch.Tensor]:
+    """Collate `indices`; an empty slot becomes one example with every label masked (zero loss, zero gradient)."""
+    if not indices:
+        return collate([{"input_ids": filler["input_ids"][0], "labels": filler["labels"][0]}], mask_labels=True)
+    ex = ds[indices]
+    return collate([{"input_ids": a, "labels": b} for a, b in zip(ex["input_ids"], ex["labels"], strict=True)])
+
+
+def _tokenizer(cfg: TrainConfig, raw):
+    if cfg.tokenizer == TRAIN_HERE:
+        return train_word_tokenizer(texts_of({"train": raw["train"]}))
+    return load_tokenizer(cfg.tokenizer or cfg.model)
+
+
+class Window:
+    """Loss and token totals since the last log line, kept on the device until a log asks for them."""
+
+    def __init__(self, accelerator: Accelerator):
+        self.accelerator = accelerator
+        self.loss = torch.zeros((), device=accelerator.device)
+        self.tokens = 0
+        self.last_loss: float | None = None
+
+    def add(self, loss_sum: torch.Tensor, tokens: int) -> None:
+        self.loss += loss_sum
+        self.tokens += tokens
+
+    def drain(self) -> tuple[float, int]:
+        """Mean token loss over the window, all processes (a host sync: call only when logging)."""
+        totals = self.accelerator.reduce(torch.stack([self.loss, self.loss.new_tensor(float(self.tokens))]), "sum")
+        loss, tokens = totals.tolist()
+        self.loss.zero_()
+        self.tokens = 0
+        if tokens:
+            self.last_loss = loss / tokens
+        return loss / tokens if tokens else float("nan"), int(tokens)
+
+
+class MetricsLog:
+    """`metrics.jsonl`: one JSON object per line, written by the main process only."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.f = open(path, "a", buffering=1) if enabled else None  # noqa: SIM115 - open for the whole run
+
+    def write(self, **row) -> None:
+        if self.f is not None:
+            self.f.write(json.dumps(row) + "\n")
+
+
+def maybe_log(cfg, state: TrainState, window: Window, log: MetricsLog, bar, *, lr, grad_norm, seconds) -> None:
+    if state.step % cfg.log_every and state.step != 1:
+        return
+    loss, tokens = window.drain()
+    state.target_tokens_seen += tokens
+    row = dict(step=state.step, epoch=state.epoch, loss=loss, lr=lr, samples_per_s=state.samples_seen / max(seconds, 1e-9))
+    if grad_norm is not None:
+        row["grad_norm"] = float(grad_norm)
+    log.write(**row)
+    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{row['samples_per_s']:.1f}")
+    if not math.isfinite(loss):
+        logger.warning("step %d: non-finite loss %s", state.step, loss)
+
+
+def maybe_evaluate(cfg, state, model, eval_ds, targets, tokenizer, accelerator, log: MetricsLog) -> None:
+    if not cfg.eval_every or state.step % cfg.eval_every:
+        return
+    r = evaluate(model, eval_ds, targets=targets, accelerator=accelerator, mode=cfg.eval_mode,
+                 batch_size=cfg.eval_batch_size, tokenizer=tokenizer, collator=Collator(tokenizer.pad_token_id))
+    log.write(step=state.step, eval_accuracy=r["accuracy"], eval_macro_f1=r["macro_f1"], eval_loss=r["eval_loss"])
+
+
+def rank_param_checksums(accelerator: Accelerator, model) -> list[float]:
+    """The float64 sum of every parameter, one per process: equal on all ranks unless DDP went wrong."""
+    local = sum(float(p.detach().double().sum()) for p in accelerator.unwrap_model(model).parameters())
+    sums = gather_object([local])
+    if len(set(sums)) > 1:
+        logger.warning("parameters differ across processes after training: checksums %s", sums)
+    return sums
+
+
+def save_final(accelerator: Accelerator, model, tokenizer, path: Path) -> None:
+    """save_pretrained of the unwrapped model (no DDP `module.` or compile `_orig_mod.` prefixes)."""
+    accelerator.wait_for_everyone()
+    unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
+    unwrapped.save_pretrained(path, is_main_process=accelerator.is_main_process, save_function=accelerator.save)
+    if accelerator.is_main_process:
+        tokenizer.save_pretrained(path)

@@ -1,0 +1,58 @@
+"""Shared fixtures. Tests never touch the network: the Hub is switched off before anything imports it."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+IMDB_DIR = SHARED_DATA / "imdb"
+IMDB_TOKENIZER = SHARED_DATA / "tokenizer" / "imdb-unigram-32k"
+
+
+def real_data_or_skip() -> tuple[Path, Path]:
+    if not (IMDB_DIR / "train.parquet").is_file() or not (IMDB_TOKENIZER / "tokenizer.json").is_file():
+        pytest.skip(f"real IMDB files not found at {IMDB_DIR} and {IMDB_TOKENIZER} (present on the project's CI machines)")
+    return IMDB_DIR, IMDB_TOKENIZER
+
+
+@pytest.fixture(scope="session")
+def synthetic():
+    from flant5_imdb.data import make_synthetic
+
+    return make_synthetic(n_train=400, n_test=100, seed=0)
+
+
+@pytest.fixture(scope="session")
+def word_tokenizer(synthetic):
+    from flant5_imdb.data import texts_of
+    from flant5_imdb.tokenizer import train_word_tokenizer
+
+    return train_word_tokenizer(texts_of(synthetic))
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(word_tokenizer, tmp_path_factory):
+    """The word tokenizer saved to a folder, as --tokenizer takes it."""
+    path = tmp_path_factory.mktemp("tokenizer")
+    word_tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """The smoke preset exactly as the README runs it (its own word-level tokenizer, generated data):
+    about 30 s on 2 CPU cores, shared by every test that needs a trained model."""
+    from flant5_imdb.config import preset
+    from flant5_imdb.train import run
+
+    out = tmp_path_factory.mktemp("smoke")
+    summary = run(preset("smoke", output_dir=str(out)))
+    return out, summary

@@ -1,0 +1,211 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from flant5_imdb.data import (
+    DataError,
+    load_imdb,
+    make_synthetic,
+    prompt_template,
+    subset,
+    target_ids,
+    tokenize,
+)
+from flant5_imdb.sampler import Collator, StepSampler
+from tests.conftest import real_data_or_skip
+
+ROWS = [("a fine film", 1), ("dull and long", 0), ("loved it", 1)]
+
+
+def write(path, rows, fmt, columns=("text", "label")):
+    df = pd.DataFrame(rows, columns=list(columns))
+    if fmt == "parquet":
+        df.to_parquet(path)
+    elif fmt == "csv":
+        df.to_csv(path, index=False)
+    else:
+        path.write_text("".join(json.dumps(dict(zip(columns, r, strict=True))) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl"])
+def test_folder_of_split_files(tmp_path, fmt):
+    write(tmp_path / f"train.{fmt}", ROWS, fmt)
+    write(tmp_path / f"test.{fmt}", ROWS[:2], fmt)
+    dsd, skipped = load_imdb(str(tmp_path))
+    assert set(dsd) == {"train", "test"} and skipped == []
+    assert dsd["train"]["text"] == [r[0] for r in ROWS]
+    assert dsd["train"]["label"] == [1, 0, 1]
+    assert dsd["train"].column_names == ["text", "label"]
+    assert dsd["test"].num_rows == 2
+
+
+def test_file_per_split_mapping_and_single_file(tmp_path):
+    a = write(tmp_path / "a.csv", ROWS, "csv")
+    b = write(tmp_path / "b.jsonl", ROWS[1:], "jsonl")
+    dsd, _ = load_imdb(f"train={a},test={b}")
+    assert dsd["train"].num_rows == 3 and dsd["test"]["label"] == [0, 1]
+    single, _ = load_imdb(str(a))
+    assert list(single) == ["train"]
+
+
+def test_string_labels_are_normalized(tmp_path):
+    rows = [("good", "pos"), ("bad", "Negative"), ("fine", "positive"), ("meh", "neg")]
+    dsd, _ = load_imdb(str(write(tmp_path / "train.csv", rows, "csv")))
+    assert dsd["train"]["label"] == [1, 0, 1, 0]
+    assert dsd["train"].features["label"].dtype == "int64"
+
+
+def make_aclimdb(root, bad_bytes=False):
+    for split in ("train", "test"):
+        for sub, texts in (("neg", ["awful", "boring"]), ("pos", ["great", "superb", "fine"])):
+            d = root / split / sub
+            d.mkdir(parents=True)
+            for i, t in enumerate(texts):
+                (d / f"{10 - i * 3}_{7 if sub == 'pos' else 2}.txt").write_text(f"{t} {i}")
+    (root / "train" / "unsup").mkdir()
+    (root / "train" / "unsup" / "0_0.txt").write_text("unlabelled")
+    if bad_bytes:
+        (root / "train" / "pos" / "99_9.txt").write_bytes(b"caf\xe9 review")
+    return root
+
+
+def test_aclimdb_layout(tmp_path):
+    dsd, _ = load_imdb(str(make_aclimdb(tmp_path / "aclImdb")))
+    # Ordered by label, then by numeric file id (4 before 10), unsup ignored.
+    assert dsd["train"]["text"] == ["boring 1", "awful 0", "fine 2", "superb 1", "great 0"]
+    assert dsd["train"]["label"] == [0, 0, 1, 1, 1]
+    assert dsd["test"].num_rows == 5
+
+
+def test_aclimdb_invalid_utf8_names_the_file(tmp_path):
+    root = make_aclimdb(tmp_path / "aclImdb", bad_bytes=True)
+    with pytest.raises(DataError, match=r"99_9\.txt: not valid UTF-8 \(byte 0xe9 at offset 3\)"):
+        load_imdb(str(root))
+    dsd, skipped = load_imdb(str(root), skip_bad_rows=True)
+    assert [s.where.endswith("99_9.txt") for s in skipped] == [True]
+    assert dsd["train"].num_rows == 5
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ([("ok", 1), ("", 0), ("fine", 1)], r"train\.csv: 1 bad row\(s\): .*train\.csv row 2: empty text"),
+        ([("ok", 1), ("fine", 0), ("   \n", 1)], r"row 3: empty text"),
+        ([("ok", 1), ("bad label", 5)], r"row 2: label 5 is not one of 0/1/neg/pos/negative/positive"),
+        ([("ok", "pos"), ("bad label", "maybe")], r"row 2: label 'maybe' is not one of"),
+    ],
+)
+def test_bad_rows_are_errors_naming_file_and_row(tmp_path, rows, message):
+    path = write(tmp_path / "train.csv", rows, "csv")
+    with pytest.raises(DataError, match=message):
+        load_imdb(str(path))
+
+
+def test_skip_bad_rows_reports_which(tmp_path):
+    rows = [("ok", 1), ("", 0), ("fine", 0), ("x", "maybe"), ("good", 1)]
+    path = write(tmp_path / "train.jsonl", rows, "jsonl")
+    dsd, skipped = load_imdb(str(path), skip_bad_rows=True)
+    assert dsd["train"]["text"] == ["ok", "fine", "good"]
+    assert [(s.row, s.reason.split(" ")[0]) for s in skipped] == [(2, "empty"), (4, "label")]
+
+
+def test_first_five_bad_rows_listed(tmp_path):
+    rows = [("", 1)] * 7 + [("ok", 0)]
+    with pytest.raises(DataError, match=r"7 bad row\(s\): .*row 5: empty text; pass --skip-bad-rows") as e:
+        load_imdb(str(write(tmp_path / "train.parquet", rows, "parquet")))
+    assert "row 6" not in str(e.value)
+
+
+def test_missing_column(tmp_path):
+    path = write(tmp_path / "train.csv", [("x", 1)], "csv", columns=("review", "label"))
+    with pytest.raises(DataError, match=r"train\.csv: missing column 'text' \(found: review, label\)"):
+        load_imdb(str(path))
+
+
+def test_missing_path_and_unreachable_hub(tmp_path):
+    with pytest.raises(DataError, match="no such file or folder"):
+        load_imdb(str(tmp_path / "nope.csv"))
+    with pytest.raises(DataError, match=r"cannot load 'stanfordnlp/imdb' from the Hugging Face Hub .*pass --data"):
+        load_imdb("stanfordnlp/imdb")  # conftest sets HF_HUB_OFFLINE: the real code path, no network
+
+
+def test_folder_without_data(tmp_path):
+    with pytest.raises(DataError, match="no train.* / test.* file"):
+        load_imdb(str(tmp_path))
+
+
+def test_verbalizers_and_prompt(word_tokenizer, synthetic):
+    eos = word_tokenizer.eos_token_id
+    digits = target_ids(word_tokenizer, "digits")
+    words = target_ids(word_tokenizer, "words")
+    assert [t[-1] for t in digits + words] == [eos] * 4
+    assert word_tokenizer.decode(digits[1], skip_special_tokens=True) == "1"
+    assert word_tokenizer.decode(words[0], skip_special_tokens=True) == "negative"
+    plain = tokenize(synthetic, word_tokenizer, verbalizer="words")
+    prompted = tokenize(synthetic, word_tokenizer, verbalizer="words", prompt="review: {text} sentiment?")
+    row, prow = plain["train"][0], prompted["train"][0]
+    assert row["labels"] == words[row["label"]]
+    # The template adds 3 words ("review", ":", "sentiment", "?" = 4 pieces) around the same review.
+    assert prow["length"] == row["length"] + 4
+    assert prow["input_ids"][:2] == word_tokenizer("review:", add_special_tokens=False).input_ids
+
+
+def test_bad_prompts():
+    assert prompt_template("flan").endswith("negative or positive?")
+    with pytest.raises(DataError, match="exactly once"):
+        prompt_template("no placeholder")
+    with pytest.raises(DataError, match="placeholder other than"):
+        prompt_template("{text} {other}")
+
+
+def test_truncation_keeps_eos_and_records_lengths(word_tokenizer, synthetic):
+    out = tokenize(synthetic, word_tokenizer, max_source_length=16)
+    lengths = out["train"]["length"]
+    assert max(lengths) == 16
+    assert all(len(ids) == n for ids, n in zip(out["train"]["input_ids"], lengths, strict=True))
+    assert all(ids[-1] == word_tokenizer.eos_token_id for ids in out["train"]["input_ids"])
+    assert out["train"]["id"] == list(range(400))
+
+
+def test_tokenization_of_files_is_cached(tmp_path, word_tokenizer):
+    write(tmp_path / "train.parquet", ROWS * 10, "parquet")
+    first = tokenize(load_imdb(str(tmp_path))[0], word_tokenizer)
+    second = tokenize(load_imdb(str(tmp_path))[0], word_tokenizer)
+    assert first["train"].cache_files and first["train"].cache_files == second["train"].cache_files
+
+
+def test_synthetic_is_balanced_and_deterministic():
+    a, b = make_synthetic(100, 20, seed=3), make_synthetic(100, 20, seed=3)
+    assert a["train"]["text"] == b["train"]["text"]
+    assert sum(a["train"]["label"]) == 50
+
+
+def test_subset_is_random_not_first_rows():
+    ds = make_synthetic(200, 10)["train"].sort("label")  # sorted by label, like the IMDB files
+    sub = subset(ds, 50, seed=0)
+    assert 10 < sum(sub["label"]) < 40
+
+
+def test_real_imdb_length_grouping_pads_under_10_percent():
+    """Padding of length-grouped batches of 8 vs the seed's padding to 512, on the real training set."""
+    from transformers import AutoTokenizer
+
+    data_dir, tok_dir = real_data_or_skip()
+    tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    dsd, _ = load_imdb(str(data_dir / "train.parquet"))
+    ds = tokenize(dsd, tok, max_source_length=512)["train"]
+    assert ds.num_rows == 25_000
+    lengths = np.asarray(ds["length"])
+    real = lengths.sum()
+    collate = Collator(pad_to_multiple_of=8)
+    sampler = StepSampler(lengths, batch_size=8, seed=42, group_by_length=True)
+    padded = sum(collate.source_length(int(lengths[b].max())) * len(b) for s in sampler for b in s.micro_batches)
+    grouped_pad = 1 - real / padded
+    seed_pad = 1 - real / (512 * len(lengths))
+    print(f"\nIMDB train, {len(lengths)} reviews, mean {lengths.mean():.0f} tokens: padding fraction "
+          f"length-grouped batches of 8 = {grouped_pad:.2%}, padded to 512 = {seed_pad:.2%}")
+    assert grouped_pad < 0.10
+    assert seed_pad > 0.40

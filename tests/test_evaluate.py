@@ -1,0 +1,77 @@
+import time
+
+import pytest
+import torch
+from accelerate import Accelerator
+from transformers import T5ForConditionalGeneration
+
+from flant5_imdb.data import load_imdb, target_ids, tokenize
+from flant5_imdb.evaluate import evaluate, format_report, metrics, score_batch
+from flant5_imdb.modeling import build_model
+from flant5_imdb.sampler import Collator
+from flant5_imdb.tokenizer import load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def trained(smoke_run):
+    out, summary = smoke_run
+    model = T5ForConditionalGeneration.from_pretrained(out / "final")
+    tok = load_tokenizer(str(out / "final"))
+    test = tokenize(load_imdb("synthetic:2000")[0], tok, max_source_length=128)["test"]
+    return model, tok, test, summary
+
+
+def test_score_and_generate_agree_on_a_trained_model(trained):
+    model, tok, test, summary = trained
+    acc = Accelerator(cpu=True)
+    targets = target_ids(tok, "digits")
+    t0 = time.perf_counter()
+    scored = evaluate(model, test, targets=targets, accelerator=acc, mode="score", batch_size=64)
+    t1 = time.perf_counter()
+    generated = evaluate(model, test, targets=targets, accelerator=acc, mode="generate", batch_size=64, tokenizer=tok)
+    t2 = time.perf_counter()
+    print(f"\n{len(test)} reviews: score {t1 - t0:.2f} s, generate {t2 - t1:.2f} s ({(t2 - t1) / (t1 - t0):.1f}x slower)")
+    agree = sum(a["pred"] == b["pred"] for a, b in zip(scored["predictions"], generated["predictions"], strict=True))
+    assert agree == len(test)
+    assert generated["unparseable"] == 0
+    # The same evaluation the training run did at its end.
+    assert scored["accuracy"] == summary["eval"]["accuracy"]
+    assert scored["eval_loss"] == pytest.approx(summary["eval"]["eval_loss"], rel=1e-5)
+
+
+def test_score_with_shared_first_token_scores_whole_targets(trained, word_tokenizer):
+    """Targets 'negative' and 'negative great' share their first token: each whole target is scored."""
+    model, tok, test, _ = trained
+    targets = target_ids(tok, "negative,negative great")
+    assert targets[0][0] == targets[1][0]
+    rows = test.select(range(8))
+    batch = Collator()([{"input_ids": a, "labels": b} for a, b in zip(rows["input_ids"], rows["labels"], strict=True)])
+    scores, _, _ = score_batch(model, batch, targets)
+    # By hand: log p(target) summed over its tokens, teacher-forced.
+    for c, t in enumerate(targets):
+        lab = torch.tensor(t).repeat(8, 1)
+        logp = torch.log_softmax(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=lab).logits, -1)
+        expected = logp.gather(-1, lab.unsqueeze(-1)).squeeze(-1).sum(-1)
+        torch.testing.assert_close(scores[:, c], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_generate_counts_unparseable_output_as_wrong(word_tokenizer, synthetic):
+    model = build_model("x", model_config="tiny", vocab_size=len(word_tokenizer))  # untrained: emits anything
+    test = tokenize(synthetic, word_tokenizer)["test"].select(range(16))
+    r = evaluate(model, test, targets=target_ids(word_tokenizer, "digits"), accelerator=Accelerator(cpu=True),
+                 mode="generate", tokenizer=word_tokenizer)
+    assert r["unparseable"] == sum(p["pred"] == -1 for p in r["predictions"]) > 0
+    wrong = sum(p["pred"] != p["label"] for p in r["predictions"])
+    assert r["accuracy"] == pytest.approx(1 - wrong / 16)
+
+
+def test_metrics_values():
+    m = metrics([0, 0, 1, 1, 1], [0, 1, 1, 1, -1])
+    assert m["accuracy"] == pytest.approx(3 / 5)
+    assert m["confusion_matrix"] == [[1, 1], [0, 2]]
+    assert m["unparseable"] == 1
+    # class 0: p=1, r=.5, f1=2/3; class 1: p=2/3, r=2/3, f1=2/3
+    assert m["macro_f1"] == pytest.approx(2 / 3)
+    assert m["report"]["positive"]["recall"] == pytest.approx(2 / 3)
+    text = format_report(m)
+    assert "accuracy 0.6000, macro-F1 0.6667" in text and "unparseable 1" in text

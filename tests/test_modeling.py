@@ -1,0 +1,37 @@
+import pytest
+import torch
+
+from flant5_imdb.modeling import build_model
+
+
+def test_flan_t5_base_architecture_matches_the_real_model():
+    m = build_model("unused", model_config="flan-t5-base", vocab_size=32100)
+    c = m.config
+    assert (c.d_model, c.num_layers, c.num_decoder_layers, c.num_heads, c.d_ff) == (768, 12, 12, 12, 2048)
+    assert (c.vocab_size, c.feed_forward_proj, c.is_gated_act) == (32128, "gated-gelu", True)
+    # Untied embeddings, like google/flan-t5-base: 247,577,856 parameters, no decoder-output rescaling.
+    assert m.lm_head.weight is not m.shared.weight
+    assert sum(p.numel() for p in m.parameters()) == 247_577_856
+    assert c.scale_decoder_outputs is False
+
+
+def test_untied_head_survives_save_and_load(tmp_path):
+    from transformers import T5ForConditionalGeneration
+
+    m = build_model("unused", model_config="tiny", vocab_size=100)
+    m.save_pretrained(tmp_path)
+    back = T5ForConditionalGeneration.from_pretrained(tmp_path)
+    assert back.lm_head.weight is not back.shared.weight
+    assert torch.equal(back.lm_head.weight, m.lm_head.weight) and torch.equal(back.shared.weight, m.shared.weight)
+
+
+def test_tiny_vocab_grows_to_fit_the_tokenizer_and_dropout_applies():
+    m = build_model("unused", model_config="tiny", vocab_size=1000, dropout=0.0)
+    assert m.config.vocab_size == 1024 and m.config.dropout_rate == 0.0
+
+
+def test_missing_weights_give_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="cannot load model .*--model-config flan-t5-base for random init"):
+        build_model(str(tmp_path / "no-such-model"))
+    with pytest.raises(ValueError, match="choose from flan-t5-base, tiny"):
+        build_model("x", model_config="huge", vocab_size=10)
