@@ -63,7 +63,13 @@ class TrainConfig:
     eval_batch_size: int = _opt(64, "evaluation batch per process")
     eval_every: int | None = _opt(None, "also evaluate every N optimizer steps")
     log_every: int = _opt(50, "write a line to metrics.jsonl (and sync the loss to the host) every N steps")
-    output_dir: str = _opt("runs/flant5-imdb", "where metrics, evaluation, the final model and summary go")
+    output_dir: str = _opt("runs/flant5-imdb", "where metrics, evaluation, checkpoints, the final model and summary go")
+    # Checkpoints and faults
+    save_every: int | None = _opt(None, "also checkpoint every N optimizer steps (always at each epoch end, at the end, and on SIGTERM/SIGINT)")
+    keep_checkpoints: int = _opt(2, "keep the newest K complete checkpoints; 0 writes none")
+    resume: str | None = _opt(None, "'auto' = the latest complete checkpoint in --output-dir (fresh start if none), or a checkpoint folder")
+    force_resume: bool = _opt(False, "resume even where the config changes the math (batch size, lr, seed, data, ...)")
+    max_bad_steps: int = _opt(10, "stop after this many updates in a row with a non-finite loss or gradient norm (each is skipped)")
 
     def __post_init__(self):
         if self.precision == "fp16":
@@ -73,12 +79,15 @@ class TrainConfig:
             value = getattr(self, f.name)
             if choices and value is not None and value not in choices:
                 raise ConfigError(f"--{_flag(f.name)} {value!r}: choose from {', '.join(choices)}")
-        for name in ("batch_size", "grad_accum", "epochs", "eval_batch_size", "log_every", "max_source_length", "pad_to_multiple_of"):
+        for name in ("batch_size", "grad_accum", "epochs", "eval_batch_size", "log_every", "max_source_length",
+                     "pad_to_multiple_of", "max_bad_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{_flag(name)} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_steps", "max_train_samples", "max_eval_samples", "eval_every"):
+        for name in ("max_steps", "max_train_samples", "max_eval_samples", "eval_every", "save_every"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"--{_flag(name)} must be at least 1, got {getattr(self, name)}")
+        if self.keep_checkpoints < 0:
+            raise ConfigError(f"--keep-checkpoints must be 0 or more, got {self.keep_checkpoints}")
         if self.lr <= 0:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
 

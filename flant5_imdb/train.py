@@ -26,10 +26,20 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 
-from flant5_imdb.checkpoint import TrainState
+from flant5_imdb.checkpoint import (
+    TrainState,
+    check_compatible,
+    latest_complete,
+    load_checkpoint,
+    read_checkpoint,
+    resolve_resume,
+    restore_sampler,
+    save_checkpoint,
+)
 from flant5_imdb.config import TrainConfig
 from flant5_imdb.data import DataError, load_imdb, subset, target_ids, texts_of, tokenize
 from flant5_imdb.evaluate import evaluate, format_report, write_report
+from flant5_imdb.guards import Preempted, StepCounters, StopSignal, oom_hint
 from flant5_imdb.modeling import build_model
 from flant5_imdb.optim import build_optimizer, build_scheduler
 from flant5_imdb.sampler import Collator, Step, StepSampler
@@ -38,15 +48,19 @@ from flant5_imdb.tokenizer import TRAIN_HERE, load_tokenizer, train_word_tokeniz
 logger = logging.getLogger(__name__)
 
 
-def run(cfg: TrainConfig, on_step: Callable[[TrainState, Step], None] | None = None) -> dict:
+def run(cfg: TrainConfig, on_step: Callable[[TrainState, Step, torch.nn.Module], None] | None = None) -> dict:
     """Train, evaluate and save as `cfg` says; returns the summary also written to summary.json.
 
-    `on_step(state, step)` is called after every optimizer step with the examples that step saw
-    on this process (tests use it to trace the data order).
+    `on_step(state, step, model)` is called after every optimizer step with the examples that
+    step saw on this process (tests use it to trace the data order and the weights).
 
     Raises:
         DataError: the data source is unusable (see `data.load_imdb`).
         ValueError: the model or tokenizer cannot be had.
+        CheckpointError: `--resume` names an unusable checkpoint or one made by other math.
+        Preempted: SIGTERM/SIGINT arrived; the step was finished and a checkpoint written.
+        NonFiniteError: `--max-bad-steps` updates in a row had a non-finite loss or gradient norm.
+        OutOfMemory: a micro-batch did not fit on the GPU.
     """
     started = time.perf_counter()
     accelerator = Accelerator(
@@ -79,73 +93,100 @@ def run(cfg: TrainConfig, on_step: Callable[[TrainState, Step], None] | None = N
     set_seed(cfg.seed)
     model = build_model(cfg.model, model_config=cfg.model_config, vocab_size=len(tokenizer),
                         attn_implementation=cfg.attn_implementation, dropout=cfg.dropout)
-    optimizer = build_optimizer(model.to(accelerator.device), cfg)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    raw_optimizer = build_optimizer(model.to(accelerator.device), cfg)
+    model, optimizer = accelerator.prepare(model, raw_optimizer)
     # The sampler shards the data itself (identical plan on every rank), so no dataloader is prepared.
     sampler = StepSampler(train_ds["length"], batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
                           num_replicas=accelerator.num_processes, rank=accelerator.process_index,
                           seed=cfg.seed, group_by_length=cfg.group_by_length)
     total_steps = cfg.max_steps or cfg.epochs * sampler.steps_per_epoch
-    # Not prepared by accelerate: a prepared scheduler steps once per process per step.
+    # Not prepared by accelerate (a prepared scheduler steps once per process per step), but
+    # registered, so that save_state/load_state carry it.
     scheduler = build_scheduler(optimizer, cfg, total_steps)
+    accelerator.register_for_checkpointing(scheduler)
     collate = Collator(pad_token_id=tokenizer.pad_token_id, pad_to_multiple_of=cfg.pad_to_multiple_of,
                        max_length=cfg.max_source_length if cfg.pad_to_max_length else None)
+
+    # 3. Resume, if asked: weights, optimizer, scheduler, RNG states, sampler position, counters.
     state = TrainState()
-    log = MetricsLog(out / "metrics.jsonl", accelerator.is_main_process)
+    resume_from = resolve_resume(cfg.resume, out)
+    if resume_from is not None:
+        check_compatible(read_checkpoint(resume_from), cfg.to_dict(), accelerator.num_processes, cfg.force_resume)
+        state = load_checkpoint(accelerator, resume_from)
+        restore_sampler(sampler, state.sampler, cfg.force_resume)
+        logger.info("resumed from %s at step %d (epoch %d)", resume_from, state.step, state.epoch)
+    else:
+        sampler.set_epoch(0)
     logger.info("training %d steps (%d per epoch), effective batch %d, %d examples",
                 total_steps, sampler.steps_per_epoch, sampler.global_batch, len(train_ds))
 
-    # 3. The loop. One iteration = one optimizer step = `grad_accum` micro-batches on each process.
+    # 4. The loop. One iteration = one optimizer step = `grad_accum` micro-batches on each process.
     model.train()
-    bar = tqdm(total=total_steps, desc="train", disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+    log = MetricsLog(out / "metrics.jsonl", accelerator.is_main_process)
     window = Window(accelerator)
+    counters = StepCounters(accelerator.device, state, cfg.max_bad_steps)
+    # The fused AdamW kernel can skip a non-finite update on the device; other optimizers need the host to decide.
+    skip_on_device = isinstance(raw_optimizer, torch.optim.AdamW) and bool(raw_optimizer.defaults.get("fused"))
+    stop = StopSignal(accelerator)
     train_start = time.perf_counter()
-    while state.step < total_steps:
-        sampler.set_epoch(state.epoch)
-        for step in sampler:
-            batches = [_micro_batch(train_ds, idx, collate, filler=train_ds[:1]) for idx in step.micro_batches]
-            # Target tokens of the whole effective batch: counted on the host from the padded labels
-            # (no GPU sync), summed over processes on the device.
-            counts = [int((b["labels"] != -100).sum()) for b in batches]
-            n_tokens = accelerator.reduce(torch.tensor(sum(counts), device=accelerator.device), "sum")
-            scale = accelerator.num_processes * cfg.grad_accum / n_tokens
-            lr = scheduler.get_last_lr()[0]
-            for batch, count in zip(batches, counts, strict=True):
-                batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
-                with accelerator.accumulate(model):
-                    loss_sum = token_loss_sum(model, batch)
-                    accelerator.backward(loss_sum * scale)
-                window.add(loss_sum.detach(), count)
-            # accumulate() has now synchronised the gradients (the last micro-batch of the window).
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm else None
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+    bar = tqdm(total=total_steps, initial=state.step, desc="train", disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+    with stop, bar:
+        while state.step < total_steps:
+            for step in sampler:
+                batches = [_micro_batch(train_ds, idx, collate, filler=train_ds[:1]) for idx in step.micro_batches]
+                # Target tokens of the whole effective batch: counted on the host from the padded labels
+                # (no GPU sync), summed over processes on the device.
+                counts = [int((b["labels"] != -100).sum()) for b in batches]
+                n_tokens = accelerator.reduce(torch.tensor(sum(counts), device=accelerator.device), "sum")
+                scale = accelerator.num_processes * cfg.grad_accum / n_tokens
+                lr = scheduler.get_last_lr()[0]
+                for batch, count in zip(batches, counts, strict=True):
+                    batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
+                    with accelerator.accumulate(model), oom_hint(cfg, batch):
+                        loss_sum = token_loss_sum(model, batch)
+                        accelerator.backward(loss_sum * scale)
+                    window.add(loss_sum.detach(), count)
+                # accumulate() has now synchronised the gradients (the last micro-batch of the window).
+                # The norm is always computed: a NaN/inf loss shows up in it, on every rank alike.
+                grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or math.inf)
+                bad = counters.update(n_tokens, grad_norm)
+                if skip_on_device:
+                    raw_optimizer.found_inf = bad  # read by the fused kernel: params and moments stay as they are
+                    optimizer.step()
+                elif not bad.item():  # the one host sync per step of the bitsandbytes optimizers
+                    optimizer.step()
+                scheduler.step()  # the schedule moves on over a skipped update, as with AMP's GradScaler
+                optimizer.zero_grad(set_to_none=True)
 
-            state.step += 1
-            state.samples_seen += step.global_examples
-            bar.update(1)
-            maybe_log(cfg, state, window, log, bar, lr=lr, grad_norm=grad_norm, seconds=time.perf_counter() - train_start)
-            maybe_evaluate(cfg, state, model, eval_ds, targets, tokenizer, accelerator, log)
-            if on_step is not None:
-                on_step(state, step)
-            if state.step >= total_steps:
-                break
-        else:
-            state.epoch += 1
-    bar.close()
-    state.target_tokens_seen += window.drain()[1]
+                state.step += 1
+                state.samples_seen += step.global_examples
+                bar.update(1)
+                maybe_log(cfg, state, window, counters, log, bar, lr=lr, grad_norm=grad_norm, seconds=time.perf_counter() - train_start)
+                maybe_evaluate(cfg, state, model, eval_ds, targets, tokenizer, accelerator, log)
+                stopping = stop.requested()
+                maybe_save(cfg, accelerator, state, sampler, counters, total_steps, force=stopping)
+                if on_step is not None:
+                    on_step(state, step, model)
+                if stopping:
+                    raise Preempted(stop.signum, state.step, latest_complete(out) if cfg.keep_checkpoints else None)
+                if state.step >= total_steps:
+                    break
+            else:  # the epoch is done
+                state.epoch += 1
+                sampler.set_epoch(state.epoch)
+    counters.sync(state)
     accelerator.wait_for_everyone()
     train_seconds = time.perf_counter() - train_start
     checksums = rank_param_checksums(accelerator, model)
 
-    # 4. Final evaluation, model, summary.
+    # 5. Final evaluation, model, summary.
     result = evaluate(model, eval_ds, targets=targets, accelerator=accelerator, mode=cfg.eval_mode,
                       batch_size=cfg.eval_batch_size, tokenizer=tokenizer, collator=Collator(tokenizer.pad_token_id))
     save_final(accelerator, model, tokenizer, out / "final")
     summary = dict(
         steps=state.step, samples_seen=state.samples_seen, epochs=state.samples_seen / len(train_ds),
-        target_tokens_seen=state.target_tokens_seen, train_seconds=train_seconds,
+        target_tokens_seen=state.target_tokens_seen, skipped_steps=state.skipped_steps,
+        resumed_from=str(resume_from) if resume_from else None, train_seconds=train_seconds,
         wall_seconds=time.perf_counter() - started, samples_per_s=state.samples_seen / train_seconds,
         processes=accelerator.num_processes, device=str(accelerator.device), precision=cfg.precision,
         peak_gpu_memory_gib=torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
@@ -225,18 +266,35 @@ class MetricsLog:
             self.f.write(json.dumps(row) + "\n")
 
 
-def maybe_log(cfg, state: TrainState, window: Window, log: MetricsLog, bar, *, lr, grad_norm, seconds) -> None:
-    if state.step % cfg.log_every and state.step != 1:
+def maybe_log(cfg, state: TrainState, window: Window, counters: StepCounters, log: MetricsLog, bar, *, lr, grad_norm, seconds) -> None:
+    """Every `log_every` steps (and at step 1); the streak of non-finite updates is checked at least every `max_bad_steps`."""
+    logging_now = state.step % cfg.log_every == 0 or state.step == 1
+    if not logging_now and state.step % cfg.max_bad_steps:
         return
-    loss, tokens = window.drain()
-    state.target_tokens_seen += tokens
-    row = dict(step=state.step, epoch=state.epoch, loss=loss, lr=lr, samples_per_s=state.samples_seen / max(seconds, 1e-9))
-    if grad_norm is not None:
-        row["grad_norm"] = float(grad_norm)
+    skipped_before = state.skipped_steps
+    counters.sync(state)  # raises NonFiniteError after max_bad_steps bad updates in a row
+    if state.skipped_steps > skipped_before:
+        logger.warning("skipped %d update(s) with a non-finite loss or gradient norm by step %d (%d in all)",
+                       state.skipped_steps - skipped_before, state.step, state.skipped_steps)
+    if not logging_now:
+        return
+    loss, _ = window.drain()
+    row = dict(step=state.step, epoch=state.epoch, loss=loss, lr=lr, grad_norm=float(grad_norm),
+               skipped_steps=state.skipped_steps, samples_per_s=state.samples_seen / max(seconds, 1e-9))
     log.write(**row)
     bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{row['samples_per_s']:.1f}")
-    if not math.isfinite(loss):
-        logger.warning("step %d: non-finite loss %s", state.step, loss)
+
+
+def maybe_save(cfg, accelerator, state: TrainState, sampler: StepSampler, counters: StepCounters, total_steps: int, force: bool) -> None:
+    """Checkpoint every `save_every` steps, at each epoch end, at the last step, and when asked to stop."""
+    if not cfg.keep_checkpoints:
+        return
+    epoch_end = len(sampler) == 0
+    if not (force or epoch_end or state.step == total_steps or (cfg.save_every and state.step % cfg.save_every == 0)):
+        return
+    counters.sync(state)
+    state.sampler = sampler.state_dict()
+    save_checkpoint(accelerator, cfg.output_dir, state, cfg.to_dict(), keep=cfg.keep_checkpoints)
 
 
 def maybe_evaluate(cfg, state, model, eval_ds, targets, tokenizer, accelerator, log: MetricsLog) -> None:

@@ -6,9 +6,11 @@ Also runs under plain `python`. `--help` lists every option.
 import logging
 import sys
 
+from flant5_imdb.checkpoint import CheckpointError
 from flant5_imdb.config import ConfigError, parse_args
 from flant5_imdb.data import DataError
 from flant5_imdb.evaluate import format_report
+from flant5_imdb.guards import NonFiniteError, OutOfMemory, Preempted
 from flant5_imdb.train import run
 
 
@@ -17,9 +19,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = parse_args(argv)
         summary = run(cfg)
-    except (ConfigError, DataError, ValueError) as e:
+    except (ConfigError, DataError, CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Preempted as e:
+        print(str(e), file=sys.stderr)
+        return e.exit_code  # 143 for SIGTERM, 130 for SIGINT
+    except (NonFiniteError, OutOfMemory) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(format_report(summary["eval"]))
     print(f"done: {summary['steps']} steps in {summary['train_seconds']:.1f} s, accuracy {summary['eval']['accuracy']:.4f}, "
           f"macro-F1 {summary['eval']['macro_f1']:.4f}; outputs in {cfg.output_dir}")

@@ -44,7 +44,7 @@ def test_matches_seq2seq_trainer_step_for_step(tmp_path, tokenizer_dir):
     cfg = preset("seed", model_config="tiny", tokenizer=str(tokenizer_dir), data="synthetic:240", dropout=0.0,
                  max_steps=steps, log_every=1, eval_mode="score", max_eval_samples=16, output_dir=str(tmp_path / "ours"))
     order = []
-    ours = run(cfg, on_step=lambda state, step: order.extend(step.micro_batches[0]))
+    ours = run(cfg, on_step=lambda state, step, model: order.extend(step.micro_batches[0]))
     assert ours["steps"] == steps and len(order) == steps * 8
 
     # The Trainer gets the same tokenized rows, in the order our sampler drew them.

@@ -1,0 +1,135 @@
+"""What can go wrong mid-run, and what the loop does about it.
+
+- SIGTERM / SIGINT (`StopSignal`): the step in flight is finished, a checkpoint is written, and
+  `Preempted` is raised; the script exits 128 + the signal number (143 for SIGTERM). With several
+  processes the ranks agree on the stop at every step, so all of them stop after the same step.
+  A second SIGINT interrupts at once.
+- A non-finite loss or gradient norm (`StepCounters`): that update is skipped (parameters and
+  optimizer state unchanged), counted and logged; `--max-bad-steps` in a row raise `NonFiniteError`.
+  A NaN or inf loss always makes the gradient norm non-finite, so the (global) norm is what is
+  tested: it is the same number on every rank, so every rank skips the same updates.
+- Out of GPU memory (`oom_hint`): `OutOfMemory` names the micro-batch and a smaller --batch-size
+  with a larger --grad-accum that keeps the effective batch.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import torch
+from accelerate import Accelerator
+
+from flant5_imdb.checkpoint import TrainState
+
+
+class Preempted(RuntimeError):
+    def __init__(self, signum: int, step: int, checkpoint):
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        name = signal.Signals(signum).name
+        where = f"checkpoint {checkpoint}" if checkpoint else "no checkpoint (--keep-checkpoints 0)"
+        super().__init__(f"preempted by {name} after step {step}; {where}; continue with --resume auto")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class NonFiniteError(RuntimeError):
+    pass
+
+
+class OutOfMemory(RuntimeError):
+    pass
+
+
+class StopSignal:
+    """Context manager: SIGTERM/SIGINT set a flag that the loop reads between optimizer steps."""
+
+    def __init__(self, accelerator: Accelerator):
+        self.accelerator = accelerator
+        self.signum = 0
+        self._previous = {}
+        # A host-side group for the per-step agreement: on GPUs the default group is NCCL, whose
+        # collectives would put a device sync into every step.
+        self._group = None
+        if accelerator.num_processes > 1:
+            backend = torch.distributed.get_backend()
+            self._group = None if backend == "gloo" else torch.distributed.new_group(backend="gloo")
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+    def _handle(self, signum, frame):
+        if self.signum == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        self.signum = signum
+
+    def requested(self) -> bool:
+        """Whether any process was signalled (all processes return the same answer)."""
+        if self.accelerator.num_processes == 1:
+            return self.signum != 0
+        flag = torch.tensor([self.signum], dtype=torch.int64)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=self._group)
+        self.signum = int(flag.item())
+        return self.signum != 0
+
+
+class StepCounters:
+    """Per-step counts kept on the device (no host sync), copied into the TrainState when one is needed."""
+
+    def __init__(self, device, state: TrainState, max_bad_steps: int):
+        self.max_bad_steps = max_bad_steps
+        self.tokens = torch.tensor(float(state.target_tokens_seen), device=device, dtype=torch.float64)
+        self.skipped = torch.tensor(float(state.skipped_steps), device=device)
+        self.streak = torch.zeros((), device=device)
+        self.worst_streak = torch.zeros((), device=device)
+
+    def update(self, n_tokens: torch.Tensor, grad_norm: torch.Tensor) -> torch.Tensor:
+        """Count this step; returns 1.0 (as a device tensor) if its update must be skipped, else 0.0."""
+        self.tokens += n_tokens
+        bad = (~torch.isfinite(grad_norm)).float()
+        self.skipped += bad
+        self.streak = (self.streak + bad) * bad
+        self.worst_streak = torch.maximum(self.worst_streak, self.streak)
+        return bad
+
+    def sync(self, state: TrainState) -> None:
+        state.target_tokens_seen = int(self.tokens.item())
+        state.skipped_steps = int(self.skipped.item())
+        if self.max_bad_steps and self.worst_streak.item() >= self.max_bad_steps:
+            raise NonFiniteError(
+                f"{int(self.worst_streak.item())} updates in a row had a non-finite loss or gradient norm "
+                f"(--max-bad-steps {self.max_bad_steps}) by step {state.step}; the last good checkpoint is kept. "
+                "Try a lower --lr, --precision fp32, or --max-grad-norm 1.0"
+            )
+
+
+
+
+class oom_hint:  # noqa: N801 - used as a context manager, like torch.no_grad
+    """Turn a CUDA out-of-memory error on a micro-batch into a message with the fix."""
+
+    def __init__(self, cfg, batch: dict[str, torch.Tensor]):
+        self.cfg, self.shape = cfg, tuple(batch["input_ids"].shape)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None and issubclass(exc_type, torch.OutOfMemoryError):
+            bs, acc = self.cfg.batch_size, self.cfg.grad_accum
+            smaller = max(1, bs // 2)
+            raise OutOfMemory(
+                f"out of GPU memory on a micro-batch of {self.shape[0]} x {self.shape[1]} tokens (--batch-size {bs}); "
+                f"for the same effective batch try --batch-size {smaller} --grad-accum {acc * bs // smaller}"
+            ) from exc
+        return False

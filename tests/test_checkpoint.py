@@ -1,0 +1,242 @@
+"""Checkpoints: bitwise resume, data order, crashes, preemption, NaN, OOM, config changes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from flant5_imdb import train as train_module
+from flant5_imdb.checkpoint import CheckpointError, complete_checkpoints, latest_complete
+from flant5_imdb.config import preset
+from flant5_imdb.guards import NonFiniteError, OutOfMemory
+from flant5_imdb.train import run
+from tests.conftest import ROOT
+
+# 160 examples, batch 16: 10 steps per epoch; 12 steps cross one epoch boundary.
+STEPS, PER_EPOCH = 12, 10
+
+
+def cfg_for(tmp_path, tokenizer_dir, name, **kw):
+    """Tiny model, fp32, dropout on (so RNG restoration matters), a checkpoint every 5 steps."""
+    base = dict(tokenizer=str(tokenizer_dir), data="synthetic:160", dropout=0.1, max_source_length=64, log_every=1,
+                max_eval_samples=32, max_steps=STEPS, save_every=5, keep_checkpoints=5, output_dir=str(tmp_path / name))
+    return preset("smoke", **{**base, **kw})
+
+
+def metrics(out) -> list[dict]:
+    return [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def step_losses(out) -> dict[int, float]:
+    """step -> loss; a resumed run's lines come later in the file and win."""
+    return {r["step"]: r["loss"] for r in metrics(out) if "loss" in r}
+
+
+def tensors(obj, prefix=""):
+    """Every tensor in a nested state dict, by path."""
+    if isinstance(obj, torch.Tensor):
+        yield prefix, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from tensors(v, f"{prefix}.{k}")
+    elif isinstance(obj, list | tuple):
+        for i, v in enumerate(obj):
+            yield from tensors(v, f"{prefix}.{i}")
+
+
+def assert_same_run(a: Path, b: Path, from_step: int):
+    la, lb = step_losses(a), step_losses(b)
+    assert [lb[s] for s in range(from_step + 1, STEPS + 1)] == [la[s] for s in range(from_step + 1, STEPS + 1)]
+    pa, pb = load_file(str(a / "final" / "model.safetensors")), load_file(str(b / "final" / "model.safetensors"))
+    assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
+    oa = dict(tensors(torch.load(a / "checkpoints" / f"step-{STEPS}" / "optimizer.bin", weights_only=False)))
+    ob = dict(tensors(torch.load(b / "checkpoints" / f"step-{STEPS}" / "optimizer.bin", weights_only=False)))
+    assert len(oa) > 10 and oa.keys() == ob.keys()
+    assert all(torch.equal(oa[k], ob[k]) for k in oa)
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("resume_at, optim", [(5, "adamw"), (PER_EPOCH, "adamw"), (5, "adamw8bit")],
+                         ids=["mid-epoch", "epoch-boundary", "adamw8bit"])
+def test_bitwise_resume_and_data_order(tmp_path, tokenizer_dir, resume_at, optim):
+    ids_straight, ids_resumed = {}, {}
+
+    def record(into):
+        return lambda state, step, model: into.__setitem__(state.step, sorted(i for mb in step.micro_batches for i in mb))
+
+    straight = cfg_for(tmp_path, tokenizer_dir, "straight", optim=optim)
+    run(straight, on_step=record(ids_straight))
+
+    def crash_a_step_later(state, step, model):
+        if state.step == resume_at + 1:
+            raise Crash
+
+    broken = cfg_for(tmp_path, tokenizer_dir, "broken", optim=optim)
+    with pytest.raises(Crash):
+        run(broken, on_step=crash_a_step_later)
+    assert latest_complete(broken.output_dir).name == f"step-{resume_at}"
+    summary = run(cfg_for(tmp_path, tokenizer_dir, "broken", optim=optim, resume="auto"), on_step=record(ids_resumed))
+
+    assert summary["resumed_from"].endswith(f"step-{resume_at}") and summary["steps"] == STEPS
+    assert sorted(ids_resumed) == list(range(resume_at + 1, STEPS + 1))
+    assert all(ids_resumed[s] == ids_straight[s] for s in ids_resumed)  # no repeat, no gap
+    assert_same_run(Path(straight.output_dir), Path(broken.output_dir), resume_at)
+
+
+def launch(args, env=None, timeout=300, two_processes=False):
+    prefix = [sys.executable]
+    if two_processes:
+        prefix += ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                   "--mixed_precision", "no", "--dynamo_backend", "no"]
+    return subprocess.run(prefix + args, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+def cli(tokenizer_dir, out, *extra):
+    return ["--preset", "smoke", "--tokenizer", str(tokenizer_dir), "--data", "synthetic:160", "--dropout", "0.1",
+            "--max-source-length", "64", "--log-every", "1", "--max-eval-samples", "32", "--max-steps", str(STEPS),
+            "--save-every", "5", "--keep-checkpoints", "5", "--output-dir", str(out), *extra]
+
+
+def test_bitwise_resume_with_two_processes(tmp_path, tokenizer_dir):
+    script, faulty = str(ROOT / "scripts" / "train.py"), str(ROOT / "tests" / "helpers" / "faulty_train.py")
+    ok = launch([script, *cli(tokenizer_dir, tmp_path / "straight", "--batch-size", "8")], two_processes=True)
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    crashed = launch([faulty, "crash-after-step", "7", *cli(tokenizer_dir, tmp_path / "broken", "--batch-size", "8")],
+                     two_processes=True)
+    assert crashed.returncode != 0
+    assert latest_complete(tmp_path / "broken").name == "step-5"
+    resumed = launch([script, *cli(tokenizer_dir, tmp_path / "broken", "--batch-size", "8", "--resume", "auto")],
+                     two_processes=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads((tmp_path / "broken" / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["resumed_from"].endswith("step-5")
+    assert len(set(summary["rank_param_checksums"])) == 1
+    assert_same_run(tmp_path / "straight", tmp_path / "broken", 5)
+
+
+def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, tokenizer_dir):
+    straight = cfg_for(tmp_path, tokenizer_dir, "straight")
+    run(straight)
+    out = tmp_path / "killed"
+    killed = launch([str(ROOT / "tests" / "helpers" / "faulty_train.py"), "kill-in-save", "10", *cli(tokenizer_dir, out)])
+    assert killed.returncode == -signal.SIGKILL
+    assert (out / "checkpoints" / "step-10.tmp").is_dir()  # the torn write is there ...
+    assert latest_complete(out).name == "step-5"  # ... and ignored
+    summary = run(cfg_for(tmp_path, tokenizer_dir, "killed", resume="auto"))
+    assert summary["resumed_from"].endswith("step-5")
+    assert not (out / "checkpoints" / "step-10.tmp").exists()  # cleared by the next save of step 10
+    assert_same_run(Path(straight.output_dir), out, 5)
+
+
+def test_sigterm_finishes_the_step_checkpoints_and_exits_143(tmp_path, tokenizer_dir):
+    out = tmp_path / "preempted"
+    args = [str(ROOT / "scripts" / "train.py"), *cli(tokenizer_dir, out)]
+    args[args.index("--max-steps") + 1] = "400"
+    args[args.index("--save-every") + 1] = "1000"
+    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((out / "metrics.jsonl").exists() and len(metrics(out)) >= 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("preempted by SIGTERM after step ") and "--resume auto" in last
+    stopped_at = int(last.split("after step ")[1].split(";")[0])
+    assert 3 <= stopped_at < 400
+    assert latest_complete(out).name == f"step-{stopped_at}"
+
+    resumed = run(cfg_for(tmp_path, tokenizer_dir, "preempted", max_steps=400, save_every=1000, resume="auto"))
+    run(cfg_for(tmp_path, tokenizer_dir, "straight", max_steps=400, save_every=1000))
+    assert resumed["resumed_from"].endswith(f"step-{stopped_at}")
+    a, b = step_losses(tmp_path / "straight"), step_losses(out)
+    assert [b[s] for s in range(stopped_at + 1, 401)] == [a[s] for s in range(stopped_at + 1, 401)]
+
+
+def nan_at(monkeypatch, steps: set[int]):
+    """Make the loss NaN at the given optimizer steps (grad_accum 1: one loss call per step)."""
+    real = train_module.token_loss_sum
+    calls = {"n": 0}
+
+    def patched(model, batch):
+        calls["n"] += 1
+        loss = real(model, batch)
+        return loss * float("nan") if calls["n"] in steps else loss
+
+    monkeypatch.setattr(train_module, "token_loss_sum", patched)
+
+
+@pytest.mark.parametrize("optim", ["adamw", "adamw8bit"])  # fused kernel skip vs host-side skip
+def test_a_nan_loss_skips_that_update(tmp_path, tokenizer_dir, monkeypatch, optim):
+    nan_at(monkeypatch, {4})
+    snapshots = {}
+
+    def snap(state, step, model):
+        snapshots[state.step] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    summary = run(cfg_for(tmp_path, tokenizer_dir, "nan", optim=optim, max_steps=6, dropout=0.0), on_step=snap)
+    assert all(torch.equal(snapshots[3][k], snapshots[4][k]) for k in snapshots[3])
+    assert not all(torch.equal(snapshots[4][k], snapshots[5][k]) for k in snapshots[4])
+    assert summary["steps"] == 6 and summary["skipped_steps"] == 1
+    rows = metrics(tmp_path / "nan")
+    assert [r["skipped_steps"] for r in rows if "loss" in r] == [0, 0, 0, 1, 1, 1]
+
+
+def test_nan_in_a_row_stops_with_a_clear_error(tmp_path, tokenizer_dir, monkeypatch):
+    nan_at(monkeypatch, {5, 6, 7})
+    cfg = cfg_for(tmp_path, tokenizer_dir, "nan", max_bad_steps=3, save_every=4, max_steps=12)
+    with pytest.raises(NonFiniteError, match=r"3 updates in a row had a non-finite loss .*--max-bad-steps 3.* by step 7"):
+        run(cfg)
+    assert latest_complete(cfg.output_dir).name == "step-4"
+
+
+def test_out_of_memory_names_the_micro_batch_and_the_fix(tmp_path, tokenizer_dir, monkeypatch):
+    def oom(model, batch):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(train_module, "token_loss_sum", oom)
+    with pytest.raises(OutOfMemory, match=r"micro-batch of 16 x \d+ tokens \(--batch-size 16\); .*--batch-size 8 --grad-accum 2"):
+        run(cfg_for(tmp_path, tokenizer_dir, "oom"))
+
+
+def test_resume_refuses_other_math_unless_forced(tmp_path, tokenizer_dir):
+    run(cfg_for(tmp_path, tokenizer_dir, "r", max_steps=5))
+    with pytest.raises(CheckpointError, match=r"changes the math \(--lr 0.002 -> 0.001\); pass --force-resume"):
+        run(cfg_for(tmp_path, tokenizer_dir, "r", max_steps=5, lr=1e-3, resume="auto"))
+    # Options that do not change the math may differ.
+    assert run(cfg_for(tmp_path, tokenizer_dir, "r", max_steps=5, log_every=3, resume="auto"))["steps"] == 5
+    forced = run(cfg_for(tmp_path, tokenizer_dir, "r", max_steps=7, batch_size=8, resume="auto", force_resume=True))
+    assert forced["steps"] == 7
+
+
+def test_resume_auto_without_checkpoint_starts_fresh_and_bad_paths_fail(tmp_path, tokenizer_dir):
+    assert run(cfg_for(tmp_path, tokenizer_dir, "fresh", max_steps=3, resume="auto"))["resumed_from"] is None
+    with pytest.raises(CheckpointError, match="not a complete checkpoint"):
+        run(cfg_for(tmp_path, tokenizer_dir, "x", resume=str(tmp_path / "nowhere")))
+
+
+def test_missing_rng_state_is_an_error(tmp_path, tokenizer_dir):
+    run(cfg_for(tmp_path, tokenizer_dir, "r", max_steps=5))
+    (latest_complete(tmp_path / "r") / "random_states_0.pkl").unlink()
+    with pytest.raises(CheckpointError, match=r"no RNG state for process 0 \(random_states_0.pkl\)"):
+        run(cfg_for(tmp_path, tokenizer_dir, "r", max_steps=5, resume="auto"))
+
+
+def test_keeps_the_newest_k(tmp_path, tokenizer_dir):
+    run(cfg_for(tmp_path, tokenizer_dir, "k", max_steps=12, save_every=2, keep_checkpoints=2))
+    assert [p.name for p in complete_checkpoints(tmp_path / "k")] == ["step-10", "step-12"]
+    assert sorted(p.name for p in (tmp_path / "k" / "checkpoints").iterdir()) == ["step-10", "step-12"]
+    run(cfg_for(tmp_path, tokenizer_dir, "none", max_steps=3, keep_checkpoints=0))
+    assert not (tmp_path / "none" / "checkpoints").exists()
