@@ -142,7 +142,7 @@ def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, tok
 def test_sigterm_finishes_the_step_checkpoints_and_exits_143(tmp_path, tokenizer_dir):
     out = tmp_path / "preempted"
     args = [str(ROOT / "scripts" / "train.py"), *cli(tokenizer_dir, out)]
-    args[args.index("--max-steps") + 1] = "400"
+    args[args.index("--max-steps") + 1] = "150"
     args[args.index("--save-every") + 1] = "1000"
     proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -155,14 +155,14 @@ def test_sigterm_finishes_the_step_checkpoints_and_exits_143(tmp_path, tokenizer
     last = err.strip().splitlines()[-1]
     assert last.startswith("preempted by SIGTERM after step ") and "--resume auto" in last
     stopped_at = int(last.split("after step ")[1].split(";")[0])
-    assert 3 <= stopped_at < 400
+    assert 3 <= stopped_at < 150
     assert latest_complete(out).name == f"step-{stopped_at}"
 
-    resumed = run(cfg_for(tmp_path, tokenizer_dir, "preempted", max_steps=400, save_every=1000, resume="auto"))
-    run(cfg_for(tmp_path, tokenizer_dir, "straight", max_steps=400, save_every=1000))
+    resumed = run(cfg_for(tmp_path, tokenizer_dir, "preempted", max_steps=150, save_every=1000, resume="auto"))
+    run(cfg_for(tmp_path, tokenizer_dir, "straight", max_steps=150, save_every=1000))
     assert resumed["resumed_from"].endswith(f"step-{stopped_at}")
     a, b = step_losses(tmp_path / "straight"), step_losses(out)
-    assert [b[s] for s in range(stopped_at + 1, 401)] == [a[s] for s in range(stopped_at + 1, 401)]
+    assert [b[s] for s in range(stopped_at + 1, 151)] == [a[s] for s in range(stopped_at + 1, 151)]
 
 
 def nan_at(monkeypatch, steps: set[int]):
