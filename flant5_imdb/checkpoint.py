@@ -34,7 +34,7 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 # Options that do not change what is computed: a run may resume with other values for these.
 RESUMABLE_CHANGES = frozenset({
     "output_dir", "log_every", "eval_every", "eval_mode", "eval_batch_size", "eval_split", "max_eval_samples",
-    "save_every", "keep_checkpoints", "resume", "force_resume", "max_bad_steps", "skip_bad_rows",
+    "save_every", "keep_checkpoints", "resume", "force_resume", "max_bad_steps", "skip_bad_rows", "final_eval", "save_model",
 })
 
 

@@ -64,6 +64,8 @@ class TrainConfig:
     eval_every: int | None = _opt(None, "also evaluate every N optimizer steps")
     log_every: int = _opt(50, "write a line to metrics.jsonl (and sync the loss to the host) every N steps")
     output_dir: str = _opt("runs/flant5-imdb", "where metrics, evaluation, checkpoints, the final model and summary go")
+    final_eval: bool = _opt(True, "evaluate at the end of training")
+    save_model: bool = _opt(True, "save the final model and tokenizer to OUTPUT_DIR/final")
     # Checkpoints and faults
     save_every: int | None = _opt(None, "also checkpoint every N optimizer steps (always at each epoch end, at the end, and on SIGTERM/SIGINT)")
     keep_checkpoints: int = _opt(2, "keep the newest K complete checkpoints; 0 writes none")

@@ -29,6 +29,7 @@ class Step:
 
     micro_batches: list[list[int]]  # len == grad_accum; a list may be empty (see module doc)
     global_examples: int  # examples in this step across all ranks and micro-batches
+    global_tokens: int  # their source tokens (no padding): what a benchmark counts as real work
 
 
 class StepSampler:
@@ -101,7 +102,7 @@ class StepSampler:
             bounds = np.concatenate([[0], np.cumsum(sizes)])
         micro = [step[bounds[j] : bounds[j + 1]].tolist() for j in range(slots)]
         mine = [micro[m * self.num_replicas + self.rank] for m in range(self.grad_accum)]
-        return Step(mine, len(step))
+        return Step(mine, len(step), int(self.lengths[step].sum()))
 
     def __iter__(self) -> Iterator[Step]:
         plan = self.epoch_plan(self.epoch)

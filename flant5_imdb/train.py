@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 
@@ -63,6 +64,10 @@ def run(cfg: TrainConfig, on_step: Callable[[TrainState, Step, torch.nn.Module],
         OutOfMemory: a micro-batch did not fit on the GPU.
     """
     started = time.perf_counter()
+    # accelerate keeps mixed precision in a process-wide singleton that refuses a second value;
+    # run() may be called several times in one process (benchmarks, tests), so start it afresh.
+    # The process group (PartialState) is kept.
+    AcceleratorState._reset_state()
     accelerator = Accelerator(
         mixed_precision="bf16" if cfg.precision == "bf16" else "no",
         gradient_accumulation_steps=cfg.grad_accum,
@@ -180,9 +185,12 @@ def run(cfg: TrainConfig, on_step: Callable[[TrainState, Step, torch.nn.Module],
     checksums = rank_param_checksums(accelerator, model)
 
     # 5. Final evaluation, model, summary.
-    result = evaluate(model, eval_ds, targets=targets, accelerator=accelerator, mode=cfg.eval_mode,
-                      batch_size=cfg.eval_batch_size, tokenizer=tokenizer, collator=Collator(tokenizer.pad_token_id))
-    save_final(accelerator, model, tokenizer, out / "final")
+    result = None
+    if cfg.final_eval:
+        result = evaluate(model, eval_ds, targets=targets, accelerator=accelerator, mode=cfg.eval_mode,
+                          batch_size=cfg.eval_batch_size, tokenizer=tokenizer, collator=Collator(tokenizer.pad_token_id))
+    if cfg.save_model:
+        save_final(accelerator, model, tokenizer, out / "final")
     summary = dict(
         steps=state.step, samples_seen=state.samples_seen, epochs=state.samples_seen / len(train_ds),
         target_tokens_seen=state.target_tokens_seen, skipped_steps=state.skipped_steps,
@@ -191,12 +199,13 @@ def run(cfg: TrainConfig, on_step: Callable[[TrainState, Step, torch.nn.Module],
         processes=accelerator.num_processes, device=str(accelerator.device), precision=cfg.precision,
         peak_gpu_memory_gib=torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
         skipped_rows=len(skipped), last_logged_loss=window.last_loss, rank_param_checksums=checksums,
-        eval={k: v for k, v in result.items() if k != "predictions"}, config=cfg.to_dict(),
+        eval={k: v for k, v in result.items() if k != "predictions"} if result else None, config=cfg.to_dict(),
     )
     if accelerator.is_main_process:
-        write_report(result, out)
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
-        logger.info("evaluation:\n%s", format_report(result))
+        if result:
+            write_report(result, out)
+            logger.info("evaluation:\n%s", format_report(result))
     accelerator.end_training()
     return summary
 

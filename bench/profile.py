@@ -1,0 +1,433 @@
+"""Throughput and memory of each training configuration, side by side with the seed's Trainer.
+
+    python bench/profile.py                                    # all configurations, flan-t5-base, one GPU
+    python bench/profile.py --configs seed-trainer,fast --steps 50
+    python bench/profile.py --model-config tiny --data synthetic:400 --tokenizer word-level   # CPU, < 1 minute
+
+Every configuration runs in this one process, one after another, for W warm-up and N timed
+optimizer steps of the real training code (`flant5_imdb.train.run`, batches drawn by the real
+sampler from the real length distribution); `seed-trainer` runs `transformers.Seq2SeqTrainer`
+itself with the seed recipe. Weights are random unless --model names real ones: time and memory
+do not depend on weight values (generation length does: see the eval note in the output).
+
+Reported per configuration: ms per optimizer step (median, 10th-90th percentile), samples/s, real
+(non-padding) source tokens/s, model TFLOP/s and MFU against --peak-tflops (formula in
+bench/flops.py), the projected time of the seed's job (2 epochs x 25,000 = 50,000 samples), peak
+GPU memory (allocated, reserved, and the process's usage as the driver reports it), and ratios
+to `seed-trainer` measured in the same run and to the documented 26 minutes / 11500 MiB.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as `python bench/profile.py`, this file's folder comes first on sys.path, and this file is
+# named like the standard library's `profile`, which torch imports (through cProfile): take the
+# folder off the path before anything imports torch, and put the checkout's root on it instead.
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+sys.path.insert(0, str(ROOT))
+
+import argparse
+import contextlib
+import datetime as dt
+import gc
+import json
+import logging
+import os
+import platform
+import re
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+
+import torch
+
+from bench.flops import train_flops
+from flant5_imdb.config import preset
+from flant5_imdb.data import load_imdb, target_ids, tokenize
+from flant5_imdb.evaluate import evaluate
+from flant5_imdb.guards import OutOfMemory
+from flant5_imdb.modeling import build_model
+from flant5_imdb.sampler import Collator
+from flant5_imdb.tokenizer import TRAIN_HERE, load_tokenizer, train_word_tokenizer
+from flant5_imdb.train import run
+
+logger = logging.getLogger("bench")
+
+SEED_JOB_SAMPLES = 50_000  # 2 epochs x 25,000 reviews
+DOCUMENTED = {"minutes": 26.0, "driver_mib": 11500, "note": "HF Seq2SeqTrainer seed recipe, as documented"}
+# name -> (preset, overrides). `seed-trainer` is the HF Trainer, not our loop.
+CONFIGS = {
+    "seed-trainer": ("seed", {}),
+    "seed-loop": ("seed", {}),
+    "bf16": ("fast", dict(precision="bf16", batch_size=8, group_by_length=True, optim="adamw")),
+    "bf16-8bit": ("fast", dict(precision="bf16", batch_size=8, group_by_length=True, optim="adamw8bit")),
+    "fast": ("fast", {}),
+    "throughput": ("fast", dict(group_by_length=True)),  # batch: --throughput-batch, or the largest that fits
+}
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16 tensor-core peaks from the data sheets
+
+
+def main(argv=None) -> dict:
+    args = parse(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    names = args.configs.split(",")
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        raise SystemExit(f"error: --configs: unknown {', '.join(unknown)} (choose from {', '.join(CONFIGS)})")
+    device = device_name()
+    peak = args.peak_tflops if args.peak_tflops is not None else next((v for k, v in PEAK_TFLOPS.items() if k in device), None)
+    out = Path(args.out or ROOT / "bench" / "results" / f"{slug(device)}-{dt.date.today().isoformat()}")
+    out.mkdir(parents=True, exist_ok=True)
+    weights = f"from {args.model}" if args.model else f"random init of {args.model_config} (time and memory do not depend on weight values)"
+    print(f"device: {device}; weights: {weights}; data: {args.data}; tokenizer: {args.tokenizer}; "
+          f"{args.warmup} warm-up + {args.steps} timed steps per configuration", flush=True)
+
+    data = BenchData(args)
+    rows = []
+    for name in names:
+        print(f"--- {name}", flush=True)
+        row = measure(name, args, data, peak, Path(tempfile.mkdtemp(prefix=f"bench-{name}-")))
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "step_ms"}), flush=True)
+        release_memory()
+    add_ratios(rows)
+    eval_rows = measure_eval(args, data) if args.eval_samples else []
+    result = dict(
+        device=device, date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), versions=versions(),
+        command="python bench/profile.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        weights=weights, data=args.data, tokenizer=args.tokenizer, model_config=args.model_config,
+        warmup_steps=args.warmup, timed_steps=args.steps, peak_tflops=peak, seed_job_samples=SEED_JOB_SAMPLES,
+        documented_seed=DOCUMENTED, rows=rows, eval=eval_rows,
+    )
+    (out / "results.json").write_text(json.dumps(result, indent=2))
+    table = markdown(result)
+    (out / "results.md").write_text(table + "\n")
+    chart(rows, out / "chart.png")
+    print(table)
+    print(f"\nwritten: {out}/results.json, results.md, chart.png")
+    return result
+
+
+def parse(argv):
+    shared = ROOT.parent / "shared" / "data"
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated, from: " + ", ".join(CONFIGS))
+    p.add_argument("--model", default=None, help="real weights (Hub id or folder); default: random init of --model-config")
+    p.add_argument("--model-config", default="flan-t5-base", help="architecture for random init (flan-t5-base, tiny)")
+    p.add_argument("--data", default=str(shared / "imdb") if (shared / "imdb").is_dir() else "stanfordnlp/imdb")
+    p.add_argument("--tokenizer", default=str(shared / "tokenizer" / "imdb-unigram-32k") if (shared / "tokenizer").is_dir() else "google/flan-t5-base")
+    p.add_argument("--warmup", type=int, default=5, help="untimed optimizer steps first (default 5, at least 1)")
+    p.add_argument("--steps", type=int, default=20, help="timed optimizer steps (default 20)")
+    p.add_argument("--throughput-batch", type=int, default=None, help="batch of the throughput row (default: largest of 256/128/64 that fits; 32 on CPU)")
+    p.add_argument("--eval-samples", type=int, default=1000, help="test reviews for the score-vs-generate timing (0: skip)")
+    p.add_argument("--peak-tflops", type=float, default=None, help="peak for MFU (default: the card's dense bf16 peak, if known)")
+    p.add_argument("--full", action="store_true", help="also run each configuration's whole 2-epoch job end to end")
+    p.add_argument("--out", default=None, help="results folder (default bench/results/<device>-<date>/)")
+    args = p.parse_args(argv)
+    if args.warmup < 1 or args.steps < 1:
+        p.error("--warmup and --steps must be at least 1")
+    return args
+
+
+class BenchData:
+    """The tokenized splits, once, through the package's own data path: for FLOPs and eval timing."""
+
+    def __init__(self, args):
+        raw, _ = load_imdb(args.data)
+        self.tokenizer = train_word_tokenizer(raw["train"]["text"]) if args.tokenizer == TRAIN_HERE else load_tokenizer(args.tokenizer)
+        self.tok_dir = Path(tempfile.mkdtemp(prefix="bench-tok-"))
+        self.tokenizer.save_pretrained(self.tok_dir)  # every run() reads this one tokenizer
+        self.splits = tokenize(raw, self.tokenizer, max_source_length=512)
+        self.lengths = list(self.splits["train"]["length"])
+        self.target_len = len(self.splits["train"][0]["labels"])
+
+
+def train_config(name: str, args, data: BenchData, out_dir: Path, **extra):
+    base, overrides = CONFIGS[name]
+    model = dict(model=args.model, model_config=None) if args.model else dict(model_config=args.model_config)
+    return preset(base, **{**overrides, **model, "tokenizer": str(data.tok_dir), "data": args.data,
+                           "output_dir": str(out_dir), "final_eval": False, "save_model": False, "keep_checkpoints": 0,
+                           "log_every": 10**9, "max_steps": None if args.full else args.warmup + args.steps, **extra})
+
+
+def measure(name: str, args, data: BenchData, peak, out_dir: Path) -> dict:
+    if name == "seed-trainer":
+        return measure_trainer(args, data, peak, out_dir)
+    if name != "throughput":
+        return measure_loop(name, train_config(name, args, data, out_dir), args, data, peak)
+    sizes = [args.throughput_batch] if args.throughput_batch else ([256, 128, 64] if torch.cuda.is_available() else [32])
+    for bs in sizes:
+        try:
+            return measure_loop(name, train_config(name, args, data, out_dir / str(bs), batch_size=bs), args, data, peak)
+        except OutOfMemory:
+            print(f"throughput: batch {bs} does not fit, trying a smaller one", flush=True)
+            release_memory()
+    raise SystemExit("error: throughput: no batch size fits")
+
+
+def measure_loop(name, cfg, args, data: BenchData, peak) -> dict:
+    marks, examples, tokens, flops = [], [], [], []
+
+    def on_step(state, step, model):
+        sync()
+        marks.append(time.perf_counter())
+        idx = [i for mb in step.micro_batches for i in mb]
+        examples.append(step.global_examples)
+        tokens.append(step.global_tokens)
+        flops.append(sum(train_flops(model_config(model), data.lengths[i], data.target_len) for i in idx))
+
+    with PeakMemory() as mem:
+        summary = run(cfg, on_step=on_step)
+    row = timing_row(name, cfg, marks, examples, tokens, flops, args.warmup, peak)
+    row.update(mem.report())
+    if args.full:
+        row["full_minutes"] = summary["train_seconds"] / 60
+    return row
+
+
+def measure_trainer(args, data: BenchData, peak, out_dir: Path) -> dict:
+    """The seed recipe in transformers.Seq2SeqTrainer: fp32, batch 8, padded to 512, random sampler."""
+    from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
+    from transformers.trainer_utils import set_seed
+
+    cfg = train_config("seed-trainer", args, data, out_dir)
+    set_seed(cfg.seed)
+    model = build_model(cfg.model, model_config=cfg.model_config, vocab_size=len(data.tokenizer))
+    arch = model.config
+    marks, examples, tokens, flops, pending = [], [], [], [], []
+    collate = Collator(pad_token_id=data.tokenizer.pad_token_id, max_length=cfg.max_source_length)
+
+    def collator(rows):
+        pending.append([len(r["input_ids"]) for r in rows])  # the Trainer fetches one batch per step here
+        return collate([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
+
+    class Timer(TrainerCallback):
+        def on_step_end(self, a, state, control, **kw):
+            sync()
+            marks.append(time.perf_counter())
+            lens = pending.pop(0)
+            examples.append(len(lens))
+            tokens.append(sum(lens))
+            flops.append(sum(train_flops(arch, n, data.target_len) for n in lens))
+
+    targs = Seq2SeqTrainingArguments(
+        output_dir=str(out_dir), per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.lr, seed=cfg.seed,
+        adam_beta1=cfg.adam_beta1, adam_beta2=cfg.adam_beta2, adam_epsilon=cfg.adam_eps, weight_decay=0.0,
+        lr_scheduler_type="linear", warmup_steps=0, num_train_epochs=cfg.epochs, max_steps=-1 if args.full else args.warmup + args.steps,
+        logging_steps=10**9, save_strategy="no", report_to="none", use_cpu=not torch.cuda.is_available(), disable_tqdm=True,
+    )
+    train = data.splits["train"].select_columns(["input_ids", "labels"])
+    with PeakMemory() as mem:
+        trainer = Seq2SeqTrainer(model=model, args=targs, train_dataset=train, data_collator=collator, callbacks=[Timer()])
+        started = time.perf_counter()
+        trainer.train()
+        full_seconds = time.perf_counter() - started
+    row = timing_row("seed-trainer", cfg, marks, examples, tokens, flops, args.warmup, peak)
+    row.update(mem.report())
+    if args.full:
+        row["full_minutes"] = full_seconds / 60
+    del trainer, model
+    return row
+
+
+def timing_row(name, cfg, marks, examples, tokens, flops, warmup, peak) -> dict:
+    if len(marks) <= warmup:
+        raise SystemExit(f"error: {name}: only {len(marks)} steps ran; need more than --warmup {warmup}")
+    # marks[i] is the end of step i + 1; a step's time runs from the end of the one before it, so
+    # the first step (which has no mark before it) is always a warm-up step.
+    step_s = [marks[i] - marks[i - 1] for i in range(warmup, len(marks))]
+    timed = slice(warmup, len(marks))
+    seconds = sum(step_s)
+    samples_per_s = sum(examples[timed]) / seconds
+    tflops = sum(flops[timed]) / seconds / 1e12
+    ms = sorted(1000 * s for s in step_s)
+    return dict(
+        name=name, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, precision=cfg.precision, optim=cfg.optim,
+        padding="to 512" if cfg.pad_to_max_length else ("length-grouped, multiple of 8" if cfg.group_by_length else "multiple of 8"),
+        timed_steps=len(step_s), ms_per_step=statistics.median(ms), ms_p10=ms[len(ms) // 10], ms_p90=ms[(9 * len(ms)) // 10],
+        samples_per_s=samples_per_s, tokens_per_s=sum(tokens[timed]) / seconds, model_tflops=tflops,
+        mfu=tflops / peak if peak else None, projected_minutes=SEED_JOB_SAMPLES / samples_per_s / 60,
+    )
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """Speed-up over the same-run seed-trainer (samples/s over samples/s) and over the documented job."""
+    seed = next((r for r in rows if r["name"] == "seed-trainer"), None)
+    for r in rows:
+        r["ratio_vs_seed_trainer"] = r["samples_per_s"] / seed["samples_per_s"] if seed else None
+        r["ratio_vs_documented_time"] = DOCUMENTED["minutes"] / r["projected_minutes"]
+        r["driver_vs_documented_memory"] = r["peak_driver_mib"] / DOCUMENTED["driver_mib"] if r.get("peak_driver_mib") else None
+
+
+def measure_eval(args, data: BenchData) -> list[dict]:
+    """Reviews/s of `score` and `generate` on the first --eval-samples test reviews, bf16 on a GPU."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    acc = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    split = "test" if "test" in data.splits else "train"
+    ds = data.splits[split].select(range(min(args.eval_samples, len(data.splits[split]))))
+    if args.model:
+        model = build_model(args.model)
+    else:
+        model = build_model("x", model_config=args.model_config, vocab_size=len(data.tokenizer))
+    model = model.to(acc.device)
+    targets = target_ids(data.tokenizer, "digits")
+    rows = []
+    for mode in ("score", "generate"):
+        evaluate(model, ds.select(range(min(64, len(ds)))), targets=targets, accelerator=acc, mode=mode,
+                 batch_size=64, tokenizer=data.tokenizer)  # warm-up
+        sync()
+        r = evaluate(model, ds, targets=targets, accelerator=acc, mode=mode, batch_size=64, tokenizer=data.tokenizer)
+        rows.append(dict(mode=mode, reviews=len(ds), seconds=r["eval_seconds"], reviews_per_s=r["reviews_per_s"],
+                         projected_25k_seconds=25_000 / r["reviews_per_s"]))
+        print(json.dumps(rows[-1]), flush=True)
+    note = "" if args.model else " (random weights never emit EOS: generate runs its full max_new_tokens, an upper bound)"
+    rows.append(dict(note="batch 64, length-sorted" + note))
+    del model
+    release_memory()
+    return rows
+
+
+def model_config(model):
+    return getattr(model, "module", model).config
+
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def release_memory():
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+class PeakMemory:
+    """Peak allocated/reserved (torch) and the process's usage as the driver reports it (nvidia-smi, polled)."""
+
+    def __init__(self, interval: float = 0.25):
+        self.interval, self.driver_mib, self._stop = interval, None, threading.Event()
+
+    def __enter__(self):
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+            self._thread = threading.Thread(target=self._poll, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if torch.cuda.is_available():
+            self._stop.set()
+            self._thread.join()
+            self._sample()
+
+    def _sample(self):
+        with contextlib.suppress(Exception):
+            out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                                 capture_output=True, text=True, timeout=10).stdout
+            mine = [int(m) for p, m in (line.split(",") for line in out.strip().splitlines() if "," in line) if int(p) == os.getpid()]
+            if mine:
+                self.driver_mib = max(self.driver_mib or 0, mine[0])
+
+    def _poll(self):
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def report(self) -> dict:
+        if not torch.cuda.is_available():
+            return dict(peak_allocated_gib=None, peak_reserved_gib=None, peak_driver_mib=None)
+        return dict(peak_allocated_gib=torch.cuda.max_memory_allocated() / 2**30,
+                    peak_reserved_gib=torch.cuda.max_memory_reserved() / 2**30, peak_driver_mib=self.driver_mib)
+
+
+def device_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"CPU {platform.processor() or platform.machine()} x{os.cpu_count()}"
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def versions() -> dict:
+    import accelerate
+    import datasets
+    import transformers
+
+    v = dict(python=platform.python_version(), torch=torch.__version__, transformers=transformers.__version__,
+             accelerate=accelerate.__version__, datasets=datasets.__version__, cuda=torch.version.cuda)
+    with contextlib.suppress(Exception):
+        import bitsandbytes
+
+        v["bitsandbytes"] = bitsandbytes.__version__
+    return v
+
+
+def fmt(x, spec=".1f", none="–"):
+    return none if x is None else format(x, spec)
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        f"**{result['device']}** · {result['weights']} · {result['timed_steps']} timed steps after {result['warmup_steps']} warm-up · "
+        f"MFU against {fmt(result['peak_tflops'], '.0f')} TFLOP/s · `{result['command']}`",
+        "",
+        "| config | batch | precision | optim | padding | ms/step (p10–p90) | samples/s | tokens/s | MFU | 2 epochs (projected) | peak alloc GiB | driver MiB | × seed-trainer |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in result["rows"]:
+        full = f" (full run {r['full_minutes']:.1f} min)" if r.get("full_minutes") else ""
+        lines.append(
+            f"| {r['name']} | {r['batch_size']} | {r['precision']} | {r['optim']} | {r['padding']} | "
+            f"{r['ms_per_step']:.1f} ({r['ms_p10']:.1f}–{r['ms_p90']:.1f}) | {r['samples_per_s']:.1f} | {r['tokens_per_s']:.0f} | "
+            f"{fmt(r['mfu'] and 100 * r['mfu'], '.1f')}{'%' if r['mfu'] else ''} | {r['projected_minutes']:.1f} min{full} | "
+            f"{fmt(r['peak_allocated_gib'], '.2f')} | {fmt(r['peak_driver_mib'], 'd')} | {fmt(r['ratio_vs_seed_trainer'], '.2f')} |"
+        )
+    doc = result["documented_seed"]
+    lines += ["", f"Documented seed: {doc['minutes']:.0f} minutes for 2 epochs, {doc['driver_mib']} MiB ({doc['note']})."]
+    evals = [e for e in result["eval"] if "mode" in e]
+    if evals:
+        lines += ["", "| eval mode | reviews | reviews/s | 25,000 reviews (projected) |", "| --- | --- | --- | --- |"]
+        lines += [f"| {e['mode']} | {e['reviews']} | {e['reviews_per_s']:.1f} | {e['projected_25k_seconds']:.0f} s |" for e in evals]
+        lines += ["", next(e["note"] for e in result["eval"] if "note" in e)]
+    return "\n".join(lines)
+
+
+def chart(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["name"] for r in rows]
+    colors = ["#c0392b" if n == "seed-trainer" else "#2e86c1" for n in names]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 0.6 * len(rows) + 1.8))
+    a.barh(names, [r["projected_minutes"] for r in rows], color=colors)
+    a.axvline(DOCUMENTED["minutes"], ls="--", color="gray", label="documented seed: 26 min")
+    a.set_xlabel("2 epochs of IMDB (minutes, projected)")
+    a.legend(loc="lower right", fontsize=8)
+    mem = [r.get("peak_allocated_gib") or 0 for r in rows]
+    b.barh(names, mem, color=colors)
+    b.axvline(DOCUMENTED["driver_mib"] / 1024, ls="--", color="gray", label="documented seed: 11500 MiB")
+    b.set_xlabel("peak GPU memory allocated (GiB)" if any(mem) else "peak GPU memory (no GPU in this run)")
+    b.legend(loc="lower right", fontsize=8)
+    for ax in (a, b):
+        ax.invert_yaxis()
+    fig.suptitle("flant5_imdb bench (red: seed-trainer, measured in the same run)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
