@@ -85,10 +85,13 @@ def run(cfg: TrainConfig, on_step: Callable[[TrainState, Step, torch.nn.Module],
         raw, skipped = load_imdb(cfg.data, skip_bad_rows=cfg.skip_bad_rows)
         tokenizer = _tokenizer(cfg, raw)
         tokenized = tokenize(raw, tokenizer, verbalizer=cfg.verbalizer, prompt=cfg.prompt, max_source_length=cfg.max_source_length)
-    if cfg.eval_split not in tokenized:
+    evaluating = cfg.final_eval or cfg.eval_every
+    if evaluating and cfg.eval_split not in tokenized:
         raise DataError(f"--eval-split {cfg.eval_split!r}: the data has only {', '.join(tokenized)}")
+    if "train" not in tokenized:
+        raise DataError(f"{cfg.data}: no 'train' split (found: {', '.join(tokenized)})")
     train_ds = subset(tokenized["train"], cfg.max_train_samples, cfg.seed)
-    eval_ds = subset(tokenized[cfg.eval_split], cfg.max_eval_samples, cfg.seed)
+    eval_ds = subset(tokenized[cfg.eval_split], cfg.max_eval_samples, cfg.seed) if evaluating else None
     targets = target_ids(tokenizer, cfg.verbalizer)
     if accelerator.is_main_process and skipped:
         with open(out / "skipped_rows.jsonl", "w") as f:
