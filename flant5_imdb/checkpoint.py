@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,7 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 RESUMABLE_CHANGES = frozenset({
     "output_dir", "log_every", "eval_every", "eval_mode", "eval_batch_size", "eval_split", "max_eval_samples",
     "save_every", "keep_checkpoints", "resume", "force_resume", "max_bad_steps", "skip_bad_rows", "final_eval", "save_model",
+    "report_to", "push_to_hub", "model_card_only",
 })
 
 
@@ -73,8 +75,13 @@ def latest_complete(output_dir: str | Path) -> Path | None:
     return done[-1] if done else None
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, state: TrainState, config: dict, keep: int) -> Path:
-    """Write `step-N` atomically (every process takes part), then keep only the newest `keep`."""
+def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, state: TrainState, config: dict, keep: int,
+                    save_extra: Callable[[Path], None] | None = None) -> Path:
+    """Write `step-N` atomically (every process takes part), then keep only the newest `keep`.
+
+    `save_extra(folder)` runs on the main process before the folder is sealed (the loop uses it
+    to add the model config, tokenizer and settings, so that a checkpoint loads like a model).
+    """
     root = checkpoints_dir(output_dir)
     final = root / f"step-{state.step}"
     tmp = root / f"step-{state.step}.tmp"
@@ -86,6 +93,8 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, state: Tra
     accelerator.save_state(str(tmp))  # model, optimizer, registered scheduler, random_states_{rank}.pkl
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        if save_extra is not None:
+            save_extra(tmp)
         payload = {"state": state.to_dict(), "config": config, "num_processes": accelerator.num_processes}
         _write_synced(tmp / STATE_FILE, json.dumps(payload, indent=2))
         for f in tmp.rglob("*"):

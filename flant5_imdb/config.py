@@ -64,6 +64,9 @@ class TrainConfig:
     eval_every: int | None = _opt(None, "also evaluate every N optimizer steps")
     log_every: int = _opt(50, "write a line to metrics.jsonl (and sync the loss to the host) every N steps")
     output_dir: str = _opt("runs/flant5-imdb", "where metrics, evaluation, checkpoints, the final model and summary go")
+    report_to: str = _opt("none", "also log metrics to accelerate's tracker", ("none", "tensorboard", "wandb"))
+    push_to_hub: str | None = _opt(None, "upload the final model and a generated model card to this Hub repo")
+    model_card_only: bool = _opt(False, "with --push-to-hub: write final/README.md but upload nothing")
     final_eval: bool = _opt(True, "evaluate at the end of training")
     save_model: bool = _opt(True, "save the final model and tokenizer to OUTPUT_DIR/final")
     # Checkpoints and faults

@@ -40,21 +40,30 @@ def _batches(ds: Dataset, batch_size: int, rank: int = 0, world: int = 1) -> lis
 
 
 @torch.no_grad()
-def score_batch(model, batch: dict[str, torch.Tensor], targets: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-label log-likelihoods [B, n_labels], and the summed token loss and token count of the true targets."""
+def score_batch(model, batch: dict[str, torch.Tensor], targets: list[list[int]]):
+    """Per-label log-likelihoods [B, n_labels], and the summed token loss and token count of the true targets.
+
+    Without `labels` in the batch (prediction on new text) the decoder runs one position, and the
+    loss and count are None.
+    """
     enc = model.get_encoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    labels = batch["labels"]
-    logits = model(encoder_outputs=enc, attention_mask=batch["attention_mask"],
-                   decoder_input_ids=model.prepare_decoder_input_ids_from_labels(labels)).logits.float()
+    labels = batch.get("labels")
+    if labels is None:  # the first decoder position's input is the start token, whatever the label
+        start = torch.full((len(batch["input_ids"]), 1), model.config.decoder_start_token_id, device=batch["input_ids"].device)
+        decoder_input_ids, loss_sum, n_tokens = start, None, None
+    else:
+        decoder_input_ids = model.prepare_decoder_input_ids_from_labels(labels)
+    logits = model(encoder_outputs=enc, attention_mask=batch["attention_mask"], decoder_input_ids=decoder_input_ids).logits.float()
     logp = F.log_softmax(logits, dim=-1)
-    loss_sum = F.nll_loss(logp.flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
-    n_tokens = (labels != -100).sum()
+    if labels is not None:
+        loss_sum = F.nll_loss(logp.flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
+        n_tokens = (labels != -100).sum()
     first = [t[0] for t in targets]
     if len(set(first)) == len(first):
         return logp[:, 0, first], loss_sum, n_tokens
     scores = []
     for t in targets:  # labels share a first token: score each whole target
-        tgt = torch.tensor(t, device=labels.device).expand(len(labels), -1)
+        tgt = torch.tensor(t, device=logits.device).expand(len(logits), -1)
         lg = model(encoder_outputs=enc, attention_mask=batch["attention_mask"],
                    decoder_input_ids=model.prepare_decoder_input_ids_from_labels(tgt)).logits.float()
         scores.append(F.log_softmax(lg, dim=-1).gather(-1, tgt.unsqueeze(-1)).squeeze(-1).sum(-1))
@@ -160,3 +169,51 @@ def write_report(result: dict, out_dir: Path, name: str = "eval") -> None:
     with open(out_dir / f"{name}_predictions.jsonl", "w") as f:
         for row in result["predictions"]:
             f.write(json.dumps(row) + "\n")
+
+
+def evaluate_saved(
+    model_path: str,
+    data: str,
+    *,
+    split: str = "test",
+    mode: str = "score",
+    batch_size: int = 64,
+    max_samples: int | None = None,
+    verbalizer: str | None = None,
+    prompt: str | None = None,
+    precision: str = "fp32",
+    output_dir: str | Path | None = None,
+    seed: int = 42,
+) -> dict:
+    """Evaluate a saved model (final/, a checkpoint, or a Hub id such as google/flan-t5-base zero-shot).
+
+    Verbalizer, prompt and truncation default to those the model was trained with. Writes
+    eval.json / eval.txt / eval_predictions.jsonl into `output_dir` if given.
+
+    Raises:
+        DataError: the data or split is unusable.
+        ValueError: the model cannot be loaded.
+    """
+    from accelerate.state import AcceleratorState
+
+    from flant5_imdb.data import DataError, load_imdb, subset, target_ids, tokenize
+    from flant5_imdb.modeling import load_trained
+
+    model, tokenizer, settings = load_trained(model_path)
+    verbalizer = verbalizer or settings.get("verbalizer", "digits")
+    prompt = prompt if prompt is not None else settings.get("prompt")
+    raw, _ = load_imdb(data)
+    if split not in raw:
+        raise DataError(f"--split {split!r}: {data} has only {', '.join(raw)}")
+    ds = tokenize(raw, tokenizer, verbalizer=verbalizer, prompt=prompt,
+                  max_source_length=settings.get("max_source_length", 512))[split]
+    ds = subset(ds, max_samples, seed)
+    AcceleratorState._reset_state()  # see train.run: the precision lives in a process-wide singleton
+    accelerator = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no")
+    model = model.to(accelerator.device)
+    result = evaluate(model, ds, targets=target_ids(tokenizer, verbalizer), accelerator=accelerator, mode=mode,
+                      batch_size=batch_size, tokenizer=tokenizer, collator=Collator(tokenizer.pad_token_id))
+    result.update(model=model_path, data=data, split=split, verbalizer=verbalizer, prompt=prompt)
+    if output_dir is not None and accelerator.is_main_process:
+        write_report(result, Path(output_dir))
+    return result

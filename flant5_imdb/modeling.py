@@ -7,7 +7,9 @@ enough to train on a laptop CPU in a minute.
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
@@ -88,3 +90,27 @@ def _untie_lm_head(model: T5ForConditionalGeneration) -> None:
     w = torch.empty_like(model.shared.weight).normal_(0.0, model.config.initializer_factor)
     model.lm_head.weight = torch.nn.Parameter(w)
     model.all_tied_weights_keys.pop("lm_head.weight", None)
+
+
+SETTINGS_FILE = "flant5_imdb.json"  # beside a saved model: how its inputs and targets were made
+
+
+def save_settings(path: str | Path, *, verbalizer: str, prompt: str | None, max_source_length: int) -> None:
+    Path(path, SETTINGS_FILE).write_text(json.dumps(
+        {"verbalizer": verbalizer, "prompt": prompt, "max_source_length": max_source_length}, indent=2))
+
+
+def load_trained(path: str):
+    """A saved model (a run's final/, a checkpoint folder, or a Hub id), its tokenizer, and the
+    settings it was trained with ({} where there are none, as for a Hub model).
+
+    Raises:
+        ValueError: the model or tokenizer cannot be loaded.
+    """
+    from flant5_imdb.tokenizer import load_tokenizer
+
+    model = build_model(path)
+    tokenizer = load_tokenizer(path)
+    settings_file = Path(path, SETTINGS_FILE)
+    settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
+    return model, tokenizer, settings

@@ -27,6 +27,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 
+from flant5_imdb.card import publish
 from flant5_imdb.checkpoint import (
     TrainState,
     check_compatible,
@@ -41,8 +42,9 @@ from flant5_imdb.config import TrainConfig
 from flant5_imdb.data import DataError, load_imdb, subset, target_ids, texts_of, tokenize
 from flant5_imdb.evaluate import evaluate, format_report, write_report
 from flant5_imdb.guards import Preempted, StepCounters, StopSignal, oom_hint
-from flant5_imdb.modeling import build_model
+from flant5_imdb.modeling import build_model, save_settings
 from flant5_imdb.optim import build_optimizer, build_scheduler
+from flant5_imdb.plots import plot_run
 from flant5_imdb.sampler import Collator, Step, StepSampler
 from flant5_imdb.tokenizer import TRAIN_HERE, load_tokenizer, train_word_tokenizer
 
@@ -71,14 +73,20 @@ def run(cfg: TrainConfig, on_step: Callable[[TrainState, Step, torch.nn.Module],
     accelerator = Accelerator(
         mixed_precision="bf16" if cfg.precision == "bf16" else "no",
         gradient_accumulation_steps=cfg.grad_accum,
+        log_with=None if cfg.report_to == "none" else cfg.report_to,
+        project_dir=cfg.output_dir,
         # Several processes and no CUDA (`accelerate launch --multi_gpu` on a CPU machine): accelerate
         # only sets up gloo when told to use the CPU; otherwise each process would train alone.
         cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
     )
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and not torch.cuda.is_available():
+        logger.warning("FSDP was asked for, but there is no CUDA: training as %s (gloo DDP) instead", accelerator.distributed_type)
     out = Path(cfg.output_dir)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    if cfg.report_to != "none":  # trackers take flat scalars and strings
+        accelerator.init_trackers("flant5_imdb", config={k: "none" if v is None else v for k, v in cfg.to_dict().items()})
 
     # 1. Data: every process builds the same tokenized splits; the main process fills the cache first.
     with accelerator.main_process_first():
@@ -115,6 +123,12 @@ def run(cfg: TrainConfig, on_step: Callable[[TrainState, Step, torch.nn.Module],
     collate = Collator(pad_token_id=tokenizer.pad_token_id, pad_to_multiple_of=cfg.pad_to_multiple_of,
                        max_length=cfg.max_source_length if cfg.pad_to_max_length else None)
 
+    def export(path: Path) -> None:
+        """What makes a folder (final/ or a checkpoint) loadable by from_pretrained, evaluate.py and predict.py."""
+        accelerator.unwrap_model(model).config.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        save_settings(path, verbalizer=cfg.verbalizer, prompt=cfg.prompt, max_source_length=cfg.max_source_length)
+
     # 3. Resume, if asked: weights, optimizer, scheduler, RNG states, sampler position, counters.
     state = TrainState()
     resume_from = resolve_resume(cfg.resume, out)
@@ -130,7 +144,7 @@ def run(cfg: TrainConfig, on_step: Callable[[TrainState, Step, torch.nn.Module],
 
     # 4. The loop. One iteration = one optimizer step = `grad_accum` micro-batches on each process.
     model.train()
-    log = MetricsLog(out / "metrics.jsonl", accelerator.is_main_process)
+    log = MetricsLog(out / "metrics.jsonl", accelerator)
     window = Window(accelerator)
     counters = StepCounters(accelerator.device, state, cfg.max_bad_steps)
     # The fused AdamW kernel can skip a non-finite update on the device; other optimizers need the host to decide.
@@ -172,7 +186,7 @@ def run(cfg: TrainConfig, on_step: Callable[[TrainState, Step, torch.nn.Module],
                 maybe_log(cfg, state, window, counters, log, bar, lr=lr, grad_norm=grad_norm, seconds=time.perf_counter() - train_start)
                 maybe_evaluate(cfg, state, model, eval_ds, targets, tokenizer, accelerator, log)
                 stopping = stop.requested()
-                maybe_save(cfg, accelerator, state, sampler, counters, total_steps, force=stopping)
+                maybe_save(cfg, accelerator, state, sampler, counters, total_steps, export, force=stopping)
                 if on_step is not None:
                     on_step(state, step, model)
                 if stopping:
@@ -193,13 +207,14 @@ def run(cfg: TrainConfig, on_step: Callable[[TrainState, Step, torch.nn.Module],
         result = evaluate(model, eval_ds, targets=targets, accelerator=accelerator, mode=cfg.eval_mode,
                           batch_size=cfg.eval_batch_size, tokenizer=tokenizer, collator=Collator(tokenizer.pad_token_id))
     if cfg.save_model:
-        save_final(accelerator, model, tokenizer, out / "final")
+        save_final(accelerator, model, out / "final", export)
     summary = dict(
         steps=state.step, samples_seen=state.samples_seen, epochs=state.samples_seen / len(train_ds),
         target_tokens_seen=state.target_tokens_seen, skipped_steps=state.skipped_steps,
         resumed_from=str(resume_from) if resume_from else None, train_seconds=train_seconds,
         wall_seconds=time.perf_counter() - started, samples_per_s=state.samples_seen / train_seconds,
-        processes=accelerator.num_processes, device=str(accelerator.device), precision=cfg.precision,
+        processes=accelerator.num_processes, distributed_type=str(accelerator.distributed_type), device=str(accelerator.device),
+        precision=cfg.precision,
         peak_gpu_memory_gib=torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
         skipped_rows=len(skipped), last_logged_loss=window.last_loss, rank_param_checksums=checksums,
         eval={k: v for k, v in result.items() if k != "predictions"} if result else None, config=cfg.to_dict(),
@@ -209,6 +224,9 @@ def run(cfg: TrainConfig, on_step: Callable[[TrainState, Step, torch.nn.Module],
         if result:
             write_report(result, out)
             logger.info("evaluation:\n%s", format_report(result))
+        plot_run(out)
+        if cfg.save_model:
+            publish(out / "final", summary, cfg.push_to_hub, upload=not cfg.model_card_only)
     accelerator.end_training()
     return summary
 
@@ -268,14 +286,16 @@ class Window:
 
 
 class MetricsLog:
-    """`metrics.jsonl`: one JSON object per line, written by the main process only."""
+    """`metrics.jsonl` (one JSON object per line, main process only) and any --report-to tracker."""
 
-    def __init__(self, path: Path, enabled: bool):
-        self.f = open(path, "a", buffering=1) if enabled else None  # noqa: SIM115 - open for the whole run
+    def __init__(self, path: Path, accelerator: Accelerator):
+        self.accelerator = accelerator
+        self.f = open(path, "a", buffering=1) if accelerator.is_main_process else None  # noqa: SIM115 - open for the whole run
 
     def write(self, **row) -> None:
         if self.f is not None:
             self.f.write(json.dumps(row) + "\n")
+        self.accelerator.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
 
 
 def maybe_log(cfg, state: TrainState, window: Window, counters: StepCounters, log: MetricsLog, bar, *, lr, grad_norm, seconds) -> None:
@@ -297,7 +317,8 @@ def maybe_log(cfg, state: TrainState, window: Window, counters: StepCounters, lo
     bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{row['samples_per_s']:.1f}")
 
 
-def maybe_save(cfg, accelerator, state: TrainState, sampler: StepSampler, counters: StepCounters, total_steps: int, force: bool) -> None:
+def maybe_save(cfg, accelerator, state: TrainState, sampler: StepSampler, counters: StepCounters, total_steps: int,
+               export: Callable[[Path], None], force: bool) -> None:
     """Checkpoint every `save_every` steps, at each epoch end, at the last step, and when asked to stop."""
     if not cfg.keep_checkpoints:
         return
@@ -306,7 +327,7 @@ def maybe_save(cfg, accelerator, state: TrainState, sampler: StepSampler, counte
         return
     counters.sync(state)
     state.sampler = sampler.state_dict()
-    save_checkpoint(accelerator, cfg.output_dir, state, cfg.to_dict(), keep=cfg.keep_checkpoints)
+    save_checkpoint(accelerator, cfg.output_dir, state, cfg.to_dict(), keep=cfg.keep_checkpoints, save_extra=export)
 
 
 def maybe_evaluate(cfg, state, model, eval_ds, targets, tokenizer, accelerator, log: MetricsLog) -> None:
@@ -319,17 +340,21 @@ def maybe_evaluate(cfg, state, model, eval_ds, targets, tokenizer, accelerator, 
 
 def rank_param_checksums(accelerator: Accelerator, model) -> list[float]:
     """The float64 sum of every parameter, one per process: equal on all ranks unless DDP went wrong."""
-    local = sum(float(p.detach().double().sum()) for p in accelerator.unwrap_model(model).parameters())
+    params = accelerator.unwrap_model(model).parameters()
+    # FSDP shards are DTensors: sum the full tensor, which every rank then holds alike.
+    local = sum(float((p.full_tensor() if hasattr(p, "full_tensor") else p).detach().double().sum()) for p in params)
     sums = gather_object([local])
     if len(set(sums)) > 1:
         logger.warning("parameters differ across processes after training: checksums %s", sums)
     return sums
 
 
-def save_final(accelerator: Accelerator, model, tokenizer, path: Path) -> None:
-    """save_pretrained of the unwrapped model (no DDP `module.` or compile `_orig_mod.` prefixes)."""
+def save_final(accelerator: Accelerator, model, path: Path, export: Callable[[Path], None]) -> None:
+    """save_pretrained of the unwrapped model (no DDP `module.` or compile `_orig_mod.` prefixes), tokenizer, settings."""
     accelerator.wait_for_everyone()
+    state_dict = accelerator.get_state_dict(model)  # gathered from the shards under FSDP; a plain state dict otherwise
     unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
-    unwrapped.save_pretrained(path, is_main_process=accelerator.is_main_process, save_function=accelerator.save)
+    unwrapped.save_pretrained(path, is_main_process=accelerator.is_main_process, save_function=accelerator.save,
+                              state_dict=state_dict)
     if accelerator.is_main_process:
-        tokenizer.save_pretrained(path)
+        export(path)

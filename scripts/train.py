@@ -6,6 +6,8 @@ Also runs under plain `python`. `--help` lists every option.
 import logging
 import sys
 
+from accelerate import PartialState
+
 from flant5_imdb.checkpoint import CheckpointError
 from flant5_imdb.config import ConfigError, parse_args
 from flant5_imdb.data import DataError
@@ -28,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     except (NonFiniteError, OutOfMemory) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if not PartialState().is_main_process:
+        return 0
     if summary["eval"]:
         print(format_report(summary["eval"]))
     print(f"done: {summary['steps']} steps in {summary['train_seconds']:.1f} s; outputs in {cfg.output_dir}")

@@ -134,7 +134,7 @@ def test_adamw8bit_learns_and_keeps_embedding_states_in_32_bits(tmp_path, tokeni
 
 
 def test_outputs_of_a_run(tmp_path, tokenizer_dir):
-    cfg = tiny(tmp_path, tokenizer_dir, max_steps=5, log_every=2)
+    cfg = tiny(tmp_path, tokenizer_dir, max_steps=5, log_every=2, report_to="tensorboard")
     summary = run(cfg)
     out = Path(cfg.output_dir)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -147,6 +147,8 @@ def test_outputs_of_a_run(tmp_path, tokenizer_dir):
     assert saved["steps"] == 5 and saved["samples_seen"] == 5 * 16 and saved["samples_per_s"] > 0
     assert saved["eval"]["n"] == 32 and 0 <= saved["eval"]["accuracy"] <= 1
     assert summary["config"]["lr"] == cfg.lr and saved["peak_gpu_memory_gib"] is None
+    events = list((out / "flant5_imdb").glob("events.out.tfevents.*"))  # --report-to tensorboard
+    assert events and events[0].stat().st_size > 0
 
 
 def test_script_reports_user_errors_in_one_line(tmp_path):
@@ -168,15 +170,16 @@ def test_smoke_preset_learns(smoke_run):
 
 
 def test_two_processes_match_one(tmp_path, tokenizer_dir):
-    """`accelerate launch --multi_gpu --num_processes 2` on the CPU (gloo) vs one process, same effective batch."""
+    """The README's `accelerate launch --config_file configs/multi_gpu.yaml --num_processes 2` on the CPU (gloo)
+    vs one process, same effective batch."""
     common = ["--preset", "smoke", "--tokenizer", str(tokenizer_dir), "--data", "synthetic:160", "--dropout", "0",
               "--max-steps", "6", "--grad-accum", "2", "--max-eval-samples", "32", "--log-every", "1", "--max-source-length", "64",
               "--verbalizer", "negative,great positive", "--adam-eps", "1e-4"]  # eps: see the accumulation test
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     two = tmp_path / "two"
     proc = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "scripts" / "train.py"), *common,
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "configs" / "multi_gpu.yaml"),
+         "--num_processes", "2", str(ROOT / "scripts" / "train.py"), *common,
          "--batch-size", "2", "--output-dir", str(two)],
         capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -184,7 +187,7 @@ def test_two_processes_match_one(tmp_path, tokenizer_dir):
                verbalizer="negative,great positive", adam_eps=1e-4)
     run(one)
     summary = json.loads((two / "summary.json").read_text())
-    assert summary["processes"] == 2
+    assert summary["processes"] == 2 and summary["distributed_type"] == "DistributedType.MULTI_CPU"
     a, b = summary["rank_param_checksums"]
     assert a == b  # DDP kept the ranks identical
     assert losses(two) == pytest.approx(losses(one.output_dir), rel=1e-5)
@@ -205,3 +208,17 @@ def test_real_imdb_tiny_model_beats_chance(tmp_path):
     print(f"\nreal IMDB, tiny T5, 8,000 reviews x 2 epochs, {summary['train_seconds']:.0f} s on CPU: "
           f"accuracy {acc:.4f}, macro-F1 {summary['eval']['macro_f1']:.4f} on 2,000 test reviews")
     assert acc > 0.70
+
+
+def test_fsdp_config_starts_a_two_process_cpu_run(tmp_path, tokenizer_dir):
+    """configs/fsdp.yaml: FSDP itself needs CUDA, so on the CPU accelerate runs gloo DDP and the run says so."""
+    out = tmp_path / "fsdp"
+    proc = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "configs" / "fsdp.yaml"),
+         "--num_processes", "2", str(ROOT / "scripts" / "train.py"), "--preset", "smoke", "--tokenizer", str(tokenizer_dir),
+         "--data", "synthetic:160", "--max-steps", "3", "--max-eval-samples", "16", "--output-dir", str(out)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "FSDP was asked for, but there is no CUDA" in proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["steps"] == 3 and len(set(summary["rank_param_checksums"])) == 1

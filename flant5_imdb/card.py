@@ -1,0 +1,122 @@
+"""The model card of a trained model, and the upload to the Hugging Face Hub.
+
+The card is written into final/README.md after every run that saves a model; `--push-to-hub REPO`
+uploads final/ with it (`--model-card-only` writes the card for that repo but uploads nothing).
+Every number in it comes from the run's summary.json.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def model_card(summary: dict, repo: str | None = None) -> str:
+    cfg, ev = summary["config"], summary.get("eval")
+    base = cfg["model"] if not cfg.get("model_config") else f"{cfg['model_config']} architecture, random init"
+    effective = cfg["batch_size"] * cfg["grad_accum"] * summary["processes"]
+    lines = [
+        "---",
+        "license: apache-2.0",
+        "library_name: transformers",
+        "pipeline_tag: text2text-generation",
+        "datasets:\n- stanfordnlp/imdb",
+        "tags:\n- sentiment-analysis\n- flan-t5\n- flant5_imdb",
+        *([f"base_model: {cfg['model']}"] if not cfg.get("model_config") else []),
+        "---",
+        "",
+        f"# {repo or 'flant5_imdb model'}",
+        "",
+        f"IMDB sentiment classifier fine-tuned from **{base}** with flant5_imdb (a hand-written Accelerate "
+        f"loop), as text-to-text classification: the model writes {_targets(cfg['verbalizer'])}.",
+        "",
+        "## Evaluation",
+        "",
+    ]
+    if ev:
+        r = ev["report"]
+        lines += [
+            f"On {ev['n']:,} reviews of the `{cfg['eval_split']}` split (`{ev['mode']}` mode):",
+            "",
+            "| metric | value |", "| --- | --- |",
+            f"| accuracy | {ev['accuracy']:.4f} |", f"| macro-F1 | {ev['macro_f1']:.4f} |",
+            *([f"| eval loss | {ev['eval_loss']:.4f} |"] if ev.get("eval_loss") is not None else []),
+            "",
+            "| class | precision | recall | F1 | support |", "| --- | --- | --- | --- | --- |",
+            *[f"| {c} | {r[c]['precision']:.4f} | {r[c]['recall']:.4f} | {r[c]['f1-score']:.4f} | {int(r[c]['support'])} |"
+              for c in ("negative", "positive")],
+            "",
+            f"Confusion matrix (rows true, columns predicted; negative, positive): `{ev['confusion_matrix']}`.",
+        ]
+    else:
+        lines.append("Not evaluated at the end of training (`--no-final-eval`).")
+    lines += [
+        "",
+        "## Training",
+        "",
+        "| hyperparameter | value |", "| --- | --- |",
+        f"| data | `{cfg['data']}` |",
+        f"| learning rate | {cfg['lr']} ({cfg['schedule']}, {cfg['warmup_steps']} warm-up steps) |",
+        f"| batch | {cfg['batch_size']} per process x {cfg['grad_accum']} accumulation x {summary['processes']} processes = {effective} |",
+        f"| steps | {summary['steps']} ({summary['epochs']:.2f} epochs) |",
+        f"| optimizer | {cfg['optim']} (betas {cfg['adam_beta1']}, {cfg['adam_beta2']}; eps {cfg['adam_eps']}; weight decay {cfg['weight_decay']}) |",
+        f"| gradient clipping | {cfg['max_grad_norm']} |",
+        f"| precision | {cfg['precision']} |",
+        f"| max source length | {cfg['max_source_length']} |",
+        f"| prompt | {cfg['prompt'] or 'none'} |",
+        f"| seed | {cfg['seed']} |",
+        "",
+        "## Cost",
+        "",
+        "| | |", "| --- | --- |",
+        f"| hardware | {summary['device']} x {summary['processes']} process(es) |",
+        f"| training time | {summary['train_seconds'] / 60:.1f} min ({summary['samples_per_s']:.1f} samples/s) |",
+        f"| wall time | {summary['wall_seconds'] / 60:.1f} min |",
+        f"| peak GPU memory | {_gib(summary.get('peak_gpu_memory_gib'))} |",
+        f"| skipped non-finite updates | {summary.get('skipped_steps', 0)} |",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from flant5_imdb import Classifier",
+        "",
+        f"clf = Classifier(\"{repo or 'path/to/final'}\")",
+        "print(clf.predict([\"A wonderful, moving film.\"]))",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _targets(verbalizer: str) -> str:
+    from flant5_imdb.data import verbalize
+
+    neg, pos = verbalize(verbalizer)
+    return f"`{neg}` for negative and `{pos}` for positive"
+
+
+def _gib(x) -> str:
+    return "no GPU" if x is None else f"{x:.2f} GiB allocated"
+
+
+def publish(final_dir: Path, summary: dict, repo: str | None, upload: bool) -> None:
+    """Write final/README.md; with a repo and `upload`, push final/ to the Hub.
+
+    Raises:
+        RuntimeError: the upload failed (offline, no token, no permission); the card stays written.
+    """
+    (final_dir / "README.md").write_text(model_card(summary, repo))
+    if not repo or not upload:
+        return
+    from huggingface_hub import HfApi
+
+    try:
+        api = HfApi()
+        api.create_repo(repo, exist_ok=True)
+        api.upload_folder(repo_id=repo, folder_path=str(final_dir), commit_message="flant5_imdb: trained model and card")
+    except Exception as e:  # the hub raises many types; all mean the same to the user
+        raise RuntimeError(f"--push-to-hub {repo}: upload failed ({type(e).__name__}: {str(e)[:200]}); "
+                           f"the model and card are in {final_dir}") from e
+    logger.info("pushed %s to https://huggingface.co/%s", final_dir, repo)

@@ -1,0 +1,79 @@
+"""PNG plots of a run: loss and learning rate, throughput, the confusion matrix.
+
+Written at the end of training, and by `python scripts/plot.py RUN_DIR` for any run folder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def plot_run(run_dir: str | Path) -> list[Path]:
+    """Plot what `run_dir` holds (metrics.jsonl, eval.json); returns the PNGs written.
+
+    Raises:
+        FileNotFoundError: `run_dir` has no metrics.jsonl.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    metrics_file = run_dir / "metrics.jsonl"
+    if not metrics_file.is_file():
+        raise FileNotFoundError(f"{run_dir}: no metrics.jsonl (is this a training run's --output-dir?)")
+    rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+    train = {r["step"]: r for r in rows if "loss" in r}  # a resumed run's later lines win
+    steps = sorted(train)
+    written = []
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, [train[s]["loss"] for s in steps], color="#2e86c1", label="training loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (per target token)")
+    ax.set_yscale("log")
+    lr_ax = ax.twinx()
+    lr_ax.plot(steps, [train[s]["lr"] for s in steps], color="#c0392b", ls="--", label="learning rate")
+    lr_ax.set_ylabel("learning rate")
+    evals = [r for r in rows if "eval_accuracy" in r]
+    title = "loss and learning rate"
+    if evals:
+        title += f" (last eval accuracy {evals[-1]['eval_accuracy']:.4f} at step {evals[-1]['step']})"
+    ax.set_title(title)
+    fig.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    written.append(_save(fig, run_dir / "loss_lr.png", plt))
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot(steps, [train[s]["samples_per_s"] for s in steps], color="#27ae60")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("samples/s (cumulative)")
+    ax.set_title("training throughput")
+    fig.tight_layout()
+    written.append(_save(fig, run_dir / "throughput.png", plt))
+
+    eval_file = run_dir / "eval.json"
+    if eval_file.is_file():
+        ev = json.loads(eval_file.read_text())
+        cm = ev["confusion_matrix"]
+        fig, ax = plt.subplots(figsize=(4.2, 3.8))
+        ax.imshow(cm, cmap="Blues")
+        for i in range(2):
+            for j in range(2):
+                ax.text(j, i, str(cm[i][j]), ha="center", va="center", color="black", fontsize=12)
+        ax.set_xticks([0, 1], ["negative", "positive"])
+        ax.set_yticks([0, 1], ["negative", "positive"])
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"accuracy {ev['accuracy']:.4f}, macro-F1 {ev['macro_f1']:.4f}")
+        fig.tight_layout()
+        written.append(_save(fig, run_dir / "confusion_matrix.png", plt))
+    return written
+
+
+def _save(fig, path: Path, plt) -> Path:
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

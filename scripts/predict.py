@@ -1,0 +1,45 @@
+"""Classify reviews with a trained model.
+
+    python scripts/predict.py --model runs/flant5-imdb/final "A wonderful film." "Two hours I will not get back."
+    python scripts/predict.py --model runs/flant5-imdb/final --file reviews.csv --jsonl > predictions.jsonl
+    cat reviews.txt | python scripts/predict.py --model runs/flant5-imdb/final
+"""
+
+import argparse
+import json
+import sys
+
+from flant5_imdb.data import DataError
+from flant5_imdb.predict import Classifier, InputError, read_texts
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Classify IMDB-style reviews as negative or positive.")
+    p.add_argument("texts", nargs="*", help="reviews (if none and no --file: one review a line on stdin)")
+    p.add_argument("--model", required=True, help="a run's final/ folder, a checkpoint folder, or a Hub id")
+    p.add_argument("--file", help=".txt (one review a line), .csv or .jsonl with a 'text' column")
+    p.add_argument("--jsonl", action="store_true", help="JSON lines instead of a table")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--verbalizer", default=None, help="default: the one the model was trained with")
+    p.add_argument("--prompt", default=None, help="default: the one the model was trained with")
+    args = p.parse_args(argv)
+    try:
+        if args.texts and args.file:
+            raise InputError("give reviews as arguments or --file, not both")
+        texts = args.texts or read_texts(args.file, None if args.file else sys.stdin)
+        if not texts:
+            raise InputError("no reviews given")
+        preds = Classifier(args.model, verbalizer=args.verbalizer, prompt=args.prompt, batch_size=args.batch_size).predict(texts)
+    except (InputError, DataError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for text, pred in zip(texts, preds, strict=True):
+        if args.jsonl:
+            print(json.dumps({"text": text, "label": pred.label, "label_name": pred.label_name, "prob_positive": pred.prob_positive}))
+        else:
+            print(f"{pred.label_name:<8}  {pred.prob_positive:6.4f}  {text[:100]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

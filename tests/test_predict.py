@@ -1,0 +1,93 @@
+"""Evaluate and predict on a trained tiny model: they agree with each other and with the training run."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from flant5_imdb import Classifier
+from flant5_imdb.data import load_imdb
+from flant5_imdb.evaluate import evaluate_saved
+from flant5_imdb.predict import InputError, read_texts
+from tests.conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def final(smoke_run):
+    return smoke_run[0] / "final", smoke_run[1]
+
+
+def test_evaluate_and_predict_agree_with_the_training_run(final, tmp_path):
+    model_dir, summary = final
+    result = evaluate_saved(str(model_dir), "synthetic:2000", output_dir=tmp_path)
+    assert result["accuracy"] == summary["eval"]["accuracy"]
+    assert result["confusion_matrix"] == summary["eval"]["confusion_matrix"]
+    assert json.loads((tmp_path / "eval.json").read_text())["macro_f1"] == summary["eval"]["macro_f1"]
+
+    texts = load_imdb("synthetic:2000")[0]["test"]["text"]
+    preds = Classifier(str(model_dir), batch_size=50).predict(texts)
+    assert [p.label for p in preds] == [r["pred"] for r in result["predictions"]]
+    by_id = {r["id"]: r["prob_positive"] for r in result["predictions"]}
+    assert all(abs(p.prob_positive - by_id[i]) < 1e-5 for i, p in enumerate(preds))
+
+
+def test_a_checkpoint_evaluates_like_a_model(final, tmp_path):
+    model_dir, summary = final
+    ckpt = sorted((model_dir.parent / "checkpoints").iterdir())[-1]  # the last step's checkpoint = the final weights
+    assert evaluate_saved(str(ckpt), "synthetic:2000")["accuracy"] == summary["eval"]["accuracy"]
+
+
+def run_script(*args, stdin=None):
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "predict.py"), *args], input=stdin,
+                          capture_output=True, text=True, timeout=180)
+
+
+def test_every_input_form_gives_the_same_predictions(final, tmp_path):
+    model_dir, _ = final
+    reviews = ["the film was wonderful and superb and great.", "awful boring dull mess of a movie."]
+    (tmp_path / "r.txt").write_text("\n".join(reviews) + "\n")
+    (tmp_path / "r.csv").write_text("id,text\n1," + reviews[0] + "\n2," + reviews[1] + "\n")
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in reviews))
+    for name in ("r.txt", "r.csv", "r.jsonl"):
+        assert read_texts(str(tmp_path / name)) == reviews, name
+    assert read_texts(None, iter(r + "\n" for r in reviews)) == reviews  # stdin
+    expected = [p.label_name for p in Classifier(str(model_dir)).predict(reviews)]
+    assert expected == ["positive", "negative"]
+    # The script end to end: a file as JSON lines, stdin as a table.
+    proc = run_script("--model", str(model_dir), "--jsonl", "--file", str(tmp_path / "r.csv"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [json.loads(line)["label_name"] for line in proc.stdout.splitlines()] == expected
+    proc = run_script("--model", str(model_dir), stdin="\n".join(reviews) + "\n")
+    assert [line.split()[0] for line in proc.stdout.splitlines()] == expected
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("bad.txt", "fine film\n\nanother\n", r"bad.txt line 2: empty review"),
+    ("bad.csv", "review\nfine\n", r"bad.csv: no 'text' column \(found: review\)"),
+    ("bad.jsonl", '{"text": "ok"}\n{"txt": "x"}\n', r"bad.jsonl line 2: no 'text' field"),
+    ("bad.jsonl", '{"text": "ok"}\nnot json\n', r"bad.jsonl line 2: not JSON"),
+    ("bad.tsv", "x\n", r"unsupported file type '.tsv'"),
+])
+def test_malformed_input_is_rejected_naming_the_line(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(InputError, match=message):
+        read_texts(str(path))
+
+
+def test_malformed_input_gives_one_line_and_no_partial_output(final, tmp_path):
+    path = tmp_path / "mixed.txt"
+    path.write_text("a great film\n\nawful\n")  # line 1 is fine: nothing may be printed for it
+    proc = run_script("--model", str(final[0]), "--file", str(path))
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [f"error: {path} line 2: empty review"]
+
+
+def test_evaluate_script_writes_the_report(final, tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--model", str(final[0]), "--data",
+                           "synthetic:2000", "--output-dir", str(tmp_path), "--max-samples", "100"],
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "100 reviews, mode=score: accuracy" in proc.stdout
+    assert json.loads((tmp_path / "eval.json").read_text())["n"] == 100
