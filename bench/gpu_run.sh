@@ -5,8 +5,9 @@
 #   device run, carry [".device"]:  source .device/setup.sh; bash bench/gpu_run.sh
 #   (extra arguments go to bench/profile.py; a CPU rehearsal: bash bench/gpu_run.sh --model-config tiny --steps 2 --warmup 1 --eval-samples 32)
 #
-# Expected: 5 to 7 minutes on an H100 or H200 (data tokenization once, then 6 configurations x
-# (model build + 5 warm-up + 30 timed steps), then 1,000-review score/generate timing). Every part
+# Expected: 6 to 9 minutes on an H100 or H200: the GPU kernel tests (1 to 2 minutes, mostly
+# compilation), then the bench (data tokenization once, 6 configurations x (model build + 5 warm-up
+# + 30 timed steps), then 1,000-review score/generate timing). Every part
 # has a time guard; every line reaches $OUT as it is printed. Copy $OUT/bench/results.{json,md}
 # and chart.png into bench/results/<card>-<date>/ and the table into the README.
 set -uo pipefail
@@ -23,6 +24,11 @@ print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_dev
 print('transformers', transformers.__version__, 'accelerate', accelerate.__version__,
       'datasets', datasets.__version__, 'bitsandbytes', bitsandbytes.__version__)
 " 2>&1 | tee "$OUT/versions.txt"
+
+# The kernel checks (issue 6): compiled flex attention with the relative bias and the fused RMSNorm
+# against their references, forward and backward, on the GPU.
+timeout 300 python -u -m pytest -q -m gpu tests/kernels -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log"
+echo "gpu tests exit status: ${PIPESTATUS[0]}"
 
 # The whole suite; the .device data has no test split (carry limit), so eval timing uses train reviews.
 timeout 480 python -u bench/profile.py --data "$data" --tokenizer "$tok" --warmup 5 --steps 30 \
