@@ -99,9 +99,9 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, state: Tra
         _write_synced(tmp / STATE_FILE, json.dumps(payload, indent=2))
         for f in tmp.rglob("*"):
             if f.is_file():
-                _fsync_file(f)
+                _fsync(f)
         _write_synced(tmp / COMPLETE, "")
-        _fsync_dir(tmp)
+        _fsync(tmp)
         _commit(tmp, final)
         for old in complete_checkpoints(output_dir)[:-keep]:
             shutil.rmtree(old)
@@ -120,7 +120,7 @@ def _commit(tmp: Path, final: Path) -> None:
         shutil.rmtree(trash)
     else:
         os.rename(tmp, final)
-    _fsync_dir(final.parent)
+    _fsync(final.parent)
 
 
 def _write_synced(path: Path, text: str) -> None:
@@ -130,15 +130,8 @@ def _write_synced(path: Path, text: str) -> None:
         os.fsync(f.fileno())
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
+def _fsync(path: Path) -> None:
+    """Flush a file's data, or a folder's entries (a rename is only durable once its folder is synced)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -7,7 +7,8 @@
 - A non-finite loss or gradient norm (`StepCounters`): that update is skipped (parameters and
   optimizer state unchanged), counted and logged; `--max-bad-steps` in a row raise `NonFiniteError`.
   A NaN or inf loss always makes the gradient norm non-finite, so the (global) norm is what is
-  tested: it is the same number on every rank, so every rank skips the same updates.
+  tested: it is the same number on every rank, so every rank skips the same updates. The counts stay
+  on the device; the host reads them at log steps and every `--max-bad-steps` steps (one sync then).
 - Out of GPU memory (`oom_hint`): `OutOfMemory` names the micro-batch and a smaller --batch-size
   with a larger --grad-accum that keeps the effective batch.
 """

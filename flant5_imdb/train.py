@@ -156,10 +156,13 @@ def run(cfg: TrainConfig, on_step: Callable[[TrainState, Step, torch.nn.Module],
         while state.step < total_steps:
             for step in sampler:
                 batches = [_micro_batch(train_ds, idx, collate, filler=train_ds[:1]) for idx in step.micro_batches]
-                # Target tokens of the whole effective batch: counted on the host from the padded labels
-                # (no GPU sync), summed over processes on the device.
+                # Target tokens of the whole effective batch: counted on the host from the padded labels,
+                # and with several processes summed on the device (a collective, not a host sync; the
+                # non-blocking copy from pageable memory does not wait for the GPU either).
                 counts = [int((b["labels"] != -100).sum()) for b in batches]
-                n_tokens = accelerator.reduce(torch.tensor(sum(counts), device=accelerator.device), "sum")
+                n_tokens = sum(counts)
+                if accelerator.num_processes > 1:
+                    n_tokens = accelerator.reduce(torch.tensor(n_tokens).to(accelerator.device, non_blocking=True), "sum")
                 scale = accelerator.num_processes * cfg.grad_accum / n_tokens
                 lr = scheduler.get_last_lr()[0]
                 for batch, count in zip(batches, counts, strict=True):
@@ -197,6 +200,7 @@ def run(cfg: TrainConfig, on_step: Callable[[TrainState, Step, torch.nn.Module],
                 state.epoch += 1
                 sampler.set_epoch(state.epoch)
     counters.sync(state)
+    log.close()
     accelerator.wait_for_everyone()
     train_seconds = time.perf_counter() - train_start
     checksums = rank_param_checksums(accelerator, model)
@@ -296,6 +300,11 @@ class MetricsLog:
         if self.f is not None:
             self.f.write(json.dumps(row) + "\n")
         self.accelerator.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+
+    def close(self) -> None:
+        if self.f is not None:
+            self.f.close()
+            self.f = None
 
 
 def maybe_log(cfg, state: TrainState, window: Window, counters: StepCounters, log: MetricsLog, bar, *, lr, grad_norm, seconds) -> None:

@@ -134,11 +134,14 @@ def test_adamw8bit_learns_and_keeps_embedding_states_in_32_bits(tmp_path, tokeni
 
 
 def test_outputs_of_a_run(tmp_path, tokenizer_dir):
-    cfg = tiny(tmp_path, tokenizer_dir, max_steps=5, log_every=2, report_to="tensorboard")
+    cfg = tiny(tmp_path, tokenizer_dir, max_steps=5, log_every=2, report_to="tensorboard", eval_every=4)
     summary = run(cfg)
     out = Path(cfg.output_dir)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "eval_accuracy" in r]
+    rows = [r for r in rows if "loss" in r]
     assert [r["step"] for r in rows] == [1, 2, 4]
+    assert [r["step"] for r in evals] == [4] and 0 <= evals[0]["eval_accuracy"] <= 1
     assert all({"step", "loss", "lr", "samples_per_s"} <= r.keys() for r in rows)
     assert rows[0]["lr"] == pytest.approx(cfg.lr)  # the lr the first step used: linear decay starts at the peak
     assert not any(k.startswith("_orig_mod.") or k.startswith("module.") for k in final_params(out))
