@@ -165,6 +165,45 @@ def test_sigterm_finishes_the_step_checkpoints_and_exits_143(tmp_path, tokenizer
     assert [b[s] for s in range(stopped_at + 1, 151)] == [a[s] for s in range(stopped_at + 1, 151)]
 
 
+def worker_pids(out: Path) -> dict[int, int]:
+    """rank -> pid of the training processes writing to `out` (read from /proc)."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            if str(out) not in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                continue
+            env = dict(kv.split("=", 1) for kv in (proc / "environ").read_bytes().decode(errors="replace").split("\0") if "=" in kv)
+        except OSError:
+            continue
+        if "RANK" in env and "LOCAL_RANK" in env:
+            found[int(env["RANK"])] = int(proc.name)
+    return found
+
+
+def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step(tmp_path, tokenizer_dir):
+    out = tmp_path / "ddp"
+    args = cli(tokenizer_dir, out, "--batch-size", "8")
+    args[args.index("--max-steps") + 1] = "150"
+    args[args.index("--save-every") + 1] = "1000"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "scripts" / "train.py"), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 180
+    while time.time() < deadline and not ((out / "metrics.jsonl").exists() and len(metrics(out)) >= 3):
+        time.sleep(0.05)
+    pids = worker_pids(out)
+    assert sorted(pids) == [0, 1]
+    os.kill(pids[1], signal.SIGTERM)  # only rank 1 is told
+    _, err = proc.communicate(timeout=180)
+    lines = [line for line in err.splitlines() if line.startswith("preempted by SIGTERM after step ")]
+    stops = sorted({int(line.split("after step ")[1].split(";")[0]) for line in lines})
+    assert len(lines) == 2 and len(stops) == 1, err[-3000:]  # both ranks stop, after the same step
+    ckpt = latest_complete(out)
+    assert ckpt.name == f"step-{stops[0]}" and 3 <= stops[0] < 150
+    assert (ckpt / "random_states_0.pkl").is_file() and (ckpt / "random_states_1.pkl").is_file()
+
+
 def nan_at(monkeypatch, steps: set[int]):
     """Make the loss NaN at the given optimizer steps (grad_accum 1: one loss call per step)."""
     real = train_module.token_loss_sum

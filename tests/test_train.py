@@ -116,9 +116,10 @@ def final_params_at_init(tokenizer_dir):
     return build_model("x", model_config="tiny", vocab_size=len(tok), dropout=0.0).state_dict()
 
 
-def test_adamw8bit_learns_and_keeps_embedding_states_in_32_bits(tmp_path, tokenizer_dir):
+@pytest.mark.parametrize("optim", ["adamw8bit", "paged_adamw8bit"])
+def test_8bit_optimizers_keep_embedding_states_in_32_bits(optim):
     model = build_model("x", model_config="tiny", vocab_size=200)
-    opt = build_optimizer(model, preset("smoke", optim="adamw8bit"))
+    opt = build_optimizer(model, preset("smoke", optim=optim))
     loss = model(input_ids=torch.randint(3, 200, (4, 12)), labels=torch.randint(3, 200, (4, 3))).loss
     loss.backward()
     opt.step()
@@ -127,6 +128,8 @@ def test_adamw8bit_learns_and_keeps_embedding_states_in_32_bits(tmp_path, tokeni
     big = model.encoder.block[0].layer[1].DenseReluDense.wi_0.weight  # 8,192 values: above bnb's 8-bit threshold
     assert opt.state[big]["state1"].dtype == torch.uint8
 
+
+def test_adamw8bit_learns(tmp_path, tokenizer_dir):
     cfg = tiny(tmp_path, tokenizer_dir, optim="adamw8bit", max_steps=40, log_every=10)
     run(cfg)
     got = losses(cfg.output_dir)
