@@ -67,6 +67,8 @@ CONFIGS = {
     "bf16": ("fast", dict(precision="bf16", batch_size=8, group_by_length=True, optim="adamw")),
     "bf16-8bit": ("fast", dict(precision="bf16", batch_size=8, group_by_length=True, optim="adamw8bit")),
     "fast": ("fast", {}),
+    # The kernel path: static length buckets, fused RMSNorm, torch.compile (eager off CUDA).
+    "kernels": ("fast", dict(bucket_multiple=64, fused_norm=True, compile=True)),
     "throughput": ("fast", dict(group_by_length=True)),  # batch: --throughput-batch, or the largest that fits
 }
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16 tensor-core peaks from the data sheets
@@ -88,29 +90,35 @@ def main(argv=None) -> dict:
           f"{args.warmup} warm-up + {args.steps} timed steps per configuration", flush=True)
 
     data = BenchData(args)
-    rows = []
-    for name in names:
-        print(f"--- {name}", flush=True)
-        row = measure(name, args, data, peak, Path(tempfile.mkdtemp(prefix=f"bench-{name}-")))
-        rows.append(row)
-        print(json.dumps({k: v for k, v in row.items() if k != "step_ms"}), flush=True)
-        release_memory()
-    add_ratios(rows)
-    eval_rows = measure_eval(args, data) if args.eval_samples else []
     result = dict(
         device=device, date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), versions=versions(),
         command="python bench/profile.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         weights=weights, data=args.data, tokenizer=args.tokenizer, model_config=args.model_config,
         warmup_steps=args.warmup, timed_steps=args.steps, peak_tflops=peak, seed_job_samples=SEED_JOB_SAMPLES,
-        documented_seed=DOCUMENTED, rows=rows, eval=eval_rows,
+        documented_seed=DOCUMENTED, complete=False, rows=[], eval=[],
     )
-    (out / "results.json").write_text(json.dumps(result, indent=2))
-    table = markdown(result)
-    (out / "results.md").write_text(table + "\n")
-    chart(rows, out / "chart.png")
+    for name in names:
+        print(f"--- {name}", flush=True)
+        row = measure(name, args, data, peak, Path(tempfile.mkdtemp(prefix=f"bench-{name}-")))
+        result["rows"].append(row)
+        add_ratios(result["rows"])
+        print(json.dumps(row), flush=True)
+        write_results(result, out)  # after every row: a run stopped by its time guard keeps what it measured
+        release_memory()
+    result["eval"] = measure_eval(args, data) if args.eval_samples else []
+    result["complete"] = True
+    table = write_results(result, out)
+    chart(result["rows"], out / "chart.png")
     print(table)
     print(f"\nwritten: {out}/results.json, results.md, chart.png")
     return result
+
+
+def write_results(result: dict, out: Path) -> str:
+    (out / "results.json").write_text(json.dumps(result, indent=2))
+    table = markdown(result)
+    (out / "results.md").write_text(table + "\n")
+    return table
 
 
 def parse(argv):
@@ -187,7 +195,7 @@ def measure_loop(name, cfg, args, data: BenchData, peak) -> dict:
     with PeakMemory() as mem:
         summary = run(cfg, on_step=on_step)
     row = timing_row(name, cfg, marks, examples, tokens, flops, args.warmup, peak)
-    row.update(mem.report())
+    row.update(mem.report(), compiled=summary["compiled"])
     if args.full:
         row["full_minutes"] = summary["train_seconds"] / 60
     return row
@@ -251,11 +259,18 @@ def timing_row(name, cfg, marks, examples, tokens, flops, warmup, peak) -> dict:
     ms = sorted(1000 * s for s in step_s)
     return dict(
         name=name, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, precision=cfg.precision, optim=cfg.optim,
-        padding="to 512" if cfg.pad_to_max_length else ("length-grouped, multiple of 8" if cfg.group_by_length else "multiple of 8"),
+        padding=padding(cfg),
         timed_steps=len(step_s), ms_per_step=statistics.median(ms), ms_p10=ms[len(ms) // 10], ms_p90=ms[(9 * len(ms)) // 10],
         samples_per_s=samples_per_s, tokens_per_s=sum(tokens[timed]) / seconds, model_tflops=tflops,
         mfu=tflops / peak if peak else None, projected_minutes=SEED_JOB_SAMPLES / samples_per_s / 60,
     )
+
+
+def padding(cfg) -> str:
+    if cfg.pad_to_max_length:
+        return f"to {cfg.max_source_length}"
+    size = f"buckets of {cfg.bucket_multiple}" if cfg.bucket_multiple else f"multiple of {cfg.pad_to_multiple_of}"
+    return f"length-grouped, {size}" if cfg.group_by_length else size
 
 
 def add_ratios(rows: list[dict]) -> None:
@@ -384,6 +399,7 @@ def markdown(result: dict) -> str:
     lines = [
         f"**{result['device']}** · {result['weights']} · {result['timed_steps']} timed steps after {result['warmup_steps']} warm-up · "
         f"MFU against {fmt(result['peak_tflops'], '.0f')} TFLOP/s · `{result['command']}`",
+        *(["", "**Incomplete**: the run stopped before every configuration was measured."] if not result["complete"] else []),
         "",
         "| config | batch | precision | optim | padding | ms/step (p10–p90) | samples/s | tokens/s | MFU | 2 epochs (projected) | peak alloc GiB | driver MiB | × seed-trainer |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",

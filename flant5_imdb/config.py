@@ -59,6 +59,10 @@ class TrainConfig:
     precision: str = _opt("bf16", "bf16 autocast or fp32 (fp16 is refused: T5 overflows in fp16)", ("bf16", "fp32"))
     seed: int = _opt(42, "seed for initialisation, data order and dropout")
     # Evaluation, logging, output
+    # The kernel path (flant5_imdb.kernels): each flag runs eagerly, with the same results, off CUDA
+    compile: bool = _opt(False, "torch.compile the training forward/backward (CUDA; eager elsewhere)")
+    bucket_multiple: int | None = _opt(None, "pad sources to a multiple of N up to --max-source-length: a fixed set of shapes for compiled graphs")
+    fused_norm: bool = _opt(False, "T5 RMSNorm as one fused kernel (CUDA; the reference elsewhere)")
     eval_mode: str = _opt("score", "score = compare label log-likelihoods in one pass; generate = greedy decoding as the seed did", ("score", "generate"))
     eval_batch_size: int = _opt(64, "evaluation batch per process")
     eval_every: int | None = _opt(None, "also evaluate every N optimizer steps")
@@ -88,7 +92,7 @@ class TrainConfig:
                      "pad_to_multiple_of", "max_bad_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{_flag(name)} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_steps", "max_train_samples", "max_eval_samples", "eval_every", "save_every"):
+        for name in ("max_steps", "max_train_samples", "max_eval_samples", "eval_every", "save_every", "bucket_multiple"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"--{_flag(name)} must be at least 1, got {getattr(self, name)}")
         if self.keep_checkpoints < 0:

@@ -42,6 +42,7 @@ from flant5_imdb.config import TrainConfig
 from flant5_imdb.data import DataError, load_imdb, subset, target_ids, texts_of, tokenize
 from flant5_imdb.evaluate import evaluate, format_report, write_report
 from flant5_imdb.guards import Preempted, StepCounters, StopSignal, oom_hint
+from flant5_imdb.kernels.norm import fuse_norms
 from flant5_imdb.modeling import build_model, save_settings
 from flant5_imdb.optim import build_optimizer, build_scheduler
 from flant5_imdb.plots import plot_run
@@ -109,8 +110,13 @@ def run(cfg: TrainConfig, on_step: Callable[[TrainState, Step, torch.nn.Module],
     set_seed(cfg.seed)
     model = build_model(cfg.model, model_config=cfg.model_config, vocab_size=len(tokenizer),
                         attn_implementation=cfg.attn_implementation, dropout=cfg.dropout)
+    if cfg.fused_norm:
+        fuse_norms(model)
     raw_optimizer = build_optimizer(model.to(accelerator.device), cfg)
     model, optimizer = accelerator.prepare(model, raw_optimizer)
+    # Compiled after prepare: accelerate keeps tracking (and checkpointing) the plain module, whose
+    # parameters the compiled one shares, so state dicts carry no `_orig_mod.` prefix.
+    step_model = maybe_compile(model, cfg)
     # The sampler shards the data itself (identical plan on every rank), so no dataloader is prepared.
     sampler = StepSampler(train_ds["length"], batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
                           num_replicas=accelerator.num_processes, rank=accelerator.process_index,
@@ -121,6 +127,7 @@ def run(cfg: TrainConfig, on_step: Callable[[TrainState, Step, torch.nn.Module],
     scheduler = build_scheduler(optimizer, cfg, total_steps)
     accelerator.register_for_checkpointing(scheduler)
     collate = Collator(pad_token_id=tokenizer.pad_token_id, pad_to_multiple_of=cfg.pad_to_multiple_of,
+                       buckets=length_buckets(cfg.bucket_multiple, cfg.max_source_length) if cfg.bucket_multiple else None,
                        max_length=cfg.max_source_length if cfg.pad_to_max_length else None)
 
     def export(path: Path) -> None:
@@ -168,7 +175,7 @@ def run(cfg: TrainConfig, on_step: Callable[[TrainState, Step, torch.nn.Module],
                 for batch, count in zip(batches, counts, strict=True):
                     batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
                     with accelerator.accumulate(model), oom_hint(cfg, batch):
-                        loss_sum = token_loss_sum(model, batch)
+                        loss_sum = token_loss_sum(step_model, batch)
                         accelerator.backward(loss_sum * scale)
                     window.add(loss_sum.detach(), count)
                 # accumulate() has now synchronised the gradients (the last micro-batch of the window).
@@ -218,7 +225,7 @@ def run(cfg: TrainConfig, on_step: Callable[[TrainState, Step, torch.nn.Module],
         resumed_from=str(resume_from) if resume_from else None, train_seconds=train_seconds,
         wall_seconds=time.perf_counter() - started, samples_per_s=state.samples_seen / train_seconds,
         processes=accelerator.num_processes, distributed_type=str(accelerator.distributed_type), device=str(accelerator.device),
-        precision=cfg.precision,
+        precision=cfg.precision, compiled=step_model is not model,
         peak_gpu_memory_gib=torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
         skipped_rows=len(skipped), last_logged_loss=window.last_loss, rank_param_checksums=checksums,
         eval={k: v for k, v in result.items() if k != "predictions"} if result else None, config=cfg.to_dict(),
@@ -235,6 +242,22 @@ def run(cfg: TrainConfig, on_step: Callable[[TrainState, Step, torch.nn.Module],
     return summary
 
 
+def maybe_compile(model, cfg: TrainConfig):
+    """torch.compile on CUDA; elsewhere the same flag runs eagerly (and says so)."""
+    if not cfg.compile:
+        return model
+    if not torch.cuda.is_available():
+        logger.info("--compile: no CUDA, running eagerly")
+        return model
+    # dynamic=False: with --bucket-multiple there are only a few source lengths, one graph each.
+    return torch.compile(model, dynamic=False if cfg.bucket_multiple else None)
+
+
+def length_buckets(multiple: int, max_length: int) -> tuple[int, ...]:
+    """multiple, 2 x multiple, ... up to max_length (which is always a bucket)."""
+    return tuple(sorted({*range(multiple, max_length, multiple), max_length}))
+
+
 def token_loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Summed cross-entropy over the non-padding target tokens, in fp32.
 
@@ -248,7 +271,8 @@ def token_loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def _decoder_inputs(model, labels: torch.Tensor) -> torch.Tensor:
     """Labels shifted right behind the start token, -100 replaced by padding (T5's own rule)."""
-    return getattr(model, "module", model).prepare_decoder_input_ids_from_labels(labels)
+    inner = getattr(model, "_orig_mod", model)  # torch.compile
+    return getattr(inner, "module", inner).prepare_decoder_input_ids_from_labels(labels)  # DDP
 
 
 def _micro_batch(ds, indices: list[int], collate: Collator, filler) -> dict[str, torch.Tensor]:

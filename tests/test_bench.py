@@ -25,7 +25,7 @@ def test_suite_runs_on_cpu_and_reports_every_configuration(tmp_path):
                            "--warmup", "1", "--steps", "2", "--eval-samples", "32", "--out", str(out)])
     saved = json.loads((out / "results.json").read_text())
     assert saved == json.loads(json.dumps(result))
-    assert [r["name"] for r in saved["rows"]] == list(profile.CONFIGS)
+    assert [r["name"] for r in saved["rows"]] == list(profile.CONFIGS) and saved["complete"] is True
     assert saved["device"].startswith("CPU") and saved["versions"]["torch"] == torch.__version__
     seed = saved["rows"][0]
     for r in saved["rows"]:
@@ -38,6 +38,7 @@ def test_suite_runs_on_cpu_and_reports_every_configuration(tmp_path):
     by_name = {r["name"]: r for r in saved["rows"]}
     assert by_name["seed-loop"]["padding"] == "to 512" and by_name["bf16-8bit"]["optim"] == "adamw8bit"
     assert by_name["throughput"]["batch_size"] == 32
+    assert by_name["kernels"]["padding"] == "length-grouped, buckets of 64" and by_name["kernels"]["compiled"] is False
     assert {e["mode"] for e in saved["eval"] if "mode" in e} == {"score", "generate"}
     assert "| seed-trainer | 8 | fp32 |" in (out / "results.md").read_text()
     assert (out / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
