@@ -15,10 +15,10 @@ def per_step_losses(out) -> list[float]:
 
 
 def compare(tmp_path, tokenizer_dir, **kw):
-    base = dict(tokenizer=str(tokenizer_dir), data="synthetic:400", dropout=0.0, max_steps=50, log_every=1,
-                final_eval=False, save_model=False, keep_checkpoints=0, max_source_length=128, **kw)
+    base = dict(tokenizer=str(tokenizer_dir), data="synthetic:400", dropout=0.0, max_steps=50, log_every=1, max_source_length=64,
+                final_eval=False, save_model=False, keep_checkpoints=0, **kw)
     eager = run(preset("smoke", output_dir=str(tmp_path / "eager"), **base))
-    kernels = run(preset("smoke", output_dir=str(tmp_path / "kernels"), bucket_multiple=64, fused_norm=True, compile=True, **base))
+    kernels = run(preset("smoke", output_dir=str(tmp_path / "kernels"), bucket_multiple=32, fused_norm=True, compile=True, **base))
     a, b = per_step_losses(tmp_path / "eager"), per_step_losses(tmp_path / "kernels")
     assert len(a) == len(b) == 50
     worst = max(abs(x - y) / abs(x) for x, y in zip(a, b, strict=True))
@@ -27,10 +27,10 @@ def compare(tmp_path, tokenizer_dir, **kw):
 
 
 def test_kernel_path_runs_eagerly_off_cuda_with_the_same_losses(tmp_path, tokenizer_dir):
-    """fp32 on the CPU: the flags take their fallbacks, and only the padding differs (buckets of 64).
+    """fp32 on the CPU: the flags take their fallbacks, and only the padding differs (buckets 32 and 64).
 
     The first step (same weights) agrees to float32 rounding; after it, other shapes sum in another
-    order and the trajectories drift apart by rounding alone (8.6e-5 relative at most, seen here,
+    order and the trajectories drift apart by rounding alone (2.4e-5 relative at most, seen here,
     as the loss falls towards 1e-2). Tolerance: 1e-6 at step 1, 1e-3 over the 50 steps.
     """
     if torch.cuda.is_available():
