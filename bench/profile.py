@@ -284,11 +284,9 @@ def add_ratios(rows: list[dict]) -> None:
 
 def measure_eval(args, data: BenchData) -> list[dict]:
     """Reviews/s of `score` and `generate` on the first --eval-samples test reviews, bf16 on a GPU."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
+    from flant5_imdb.accel import make_accelerator
 
-    AcceleratorState._reset_state()
-    acc = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    acc = make_accelerator("bf16" if torch.cuda.is_available() else "fp32")
     split = "test" if "test" in data.splits else "train"
     ds = data.splits[split].select(range(min(args.eval_samples, len(data.splits[split]))))
     if args.model:

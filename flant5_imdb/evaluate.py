@@ -194,8 +194,7 @@ def evaluate_saved(
         DataError: the data or split is unusable.
         ValueError: the model cannot be loaded.
     """
-    from accelerate.state import AcceleratorState
-
+    from flant5_imdb.accel import make_accelerator
     from flant5_imdb.data import DataError, load_imdb, subset, target_ids, tokenize
     from flant5_imdb.modeling import load_trained
 
@@ -208,8 +207,7 @@ def evaluate_saved(
     ds = tokenize(raw, tokenizer, verbalizer=verbalizer, prompt=prompt,
                   max_source_length=settings.get("max_source_length", 512))[split]
     ds = subset(ds, max_samples, seed)
-    AcceleratorState._reset_state()  # see train.run: the precision lives in a process-wide singleton
-    accelerator = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no")
+    accelerator = make_accelerator(precision)
     model = model.to(accelerator.device)
     result = evaluate(model, ds, targets=target_ids(tokenizer, verbalizer), accelerator=accelerator, mode=mode,
                       batch_size=batch_size, tokenizer=tokenizer, collator=Collator(tokenizer.pad_token_id))

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,10 +22,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
-from accelerate.utils import gather_object, set_seed
+from accelerate.utils import extract_model_from_parallel, gather_object, set_seed
 from tqdm.auto import tqdm
 
+from flant5_imdb.accel import make_accelerator
 from flant5_imdb.card import publish
 from flant5_imdb.checkpoint import (
     TrainState,
@@ -67,21 +66,12 @@ def run(cfg: TrainConfig, on_step: Callable[[TrainState, Step, torch.nn.Module],
         OutOfMemory: a micro-batch did not fit on the GPU.
     """
     started = time.perf_counter()
-    # accelerate keeps mixed precision in a process-wide singleton that refuses a second value;
-    # run() may be called several times in one process (benchmarks, tests), so start it afresh.
-    # The process group (PartialState) is kept.
-    AcceleratorState._reset_state()
-    accelerator = Accelerator(
-        mixed_precision="bf16" if cfg.precision == "bf16" else "no",
+    accelerator = make_accelerator(
+        cfg.precision,
         gradient_accumulation_steps=cfg.grad_accum,
         log_with=None if cfg.report_to == "none" else cfg.report_to,
         project_dir=cfg.output_dir,
-        # Several processes and no CUDA (`accelerate launch --multi_gpu` on a CPU machine): accelerate
-        # only sets up gloo when told to use the CPU; otherwise each process would train alone.
-        cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
     )
-    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and not torch.cuda.is_available():
-        logger.warning("FSDP was asked for, but there is no CUDA: training as %s (gloo DDP) instead", accelerator.distributed_type)
     out = Path(cfg.output_dir)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -149,6 +139,10 @@ def run(cfg: TrainConfig, on_step: Callable[[TrainState, Step, torch.nn.Module],
     logger.info("training %d steps (%d per epoch), effective batch %d, %d examples",
                 total_steps, sampler.steps_per_epoch, sampler.global_batch, len(train_ds))
 
+    def evaluate_now() -> dict:
+        return evaluate(model, eval_ds, targets=targets, accelerator=accelerator, mode=cfg.eval_mode,
+                        batch_size=cfg.eval_batch_size, tokenizer=tokenizer, collator=Collator(tokenizer.pad_token_id))
+
     # 4. The loop. One iteration = one optimizer step = `grad_accum` micro-batches on each process.
     model.train()
     log = MetricsLog(out / "metrics.jsonl", accelerator)
@@ -194,7 +188,7 @@ def run(cfg: TrainConfig, on_step: Callable[[TrainState, Step, torch.nn.Module],
                 state.samples_seen += step.global_examples
                 bar.update(1)
                 maybe_log(cfg, state, window, counters, log, bar, lr=lr, grad_norm=grad_norm, seconds=time.perf_counter() - train_start)
-                maybe_evaluate(cfg, state, model, eval_ds, targets, tokenizer, accelerator, log)
+                maybe_evaluate(cfg, state, evaluate_now, log)
                 stopping = stop.requested()
                 maybe_save(cfg, accelerator, state, sampler, counters, total_steps, export, force=stopping)
                 if on_step is not None:
@@ -213,10 +207,7 @@ def run(cfg: TrainConfig, on_step: Callable[[TrainState, Step, torch.nn.Module],
     checksums = rank_param_checksums(accelerator, model)
 
     # 5. Final evaluation, model, summary.
-    result = None
-    if cfg.final_eval:
-        result = evaluate(model, eval_ds, targets=targets, accelerator=accelerator, mode=cfg.eval_mode,
-                          batch_size=cfg.eval_batch_size, tokenizer=tokenizer, collator=Collator(tokenizer.pad_token_id))
+    result = evaluate_now() if cfg.final_eval else None
     if cfg.save_model:
         save_final(accelerator, model, out / "final", export)
     summary = dict(
@@ -271,8 +262,8 @@ def token_loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def _decoder_inputs(model, labels: torch.Tensor) -> torch.Tensor:
     """Labels shifted right behind the start token, -100 replaced by padding (T5's own rule)."""
-    inner = getattr(model, "_orig_mod", model)  # torch.compile
-    return getattr(inner, "module", inner).prepare_decoder_input_ids_from_labels(labels)  # DDP
+    # The model may be wrapped (DDP, torch.compile); the method lives on the T5 model itself.
+    return extract_model_from_parallel(model, keep_torch_compile=False).prepare_decoder_input_ids_from_labels(labels)
 
 
 def _micro_batch(ds, indices: list[int], collate: Collator, filler) -> dict[str, torch.Tensor]:
@@ -363,11 +354,10 @@ def maybe_save(cfg, accelerator, state: TrainState, sampler: StepSampler, counte
     save_checkpoint(accelerator, cfg.output_dir, state, cfg.to_dict(), keep=cfg.keep_checkpoints, save_extra=export)
 
 
-def maybe_evaluate(cfg, state, model, eval_ds, targets, tokenizer, accelerator, log: MetricsLog) -> None:
+def maybe_evaluate(cfg, state, evaluate_now: Callable[[], dict], log: MetricsLog) -> None:
     if not cfg.eval_every or state.step % cfg.eval_every:
         return
-    r = evaluate(model, eval_ds, targets=targets, accelerator=accelerator, mode=cfg.eval_mode,
-                 batch_size=cfg.eval_batch_size, tokenizer=tokenizer, collator=Collator(tokenizer.pad_token_id))
+    r = evaluate_now()
     log.write(step=state.step, eval_accuracy=r["accuracy"], eval_macro_f1=r["macro_f1"], eval_loss=r["eval_loss"])
 
 

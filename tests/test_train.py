@@ -225,6 +225,6 @@ def test_fsdp_config_starts_a_two_process_cpu_run(tmp_path, tokenizer_dir):
          "--data", "synthetic:160", "--max-steps", "3", "--max-eval-samples", "16", "--output-dir", str(out)],
         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "FSDP was asked for, but there is no CUDA" in proc.stderr
+    assert "FSDP was asked for, but there is no CUDA: running as DistributedType.MULTI_CPU" in proc.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["steps"] == 3 and len(set(summary["rank_param_checksums"])) == 1
