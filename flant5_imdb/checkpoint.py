@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
+from flant5_imdb.config import TrainConfig
+
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "train_state.json"
@@ -37,6 +39,9 @@ RESUMABLE_CHANGES = frozenset({
     "output_dir", "log_every", "eval_every", "eval_mode", "eval_batch_size", "eval_split", "max_eval_samples",
     "save_every", "keep_checkpoints", "resume", "force_resume", "max_bad_steps", "skip_bad_rows", "final_eval", "save_model",
     "report_to", "push_to_hub", "model_card_only",
+    # The kernel path changes shapes and rounding, not the math (--bias-kernel drops attention
+    # dropout, so it is not here).
+    "compile", "cuda_graphs", "fused_norm", "bucket_multiple", "pad_to_multiple_of",
 })
 
 
@@ -160,8 +165,10 @@ def read_checkpoint(path: Path) -> dict:
 
 def check_compatible(saved: dict, config: dict, num_processes: int, force: bool) -> list[str]:
     """The differences that change the math; raises unless `force` (then they are returned and logged)."""
-    diffs = [f"--{k.replace('_', '-')} {saved['config'].get(k)!r} -> {v!r}"
-             for k, v in config.items() if k not in RESUMABLE_CHANGES and saved["config"].get(k) != v]
+    # An option newer than the checkpoint counts as its default value then.
+    before = {**TrainConfig().to_dict(), **saved["config"]}
+    diffs = [f"--{k.replace('_', '-')} {before.get(k)!r} -> {v!r}"
+             for k, v in config.items() if k not in RESUMABLE_CHANGES and before.get(k) != v]
     if saved["num_processes"] != num_processes:
         diffs.append(f"processes {saved['num_processes']} -> {num_processes}")
     if diffs and not force:

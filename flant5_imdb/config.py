@@ -61,8 +61,12 @@ class TrainConfig:
     # Evaluation, logging, output
     # The kernel path (flant5_imdb.kernels): each flag runs eagerly, with the same results, off CUDA
     compile: bool = _opt(False, "torch.compile the training forward/backward (CUDA; eager elsewhere)")
+    cuda_graphs: bool = _opt(False, "with --compile: replay the compiled forward/backward as CUDA graphs, one per length bucket "
+                             "(torch.compile mode reduce-overhead; needs --bucket-multiple)")
     bucket_multiple: int | None = _opt(None, "pad sources to a multiple of N up to --max-source-length: a fixed set of shapes for compiled graphs")
     fused_norm: bool = _opt(False, "T5 RMSNorm as one fused kernel (CUDA; the reference elsewhere)")
+    bias_kernel: bool = _opt(False, "encoder self-attention through flex_attention with T5's relative-position bias read inside "
+                             "the kernel (CUDA; the reference elsewhere); no attention-probability dropout there")
     eval_mode: str = _opt("score", "score = compare label log-likelihoods in one pass; generate = greedy decoding as the seed did", ("score", "generate"))
     eval_batch_size: int = _opt(64, "evaluation batch per process")
     eval_every: int | None = _opt(None, "also evaluate every N optimizer steps")
@@ -97,6 +101,10 @@ class TrainConfig:
                 raise ConfigError(f"--{_flag(name)} must be at least 1, got {getattr(self, name)}")
         if self.keep_checkpoints < 0:
             raise ConfigError(f"--keep-checkpoints must be 0 or more, got {self.keep_checkpoints}")
+        if self.cuda_graphs and not (self.compile and self.bucket_multiple):
+            raise ConfigError("--cuda-graphs needs --compile and --bucket-multiple (one graph per length bucket)")
+        if self.bias_kernel and self.attn_implementation == "flex_attention":
+            raise ConfigError("--bias-kernel replaces the encoder's attention: use it with --attn-implementation sdpa or eager")
         if self.lr <= 0:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
 
@@ -116,6 +124,11 @@ PRESETS: dict[str, dict] = {
         prompt=None, max_grad_norm=1.0, optim="adamw", eval_mode="generate",
         output_dir="runs/seed",
     ),
+    # `fast` plus the kernel path (flant5_imdb.kernels): length buckets of 64, fused RMSNorm, the
+    # relative-bias attention kernel, torch.compile with CUDA graphs. Off CUDA every flag falls
+    # back to eager PyTorch. Not the default until the GPU bench has measured it (issue 6).
+    "kernels": dict(bucket_multiple=64, fused_norm=True, bias_kernel=True, compile=True, cuda_graphs=True,
+                    output_dir="runs/kernels"),
     # A tiny random-init T5 on generated reviews: trains offline on a laptop CPU in about a minute.
     "smoke": dict(
         model_config="tiny", tokenizer="word-level", data="synthetic:2000", precision="fp32", batch_size=16,

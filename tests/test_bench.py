@@ -37,8 +37,35 @@ def test_suite_runs_on_cpu_and_reports_every_configuration(tmp_path):
         assert r["peak_allocated_gib"] is None  # no GPU here: no memory figure is made up
     by_name = {r["name"]: r for r in saved["rows"]}
     assert by_name["seed-loop"]["padding"] == "to 512" and by_name["bf16-8bit"]["optim"] == "adamw8bit"
-    assert by_name["throughput"]["batch_size"] == 32
+    assert by_name["throughput"]["batch_size"] == by_name["kernels-throughput"]["batch_size"] == 16
     assert by_name["kernels"]["padding"] == "length-grouped, buckets of 64" and by_name["kernels"]["compiled"] is False
-    assert {e["mode"] for e in saved["eval"] if "mode" in e} == {"score", "generate"}
-    assert "| seed-trainer | 8 | fp32 |" in (out / "results.md").read_text()
+    assert by_name["kernels-8bit"]["optim"] == "adamw8bit"
+    k = by_name["kernels"]
+    assert k["warmup_steps"] == 1 and k["warmup_seconds"] > 0
+    assert k["projected_minutes_with_warmup"] == pytest.approx((k["warmup_seconds"] + (50_000 - 8) / k["samples_per_s"]) / 60)
+    assert [(e["mode"], e["batch_size"], e["kernels"]) for e in saved["eval"] if "mode" in e] == [
+        ("score", 64, False), ("generate", 64, False), ("score", 256, True)]
+    md = (out / "results.md").read_text()
+    assert "| seed-trainer | 8 | fp32 |" in md
+    # The targets table: no memory figure on the CPU, so no memory target is judged.
+    assert [t["target"].split(" (")[0] for t in saved["targets"]] == [
+        "recipe-exact step", "speed-up over seed-trainer", "2 epochs incl. compilation", "throughput", "score evaluation of 25,000 reviews"]
+    assert "| recipe-exact step (kernels, batch 8) | ≤ 15 ms |" in md
     assert (out / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_targets_say_met_or_by_how_much_missed():
+    rows = [dict(name="kernels", ms_per_step=30.0, ratio_vs_seed_trainer=12.0, projected_minutes_with_warmup=2.5, peak_allocated_gib=4.0),
+            dict(name="kernels-8bit", peak_allocated_gib=3.3),
+            dict(name="kernels-throughput", batch_size=128, samples_per_s=1200.0)]
+    result = dict(rows=rows, eval=[dict(mode="score", kernels=True, projected_25k_seconds=9.0)])
+    got = {t["target"].split(" (")[0]: (t["met"], t["verdict"]) for t in profile.targets(result)}
+    assert got == {
+        "recipe-exact step": (False, "no: 2.00x the target"),
+        "speed-up over seed-trainer": (True, "yes"),
+        "2 epochs incl. compilation": (True, "yes"),
+        "peak allocated, AdamW": (True, "yes"),
+        "peak allocated, adamw8bit": (False, "no: 1.10x the target"),
+        "throughput": (False, "no: 0.80x the target"),
+        "score evaluation of 25,000 reviews": (True, "yes"),
+    }

@@ -14,8 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 from flant5_imdb import train as train_module
-from flant5_imdb.checkpoint import CheckpointError, complete_checkpoints, latest_complete
-from flant5_imdb.config import preset
+from flant5_imdb.checkpoint import CheckpointError, check_compatible, complete_checkpoints, latest_complete
+from flant5_imdb.config import TrainConfig, preset
 from flant5_imdb.guards import NonFiniteError, OutOfMemory
 from flant5_imdb.train import run
 from tests.conftest import ROOT
@@ -260,6 +260,17 @@ def test_resume_refuses_other_math_unless_forced(tmp_path, tokenizer_dir):
     assert run(cfg_for(tmp_path, tokenizer_dir, "r", max_steps=5, log_every=3, resume="auto"))["steps"] == 5
     forced = run(cfg_for(tmp_path, tokenizer_dir, "r", max_steps=7, batch_size=8, resume="auto", force_resume=True))
     assert forced["steps"] == 7
+
+
+def test_kernel_path_flags_may_change_on_resume_and_new_options_count_as_defaults():
+    saved = {"config": TrainConfig().to_dict(), "num_processes": 1}
+    kernels = preset("kernels").to_dict() | {"output_dir": saved["config"]["output_dir"]}
+    # Buckets, compile, graphs and fused norms change shapes and rounding; the bias kernel drops attention dropout.
+    with pytest.raises(CheckpointError, match=r"\(--bias-kernel False -> True\)"):
+        check_compatible(saved, kernels, 1, force=False)
+    assert check_compatible(saved, kernels | {"bias_kernel": False}, 1, force=False) == []
+    older = {"config": {k: v for k, v in saved["config"].items() if k != "bias_kernel"}, "num_processes": 1}
+    assert check_compatible(older, TrainConfig().to_dict(), 1, force=False) == []
 
 
 def test_resume_auto_without_checkpoint_starts_fresh_and_bad_paths_fail(tmp_path, tokenizer_dir):

@@ -44,6 +44,9 @@ def test_fp16_is_refused_with_a_reason():
     (dict(batch_size=0), r"--batch-size must be at least 1"),
     (dict(max_steps=0), r"--max-steps must be at least 1"),
     (dict(lr=-1.0), r"--lr must be positive"),
+    (dict(cuda_graphs=True, compile=True), r"--cuda-graphs needs --compile and --bucket-multiple"),
+    (dict(cuda_graphs=True, bucket_multiple=64), r"--cuda-graphs needs --compile and --bucket-multiple"),
+    (dict(bias_kernel=True, attn_implementation="flex_attention"), r"--bias-kernel .* use it with --attn-implementation sdpa or eager"),
 ])
 def test_bad_values_name_the_option(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -55,3 +58,10 @@ def test_every_preset_builds():
         assert isinstance(preset(name), TrainConfig)
     with pytest.raises(ConfigError, match="choose from"):
         preset("turbo")
+
+
+def test_kernels_preset_is_fast_plus_the_kernel_flags():
+    k = parse_args(["--preset", "kernels"])
+    assert (k.bucket_multiple, k.fused_norm, k.bias_kernel, k.compile, k.cuda_graphs) == (64, True, True, True, True)
+    same = {f: getattr(k, f) for f in ("lr", "batch_size", "precision", "optim", "epochs", "group_by_length", "seed")}
+    assert same == {f: getattr(TrainConfig(), f) for f in same}

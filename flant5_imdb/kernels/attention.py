@@ -8,10 +8,14 @@ the indices inside the kernel and reads the [num_buckets, H] table, so neither i
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 
 import torch
 from torch.nn.attention.flex_attention import flex_attention
+
+logger = logging.getLogger(__name__)
 
 
 def relative_position_bucket(relative_position: torch.Tensor, bidirectional: bool = True, num_buckets: int = 32,
@@ -61,3 +65,65 @@ def attention_flex(q, k, v, table, key_mask=None, *, bidirectional=True, max_dis
         return score
 
     return flex_attention(q, k, v, score_mod=score_mod, scale=1.0)
+
+
+@functools.cache
+def _compiled_flex():
+    # flex_attention is only a fused kernel when compiled; inside an already compiled model this
+    # call is traced into the outer graph.
+    return torch.compile(attention_flex, dynamic=None)
+
+
+def relative_bias_attention(q, k, v, table, key_mask=None, *, bidirectional=True, max_distance=128):
+    """The compiled flex kernel on CUDA; the materialised reference elsewhere (flex_attention has no CPU backward)."""
+    if q.is_cuda:
+        return _compiled_flex()(q, k, v, table, key_mask, bidirectional=bidirectional, max_distance=max_distance)
+    return attention_reference(q, k, v, table, key_mask, bidirectional=bidirectional, max_distance=max_distance)
+
+
+def use_bias_kernel(model: torch.nn.Module) -> int:
+    """Route every encoder self-attention of a T5 model through `relative_bias_attention`; returns how many.
+
+    T5 computes the [1, H, q, k] bias once, in the first layer (the only one holding the bucket
+    table), and hands it down the stack, where each attention implementation adds it to a
+    [B, H, q, k] score tensor. Here every layer reads the first layer's table inside the kernel
+    instead, so the gradient reaching the table is the same sum over layers.
+
+    The encoder is where the cost is (up to 512 x 512 scores); decoder self-attention over the
+    label (two tokens) and cross-attention (no bias) stay as they are.
+
+    flex_attention has no dropout: attention-probability dropout is not applied in these layers
+    (the residual and feed-forward dropouts are). With dropout 0 the math is T5's exactly.
+
+    Raises:
+        ValueError: the model's attention implementation passes masks this cannot read.
+    """
+    impl = model.config._attn_implementation
+    if impl not in ("eager", "sdpa"):
+        raise ValueError(f"--bias-kernel works with --attn-implementation eager or sdpa, not {impl!r}")
+    blocks = model.encoder.block
+    table_owner = blocks[0].layer[0].SelfAttention
+    for block in blocks:
+        attention = block.layer[0].SelfAttention
+        attention.forward = functools.partial(_encoder_attention_forward, attention, table_owner)
+    if model.config.dropout_rate:
+        logger.warning("--bias-kernel: no attention-probability dropout in the encoder (flex_attention has none); "
+                       "the other dropouts (p=%g) stay", model.config.dropout_rate)
+    return len(blocks)
+
+
+def _encoder_attention_forward(module, table_owner, hidden_states, mask=None, key_value_states=None,
+                               position_bias=None, cache=None, **kwargs):
+    """T5Attention.forward for encoder self-attention; returns (output, position_bias, weights) as T5 does."""
+    batch, length = hidden_states.shape[:2]
+    q, k, v = (proj(hidden_states).view(batch, length, -1, module.key_value_proj_dim).transpose(1, 2)
+               for proj in (module.q, module.k, module.v))
+    # The encoder's padding mask is the same for every query row: [B, 1, q, k] boolean (sdpa) or
+    # additive float (eager), or None when nothing is padded.
+    key_mask = None
+    if mask is not None:
+        key_mask = mask[:, 0, 0, :] if mask.dtype == torch.bool else mask[:, 0, 0, :] == 0
+    out = relative_bias_attention(q, k, v, table_owner.relative_attention_bias.weight, key_mask,
+                                  bidirectional=True, max_distance=module.relative_attention_max_distance)
+    # No position bias to hand down: every layer reads the table itself.
+    return module.o(out.transpose(1, 2).reshape(batch, length, -1)), None, None

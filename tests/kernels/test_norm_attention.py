@@ -4,18 +4,23 @@ On this CPU suite the kernels run their CPU paths (flex_attention's eager path, 
 norm); the GPU script runs the same comparisons on the compiled/Triton paths.
 """
 
+import copy
+
 import pytest
 import torch
 from transformers.models.t5.modeling_t5 import T5Attention, T5LayerNorm
 
+from flant5_imdb.kernels import attention as attention_module
 from flant5_imdb.kernels.attention import (
     attention_flex,
     attention_reference,
     bias_from_table,
     relative_position_bucket,
+    use_bias_kernel,
 )
 from flant5_imdb.kernels.norm import fuse_norms, rms_norm, rms_norm_reference
 from flant5_imdb.modeling import build_model
+from flant5_imdb.train import mark_length_dynamic
 
 
 def rel_err(out, ref):
@@ -110,3 +115,94 @@ def test_fuse_norms_swaps_every_norm_and_keeps_the_output():
     before = model(input_ids=x, labels=y).logits
     assert fuse_norms(model) == (2 * 2 + 1) + (2 * 3 + 1)  # encoder: 2 per layer + final; decoder: 3 per layer + final
     torch.testing.assert_close(model(input_ids=x, labels=y).logits, before)
+
+
+def padded_batch(vocab=100):
+    torch.manual_seed(2)
+    ids = torch.randint(3, vocab, (3, 40))
+    mask = torch.ones_like(ids)
+    mask[0, 25:] = 0  # two padded rows of different lengths, one full row
+    mask[2, 7:] = 0
+    return dict(input_ids=ids, attention_mask=mask, labels=torch.randint(3, vocab, (3, 2)))
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+@pytest.mark.parametrize("padded", [True, False])
+def test_bias_kernel_in_t5_matches_t5_forward_and_backward(impl, padded, monkeypatch):
+    """Every encoder layer reads layer 0's table: same logits, and the same gradient on every
+    parameter (the table's is the sum over layers), fp32 on the CPU (the reference branch)."""
+    model = build_model("x", model_config="tiny", vocab_size=100, dropout=0.0, attn_implementation=impl)
+    patched = copy.deepcopy(model)
+    calls = []
+    real = attention_module.relative_bias_attention
+    monkeypatch.setattr(attention_module, "relative_bias_attention", lambda *a, **kw: calls.append(a[4]) or real(*a, **kw))
+    assert use_bias_kernel(patched) == 2
+    batch = padded_batch()
+    if not padded:
+        batch["attention_mask"] = torch.ones_like(batch["input_ids"])
+    ref, out = model(**batch), patched(**batch)
+    assert len(calls) == 2  # both encoder layers, no decoder layer
+    if padded:
+        assert calls[0].tolist() == batch["attention_mask"].bool().tolist()  # the key mask as read from T5's 4-D mask
+    torch.testing.assert_close(out.logits, ref.logits, rtol=1e-5, atol=1e-6)
+    ref.loss.backward()
+    out.loss.backward()
+    grads = dict(model.named_parameters())
+    for name, p in patched.named_parameters():
+        torch.testing.assert_close(p.grad, grads[name].grad, rtol=1e-4, atol=1e-7, msg=name)
+    table = "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
+    assert patched.get_parameter(table).grad.abs().sum() > 0
+
+
+def test_bias_kernel_traces_as_one_graph_with_dynamic_shapes():
+    """No graph breaks (fullgraph=True), one graph for two lengths: the compiled step stays whole."""
+    torch._dynamo.reset()
+    graphs = []
+    model = build_model("x", model_config="tiny", vocab_size=100, dropout=0.0)
+    use_bias_kernel(model)
+    fuse_norms(model)
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return torch._dynamo.backends.common.aot_autograd(fw_compiler=lambda g, _: g)(gm, example_inputs)
+
+    compiled = torch.compile(model, backend=backend, fullgraph=True)
+    for length in (40, 24):  # two lengths, one graph
+        batch = padded_batch()
+        batch = {k: (v[:, :length].contiguous() if k != "labels" else v) for k, v in batch.items()}
+        mark_length_dynamic(batch)
+        out, ref = compiled(**batch), model(**batch)
+        torch.testing.assert_close(out.logits, ref.logits, rtol=1e-5, atol=1e-6)
+        out.loss.backward()
+    assert len(graphs) == 1  # the second length did not recompile
+
+
+def test_bias_kernel_refuses_flex_attention_masks():
+    model = build_model("x", model_config="tiny", vocab_size=100, attn_implementation="flex_attention")
+    with pytest.raises(ValueError, match="--bias-kernel works with --attn-implementation eager or sdpa, not 'flex_attention'"):
+        use_bias_kernel(model)
+
+
+@pytest.mark.gpu
+def test_bias_kernel_in_t5_on_gpu_in_bf16():
+    """flan-t5-base encoder, bf16 autocast, batch 8 x 512 with padding: the compiled flex kernel
+    inside T5 against T5's own attention, forward and backward (relative error, bf16 tolerance)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    torch.manual_seed(3)
+    model = build_model("x", model_config="flan-t5-base", vocab_size=32128, dropout=0.0).cuda()
+    patched = copy.deepcopy(model)
+    use_bias_kernel(patched)
+    ids = torch.randint(3, 32000, (8, 512), device="cuda")
+    mask = torch.ones_like(ids)
+    mask[1, 300:] = 0
+    batch = dict(input_ids=ids, attention_mask=mask, labels=torch.randint(3, 32000, (8, 2), device="cuda"))
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        ref, out = model(**batch), patched(**batch)
+    assert not out.logits.isnan().any() and rel_err(out.logits, ref.logits) < 2e-2
+    ref.loss.backward()
+    out.loss.backward()
+    grads = dict(model.named_parameters())
+    for name in ("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+                 "encoder.block.5.layer.0.SelfAttention.q.weight", "shared.weight"):
+        g, w = patched.get_parameter(name).grad, grads[name].grad
+        assert not g.isnan().any() and rel_err(g, w) < 5e-2, (name, rel_err(g, w))
