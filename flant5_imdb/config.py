@@ -65,6 +65,8 @@ class TrainConfig:
                              "(torch.compile mode reduce-overhead; needs --bucket-multiple)")
     bucket_multiple: int | None = _opt(None, "pad sources to a multiple of N up to --max-source-length: a fixed set of shapes for compiled graphs")
     fused_norm: bool = _opt(False, "T5 RMSNorm as one fused kernel (CUDA; the reference elsewhere)")
+    activation_checkpointing: bool = _opt(False, "recompute each T5 block's activations in the backward instead of keeping them: "
+                                          "about a third more compute, far less activation memory (same results)")
     bias_kernel: bool = _opt(False, "encoder self-attention through flex_attention with T5's relative-position bias read inside "
                              "the kernel (CUDA; the reference elsewhere); no attention-probability dropout there")
     eval_mode: str = _opt("score", "score = compare label log-likelihoods in one pass; generate = greedy decoding as the seed did", ("score", "generate"))

@@ -43,7 +43,7 @@ from flant5_imdb.evaluate import evaluate, format_report, write_report
 from flant5_imdb.guards import Preempted, StepCounters, StopSignal, oom_hint
 from flant5_imdb.kernels.attention import use_bias_kernel
 from flant5_imdb.kernels.norm import fuse_norms
-from flant5_imdb.modeling import build_model, save_settings
+from flant5_imdb.modeling import build_model, checkpoint_activations, save_settings
 from flant5_imdb.optim import build_optimizer, build_scheduler
 from flant5_imdb.plots import plot_run
 from flant5_imdb.sampler import Collator, Step, StepSampler
@@ -105,6 +105,8 @@ def run(cfg: TrainConfig, on_step: Callable[[TrainState, Step, torch.nn.Module],
         fuse_norms(model)
     if cfg.bias_kernel:
         use_bias_kernel(model)
+    if cfg.activation_checkpointing:
+        checkpoint_activations(model)
     raw_optimizer = build_optimizer(model.to(accelerator.device), cfg)
     model, optimizer = accelerator.prepare(model, raw_optimizer)
     # Compiled after prepare: accelerate keeps tracking (and checkpointing) the plain module, whose
@@ -157,12 +159,13 @@ def run(cfg: TrainConfig, on_step: Callable[[TrainState, Step, torch.nn.Module],
     # The fused AdamW kernel can skip a non-finite update on the device; other optimizers need the host to decide.
     skip_on_device = isinstance(raw_optimizer, torch.optim.AdamW) and bool(raw_optimizer.defaults.get("fused"))
     stop = StopSignal(accelerator)
+    filler = train_ds[:1]  # the example behind an empty micro-batch slot (all labels masked)
     train_start = time.perf_counter()
     bar = tqdm(total=total_steps, initial=state.step, desc="train", disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     with stop, bar:
         while state.step < total_steps:
             for step in sampler:
-                batches = [_micro_batch(train_ds, idx, collate, filler=train_ds[:1]) for idx in step.micro_batches]
+                batches = [_micro_batch(train_ds, idx, collate, filler) for idx in step.micro_batches]
                 # Target tokens of the whole effective batch: counted on the host from the padded labels,
                 # and with several processes summed on the device (a collective, not a host sync; the
                 # non-blocking copy from pageable memory does not wait for the GPU either).
@@ -295,8 +298,9 @@ def token_loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     The model's own loss is a mean over this micro-batch's tokens, which would weigh a token in a
     short-target micro-batch more than one in a long-target micro-batch of the same window.
     """
+    # use_cache=False: training has no use for the decoder's key/value cache (nor for building one each step).
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   decoder_input_ids=_decoder_inputs(model, batch["labels"])).logits
+                   decoder_input_ids=_decoder_inputs(model, batch["labels"]), use_cache=False).logits
     return F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=-100, reduction="sum")
 
 

@@ -39,7 +39,7 @@ def test_suite_runs_on_cpu_and_reports_every_configuration(tmp_path):
     assert by_name["seed-loop"]["padding"] == "to 512" and by_name["bf16-8bit"]["optim"] == "adamw8bit"
     assert by_name["throughput"]["batch_size"] == by_name["kernels-throughput"]["batch_size"] == 16
     assert by_name["kernels"]["padding"] == "length-grouped, buckets of 64" and by_name["kernels"]["compiled"] is False
-    assert by_name["kernels-8bit"]["optim"] == "adamw8bit"
+    assert by_name["kernels-8bit-ckpt"]["optim"] == "adamw8bit"
     k = by_name["kernels"]
     assert k["warmup_steps"] == 1 and k["warmup_seconds"] > 0
     assert k["projected_minutes_with_warmup"] == pytest.approx((k["warmup_seconds"] + (50_000 - 8) / k["samples_per_s"]) / 60)
@@ -56,7 +56,7 @@ def test_suite_runs_on_cpu_and_reports_every_configuration(tmp_path):
 
 def test_targets_say_met_or_by_how_much_missed():
     rows = [dict(name="kernels", ms_per_step=30.0, ratio_vs_seed_trainer=12.0, projected_minutes_with_warmup=2.5, peak_allocated_gib=4.0),
-            dict(name="kernels-8bit", peak_allocated_gib=3.3),
+            dict(name="kernels-8bit-ckpt", peak_allocated_gib=3.3),
             dict(name="kernels-throughput", batch_size=128, samples_per_s=1200.0)]
     result = dict(rows=rows, eval=[dict(mode="score", kernels=True, projected_25k_seconds=9.0)])
     got = {t["target"].split(" (")[0]: (t["met"], t["verdict"]) for t in profile.targets(result)}

@@ -189,6 +189,7 @@ def test_subset_is_random_not_first_rows():
     assert 10 < sum(sub["label"]) < 40
 
 
+@pytest.mark.slow  # 40 s: tokenizes all 25,000 reviews
 def test_real_imdb_length_grouping_pads_under_10_percent():
     """Padding of length-grouped batches of 8 vs the seed's padding to 512, on the real training set."""
     from transformers import AutoTokenizer

@@ -1,7 +1,9 @@
+import copy
+
 import pytest
 import torch
 
-from flant5_imdb.modeling import build_model
+from flant5_imdb.modeling import build_model, checkpoint_activations
 
 
 def test_flan_t5_base_architecture_matches_the_real_model():
@@ -35,3 +37,26 @@ def test_missing_weights_give_a_clear_error(tmp_path):
         build_model(str(tmp_path / "no-such-model"))
     with pytest.raises(ValueError, match="choose from flan-t5-base, tiny"):
         build_model("x", model_config="huge", vocab_size=10)
+
+
+def test_activation_checkpointing_recomputes_blocks_with_the_same_results():
+    """Dropout on: the recompute replays the RNG state, so losses and gradients stay those of the
+    plain model (to float32 rounding), while every block runs a second time in the backward (seen from a pre-hook on its first layer: the recompute stops early, after the last tensor it needs)."""
+    torch.manual_seed(0)
+    model = build_model("unused", model_config="tiny", vocab_size=100, dropout=0.1)
+    ckpt = copy.deepcopy(model)
+    checkpoint_activations(ckpt)
+    calls = {"plain": 0, "ckpt": 0}
+    model.encoder.block[1].layer[0].register_forward_pre_hook(lambda *a: calls.__setitem__("plain", calls["plain"] + 1))
+    ckpt.encoder.block[1].layer[0].register_forward_pre_hook(lambda *a: calls.__setitem__("ckpt", calls["ckpt"] + 1))
+    x, y = torch.randint(3, 100, (3, 20)), torch.randint(3, 100, (3, 2))
+    losses = {}
+    for name, m in (("plain", model), ("ckpt", ckpt)):
+        m.train()
+        torch.manual_seed(1)
+        losses[name] = m(input_ids=x, labels=y, use_cache=False).loss
+        losses[name].backward()
+    assert calls == {"plain": 1, "ckpt": 2}
+    torch.testing.assert_close(losses["ckpt"], losses["plain"], rtol=1e-5, atol=0)
+    for (name, a), b in zip(ckpt.named_parameters(), model.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)

@@ -18,13 +18,14 @@ def per_step_losses(out) -> list[float]:
     return [r["loss"] for r in map(json.loads, (Path(out) / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
 
 
-def compare(tmp_path, tokenizer_dir, steps=50, **kw):
+def compare(tmp_path, tokenizer_dir, steps=50, kernel_extra=None, **kw):
     """Eager vs the kernel flags (buckets of 32 here: sources are at most 64 tokens); dropout off, so
     the bias kernel's missing attention dropout is no difference."""
     base = dict(tokenizer=str(tokenizer_dir), data="synthetic:400", dropout=0.0, max_steps=steps, log_every=1, max_source_length=64,
                 final_eval=False, save_model=False, keep_checkpoints=0, **kw)
     run(preset("smoke", output_dir=str(tmp_path / "eager"), **base))
-    kernels = run(preset("smoke", output_dir=str(tmp_path / "kernels"), **(KERNEL_FLAGS | {"bucket_multiple": 32}), **base))
+    flags = KERNEL_FLAGS | {"bucket_multiple": 32} | (kernel_extra or {})
+    kernels = run(preset("smoke", output_dir=str(tmp_path / "kernels"), **flags, **base))
     a, b = per_step_losses(tmp_path / "eager"), per_step_losses(tmp_path / "kernels")
     assert len(a) == len(b) == steps
     worst = max(abs(x - y) / abs(x) for x, y in zip(a, b, strict=True))
@@ -51,13 +52,15 @@ def test_kernel_path_runs_eagerly_off_cuda_with_the_same_losses(tmp_path, tokeni
 def test_traced_graphed_loop_matches_eager(tmp_path, tokenizer_dir, monkeypatch):
     """The loop's compiled/graphed branch on the CPU: the model traced by dynamo and AOTAutograd
     (backend aot_eager: the graphs torch.compile would hand to inductor, run eagerly), dynamic
-    shapes, grads allocated up front and zeroed in place, with gradient accumulation (4 x 4)."""
+    shapes, grads allocated up front and zeroed in place, with gradient accumulation (4 x 4) and
+    activation checkpointing (the `kernels-8bit-ckpt` bench row's extra flag)."""
     if torch.cuda.is_available():
         pytest.skip("the GPU test runs the real compiled path")
     monkeypatch.setattr(train_module, "maybe_compile", functools.partial(train_module.maybe_compile, backend="aot_eager", on_cpu=True))
     allocated, allocate = [], train_module.allocate_grads
     monkeypatch.setattr(train_module, "allocate_grads", lambda model: allocated.append(model) or allocate(model))
-    a, b, kernels, worst = compare(tmp_path, tokenizer_dir, steps=12, precision="fp32", batch_size=4, grad_accum=4)
+    a, b, kernels, worst = compare(tmp_path, tokenizer_dir, steps=12, kernel_extra=dict(activation_checkpointing=True),
+                                   precision="fp32", batch_size=4, grad_accum=4)
     assert kernels["compiled"] is True and len(allocated) == 1
     assert b[0] == pytest.approx(a[0], rel=1e-5)
     assert worst < 1e-3
