@@ -197,15 +197,14 @@ def measure(name: str, args, data: BenchData, peak, out_dir: Path) -> dict:
 
 
 def measure_loop(name, cfg, args, data: BenchData, peak) -> dict:
-    marks, examples, tokens, flops = [], [], [], []
+    clock, examples, tokens, flops = StepClock(), [], [], []
     # Compiled rows warm up longer on a GPU: the first step compiles, and each length bucket records
     # its CUDA graph the first time it comes up; none of that is steady state.
     warmup = max(args.warmup, args.compiled_warmup) if cfg.compile and torch.cuda.is_available() else args.warmup
     cfg = dataclasses.replace(cfg, max_steps=cfg.max_steps and warmup + args.steps)
 
     def on_step(state, step, model):
-        sync()
-        marks.append(time.perf_counter())
+        clock.mark(host_too=len(clock) + 1 == warmup)
         idx = [i for mb in step.micro_batches for i in mb]
         examples.append(step.global_examples)
         tokens.append(step.global_tokens)
@@ -214,10 +213,10 @@ def measure_loop(name, cfg, args, data: BenchData, peak) -> dict:
     with PeakMemory() as mem:
         started = time.perf_counter()
         summary = run(cfg, on_step=on_step)
-    row = timing_row(name, cfg, marks, examples, tokens, flops, warmup, peak)
+    row = timing_row(name, cfg, clock.seconds(), examples, tokens, flops, warmup, peak)
     # Set-up (model build, data from the cache) and warm-up, compilation and graph recording included.
-    warm_s = marks[warmup - 1] - started
-    row.update(mem.report(), compiled=summary["compiled"], warmup_steps=warmup, warmup_seconds=warm_s,
+    warm_s = clock.host_mark - started
+    row.update(mem.report(), compiled=summary["compiled"], cuda_graphs=summary["cuda_graphs"], warmup_steps=warmup, warmup_seconds=warm_s,
                projected_minutes_with_warmup=(warm_s + (SEED_JOB_SAMPLES - sum(examples[:warmup])) / row["samples_per_s"]) / 60)
     if args.full:
         row["full_minutes"] = summary["train_seconds"] / 60
@@ -233,7 +232,7 @@ def measure_trainer(args, data: BenchData, peak, out_dir: Path) -> dict:
     set_seed(cfg.seed)
     model = build_model(cfg.model, model_config=cfg.model_config, vocab_size=len(data.tokenizer))
     arch = model.config
-    marks, examples, tokens, flops, pending = [], [], [], [], []
+    clock, examples, tokens, flops, pending = StepClock(), [], [], [], []
     collate = Collator(pad_token_id=data.tokenizer.pad_token_id, max_length=cfg.max_source_length)
 
     def collator(rows):
@@ -242,8 +241,7 @@ def measure_trainer(args, data: BenchData, peak, out_dir: Path) -> dict:
 
     class Timer(TrainerCallback):
         def on_step_end(self, a, state, control, **kw):
-            sync()
-            marks.append(time.perf_counter())
+            clock.mark()
             lens = pending.pop(0)
             examples.append(len(lens))
             tokens.append(sum(lens))
@@ -261,7 +259,7 @@ def measure_trainer(args, data: BenchData, peak, out_dir: Path) -> dict:
         started = time.perf_counter()
         trainer.train()
         full_seconds = time.perf_counter() - started
-    row = timing_row("seed-trainer", cfg, marks, examples, tokens, flops, args.warmup, peak)
+    row = timing_row("seed-trainer", cfg, clock.seconds(), examples, tokens, flops, args.warmup, peak)
     row.update(mem.report())
     if args.full:
         row["full_minutes"] = full_seconds / 60
@@ -341,6 +339,42 @@ def measure_eval(args, data: BenchData) -> list[dict]:
 
 def model_config(model):
     return getattr(model, "module", model).config
+
+
+class StepClock:
+    """End-of-step times that do not stall the GPU.
+
+    On CUDA each mark records an event in the stream, and the events are read once, at the end:
+    a synchronize per step would stop the host from queueing the next step while the GPU finishes
+    this one, and add the host's time to every step's. Off CUDA the host clock is the clock.
+    `host_too` also takes the host clock at that mark (after a synchronize): for the set-up time.
+    """
+
+    def __init__(self):
+        self.cuda = torch.cuda.is_available()
+        self.marks: list = []
+        self.host_mark: float | None = None
+
+    def __len__(self) -> int:
+        return len(self.marks)
+
+    def mark(self, host_too: bool = False) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+        if host_too:
+            sync()
+            self.host_mark = time.perf_counter()
+
+    def seconds(self) -> list[float]:
+        """Each mark's time in seconds after the first."""
+        if not self.cuda:
+            return [t - self.marks[0] for t in self.marks]
+        sync()
+        return [self.marks[0].elapsed_time(e) / 1000 for e in self.marks]
 
 
 def sync():

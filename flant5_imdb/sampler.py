@@ -158,13 +158,16 @@ class Collator:
     def __call__(self, examples: list[dict], mask_labels: bool = False) -> dict[str, torch.Tensor]:
         src_len = self.source_length(max(len(e["input_ids"]) for e in examples))
         tgt_len = max(len(e["labels"]) for e in examples)
-        input_ids = torch.full((len(examples), src_len), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(examples), src_len), dtype=torch.long)
-        labels = torch.full((len(examples), tgt_len), -100, dtype=torch.long)
+        # Filled in numpy, then shared with torch: row assignment from Python lists costs a third of
+        # what torch's per-row indexing does, and this runs on the host once per micro-batch.
+        input_ids = np.full((len(examples), src_len), self.pad_token_id, dtype=np.int64)
+        attention_mask = np.zeros((len(examples), src_len), dtype=np.int64)
+        labels = np.full((len(examples), tgt_len), -100, dtype=np.int64)
         for i, e in enumerate(examples):
             n = len(e["input_ids"])
-            input_ids[i, :n] = torch.as_tensor(e["input_ids"])
+            input_ids[i, :n] = e["input_ids"]
             attention_mask[i, :n] = 1
             if not mask_labels:
-                labels[i, : len(e["labels"])] = torch.as_tensor(e["labels"])
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+                labels[i, : len(e["labels"])] = e["labels"]
+        return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention_mask),
+                "labels": torch.from_numpy(labels)}

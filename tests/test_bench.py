@@ -1,4 +1,5 @@
 import json
+import time
 
 import pytest
 import torch
@@ -39,6 +40,7 @@ def test_suite_runs_on_cpu_and_reports_every_configuration(tmp_path):
     assert by_name["seed-loop"]["padding"] == "to 512" and by_name["bf16-8bit"]["optim"] == "adamw8bit"
     assert by_name["throughput"]["batch_size"] == by_name["kernels-throughput"]["batch_size"] == 16
     assert by_name["kernels"]["padding"] == "length-grouped, buckets of 64" and by_name["kernels"]["compiled"] is False
+    assert by_name["kernels"]["cuda_graphs"] is False  # no CUDA here: the flags fell back to eager
     assert by_name["kernels-8bit-ckpt"]["optim"] == "adamw8bit"
     k = by_name["kernels"]
     assert k["warmup_steps"] == 1 and k["warmup_seconds"] > 0
@@ -69,3 +71,13 @@ def test_targets_say_met_or_by_how_much_missed():
         "throughput": (False, "no: 0.80x the target"),
         "score evaluation of 25,000 reviews": (True, "yes"),
     }
+
+
+def test_step_clock_on_cpu_reads_the_host_clock():
+    clock = profile.StepClock()
+    clock.mark()
+    time.sleep(0.01)
+    clock.mark(host_too=True)
+    seconds = clock.seconds()
+    assert len(clock) == 2 and seconds[0] == 0.0 and 0.01 <= seconds[1] < 1.0
+    assert clock.host_mark is not None and clock.host_mark >= clock.marks[1]
