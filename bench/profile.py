@@ -45,6 +45,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import traceback
 
 import torch
 
@@ -111,13 +112,21 @@ def main(argv=None) -> dict:
     )
     for name in names:
         print(f"--- {name}", flush=True)
-        row = measure(name, args, data, peak, Path(tempfile.mkdtemp(prefix=f"bench-{name}-")))
+        try:
+            row = measure(name, args, data, peak, Path(tempfile.mkdtemp(prefix=f"bench-{name}-")))
+        except Exception as e:  # one failing configuration must not cost the others their measurement
+            traceback.print_exc()
+            row = dict(name=name, error=f"{type(e).__name__}: {e}"[:300])
         result["rows"].append(row)
         add_ratios(result["rows"])
         print(json.dumps(row), flush=True)
         write_results(result, out)  # after every row: a run stopped by its time guard keeps what it measured
         release_memory()
-    result["eval"] = measure_eval(args, data) if args.eval_samples else []
+    try:
+        result["eval"] = measure_eval(args, data) if args.eval_samples else []
+    except Exception as e:
+        traceback.print_exc()
+        result["eval"] = [dict(error=f"{type(e).__name__}: {e}"[:300])]
     result["complete"] = True
     table = write_results(result, out)
     chart(result["rows"], out / "chart.png")
@@ -295,10 +304,15 @@ def padding(cfg) -> str:
     return f"length-grouped, {size}" if cfg.group_by_length else size
 
 
+def measured(rows: list[dict]) -> list[dict]:
+    """The rows that did not fail."""
+    return [r for r in rows if "error" not in r]
+
+
 def add_ratios(rows: list[dict]) -> None:
     """Speed-up over the same-run seed-trainer (samples/s over samples/s) and over the documented job."""
-    seed = next((r for r in rows if r["name"] == "seed-trainer"), None)
-    for r in rows:
+    seed = next((r for r in measured(rows) if r["name"] == "seed-trainer"), None)
+    for r in measured(rows):
         r["ratio_vs_seed_trainer"] = r["samples_per_s"] / seed["samples_per_s"] if seed else None
         r["ratio_vs_documented_time"] = DOCUMENTED["minutes"] / r["projected_minutes"]
         r["driver_vs_documented_memory"] = r["peak_driver_mib"] / DOCUMENTED["driver_mib"] if r.get("peak_driver_mib") else None
@@ -467,6 +481,9 @@ def markdown(result: dict) -> str:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in result["rows"]:
+        if "error" in r:
+            lines.append(f"| {r['name']} | failed: {r['error'].replace('|', '/')} |" + " |" * 11)
+            continue
         full = f" (full run {r['full_minutes']:.1f} min)" if r.get("full_minutes") else ""
         lines.append(
             f"| {r['name']} | {r['batch_size']} | {r['precision']} | {r['optim']} | {r['padding']} | "
@@ -477,6 +494,7 @@ def markdown(result: dict) -> str:
     doc = result["documented_seed"]
     lines += ["", f"Documented seed: {doc['minutes']:.0f} minutes for 2 epochs, {doc['driver_mib']} MiB ({doc['note']})."]
     evals = [e for e in result["eval"] if "mode" in e]
+    lines += [f"\nEvaluation timing failed: {e['error']}" for e in result["eval"] if "error" in e]
     if evals:
         lines += ["", "| eval mode | batch | kernels | reviews (split) | reviews/s | 25,000 reviews (projected) |",
                   "| --- | --- | --- | --- | --- | --- |"]
@@ -493,7 +511,7 @@ def markdown(result: dict) -> str:
 
 def targets(result: dict) -> list[dict]:
     """Each issue-6 target whose row was measured: wanted, measured, and met or missed by how much."""
-    rows = {r["name"]: r for r in result["rows"]}
+    rows = {r["name"]: r for r in measured(result["rows"])}
     score = next((e for e in result["eval"] if e.get("mode") == "score" and e.get("kernels")), None)
     checks = []
 
@@ -530,6 +548,7 @@ def chart(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = measured(rows)
     names = [r["name"] for r in rows]
     colors = ["#c0392b" if n == "seed-trainer" else "#2e86c1" for n in names]
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 0.6 * len(rows) + 1.8))

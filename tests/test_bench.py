@@ -81,3 +81,27 @@ def test_step_clock_on_cpu_reads_the_host_clock():
     seconds = clock.seconds()
     assert len(clock) == 2 and seconds[0] == 0.0 and 0.01 <= seconds[1] < 1.0
     assert clock.host_mark is not None and clock.host_mark >= clock.marks[1]
+
+
+def test_a_failing_configuration_is_reported_and_the_others_still_run(tmp_path, monkeypatch):
+    real = profile.measure_loop
+
+    def failing(name, *a, **kw):
+        if name == "kernels":
+            raise RuntimeError("compilation failed")
+        return real(name, *a, **kw)
+
+    def eval_fails(*a):
+        raise RuntimeError("no eval today")
+
+    monkeypatch.setattr(profile, "measure_loop", failing)
+    monkeypatch.setattr(profile, "measure_eval", eval_fails)
+    out = tmp_path / "bench"
+    profile.main(["--configs", "kernels,fast", "--model-config", "tiny", "--data", "synthetic:200", "--tokenizer", "word-level",
+                  "--warmup", "1", "--steps", "1", "--out", str(out)])
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["rows"][0] == {"name": "kernels", "error": "RuntimeError: compilation failed"}
+    assert saved["rows"][1]["name"] == "fast" and saved["rows"][1]["samples_per_s"] > 0 and saved["complete"] is True
+    assert saved["eval"] == [{"error": "RuntimeError: no eval today"}] and saved["targets"] == []
+    md = (out / "results.md").read_text()
+    assert "| kernels | failed: RuntimeError: compilation failed |" in md and "Evaluation timing failed: RuntimeError: no eval today" in md
