@@ -246,10 +246,10 @@ def run(cfg: TrainConfig, on_step: Callable[[TrainState, Step, torch.nn.Module],
     return summary
 
 
-def maybe_compile(model, cfg: TrainConfig, backend: str = "inductor", on_cpu: bool = False):
+def maybe_compile(model, cfg: TrainConfig, backend="inductor", on_cpu: bool = False):
     """torch.compile on CUDA; elsewhere the same flags run eagerly (and say so).
 
-    `backend` and `on_cpu` exist for the CPU tests, which trace the real model with `aot_eager`.
+    `backend` and `on_cpu` exist for the CPU tests, which trace the real model without inductor.
     """
     if not cfg.compile:
         return model
