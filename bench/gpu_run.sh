@@ -4,7 +4,7 @@
 #   bash ../shared/gpu/prepare.sh            # here: fills the git-ignored .device/ (wheels, IMDB train set, tokenizer)
 #   device run, carry [".device"], timeout_s 600:
 #     source .device/setup.sh; bash bench/gpu_run.sh           # part 1: kernel checks + the bench   (8 to 9.5 min)
-#     source .device/setup.sh; bash bench/gpu_run.sh checks    # part 2: the training-loop GPU checks (3 to 5 min)
+#     source .device/setup.sh; bash bench/gpu_run.sh checks    # part 2: the training-loop GPU checks, step profiles (5 to 8 min)
 #   extra arguments of part 1 go to bench/profile.py; a CPU rehearsal:
 #     bash bench/gpu_run.sh bench --model-config tiny --steps 2 --warmup 1 --eval-samples 32
 #
@@ -16,7 +16,9 @@
 # reviews (at most 400 s). The bench writes results.json after every configuration, so a time
 # guard that fires keeps what was measured.
 # Part 2: the kernel path vs the eager loop over 50 flan-t5-base steps in bf16, CUDA graphs with
-# gradient accumulation vs eager, and no host synchronisation inside an eager bf16 step (at most 420 s).
+# gradient accumulation vs eager, and no host synchronisation inside an eager bf16 step (at most 300 s);
+# then torch.profiler over 5 steady-state steps of `kernels` and of `fast` (wall vs GPU-busy time per
+# step, kernel launches, top operators: what is in the way of a missed target; at most 150 s each).
 # Every line reaches $OUT as it is printed. Afterwards copy $OUT/bench/results.{json,md} and
 # chart.png into bench/results/<card>-<date>/ and the table into the README.
 set -uo pipefail
@@ -31,9 +33,16 @@ if [ $# -gt 0 ] && { [ "$1" = bench ] || [ "$1" = checks ]; }; then part=$1; shi
 timeout 30 nvidia-smi 2>&1 | tee "$OUT/nvidia-smi-$part.txt"
 
 if [ "$part" = checks ]; then
-  timeout 420 python -u -m pytest -q -s -m gpu tests/kernels/test_kernel_path.py -p no:cacheprovider 2>&1 | tee "$OUT/gpu_checks.log"
-  echo "== gpu checks exit status: ${PIPESTATUS[0]}"
+  timeout 300 python -u -m pytest -q -s -m gpu tests/kernels/test_kernel_path.py -p no:cacheprovider 2>&1 | tee "$OUT/gpu_checks.log"
+  status=${PIPESTATUS[0]}
+  for config in kernels fast; do
+    timeout 150 python -u bench/step_profile.py --config "$config" --data "$data" --tokenizer "$tok" --out "$OUT" "$@" 2>&1 \
+      | tee "$OUT/step_profile-$config.log"
+  done
+  echo "== summary"
+  echo "gpu checks exit status: $status"
   grep -E "passed|failed|error|deviation" "$OUT/gpu_checks.log" | tail -8
+  for config in kernels fast; do head -4 "$OUT/step_profile-$config.txt" 2>/dev/null || echo "$config: no profile (see step_profile-$config.log)"; done
   exit 0
 fi
 

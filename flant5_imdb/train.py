@@ -168,15 +168,15 @@ def run(cfg: TrainConfig, on_step: Callable[[TrainState, Step, torch.nn.Module],
                 batches = [_micro_batch(train_ds, idx, collate, filler) for idx in step.micro_batches]
                 # Target tokens of the whole effective batch: counted on the host from the padded labels,
                 # and with several processes summed on the device (a collective, not a host sync; the
-                # non-blocking copy from pageable memory does not wait for the GPU either).
+                # count enters the device as a fill kernel's argument, not as a copy).
                 counts = [int((b["labels"] != -100).sum()) for b in batches]
                 n_tokens = sum(counts)
                 if accelerator.num_processes > 1:
-                    n_tokens = accelerator.reduce(torch.tensor(n_tokens).to(accelerator.device, non_blocking=True), "sum")
+                    n_tokens = accelerator.reduce(torch.full((), n_tokens, dtype=torch.long, device=accelerator.device), "sum")
                 scale = accelerator.num_processes * cfg.grad_accum / n_tokens
                 lr = scheduler.get_last_lr()[0]
                 for batch, count in zip(batches, counts, strict=True):
-                    batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
+                    batch = to_device(batch, accelerator.device)
                     if step_model is not model:
                         mark_length_dynamic(batch)
                     if graphed:  # outputs of the previous replay are no longer needed: the graphs may reuse their memory
@@ -260,6 +260,18 @@ def maybe_compile(model, cfg: TrainConfig, backend="inductor", on_cpu: bool = Fa
     # stay static. CUDA graphs are still recorded per shape (one per bucket).
     mode = "reduce-overhead" if cfg.cuda_graphs else None
     return torch.compile(model, backend=backend, mode=mode if backend == "inductor" else None)
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """Copy a host batch to the device without making the host wait for the GPU.
+
+    From pageable memory the driver stages the copy and may first wait for the stream's queued
+    work: a host sync per micro-batch. From pinned memory (torch's caching host allocator, so
+    pinning is cheap after the first steps) the copy is queued and the host moves on.
+    """
+    if device.type == "cuda":
+        return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
+    return {k: v.to(device) for k, v in batch.items()}
 
 
 def mark_length_dynamic(batch: dict[str, torch.Tensor]) -> None:

@@ -1,0 +1,107 @@
+"""Where a training step's time goes: torch.profiler over steady-state steps of one bench configuration.
+
+    python bench/step_profile.py --config kernels          # flan-t5-base, one GPU
+    python bench/step_profile.py --config fast --model-config tiny --data synthetic:200 --tokenizer word-level   # CPU
+
+Runs the real loop (`flant5_imdb.train.run`) for --warmup untimed steps, then profiles --steps
+steps and writes OUT/step_profile-<config>.txt: per step, the wall time (CUDA events), the time
+the GPU was busy (the sum of its kernels' durations), and the kernel launches; then the top
+operators by device time and by host time. Busy time well under wall time means the GPU waits
+on the host (Python, launches, batch assembly); busy time near wall time means the kernels
+themselves are what to make faster.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# As in bench/profile.py: this folder must not shadow the standard library's `profile`.
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+sys.path.insert(0, str(ROOT))
+
+import argparse
+import dataclasses
+import logging
+import statistics
+import tempfile
+
+import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile, schedule
+
+from bench.profile import CONFIGS, BenchData, StepClock, train_config
+from flant5_imdb.train import run
+
+
+def main(argv=None) -> dict:
+    args = parse(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    data = BenchData(args)
+    # train_config reads warmup + steps as the run's length; one more step warms the profiler up.
+    args.warmup += 1
+    cfg = train_config(args.config, args, data, Path(tempfile.mkdtemp(prefix="step-profile-")))
+    if args.batch_size:
+        cfg = dataclasses.replace(cfg, batch_size=args.batch_size)
+    cuda = torch.cuda.is_available()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    clock = StepClock()
+    # repeat=1 and acc_events: one profiled window, whose events stay readable after the run.
+    window = schedule(skip_first=args.warmup - 1, wait=0, warmup=1, active=args.steps, repeat=1)
+    with profile(activities=activities, schedule=window, acc_events=True) as prof:
+
+        def on_step(state, step, model):
+            clock.mark()
+            prof.step()
+
+        run(cfg, on_step=on_step)
+    seconds = clock.seconds()
+    wall_ms = [1000 * (b - a) for a, b in zip(seconds[args.warmup - 1 :], seconds[args.warmup :], strict=False)]
+    events = prof.events()
+    device_events = [e for e in events if e.device_type == DeviceType.CUDA]
+    busy_ms = sum(e.self_device_time_total for e in device_events) / 1000 / args.steps
+    summary = dict(config=args.config, batch_size=cfg.batch_size, steps=args.steps, wall_ms_median=statistics.median(wall_ms),
+                   device_busy_ms=busy_ms if cuda else None, kernels_per_step=len(device_events) / args.steps if cuda else None,
+                   graph_launches_per_step=sum(e.name == "cudaGraphLaunch" for e in events) / args.steps)
+    lines = [
+        f"{args.config}: batch {cfg.batch_size}, {args.steps} profiled steps after {args.warmup} ({torch.cuda.get_device_name() if cuda else 'CPU'})",
+        f"wall per step (median): {summary['wall_ms_median']:.2f} ms",
+    ]
+    if cuda:
+        lines += [f"GPU busy per step: {busy_ms:.2f} ms ({100 * busy_ms / summary['wall_ms_median']:.0f}% of wall)",
+                  f"kernels per step: {summary['kernels_per_step']:.0f}; CUDA graph launches per step: {summary['graph_launches_per_step']:.0f}"]
+    table = prof.key_averages()
+    if cuda:
+        lines += ["", "top operators by self device time:", table.table(sort_by="self_device_time_total", row_limit=25)]
+    lines += ["", "top operators by self host time:", table.table(sort_by="self_cpu_time_total", row_limit=25)]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"step_profile-{args.config}.txt"
+    path.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[:4]), flush=True)
+    print(f"written: {path}")
+    return summary
+
+
+def parse(argv):
+    shared = ROOT.parent / "shared" / "data"
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="kernels", choices=[c for c in CONFIGS if c != "seed-trainer"])
+    p.add_argument("--model", default=None, help="real weights (Hub id or folder); default: random init of --model-config")
+    p.add_argument("--model-config", default="flan-t5-base")
+    p.add_argument("--data", default=str(shared / "imdb") if (shared / "imdb").is_dir() else "stanfordnlp/imdb")
+    p.add_argument("--tokenizer", default=str(shared / "tokenizer" / "imdb-unigram-32k") if (shared / "tokenizer").is_dir() else "google/flan-t5-base")
+    p.add_argument("--batch-size", type=int, default=None, help="override the configuration's batch")
+    p.add_argument("--warmup", type=int, default=40, help="steps before profiling (compilation, one CUDA graph per bucket)")
+    p.add_argument("--steps", type=int, default=5, help="profiled steps")
+    p.add_argument("--out", default=".", help="folder for step_profile-<config>.txt")
+    args = p.parse_args(argv)
+    args.full = False
+    if args.warmup < 1 or args.steps < 1:
+        p.error("--warmup and --steps must be at least 1")
+    return args
+
+
+if __name__ == "__main__":
+    main()
