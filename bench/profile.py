@@ -152,14 +152,19 @@ def write_results(result: dict, out: Path) -> str:
     return table
 
 
-def parse(argv):
+def add_source_args(p: argparse.ArgumentParser) -> None:
+    """--model, --model-config, --data, --tokenizer: what a bench script trains (the shared IMDB files where present)."""
     shared = ROOT.parent / "shared" / "data"
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated, from: " + ", ".join(CONFIGS))
     p.add_argument("--model", default=None, help="real weights (Hub id or folder); default: random init of --model-config")
     p.add_argument("--model-config", default="flan-t5-base", help="architecture for random init (flan-t5-base, tiny)")
     p.add_argument("--data", default=str(shared / "imdb") if (shared / "imdb").is_dir() else "stanfordnlp/imdb")
     p.add_argument("--tokenizer", default=str(shared / "tokenizer" / "imdb-unigram-32k") if (shared / "tokenizer").is_dir() else "google/flan-t5-base")
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated, from: " + ", ".join(CONFIGS))
+    add_source_args(p)
     p.add_argument("--warmup", type=int, default=5, help="untimed optimizer steps first (default 5, at least 1)")
     p.add_argument("--steps", type=int, default=20, help="timed optimizer steps (default 20)")
     p.add_argument("--compiled-warmup", type=int, default=40,

@@ -31,7 +31,7 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, schedule
 
-from bench.profile import CONFIGS, BenchData, StepClock, train_config
+from bench.profile import CONFIGS, BenchData, StepClock, add_source_args, train_config
 from flant5_imdb.train import run
 
 
@@ -85,13 +85,9 @@ def main(argv=None) -> dict:
 
 
 def parse(argv):
-    shared = ROOT.parent / "shared" / "data"
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="kernels", choices=[c for c in CONFIGS if c != "seed-trainer"])
-    p.add_argument("--model", default=None, help="real weights (Hub id or folder); default: random init of --model-config")
-    p.add_argument("--model-config", default="flan-t5-base")
-    p.add_argument("--data", default=str(shared / "imdb") if (shared / "imdb").is_dir() else "stanfordnlp/imdb")
-    p.add_argument("--tokenizer", default=str(shared / "tokenizer" / "imdb-unigram-32k") if (shared / "tokenizer").is_dir() else "google/flan-t5-base")
+    add_source_args(p)
     p.add_argument("--batch-size", type=int, default=None, help="override the configuration's batch")
     p.add_argument("--warmup", type=int, default=40, help="steps before profiling (compilation, one CUDA graph per bucket)")
     p.add_argument("--steps", type=int, default=5, help="profiled steps")

@@ -114,8 +114,6 @@ class StepCounters:
             )
 
 
-
-
 class oom_hint:  # noqa: N801 - used as a context manager, like torch.no_grad
     """Turn a CUDA out-of-memory error on a micro-batch into a message with the fix."""
 

@@ -112,7 +112,8 @@ def run(cfg: TrainConfig, on_step: Callable[[TrainState, Step, torch.nn.Module],
     # Compiled after prepare: accelerate keeps tracking (and checkpointing) the plain module, whose
     # parameters the compiled one shares, so state dicts carry no `_orig_mod.` prefix.
     step_model = maybe_compile(model, cfg)
-    graphed = step_model is not model and cfg.cuda_graphs
+    compiled = step_model is not model
+    graphed = compiled and cfg.cuda_graphs
     if graphed:
         allocate_grads(model)
     # The sampler shards the data itself (identical plan on every rank), so no dataloader is prepared.
@@ -177,7 +178,7 @@ def run(cfg: TrainConfig, on_step: Callable[[TrainState, Step, torch.nn.Module],
                 lr = scheduler.get_last_lr()[0]
                 for batch, count in zip(batches, counts, strict=True):
                     batch = to_device(batch, accelerator.device)
-                    if step_model is not model:
+                    if compiled:
                         mark_length_dynamic(batch)
                     if graphed:  # outputs of the previous replay are no longer needed: the graphs may reuse their memory
                         torch.compiler.cudagraph_mark_step_begin()
@@ -229,7 +230,7 @@ def run(cfg: TrainConfig, on_step: Callable[[TrainState, Step, torch.nn.Module],
         resumed_from=str(resume_from) if resume_from else None, train_seconds=train_seconds,
         wall_seconds=time.perf_counter() - started, samples_per_s=state.samples_seen / train_seconds,
         processes=accelerator.num_processes, distributed_type=str(accelerator.distributed_type), device=str(accelerator.device),
-        precision=cfg.precision, compiled=step_model is not model, cuda_graphs=graphed,
+        precision=cfg.precision, compiled=compiled, cuda_graphs=graphed,
         peak_gpu_memory_gib=torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
         skipped_rows=len(skipped), last_logged_loss=window.last_loss, rank_param_checksums=checksums,
         eval={k: v for k, v in result.items() if k != "predictions"} if result else None, config=cfg.to_dict(),

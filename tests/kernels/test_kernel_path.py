@@ -49,27 +49,21 @@ def test_kernel_path_runs_eagerly_off_cuda_with_the_same_losses(tmp_path, tokeni
     assert worst < 1e-3
 
 
-def test_traced_graphed_loop_matches_eager(tmp_path, tokenizer_dir, monkeypatch):
+def test_traced_graphed_loop_matches_eager(tmp_path, tokenizer_dir, monkeypatch, counting_backend):
     """The loop's compiled/graphed branch on the CPU: the model traced by dynamo and AOTAutograd
-    (AOTAutograd without inductor: the graphs torch.compile would hand to inductor, run eagerly),
-    one graph for every source length, grads allocated up front and zeroed in place, with gradient accumulation (4 x 4) and
+    (the graphs torch.compile would hand to inductor, run eagerly), one graph for every source
+    length, grads allocated up front and zeroed in place, with gradient accumulation (4 x 4) and
     activation checkpointing (the `kernels-8bit-ckpt` bench row's extra flag)."""
     if torch.cuda.is_available():
         pytest.skip("the GPU test runs the real compiled path")
-    graphs = []
-
-    def backend(gm, example_inputs):  # aot_eager, counting the graphs dynamo hands over
-        graphs.append(gm)
-        return torch._dynamo.backends.common.aot_autograd(fw_compiler=lambda g, _: g)(gm, example_inputs)
-
-    torch._dynamo.reset()
-    monkeypatch.setattr(train_module, "maybe_compile", functools.partial(train_module.maybe_compile, backend=backend, on_cpu=True))
+    monkeypatch.setattr(train_module, "maybe_compile",
+                        functools.partial(train_module.maybe_compile, backend=counting_backend, on_cpu=True))
     allocated, allocate = [], train_module.allocate_grads
     monkeypatch.setattr(train_module, "allocate_grads", lambda model: allocated.append(model) or allocate(model))
     a, b, kernels, worst = compare(tmp_path, tokenizer_dir, steps=12, kernel_extra=dict(activation_checkpointing=True),
                                    precision="fp32", batch_size=4, grad_accum=4)
     assert kernels["compiled"] is True and len(allocated) == 1
-    assert len(graphs) == 1  # no graph break, and one graph for both source lengths (32 and 64)
+    assert len(counting_backend.graphs) == 1  # no graph break, and one graph for both source lengths (32 and 64)
     assert b[0] == pytest.approx(a[0], rel=1e-5)
     assert worst < 1e-3
 

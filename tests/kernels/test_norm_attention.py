@@ -154,18 +154,12 @@ def test_bias_kernel_in_t5_matches_t5_forward_and_backward(impl, padded, monkeyp
     assert patched.get_parameter(table).grad.abs().sum() > 0
 
 
-def test_bias_kernel_traces_as_one_graph_with_dynamic_shapes():
+def test_bias_kernel_traces_as_one_graph_with_dynamic_shapes(counting_backend):
     """No graph breaks (fullgraph=True), one graph for two lengths: the compiled step stays whole."""
-    torch._dynamo.reset()
-    graphs = []
     model = build_model("x", model_config="tiny", vocab_size=100, dropout=0.0)
     use_bias_kernel(model)
     fuse_norms(model)
-    def backend(gm, example_inputs):
-        graphs.append(gm)
-        return torch._dynamo.backends.common.aot_autograd(fw_compiler=lambda g, _: g)(gm, example_inputs)
-
-    compiled = torch.compile(model, backend=backend, fullgraph=True)
+    compiled = torch.compile(model, backend=counting_backend, fullgraph=True)
     for length in (40, 24):  # two lengths, one graph
         batch = padded_batch()
         batch = {k: (v[:, :length].contiguous() if k != "labels" else v) for k, v in batch.items()}
@@ -173,7 +167,7 @@ def test_bias_kernel_traces_as_one_graph_with_dynamic_shapes():
         out, ref = compiled(**batch), model(**batch)
         torch.testing.assert_close(out.logits, ref.logits, rtol=1e-5, atol=1e-6)
         out.loss.backward()
-    assert len(graphs) == 1  # the second length did not recompile
+    assert len(counting_backend.graphs) == 1  # the second length did not recompile
 
 
 def test_bias_kernel_refuses_flex_attention_masks():
