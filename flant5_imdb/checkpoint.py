@@ -41,7 +41,7 @@ RESUMABLE_CHANGES = frozenset({
     "report_to", "push_to_hub", "model_card_only",
     # The kernel path changes shapes and rounding, not the math (--bias-kernel drops attention
     # dropout, so it is not here).
-    "compile", "cuda_graphs", "fused_norm", "bucket_multiple", "pad_to_multiple_of", "activation_checkpointing",
+    "compile", "cuda_graphs", "fused_norm", "bucket_multiple", "pad_to_multiple_of", "activation_checkpointing", "bias_lookup",
 })
 
 

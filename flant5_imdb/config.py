@@ -69,6 +69,9 @@ class TrainConfig:
                                           "about a third more compute, far less activation memory (same results)")
     bias_kernel: bool = _opt(False, "encoder self-attention through flex_attention with T5's relative-position bias read inside "
                              "the kernel (CUDA; the reference elsewhere); no attention-probability dropout there")
+    bias_lookup: str = _opt("table", "with --bias-kernel: how the kernel reads T5's bias: 'table' = the bucket table per score "
+                            "(backward: atomics onto the table), 'gathered' = the [heads, L, L] bias gathered once per forward",
+                            ("table", "gathered"))
     eval_mode: str = _opt("score", "score = compare label log-likelihoods in one pass; generate = greedy decoding as the seed did", ("score", "generate"))
     eval_batch_size: int = _opt(64, "evaluation batch per process")
     eval_every: int | None = _opt(None, "also evaluate every N optimizer steps")

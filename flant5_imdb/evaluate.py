@@ -27,6 +27,7 @@ from datasets import Dataset
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
 from tqdm.auto import tqdm
 
+from flant5_imdb.modeling import source_mask
 from flant5_imdb.sampler import Collator
 
 logger = logging.getLogger(__name__)
@@ -46,14 +47,15 @@ def score_batch(model, batch: dict[str, torch.Tensor], targets: list[list[int]])
     Without `labels` in the batch (prediction on new text) the decoder runs one position, and the
     loss and count are None.
     """
-    enc = model.get_encoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    mask = source_mask(model, batch["attention_mask"])  # the 4D form: no host sync inside transformers
+    enc = model.get_encoder()(input_ids=batch["input_ids"], attention_mask=mask)
     labels = batch.get("labels")
     if labels is None:  # the first decoder position's input is the start token, whatever the label
         start = torch.full((len(batch["input_ids"]), 1), model.config.decoder_start_token_id, device=batch["input_ids"].device)
         decoder_input_ids, loss_sum, n_tokens = start, None, None
     else:
         decoder_input_ids = model.prepare_decoder_input_ids_from_labels(labels)
-    logits = model(encoder_outputs=enc, attention_mask=batch["attention_mask"], decoder_input_ids=decoder_input_ids).logits.float()
+    logits = model(encoder_outputs=enc, attention_mask=mask, decoder_input_ids=decoder_input_ids).logits.float()
     logp = F.log_softmax(logits, dim=-1)
     if labels is not None:
         loss_sum = F.nll_loss(logp.flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
@@ -64,7 +66,7 @@ def score_batch(model, batch: dict[str, torch.Tensor], targets: list[list[int]])
     scores = []
     for t in targets:  # labels share a first token: score each whole target
         tgt = torch.tensor(t, device=logits.device).expand(len(logits), -1)
-        lg = model(encoder_outputs=enc, attention_mask=batch["attention_mask"],
+        lg = model(encoder_outputs=enc, attention_mask=mask,
                    decoder_input_ids=model.prepare_decoder_input_ids_from_labels(tgt)).logits.float()
         scores.append(F.log_softmax(lg, dim=-1).gather(-1, tgt.unsqueeze(-1)).squeeze(-1).sum(-1))
     return torch.stack(scores, dim=1), loss_sum, n_tokens

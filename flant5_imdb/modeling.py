@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 from transformers import T5Config, T5ForConditionalGeneration
 from transformers.models.t5.modeling_t5 import T5Attention
 
@@ -78,6 +79,26 @@ def build_model(
     if vocab_size is not None and vocab_size > m.config.vocab_size:
         raise ValueError(f"the tokenizer has {vocab_size} tokens but model '{model}' only {m.config.vocab_size} embeddings")
     return m
+
+
+def source_mask(model, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The [B, L] source padding mask in the 4D form [B, 1, 1, L] that transformers takes as it is.
+
+    Given the 2D mask, transformers' mask helpers test `padding_mask.all()` in a Python `if` on
+    every forward (to drop the mask when nothing is padded): a device-to-host copy per forward
+    that stalls the host until the GPU has caught up. A 4D mask counts as already prepared and is
+    passed through untested. The values are the ones transformers would build (boolean for sdpa,
+    additive 0 / float32-min for eager) broadcast over the queries, so the results are the same;
+    the encoder's self-attention and the decoder's cross-attention both read it. flex_attention
+    builds a BlockMask from the 2D mask itself and is given that.
+    """
+    impl = extract_model_from_parallel(model, keep_torch_compile=False).config._attn_implementation
+    keep = attention_mask[:, None, None, :].bool()
+    if impl == "sdpa":
+        return keep
+    if impl == "eager":
+        return torch.where(keep, torch.zeros((), dtype=torch.float32, device=keep.device), torch.finfo(torch.float32).min)
+    return attention_mask
 
 
 def checkpoint_activations(model: T5ForConditionalGeneration) -> None:

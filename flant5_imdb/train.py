@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
@@ -42,8 +43,9 @@ from flant5_imdb.data import DataError, load_imdb, subset, target_ids, texts_of,
 from flant5_imdb.evaluate import evaluate, format_report, write_report
 from flant5_imdb.guards import Preempted, StepCounters, StopSignal, oom_hint
 from flant5_imdb.kernels.attention import use_bias_kernel
+from flant5_imdb.kernels.graphs import cudagraph_skips, recorded_cuda_graphs
 from flant5_imdb.kernels.norm import fuse_norms
-from flant5_imdb.modeling import build_model, checkpoint_activations, save_settings
+from flant5_imdb.modeling import build_model, checkpoint_activations, save_settings, source_mask
 from flant5_imdb.optim import build_optimizer, build_scheduler
 from flant5_imdb.plots import plot_run
 from flant5_imdb.sampler import Collator, Step, StepSampler
@@ -104,7 +106,7 @@ def run(cfg: TrainConfig, on_step: Callable[[TrainState, Step, torch.nn.Module],
     if cfg.fused_norm:
         fuse_norms(model)
     if cfg.bias_kernel:
-        use_bias_kernel(model)
+        use_bias_kernel(model, lookup=cfg.bias_lookup)
     if cfg.activation_checkpointing:
         checkpoint_activations(model)
     raw_optimizer = build_optimizer(model.to(accelerator.device), cfg)
@@ -113,9 +115,10 @@ def run(cfg: TrainConfig, on_step: Callable[[TrainState, Step, torch.nn.Module],
     # parameters the compiled one shares, so state dicts carry no `_orig_mod.` prefix.
     step_model = maybe_compile(model, cfg)
     compiled = step_model is not model
-    graphed = compiled and cfg.cuda_graphs
+    graphed = compiled and cfg.cuda_graphs  # asked for; recorded_cuda_graphs() says whether it happened
     if graphed:
         allocate_grads(model)
+        skips_before = cudagraph_skips()
     # The sampler shards the data itself (identical plan on every rank), so no dataloader is prepared.
     sampler = StepSampler(train_ds["length"], batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
                           num_replicas=accelerator.num_processes, rank=accelerator.process_index,
@@ -170,7 +173,7 @@ def run(cfg: TrainConfig, on_step: Callable[[TrainState, Step, torch.nn.Module],
                 # Target tokens of the whole effective batch: counted on the host from the padded labels,
                 # and with several processes summed on the device (a collective, not a host sync; the
                 # count enters the device as a fill kernel's argument, not as a copy).
-                counts = [int((b["labels"] != -100).sum()) for b in batches]
+                counts = [target_tokens(b) for b in batches]
                 n_tokens = sum(counts)
                 if accelerator.num_processes > 1:
                     n_tokens = accelerator.reduce(torch.full((), n_tokens, dtype=torch.long, device=accelerator.device), "sum")
@@ -178,6 +181,8 @@ def run(cfg: TrainConfig, on_step: Callable[[TrainState, Step, torch.nn.Module],
                 lr = scheduler.get_last_lr()[0]
                 for batch, count in zip(batches, counts, strict=True):
                     batch = to_device(batch, accelerator.device)
+                    # The mask in the 4D form, which transformers takes as it is (no host sync testing it for padding).
+                    batch["attention_mask"] = source_mask(model, batch["attention_mask"])
                     if compiled:
                         mark_length_dynamic(batch)
                     if graphed:  # outputs of the previous replay are no longer needed: the graphs may reuse their memory
@@ -219,6 +224,11 @@ def run(cfg: TrainConfig, on_step: Callable[[TrainState, Step, torch.nn.Module],
     accelerator.wait_for_everyone()
     train_seconds = time.perf_counter() - train_start
     checksums = rank_param_checksums(accelerator, model)
+    # While the compiled model is alive: the graph tree goes when its functions do.
+    graphs = recorded_cuda_graphs() if graphed else 0
+    graph_skips = cudagraph_skips() - skips_before if graphed else 0
+    if graphed and graphs == 0:
+        logger.warning("--cuda-graphs: no CUDA graph was recorded (%d skipped); the compiled step ran without graphs", graph_skips)
 
     # 5. Final evaluation, model, summary.
     result = evaluate_now() if cfg.final_eval else None
@@ -230,7 +240,8 @@ def run(cfg: TrainConfig, on_step: Callable[[TrainState, Step, torch.nn.Module],
         resumed_from=str(resume_from) if resume_from else None, train_seconds=train_seconds,
         wall_seconds=time.perf_counter() - started, samples_per_s=state.samples_seen / train_seconds,
         processes=accelerator.num_processes, distributed_type=str(accelerator.distributed_type), device=str(accelerator.device),
-        precision=cfg.precision, compiled=compiled, cuda_graphs=graphed,
+        precision=cfg.precision, compiled=compiled, cuda_graphs=None if graphs is None else graphs > 0, cuda_graphs_recorded=graphs,
+        cuda_graph_skips=graph_skips,
         peak_gpu_memory_gib=torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
         skipped_rows=len(skipped), last_logged_loss=window.last_loss, rank_param_checksums=checksums,
         eval={k: v for k, v in result.items() if k != "predictions"} if result else None, config=cfg.to_dict(),
@@ -283,7 +294,7 @@ def mark_length_dynamic(batch: dict[str, torch.Tensor]) -> None:
     `maybe_`: a graph that needs a fixed length recompiles instead of failing.
     """
     torch._dynamo.maybe_mark_dynamic(batch["input_ids"], 1)
-    torch._dynamo.maybe_mark_dynamic(batch["attention_mask"], 1)
+    torch._dynamo.maybe_mark_dynamic(batch["attention_mask"], batch["attention_mask"].dim() - 1)  # 2D or source_mask's 4D
 
 
 def allocate_grads(model) -> None:
@@ -306,7 +317,7 @@ def length_buckets(multiple: int, max_length: int) -> tuple[int, ...]:
 
 
 def token_loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Summed cross-entropy over the non-padding target tokens, in fp32.
+    """Summed cross-entropy over the non-padding target tokens, in fp32 (`batch["attention_mask"]` as `source_mask` gives it).
 
     The model's own loss is a mean over this micro-batch's tokens, which would weigh a token in a
     short-target micro-batch more than one in a long-target micro-batch of the same window.
@@ -321,6 +332,11 @@ def _decoder_inputs(model, labels: torch.Tensor) -> torch.Tensor:
     """Labels shifted right behind the start token, -100 replaced by padding (T5's own rule)."""
     # The model may be wrapped (DDP, torch.compile); the method lives on the T5 model itself.
     return extract_model_from_parallel(model, keep_torch_compile=False).prepare_decoder_input_ids_from_labels(labels)
+
+
+def target_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Non-padding target tokens of a host batch, counted in numpy (never a read from the device)."""
+    return int(np.count_nonzero(batch["labels"].numpy() != -100))
 
 
 def _micro_batch(ds, indices: list[int], collate: Collator, filler) -> dict[str, torch.Tensor]:

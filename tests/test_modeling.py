@@ -3,7 +3,7 @@ import copy
 import pytest
 import torch
 
-from flant5_imdb.modeling import build_model, checkpoint_activations
+from flant5_imdb.modeling import build_model, checkpoint_activations, source_mask
 
 
 def test_flan_t5_base_architecture_matches_the_real_model():
@@ -60,3 +60,29 @@ def test_activation_checkpointing_recomputes_blocks_with_the_same_results():
     torch.testing.assert_close(losses["ckpt"], losses["plain"], rtol=1e-5, atol=0)
     for (name, a), b in zip(ckpt.named_parameters(), model.parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("padded", [True, False])
+def test_source_mask_gives_the_logits_of_the_2d_mask_exactly(attn, padded):
+    """The 4D form is the mask transformers would build (or None, with nothing padded): same logits, bit for bit."""
+    torch.manual_seed(0)
+    model = build_model("unused", model_config="tiny", vocab_size=100, attn_implementation=attn).eval()
+    ids = torch.randint(2, 100, (3, 12))
+    mask = torch.ones_like(ids)
+    if padded:
+        mask[0, 7:] = 0
+        mask[2, 3:] = 0
+        ids = ids * mask
+    dec = torch.tensor([[0, 5], [0, 6], [0, 7]])
+    with torch.no_grad():
+        plain = model(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits
+        four_d = model(input_ids=ids, attention_mask=source_mask(model, mask), decoder_input_ids=dec).logits
+    assert torch.equal(plain, four_d)
+    assert source_mask(model, mask).shape == (3, 1, 1, 12)
+
+
+def test_source_mask_leaves_flex_attention_its_2d_mask():
+    model = build_model("unused", model_config="tiny", vocab_size=100, attn_implementation="flex_attention")
+    mask = torch.ones(2, 5, dtype=torch.long)
+    assert source_mask(model, mask) is mask

@@ -228,3 +228,45 @@ def test_fsdp_config_starts_a_two_process_cpu_run(tmp_path, tokenizer_dir):
     assert "FSDP was asked for, but there is no CUDA: running as DistributedType.MULTI_CPU" in proc.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["steps"] == 3 and len(set(summary["rank_param_checksums"])) == 1
+
+
+class HostReads(torch.overrides.TorchFunctionMode):
+    """Records every call that copies a tensor's value to the host (on a GPU: a sync that stalls the host).
+
+    `.all()`/`.any()` alone stay on the device; reading their result in an `if` is the `__bool__`
+    recorded here. `.numpy()` is not in the list: it refuses device tensors, so it only ever reads
+    host memory (the loop counts target tokens of the host batch with it).
+    """
+
+    READS = frozenset({"__bool__", "__int__", "__float__", "__index__", "__complex__", "item", "tolist", "cpu"})
+
+    def __init__(self):
+        super().__init__()
+        self.reads: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in self.READS:
+            import traceback
+
+            self.reads.append(f"{name} at " + "".join(traceback.format_stack(limit=4)[:-1]).strip().replace("\n", " | "))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_a_training_step_reads_nothing_back_from_the_device(tmp_path, tokenizer_dir, attn):
+    """Steps 2 to 5 of 6 (no log, evaluation or checkpoint step among them) run under HostReads:
+    batches, token counts, forward with padded sources, backward, clipping, the non-finite skip,
+    the optimizer and the schedule must make no call that reads a tensor back."""
+    steps, mode = 6, HostReads()
+
+    def record_inside_steps(state, step, model):
+        if state.step == 1:
+            mode.__enter__()
+        elif state.step == steps - 1:
+            mode.__exit__(None, None, None)
+
+    cfg = tiny(tmp_path, tokenizer_dir, max_steps=steps, log_every=10**6, max_bad_steps=10**6, keep_checkpoints=0,
+               final_eval=False, save_model=False, attn_implementation=attn, batch_size=4)
+    assert run(cfg, on_step=record_inside_steps)["steps"] == steps
+    assert mode.reads == []

@@ -2,8 +2,18 @@
 
 T5 adds to every attention score a learned bias that depends only on the head and on the bucket
 of the relative position (key index - query index); there is no 1/sqrt(d) scaling. The reference
-builds the [H, q, k] bias and the [B, H, q, k] scores; the flex version computes the bucket from
-the indices inside the kernel and reads the [num_buckets, H] table, so neither is materialised.
+builds the [H, q, k] bias and the [B, H, q, k] scores; the flex version never builds the scores,
+and reads the bias per score in one of two ways (`lookup`):
+
+- `table`: computes the bucket from the indices inside the kernel and reads the [num_buckets, H]
+  table (384 floats for flan-t5-base). Nothing of size q x k exists, but the backward adds every
+  score's gradient onto those 384 floats with atomics: contention, and an order that varies.
+- `gathered`: gathers the [H, q, k] bias from the table once per forward (plain PyTorch) and reads
+  it per score. The kernel's backward then writes a dense [H, q, k] gradient (summed over the
+  batch only), and autograd reduces it onto the table outside the kernel. 12 x 512 x 512 floats
+  (12 MiB) per layer at the longest bucket, in exchange for the atomics.
+
+Which is faster is a measurement (the bench has a row for each); both compute the same function.
 """
 
 from __future__ import annotations
@@ -53,13 +63,27 @@ def attention_reference(q, k, v, table, key_mask=None, *, bidirectional=True, ma
     return (scores.softmax(-1) @ v.float()).to(q.dtype)
 
 
-def attention_flex(q, k, v, table, key_mask=None, *, bidirectional=True, max_distance=128):
-    """The same attention through flex_attention, the bias read from `table` per score."""
+LOOKUPS = ("table", "gathered")
+
+
+def attention_flex(q, k, v, table, key_mask=None, *, bidirectional=True, max_distance=128, lookup="table"):
+    """The same attention through flex_attention, the bias read per score from `table` or from the gathered bias."""
     num_buckets = table.shape[0]
+    if lookup == "gathered":
+        # contiguous: the kernel reads it along the key axis, which the gather's view strides by H
+        bias = bias_from_table(table, q.shape[-2], k.shape[-2], bidirectional, max_distance).contiguous()
+
+        def bias_at(h, q_idx, kv_idx):
+            return bias[h, q_idx, kv_idx]
+    elif lookup == "table":
+
+        def bias_at(h, q_idx, kv_idx):
+            return table[relative_position_bucket(kv_idx - q_idx, bidirectional, num_buckets, max_distance), h]
+    else:
+        raise ValueError(f"bias lookup {lookup!r}: choose from {', '.join(LOOKUPS)}")
 
     def score_mod(score, b, h, q_idx, kv_idx):
-        bucket = relative_position_bucket(kv_idx - q_idx, bidirectional, num_buckets, max_distance)
-        score = score + table[bucket, h].to(score.dtype)
+        score = score + bias_at(h, q_idx, kv_idx).to(score.dtype)
         if key_mask is not None:
             score = torch.where(key_mask[b, kv_idx], score, -float("inf"))
         return score
@@ -74,14 +98,14 @@ def _compiled_flex():
     return torch.compile(attention_flex, dynamic=None)
 
 
-def relative_bias_attention(q, k, v, table, key_mask=None, *, bidirectional=True, max_distance=128):
+def relative_bias_attention(q, k, v, table, key_mask=None, *, bidirectional=True, max_distance=128, lookup="table"):
     """The compiled flex kernel on CUDA; the materialised reference elsewhere (flex_attention has no CPU backward)."""
     if q.is_cuda:
-        return _compiled_flex()(q, k, v, table, key_mask, bidirectional=bidirectional, max_distance=max_distance)
+        return _compiled_flex()(q, k, v, table, key_mask, bidirectional=bidirectional, max_distance=max_distance, lookup=lookup)
     return attention_reference(q, k, v, table, key_mask, bidirectional=bidirectional, max_distance=max_distance)
 
 
-def use_bias_kernel(model: torch.nn.Module) -> int:
+def use_bias_kernel(model: torch.nn.Module, lookup: str = "table") -> int:
     """Route every encoder self-attention of a T5 model through `relative_bias_attention`; returns how many.
 
     T5 computes the [1, H, q, k] bias once, in the first layer (the only one holding the bucket
@@ -95,24 +119,28 @@ def use_bias_kernel(model: torch.nn.Module) -> int:
     flex_attention has no dropout: attention-probability dropout is not applied in these layers
     (the residual and feed-forward dropouts are). With dropout 0 the math is T5's exactly.
 
+    `lookup`: how the kernel reads the bias, `table` or `gathered` (see the module's doc).
+
     Raises:
-        ValueError: the model's attention implementation passes masks this cannot read.
+        ValueError: the model's attention implementation passes masks this cannot read, or `lookup` is unknown.
     """
     impl = model.config._attn_implementation
     if impl not in ("eager", "sdpa"):
         raise ValueError(f"--bias-kernel works with --attn-implementation eager or sdpa, not {impl!r}")
+    if lookup not in LOOKUPS:
+        raise ValueError(f"--bias-lookup {lookup!r}: choose from {', '.join(LOOKUPS)}")
     blocks = model.encoder.block
     table_owner = blocks[0].layer[0].SelfAttention
     for block in blocks:
         attention = block.layer[0].SelfAttention
-        attention.forward = functools.partial(_encoder_attention_forward, attention, table_owner)
+        attention.forward = functools.partial(_encoder_attention_forward, attention, table_owner, lookup)
     if model.config.dropout_rate:
         logger.warning("--bias-kernel: no attention-probability dropout in the encoder (flex_attention has none); "
                        "the other dropouts (p=%g) stay", model.config.dropout_rate)
     return len(blocks)
 
 
-def _encoder_attention_forward(module, table_owner, hidden_states, mask=None, key_value_states=None,
+def _encoder_attention_forward(module, table_owner, lookup, hidden_states, mask=None, key_value_states=None,
                                position_bias=None, cache=None, **kwargs):
     """T5Attention.forward for encoder self-attention; returns (output, position_bias, weights) as T5 does."""
     batch, length = hidden_states.shape[:2]
@@ -124,6 +152,6 @@ def _encoder_attention_forward(module, table_owner, hidden_states, mask=None, ke
     if mask is not None:
         key_mask = mask[:, 0, 0, :] if mask.dtype == torch.bool else mask[:, 0, 0, :] == 0
     out = relative_bias_attention(q, k, v, table_owner.relative_attention_bias.weight, key_mask,
-                                  bidirectional=True, max_distance=module.relative_attention_max_distance)
+                                  bidirectional=True, max_distance=module.relative_attention_max_distance, lookup=lookup)
     # No position bias to hand down: every layer reads the table itself.
     return module.o(out.transpose(1, 2).reshape(batch, length, -1)), None, None

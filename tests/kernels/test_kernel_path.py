@@ -63,6 +63,8 @@ def test_traced_graphed_loop_matches_eager(tmp_path, tokenizer_dir, monkeypatch,
     a, b, kernels, worst = compare(tmp_path, tokenizer_dir, steps=12, kernel_extra=dict(activation_checkpointing=True),
                                    precision="fp32", batch_size=4, grad_accum=4)
     assert kernels["compiled"] is True and len(allocated) == 1
+    # Graphs were asked for and the loop ran their branch, but nothing recorded one: the summary says so.
+    assert kernels["cuda_graphs"] is False and kernels["cuda_graphs_recorded"] == 0
     assert len(counting_backend.graphs) == 1  # no graph break, and one graph for both source lengths (32 and 64)
     assert b[0] == pytest.approx(a[0], rel=1e-5)
     assert worst < 1e-3
@@ -78,26 +80,34 @@ def test_allocate_grads_gives_zeroed_grads_that_backward_adds_into():
 
 
 @pytest.mark.gpu
-def test_kernel_path_matches_eager_on_gpu_in_bf16(tmp_path, tokenizer_dir):
-    """flan-t5-base architecture, bf16, every kernel flag (compiled, CUDA graphs, flex bias, fused
-    norms): compiled graphs and fused kernels change rounding, not the math.
-    Tolerance: 5e-2 relative per step (bf16 has 8 bits of mantissa, and 50 steps compound it)."""
-    if not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
-    *_, kernels, worst = compare(tmp_path, tokenizer_dir, precision="bf16", model_config="flan-t5-base", batch_size=8, lr=3e-4)
-    assert kernels["compiled"] is True
-    assert worst < 5e-2
-
-
-@pytest.mark.gpu
 def test_cuda_graphs_with_gradient_accumulation_on_gpu(tmp_path, tokenizer_dir):
     """The graphed backward with 4 micro-batches per step (pytorch/pytorch#169545 corrupts exactly
     this when .grad adopts graph memory): fp32, tiny model, so the tolerance is rounding's, 1e-3."""
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     a, b, kernels, worst = compare(tmp_path, tokenizer_dir, steps=20, precision="fp32", batch_size=4, grad_accum=4)
-    assert kernels["compiled"] is True
+    assert kernels["compiled"] is True and kernels["cuda_graphs"] is True
     assert worst < 1e-3
+
+
+@pytest.mark.gpu
+def test_kernel_path_matches_eager_on_gpu_in_bf16(tmp_path, tokenizer_dir):
+    """flan-t5-base architecture, bf16, every kernel flag (compiled, CUDA graphs, flex bias, fused
+    norms): compiled graphs and fused kernels change rounding, not the math.
+
+    Step 1 (same weights, same batch) must agree to bf16 rounding: 2e-2 relative. After it the two
+    runs take different roundings into every update, and a per-step relative bound would tighten
+    as the loss falls; instead the mean over the last 10 steps must agree within 5% of itself plus
+    0.02 (one run learning and the other not would differ by far more)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    a, b, kernels, _ = compare(tmp_path, tokenizer_dir, precision="bf16", model_config="flan-t5-base", batch_size=8, lr=3e-4)
+    assert kernels["compiled"] is True and kernels["cuda_graphs"] is True
+    assert b[0] == pytest.approx(a[0], rel=2e-2)
+    eager, fast = sum(a[-10:]) / 10, sum(b[-10:]) / 10
+    print(f"mean loss over the last 10 steps: eager {eager:.4f}, kernel path {fast:.4f}")
+    assert abs(fast - eager) <= 0.05 * eager + 0.02
+    assert eager < 0.5 * a[0]  # both learned: the comparison is not of two stalled runs
 
 
 @pytest.mark.gpu

@@ -64,15 +64,47 @@ def test_flex_attention_with_relative_bias_matches_reference_forward(dtype, tol,
     assert rel_err(out, attention_reference(q, k, v, table, key_mask, **kw)) < tol
 
 
-@pytest.mark.gpu
+@pytest.mark.parametrize("lookup", ["table", "gathered"])
 @pytest.mark.parametrize("bidirectional", [True, False])
-def test_compiled_flex_attention_matches_reference_forward_and_backward_on_gpu(bidirectional):
+def test_both_bias_lookups_match_reference_forward_and_backward(lookup, bidirectional, monkeypatch):
+    """flex_attention's own (uncompiled) backward, which it refuses on the CPU only by a device check:
+    with that check lifted for this test, both ways of reading the bias give the reference's
+    output and the reference's gradients for q, k, v and the bucket table (fp32)."""
+    import torch.nn.attention.flex_attention as flex
+
+    monkeypatch.setattr(flex, "_validate_device", lambda *a, **kw: None)
+    gathers, gather = [], attention_module.bias_from_table
+    monkeypatch.setattr(attention_module, "bias_from_table", lambda *a: gathers.append(a[1:3]) or gather(*a))
+    q, k, v, table, key_mask = attention_inputs(torch.float32, "cpu", bidirectional, requires_grad=True)
+    kw = dict(bidirectional=bidirectional, max_distance=128)
+    out = attention_flex(q, k, v, table, key_mask, lookup=lookup, **kw)
+    assert gathers == ([(q.shape[-2], k.shape[-2])] if lookup == "gathered" else [])  # the [H, q, k] bias, once
+    ref = attention_reference(q, k, v, table, key_mask, **kw)
+    assert rel_err(out, ref) < 1e-5
+    grad = torch.randn_like(ref)
+    got = torch.autograd.grad(out, (q, k, v, table), grad)
+    want = torch.autograd.grad(ref, (q, k, v, table), grad)
+    for name, g, w in zip(["q", "k", "v", "table"], got, want, strict=True):
+        assert rel_err(g, w) < 1e-5, (name, rel_err(g, w))
+    assert got[3].abs().sum() > 0
+
+
+def test_unknown_bias_lookup_is_refused():
+    model = build_model("x", model_config="tiny", vocab_size=100)
+    with pytest.raises(ValueError, match="--bias-lookup 'dense': choose from table, gathered"):
+        use_bias_kernel(model, lookup="dense")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("lookup", ["table", "gathered"])
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_compiled_flex_attention_matches_reference_forward_and_backward_on_gpu(bidirectional, lookup):
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     q, k, v, table, key_mask = attention_inputs(torch.bfloat16, "cuda", bidirectional, requires_grad=True)
-    kw = dict(bidirectional=bidirectional, max_distance=128)
+    kw = dict(bidirectional=bidirectional, max_distance=128, lookup=lookup)
     out = torch.compile(attention_flex)(q, k, v, table, key_mask, **kw)
-    ref = attention_reference(q, k, v, table, key_mask, **kw)
+    ref = attention_reference(q, k, v, table, key_mask, bidirectional=bidirectional, max_distance=128)
     assert not out.isnan().any() and rel_err(out, ref) < 1e-2
     grad = torch.randn_like(ref)
     got = torch.autograd.grad(out, (q, k, v, table), grad)
@@ -177,7 +209,8 @@ def test_bias_kernel_refuses_flex_attention_masks():
 
 
 @pytest.mark.gpu
-def test_bias_kernel_in_t5_on_gpu_in_bf16():
+@pytest.mark.parametrize("lookup", ["table", "gathered"])
+def test_bias_kernel_in_t5_on_gpu_in_bf16(lookup):
     """flan-t5-base encoder, bf16 autocast, batch 8 x 512 with padding: the compiled flex kernel
     inside T5 against T5's own attention, forward and backward (relative error, bf16 tolerance)."""
     if not torch.cuda.is_available():
@@ -185,7 +218,7 @@ def test_bias_kernel_in_t5_on_gpu_in_bf16():
     torch.manual_seed(3)
     model = build_model("x", model_config="flan-t5-base", vocab_size=32128, dropout=0.0).cuda()
     patched = copy.deepcopy(model)
-    use_bias_kernel(patched)
+    use_bias_kernel(patched, lookup=lookup)
     ids = torch.randint(3, 32000, (8, 512), device="cuda")
     mask = torch.ones_like(ids)
     mask[1, 300:] = 0
