@@ -4,7 +4,7 @@
     python bench/step_profile.py --config fast --model-config tiny --data synthetic:200 --tokenizer word-level   # CPU
 
 Runs the real loop (`flant5_imdb.train.run`) for --warmup untimed steps, then profiles --steps
-steps and writes OUT/step_profile-<config>.txt: per step, the wall time (CUDA events), the time
+steps and writes --out (default step_profile-<config>.txt): per step, the wall time (CUDA events), the time
 the GPU was busy (the sum of its kernels' durations), and the kernel launches; then the top
 operators by device time and by host time. Busy time well under wall time means the GPU waits
 on the host (Python, launches, batch assembly); busy time near wall time means the kernels
@@ -31,7 +31,7 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, schedule
 
-from bench.profile import CONFIGS, BenchData, StepClock, add_source_args, train_config
+from bench.harness import CONFIGS, BenchData, StepClock, add_source_args, train_config
 from flant5_imdb.train import run
 
 
@@ -75,9 +75,8 @@ def main(argv=None) -> dict:
     if cuda:
         lines += ["", "top operators by self device time:", table.table(sort_by="self_device_time_total", row_limit=25)]
     lines += ["", "top operators by self host time:", table.table(sort_by="self_cpu_time_total", row_limit=25)]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"step_profile-{args.config}.txt"
+    path = Path(args.out or f"step_profile-{args.config}.txt")
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     print("\n".join(lines[:4]), flush=True)
     print(f"written: {path}")
@@ -91,7 +90,7 @@ def parse(argv):
     p.add_argument("--batch-size", type=int, default=None, help="override the configuration's batch")
     p.add_argument("--warmup", type=int, default=40, help="steps before profiling (compilation, one CUDA graph per bucket)")
     p.add_argument("--steps", type=int, default=5, help="profiled steps")
-    p.add_argument("--out", default=".", help="folder for step_profile-<config>.txt")
+    p.add_argument("--out", default=None, help="the report's file (default: step_profile-<config>.txt)")
     args = p.parse_args(argv)
     args.full = False
     if args.warmup < 1 or args.steps < 1:

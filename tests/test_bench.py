@@ -1,11 +1,13 @@
 import json
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench import profile
+from bench import harness, profile, report
 from bench.flops import train_flops
 from flant5_imdb.modeling import build_model
 
@@ -26,7 +28,8 @@ def test_suite_runs_on_cpu_and_reports_every_configuration(tmp_path):
                            "--warmup", "1", "--steps", "2", "--eval-samples", "32", "--out", str(out)])
     saved = json.loads((out / "results.json").read_text())
     assert saved == json.loads(json.dumps(result))
-    assert [r["name"] for r in saved["rows"]] == list(profile.CONFIGS) and saved["complete"] is True
+    assert [r["name"] for r in saved["rows"]] == [n for n in harness.PLAN if n != "eval"]
+    assert saved["runs"][0]["complete"] is True and saved["runs"][0]["stopped"] is None
     assert saved["device"].startswith("CPU") and saved["versions"]["torch"] == torch.__version__
     seed = saved["rows"][0]
     for r in saved["rows"]:
@@ -43,7 +46,11 @@ def test_suite_runs_on_cpu_and_reports_every_configuration(tmp_path):
     assert by_name["kernels"]["cuda_graphs"] is False  # no CUDA here: the flags fell back to eager
     assert by_name["kernels-8bit-ckpt"]["optim"] == "adamw8bit"
     k = by_name["kernels"]
-    assert k["warmup_steps"] == 1 and k["warmup_seconds"] > 0
+    assert k["warmup_steps"] == 1 and 0 < k["seconds_to_first_step"] < k["warmup_seconds"] + 1e-9
+    assert k["variant"] == "as configured" and "errors" not in k and k["bias_lookup"] == "table"
+    assert by_name["kernels-gathered"]["bias_lookup"] == "gathered"
+    assert saved["bias_lookup"] is None  # both rows ran the reference attention here: no verdict from noise
+    assert seed["warmup_seconds"] > 0
     assert k["projected_minutes_with_warmup"] == pytest.approx((k["warmup_seconds"] + (50_000 - 8) / k["samples_per_s"]) / 60)
     assert [(e["mode"], e["batch_size"], e["kernels"]) for e in saved["eval"] if "mode" in e] == [
         ("score", 64, False), ("generate", 64, False), ("score", 256, True)]
@@ -61,7 +68,7 @@ def test_targets_say_met_or_by_how_much_missed():
             dict(name="kernels-8bit-ckpt", peak_allocated_gib=3.3),
             dict(name="kernels-throughput", batch_size=128, samples_per_s=1200.0)]
     result = dict(rows=rows, eval=[dict(mode="score", kernels=True, projected_25k_seconds=9.0)])
-    got = {t["target"].split(" (")[0]: (t["met"], t["verdict"]) for t in profile.targets(result)}
+    got = {t["target"].split(" (")[0]: (t["met"], t["verdict"]) for t in report.targets(result)}
     assert got == {
         "seed-recipe step": (False, "no: 2.00x the target"),
         "speed-up over seed-trainer": (True, "yes"),
@@ -74,7 +81,7 @@ def test_targets_say_met_or_by_how_much_missed():
 
 
 def test_step_clock_on_cpu_reads_the_host_clock():
-    clock = profile.StepClock()
+    clock = harness.StepClock()
     clock.mark()
     time.sleep(0.01)
     clock.mark(host_too=True)
@@ -83,36 +90,172 @@ def test_step_clock_on_cpu_reads_the_host_clock():
     assert clock.host_mark is not None and clock.host_mark >= clock.marks[1]
 
 
+TINY = ["--model-config", "tiny", "--data", "synthetic:200", "--tokenizer", "word-level", "--warmup", "1", "--steps", "1"]
+
+
 def test_a_failing_configuration_is_reported_and_the_others_still_run(tmp_path, monkeypatch):
-    real = profile.measure_loop
+    real = harness.measure_loop
 
     def failing(name, *a, **kw):
-        if name == "kernels":
-            raise RuntimeError("compilation failed")
+        if name == "seed-loop":
+            raise SystemExit("error: a configuration that exits")  # caught like any other error
         return real(name, *a, **kw)
 
-    def eval_fails(*a):
-        raise RuntimeError("no eval today")
+    def mode_fails(*a, mode, **kw):
+        if mode == "generate":
+            raise RuntimeError("no generate today")
+        return real_eval(*a, mode=mode, **kw)
 
-    monkeypatch.setattr(profile, "measure_loop", failing)
-    monkeypatch.setattr(profile, "measure_eval", eval_fails)
+    real_eval = harness.evaluate
+    monkeypatch.setattr(harness, "measure_loop", failing)
+    monkeypatch.setattr(harness, "evaluate", mode_fails)
     out = tmp_path / "bench"
-    profile.main(["--configs", "kernels,fast", "--model-config", "tiny", "--data", "synthetic:200", "--tokenizer", "word-level",
-                  "--warmup", "1", "--steps", "1", "--out", str(out)])
+    profile.main(["--configs", "seed-loop,fast", *TINY, "--eval-samples", "16", "--out", str(out)])
     saved = json.loads((out / "results.json").read_text())
-    assert saved["rows"][0] == {"name": "kernels", "error": "RuntimeError: compilation failed"}
-    assert saved["rows"][1]["name"] == "fast" and saved["rows"][1]["samples_per_s"] > 0 and saved["complete"] is True
-    assert saved["eval"] == [{"error": "RuntimeError: no eval today"}] and saved["targets"] == []
+    assert [r["name"] for r in saved["rows"]] == ["fast", "seed-loop"]  # the bench's order, not the command's
+    assert saved["rows"][1] == {"name": "seed-loop", "error": "SystemExit: error: a configuration that exits",
+                                "errors": ["SystemExit: error: a configuration that exits"]}
+    assert saved["rows"][0]["samples_per_s"] > 0 and saved["runs"][0]["complete"] is True
+    modes = [(e["mode"], e.get("error")) for e in saved["eval"] if "mode" in e]
+    assert modes == [("score", None), ("generate", "RuntimeError: no generate today"), ("score", None)]
     md = (out / "results.md").read_text()
-    assert "| kernels | failed: RuntimeError: compilation failed |" in md and "Evaluation timing failed: RuntimeError: no eval today" in md
+    assert "| seed-loop | failed: SystemExit: error: a configuration that exits |" in md
+    assert "| generate | 64 | no | 16 (test) | failed: RuntimeError: no generate today |" in md
+
+
+def test_a_failing_kernel_row_is_retried_without_graphs_then_without_the_bias_kernel(tmp_path, monkeypatch):
+    real, seen = harness.measure_loop, []
+
+    def fragile(name, cfg, *a, **kw):
+        seen.append((name, cfg.cuda_graphs, cfg.bias_kernel))
+        if name == "kernels" and cfg.bias_kernel:
+            raise RuntimeError("flex lowering failed\nat some depth")
+        if name == "kernels-8bit-ckpt" and cfg.cuda_graphs:
+            raise RuntimeError("capture failed")
+        return real(name, cfg, *a, **kw)
+
+    monkeypatch.setattr(harness, "measure_loop", fragile)
+    out = tmp_path / "bench"
+    profile.main(["--configs", "kernels,kernels-8bit-ckpt,fast", *TINY, "--eval-samples", "0", "--out", str(out)])
+    rows = {r["name"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+    assert [s for s in seen if s[0] != "fast"] == [("kernels", True, True), ("kernels", False, True), ("kernels", True, False),
+                        ("kernels-8bit-ckpt", True, True), ("kernels-8bit-ckpt", False, True)]
+    assert rows["kernels"]["variant"] == "no bias kernel" and rows["kernels"]["samples_per_s"] > 0
+    assert rows["kernels"]["errors"] == ["as configured: RuntimeError: flex lowering failed",
+                                         "no CUDA graphs: RuntimeError: flex lowering failed"]
+    assert rows["kernels-8bit-ckpt"]["variant"] == "no CUDA graphs"
+    assert rows["fast"]["variant"] == "as configured" and "errors" not in rows["fast"]  # eager rows are not retried
+    assert "kernels ran as 'no bias kernel' after: as configured: RuntimeError" in (out / "results.md").read_text()
+
+
+def test_a_row_past_its_time_limit_is_recorded_and_the_next_one_runs(tmp_path, monkeypatch):
+    real = harness.measure_loop
+
+    def slow(name, *a, **kw):
+        if name == "kernels":
+            time.sleep(30)
+        return real(name, *a, **kw)
+
+    monkeypatch.setattr(harness, "measure_loop", slow)
+    out = tmp_path / "bench"
+    started = time.perf_counter()
+    profile.main(["--configs", "kernels,bf16", *TINY, "--eval-samples", "0", "--row-limit", "1.5", "--out", str(out)])
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert rows[0]["name"] == "kernels" and rows[0]["error"] == "kernels: stopped by its time limit of 1.5 s"
+    assert len(rows[0]["errors"]) == 1  # a row that hung is not tried again
+    assert rows[1]["name"] == "bf16" and rows[1]["samples_per_s"] > 0
+    assert time.perf_counter() - started < 25
+
+
+@pytest.mark.parametrize("inside_step", [True, False])
+def test_sigterm_mid_row_stops_the_bench_and_keeps_what_was_measured(tmp_path, monkeypatch, inside_step):
+    """The time guard's SIGTERM during the second row, inside a training step (that step finishes)
+    or before the row's first step: the row is marked as stopped, no later row starts, and
+    results.json says where the run stopped."""
+    import os
+    import signal
+
+    real, runs = harness.run, []
+
+    def terminated(cfg, on_step):
+        runs.append(cfg)
+        if len(runs) == 2 and not inside_step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        def hook(state, step, model):
+            if len(runs) == 2 and state.step == 1:
+                os.kill(os.getpid(), signal.SIGTERM)  # run()'s own handler; step 1 has passed its check, step 2 finishes
+            on_step(state, step, model)
+
+        return real(cfg, on_step=hook)
+
+    monkeypatch.setattr(harness, "run", terminated)
+    out = tmp_path / "bench"
+    result = profile.main(["--configs", "fast,bf16,throughput", *TINY, "--eval-samples", "0", "--out", str(out)])
+    saved = json.loads((out / "results.json").read_text())
+    assert saved == json.loads(json.dumps(result))
+    assert [r["name"] for r in saved["rows"]] == ["fast", "bf16"] and len(runs) == 2
+    assert saved["rows"][0]["samples_per_s"] > 0
+    assert saved["rows"][1]["error"] == ("stopped by the time guard after step 2" if inside_step
+                                         else "stopped by the time guard before it finished")
+    assert saved["runs"][0]["complete"] is False and "SIGTERM" in saved["runs"][0]["stopped"]
+    assert "**incomplete**" in (out / "results.md").read_text()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_append_adds_rows_to_an_earlier_run(tmp_path):
+    out = tmp_path / "bench"
+    profile.main(["--configs", "fast", *TINY, "--eval-samples", "0", "--out", str(out)])
+    profile.main(["--configs", "bf16", *TINY, "--eval-samples", "0", "--out", str(out), "--append"])
+    saved = json.loads((out / "results.json").read_text())
+    assert [r["name"] for r in saved["rows"]] == ["fast", "bf16"] and len(saved["runs"]) == 2
+    assert all(r["complete"] for r in saved["runs"])
+
+
+def test_bias_lookup_verdict_names_the_faster():
+    rows = [dict(name="kernels", ms_per_step=12.0), dict(name="kernels-gathered", ms_per_step=9.0)]
+    v = report.bias_lookup_verdict(rows)
+    assert (v["faster"], v["table_ms"], v["gathered_ms"]) == ("gathered", 12.0, 9.0) and "by 25.0%" in v["summary"]
+    assert report.bias_lookup_verdict(rows[:1]) is None
 
 
 def test_step_profile_reports_wall_time_and_top_operators(tmp_path):
     from bench import step_profile
 
     summary = step_profile.main(["--config", "fast", "--model-config", "tiny", "--data", "synthetic:200", "--tokenizer", "word-level",
-                                 "--warmup", "2", "--steps", "2", "--batch-size", "4", "--out", str(tmp_path)])
+                                 "--warmup", "2", "--steps", "2", "--batch-size", "4", "--out", str(tmp_path / "step_profile.txt")])
     assert summary["config"] == "fast" and summary["batch_size"] == 4 and summary["steps"] == 2
     assert summary["wall_ms_median"] > 0 and summary["device_busy_ms"] is None  # no GPU here: no device figure
-    text = (tmp_path / "step_profile-fast.txt").read_text()
+    text = (tmp_path / "step_profile.txt").read_text()
     assert "top operators by self host time:" in text and "aten::mm" in text
+
+
+def test_gpu_run_rehearsal_keeps_results_when_a_guard_fires_mid_bench(tmp_path):
+    """bench/gpu_run.sh on the CPU (tiny model) with the bench's guard at 15 s, well inside its
+    rows: the bench is stopped, results.json still comes back, the later parts run or are skipped
+    within the budget, the summary is printed last, and $OUT holds at most six files, flat."""
+    import os
+    import subprocess
+
+    from tests.conftest import ROOT
+
+    out = tmp_path / "out"
+    env = dict(os.environ, OUT=str(out), BUDGET="45", LIMIT_BENCH="15", REHEARSE_STEPS="30",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    started = time.perf_counter()
+    proc = subprocess.run(["bash", "bench/gpu_run.sh", "--rehearse"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    took = time.perf_counter() - started
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    files = sorted(p.name for p in out.iterdir())
+    assert all((out / f).is_file() for f in files) and len(files) <= 6
+    assert set(files) <= {"run.log", "results.json", "results.md", "chart.png", "step_profile.txt"}
+    assert {"run.log", "results.json", "results.md"} <= set(files)
+    log = (out / "run.log").read_text()
+    assert "== bench: time guard fired (exit 124)" in log
+    assert log.rstrip().endswith((out / "results.md").read_text().rstrip())  # the summary ends with the results table
+    assert log.index("== summary") > log.index("== profile: skipped")
+    assert "extras: skipped (budget spent)" in log and "profile: skipped" in log
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["runs"][0]["complete"] is False
+    assert proc.stdout == log  # everything printed reached run.log
+    assert took < 45 + 10 + 15  # the budget, the guard's grace, and the summary

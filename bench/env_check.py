@@ -1,0 +1,59 @@
+"""The GPU run's first part: import everything the run needs and print the versions, in seconds.
+
+    python3 bench/env_check.py
+
+Every module the bench, the training loop and the GPU checks import is imported here, so that an
+environment problem (a missing wheel, a pyarrow too old for datasets) shows up at once with its
+own message, before any part spends time, instead of minutes later as a failed row. Exit status
+1 if anything is missing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]  # see bench/profile.py
+sys.path.insert(0, str(ROOT))
+
+# Third-party first (their versions are the point), then the project's own modules.
+MODULES = ("torch", "transformers", "accelerate", "tokenizers", "safetensors", "pyarrow", "fsspec", "datasets",
+           "bitsandbytes", "sklearn", "numpy", "pandas", "matplotlib", "tqdm", "pytest",
+           "flant5_imdb.train", "flant5_imdb.evaluate", "bench.harness", "bench.report", "bench.step_profile")
+
+
+def main() -> int:
+    started = time.perf_counter()
+    print(f"python {platform.python_version()} ({sys.executable})", flush=True)
+    failed = []
+    for name in MODULES:
+        try:
+            module = importlib.import_module(name)
+            version = getattr(module, "__version__", "")
+            print(f"{name} {version}".rstrip(), flush=True)
+        except Exception as e:  # report every missing piece, not just the first
+            failed.append(name)
+            print(f"{name}: IMPORT FAILED: {type(e).__name__}: {e}", flush=True)
+            traceback.print_exc(limit=3)
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            p = torch.cuda.get_device_properties(0)
+            print(f"cuda {torch.version.cuda}: {p.name}, {p.total_memory / 2**30:.0f} GiB, {p.multi_processor_count} SMs", flush=True)
+        else:
+            print("no CUDA device: the GPU checks will skip", flush=True)
+    except Exception as e:
+        print(f"torch.cuda: {type(e).__name__}: {e}", flush=True)
+    print(f"environment check: {len(MODULES) - len(failed)}/{len(MODULES)} modules in {time.perf_counter() - started:.1f} s"
+          + (f"; missing: {', '.join(failed)}" if failed else ""), flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

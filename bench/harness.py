@@ -1,0 +1,468 @@
+"""The bench's measuring parts: data, configurations, one row per configuration, clocks, memory.
+
+A row is W warm-up and N timed optimizer steps of the real training code (`flant5_imdb.train.run`,
+batches drawn by the real sampler from the real length distribution); `seed-trainer` runs
+`transformers.Seq2SeqTrainer` itself with the seed recipe. `bench/profile.py` runs the rows in
+order and `bench/report.py` turns them into tables; `bench/step_profile.py` reuses the same rows
+under torch.profiler.
+
+Every row is contained: an error (SystemExit included) or a per-row time limit becomes a row that
+says so, and the next row runs. A kernel-path row that fails is tried again without CUDA graphs,
+then without the bias kernel; the row records which variant ran and the first line of each error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import gc
+import hashlib
+import logging
+import os
+import platform
+import re
+import signal
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from bench.flops import train_flops
+from flant5_imdb.config import preset
+from flant5_imdb.data import load_imdb, target_ids, tokenize
+from flant5_imdb.evaluate import evaluate
+from flant5_imdb.guards import OutOfMemory, Preempted
+from flant5_imdb.kernels.attention import use_bias_kernel
+from flant5_imdb.kernels.norm import fuse_norms
+from flant5_imdb.modeling import build_model
+from flant5_imdb.sampler import Collator
+from flant5_imdb.tokenizer import TRAIN_HERE, load_tokenizer, train_word_tokenizer
+from flant5_imdb.train import run
+
+logger = logging.getLogger("bench")
+ROOT = Path(__file__).resolve().parents[1]
+
+SEED_JOB_SAMPLES = 50_000  # 2 epochs x 25,000 reviews
+# name -> (preset, overrides). `seed-trainer` is the HF Trainer, not our loop.
+CONFIGS = {
+    "seed-trainer": ("seed", {}),
+    "fast": ("fast", {}),
+    # The kernel path (the `kernels` preset: buckets of 64, fused RMSNorm, flex bias attention,
+    # torch.compile with CUDA graphs; eager off CUDA): the seed's batch; 8-bit AdamW with activation
+    # checkpointing, for the smallest memory; large batches; the other way of reading T5's bias.
+    "kernels": ("kernels", {}),
+    "kernels-8bit-ckpt": ("kernels", dict(optim="adamw8bit", activation_checkpointing=True)),
+    "kernels-throughput": ("kernels", {}),  # batch as for `throughput`
+    "kernels-gathered": ("kernels", dict(bias_lookup="gathered")),
+    "seed-loop": ("seed", {}),
+    "bf16": ("fast", dict(precision="bf16", batch_size=8, group_by_length=True, optim="adamw")),
+    "bf16-8bit": ("fast", dict(precision="bf16", batch_size=8, group_by_length=True, optim="adamw8bit")),
+    "throughput": ("fast", dict(group_by_length=True)),  # batch: --throughput-batch, or the largest that fits
+}
+EVAL = "eval"  # the evaluation timing's place in PLAN
+# The order of a whole run, most valuable first, so that a run cut short loses the least.
+PLAN = ("seed-trainer", "fast", "kernels", EVAL, "kernels-8bit-ckpt", "kernels-throughput", "kernels-gathered",
+        "seed-loop", "bf16", "bf16-8bit", "throughput")
+THROUGHPUT_ROWS = ("throughput", "kernels-throughput")
+# What a failing kernel-path row is tried again with, in order (each from the row's own config).
+FALLBACKS = (("no CUDA graphs", dict(cuda_graphs=False)), ("no bias kernel", dict(bias_kernel=False)))
+EVAL_MODES = (("score", 64, False), ("generate", 64, False), ("score", 256, True))  # mode, batch, kernel path
+
+
+class RowTimeout(Exception):
+    """A row ran past --row-limit."""
+
+
+def add_source_args(p: argparse.ArgumentParser) -> None:
+    """--model, --model-config, --data, --tokenizer, --reviews: what a bench script trains on."""
+    shared = ROOT.parent / "shared" / "data"
+    p.add_argument("--model", default=None, help="real weights (Hub id or folder); default: random init of --model-config")
+    p.add_argument("--model-config", default="flan-t5-base", help="architecture for random init (flan-t5-base, tiny)")
+    p.add_argument("--data", default=str(shared / "imdb") if (shared / "imdb").is_dir() else "stanfordnlp/imdb")
+    p.add_argument("--tokenizer", default=str(shared / "tokenizer" / "imdb-unigram-32k") if (shared / "tokenizer").is_dir() else "google/flan-t5-base")
+    p.add_argument("--reviews", type=int, default=None,
+                   help="a seeded random subset of this many reviews per split (default: all): less tokenizing, the same length distribution")
+
+
+class BenchData:
+    """The tokenized splits, once, through the package's own data path: for FLOPs and eval timing.
+
+    The tokenizer (and, with --reviews, the subset) are written to a folder named after their
+    sources, so that every row, and every bench process of one machine, reads the same files: the
+    datasets cache then tokenizes once for all of them.
+    """
+
+    def __init__(self, args):
+        key = hashlib.sha256(repr((args.data, args.tokenizer, args.reviews)).encode()).hexdigest()[:12]
+        self.folder = Path(tempfile.gettempdir()) / f"flant5-bench-{key}"
+        self.tok_dir = self.folder / "tokenizer"
+        self.data = str(self.folder / "data") if args.reviews else args.data
+        if not (self.folder / "ready").is_file():  # written once: rewritten files would defeat the datasets cache
+            raw, _ = load_imdb(args.data)
+            if args.reviews:
+                raw = type(raw)({s: d.shuffle(seed=0).select(range(min(args.reviews, len(d)))) for s, d in raw.items()})
+                for split, ds in raw.items():
+                    ds.to_parquet(str(Path(self.data) / f"{split}.parquet"))
+            tokenizer = train_word_tokenizer(raw["train"]["text"]) if args.tokenizer == TRAIN_HERE else load_tokenizer(args.tokenizer)
+            tokenizer.save_pretrained(self.tok_dir)
+            (self.folder / "ready").write_text("")
+        self.tokenizer = load_tokenizer(str(self.tok_dir))
+        self.splits = tokenize(load_imdb(self.data)[0], self.tokenizer, max_source_length=512)
+        self.lengths = list(self.splits["train"]["length"])
+        self.target_len = len(self.splits["train"][0]["labels"])
+
+
+def train_config(name: str, args, data: BenchData, out_dir: Path, **extra):
+    base, overrides = CONFIGS[name]
+    model = dict(model=args.model, model_config=None) if args.model else dict(model_config=args.model_config)
+    return preset(base, **{**overrides, **model, "tokenizer": str(data.tok_dir), "data": data.data,
+                           "output_dir": str(out_dir), "final_eval": False, "save_model": False, "keep_checkpoints": 0,
+                           "log_every": 10**9, "max_steps": None if args.full else args.warmup + args.steps, **extra})
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None, what: str):
+    """Raise RowTimeout in this (main) thread after `seconds`; no limit when None or off the main thread."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame):
+        raise RowTimeout(f"{what}: stopped by its time limit of {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
+
+
+def measure_row(name: str, args, data: BenchData, peak, out_dir: Path) -> dict:
+    """One configuration, contained: a measured row, or one that names what failed.
+
+    Preempted (the time guard's SIGTERM arrived mid-step) is not contained: the caller stops.
+    """
+    _, overrides = CONFIGS[name]
+    base = train_config(name, args, data, out_dir)
+    kernel_row = base.compile or base.bias_kernel
+    variants = [("as configured", {})] + ([v for v in FALLBACKS if any(getattr(base, k) != x for k, x in v[1].items())]
+                                         if kernel_row else [])
+    errors = []
+    for variant, change in variants:
+        try:
+            with time_limit(args.row_limit, name):
+                row = measure(name, args, data, peak, out_dir / slug(variant), **change)
+            return {**row, "variant": variant, **({"errors": errors} if errors else {})}
+        except Preempted:
+            raise
+        except RowTimeout as e:  # a retry would spend another limit on what just hung
+            errors.append(str(e))
+            break
+        except (Exception, SystemExit) as e:
+            logger.exception("%s (%s) failed", name, variant)
+            errors.append(f"{variant}: {first_line(e)}" if len(variants) > 1 else first_line(e))
+        finally:
+            release_memory()
+    return dict(name=name, error="; ".join(errors), errors=errors)
+
+
+def measure(name: str, args, data: BenchData, peak, out_dir: Path, **change) -> dict:
+    if name == "seed-trainer":
+        return measure_trainer(args, data, peak, out_dir)
+    if name not in THROUGHPUT_ROWS:
+        return measure_loop(name, train_config(name, args, data, out_dir, **change), args, data, peak)
+    sizes = [args.throughput_batch] if args.throughput_batch else ([128, 96, 64, 32] if torch.cuda.is_available() else [16])
+    for bs in sizes:
+        try:
+            return measure_loop(name, train_config(name, args, data, out_dir / str(bs), batch_size=bs, **change), args, data, peak)
+        except OutOfMemory:
+            print(f"{name}: batch {bs} does not fit, trying a smaller one", flush=True)
+            release_memory()
+    raise RuntimeError(f"{name}: no batch size of {sizes} fits")
+
+
+def measure_loop(name, cfg, args, data: BenchData, peak) -> dict:
+    clock, examples, tokens, flops = StepClock(), [], [], []
+    # Compiled rows warm up longer on a GPU: the first step compiles, and each length bucket records
+    # its CUDA graph the first time it comes up; none of that is steady state.
+    warmup = max(args.warmup, args.compiled_warmup) if cfg.compile and torch.cuda.is_available() else args.warmup
+    cfg = dataclasses.replace(cfg, max_steps=cfg.max_steps and warmup + args.steps)
+    first_step = []
+
+    def on_step(state, step, model):
+        if not len(clock):  # set-up and the first step, compilation included
+            sync()
+            first_step.append(time.perf_counter() - started)
+        clock.mark(host_too=len(clock) + 1 == warmup)
+        idx = [i for mb in step.micro_batches for i in mb]
+        examples.append(step.global_examples)
+        tokens.append(step.global_tokens)
+        flops.append(sum(train_flops(model_config(model), data.lengths[i], data.target_len) for i in idx))
+
+    with PeakMemory() as mem:
+        started = time.perf_counter()
+        summary = run(cfg, on_step=on_step)
+    row = timing_row(name, cfg, clock.seconds(), examples, tokens, flops, warmup, peak)
+    # Set-up (model build, data from the cache) and warm-up, compilation and graph recording included.
+    warm_s = clock.host_mark - started
+    row.update(mem.report(), compiled=summary["compiled"], cuda_graphs=summary["cuda_graphs"],
+               cuda_graphs_recorded=summary["cuda_graphs_recorded"], bias_kernel=cfg.bias_kernel,
+               bias_lookup=cfg.bias_lookup if cfg.bias_kernel else None, warmup_steps=warmup,
+               seconds_to_first_step=first_step[0], warmup_seconds=warm_s,
+               projected_minutes_with_warmup=(warm_s + (SEED_JOB_SAMPLES - sum(examples[:warmup])) / row["samples_per_s"]) / 60)
+    if args.full:
+        row["full_minutes"] = summary["train_seconds"] / 60
+    return row
+
+
+def measure_trainer(args, data: BenchData, peak, out_dir: Path) -> dict:
+    """The seed recipe in transformers.Seq2SeqTrainer: fp32, batch 8, padded to 512, random sampler."""
+    from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
+    from transformers.trainer_utils import set_seed
+
+    cfg = train_config("seed-trainer", args, data, out_dir)
+    started = time.perf_counter()
+    set_seed(cfg.seed)
+    model = build_model(cfg.model, model_config=cfg.model_config, vocab_size=len(data.tokenizer))
+    arch = model.config
+    clock, examples, tokens, flops, pending = StepClock(), [], [], [], []
+    collate = Collator(pad_token_id=data.tokenizer.pad_token_id, max_length=cfg.max_source_length)
+
+    def collator(rows):
+        pending.append([len(r["input_ids"]) for r in rows])  # the Trainer fetches one batch per step here
+        return collate([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
+
+    class Timer(TrainerCallback):
+        def on_step_end(self, a, state, control, **kw):
+            clock.mark(host_too=len(clock) + 1 == args.warmup)
+            lens = pending.pop(0)
+            examples.append(len(lens))
+            tokens.append(sum(lens))
+            flops.append(sum(train_flops(arch, n, data.target_len) for n in lens))
+
+    targs = Seq2SeqTrainingArguments(
+        output_dir=str(out_dir), per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.lr, seed=cfg.seed,
+        adam_beta1=cfg.adam_beta1, adam_beta2=cfg.adam_beta2, adam_epsilon=cfg.adam_eps, weight_decay=0.0,
+        lr_scheduler_type="linear", warmup_steps=0, num_train_epochs=cfg.epochs, max_steps=-1 if args.full else args.warmup + args.steps,
+        logging_steps=10**9, save_strategy="no", report_to="none", use_cpu=not torch.cuda.is_available(), disable_tqdm=True,
+    )
+    train = data.splits["train"].select_columns(["input_ids", "labels"])
+    with PeakMemory() as mem:
+        trainer = Seq2SeqTrainer(model=model, args=targs, train_dataset=train, data_collator=collator, callbacks=[Timer()])
+        train_started = time.perf_counter()
+        trainer.train()
+        full_seconds = time.perf_counter() - train_started
+    row = timing_row("seed-trainer", cfg, clock.seconds(), examples, tokens, flops, args.warmup, peak)
+    row.update(mem.report(), warmup_steps=args.warmup, warmup_seconds=clock.host_mark - started)
+    if args.full:
+        row["full_minutes"] = full_seconds / 60
+    del trainer, model
+    return row
+
+
+def timing_row(name, cfg, marks, examples, tokens, flops, warmup, peak) -> dict:
+    if len(marks) <= warmup:
+        raise RuntimeError(f"{name}: only {len(marks)} steps ran; need more than --warmup {warmup}")
+    # marks[i] is the end of step i + 1; a step's time runs from the end of the one before it, so
+    # the first step (which has no mark before it) is always a warm-up step.
+    step_s = [marks[i] - marks[i - 1] for i in range(warmup, len(marks))]
+    timed = slice(warmup, len(marks))
+    seconds = sum(step_s)
+    samples_per_s = sum(examples[timed]) / seconds
+    tflops = sum(flops[timed]) / seconds / 1e12
+    ms = sorted(1000 * s for s in step_s)
+    return dict(
+        name=name, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, precision=cfg.precision, optim=cfg.optim,
+        padding=padding(cfg),
+        timed_steps=len(step_s), ms_per_step=statistics.median(ms), ms_p10=ms[len(ms) // 10], ms_p90=ms[(9 * len(ms)) // 10],
+        ms_per_step_mean=statistics.fmean(ms),
+        samples_per_s=samples_per_s, tokens_per_s=sum(tokens[timed]) / seconds, model_tflops=tflops,
+        mfu=tflops / peak if peak else None, projected_minutes=SEED_JOB_SAMPLES / samples_per_s / 60,
+    )
+
+
+def padding(cfg) -> str:
+    if cfg.pad_to_max_length:
+        return f"to {cfg.max_source_length}"
+    size = f"buckets of {cfg.bucket_multiple}" if cfg.bucket_multiple else f"multiple of {cfg.pad_to_multiple_of}"
+    return f"length-grouped, {size}" if cfg.group_by_length else size
+
+
+def measure_eval(args, data: BenchData, on_row=None) -> list[dict]:
+    """Reviews/s of `score` and `generate` on the first --eval-samples test reviews, bf16 on a GPU.
+
+    Each mode is contained like a row: one that fails or runs past --row-limit is recorded as such.
+    `on_row(rows)` is called after each mode (the caller saves the results).
+    """
+    from flant5_imdb.accel import make_accelerator
+
+    acc = make_accelerator("bf16" if torch.cuda.is_available() else "fp32")
+    split = "test" if "test" in data.splits else "train"
+    ds = data.splits[split].select(range(min(args.eval_samples, len(data.splits[split]))))
+    if args.model:
+        model = build_model(args.model)
+    else:
+        model = build_model("x", model_config=args.model_config, vocab_size=len(data.tokenizer))
+    model = model.to(acc.device)
+    targets = target_ids(data.tokenizer, "digits")
+    note = "" if args.model else " (random weights never emit EOS: generate runs its full max_new_tokens, an upper bound)"
+    note = dict(note="length-sorted batches" + note)
+    rows = []
+    # The last mode runs the kernel path's attention and norms (what a `kernels` run evaluates with).
+    for mode, batch, kernels in EVAL_MODES:
+        what = dict(mode=mode, batch_size=batch, kernels=kernels, split=split, reviews=len(ds))
+        try:
+            with time_limit(args.row_limit, f"eval {mode}"):
+                if kernels:
+                    use_bias_kernel(model)
+                    fuse_norms(model)
+                kw = dict(targets=targets, accelerator=acc, mode=mode, batch_size=batch, tokenizer=data.tokenizer)
+                evaluate(model, ds.select(range(min(2 * batch, len(ds)))), **kw)  # warm-up (and compilation)
+                sync()
+                r = evaluate(model, ds, **kw)
+            rows.append({**what, "seconds": r["eval_seconds"], "reviews_per_s": r["reviews_per_s"],
+                         "projected_25k_seconds": 25_000 / r["reviews_per_s"]})
+        except (Exception, SystemExit) as e:
+            logger.exception("eval %s failed", mode)
+            rows.append({**what, "error": first_line(e)})
+        print(rows[-1], flush=True)
+        if on_row:
+            on_row(rows + [note])
+    del model
+    release_memory()
+    return rows + [note]
+
+
+def model_config(model):
+    return getattr(model, "module", model).config
+
+
+class StepClock:
+    """End-of-step times that do not stall the GPU.
+
+    On CUDA each mark records an event in the stream, and the events are read once, at the end:
+    a synchronize per step would stop the host from queueing the next step while the GPU finishes
+    this one, and add the host's time to every step's. Off CUDA the host clock is the clock.
+    `host_too` also takes the host clock at that mark (after a synchronize): for the set-up time.
+    """
+
+    def __init__(self):
+        self.cuda = torch.cuda.is_available()
+        self.marks: list = []
+        self.host_mark: float | None = None
+
+    def __len__(self) -> int:
+        return len(self.marks)
+
+    def mark(self, host_too: bool = False) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+        if host_too:
+            sync()
+            self.host_mark = time.perf_counter()
+
+    def seconds(self) -> list[float]:
+        """Each mark's time in seconds after the first."""
+        if not self.cuda:
+            return [t - self.marks[0] for t in self.marks]
+        sync()
+        return [self.marks[0].elapsed_time(e) / 1000 for e in self.marks]
+
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def release_memory():
+    """Free what the last row held: compiled graphs and their CUDA-graph pools belong to it.
+
+    Never raises: a failure here (after a row that broke the CUDA context, say) is logged, and the
+    next row finds out for itself.
+    """
+    try:
+        torch._dynamo.reset()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+    except Exception:
+        logger.exception("releasing memory after a row failed")
+
+
+class PeakMemory:
+    """Peak allocated/reserved (torch) and the process's usage as the driver reports it (nvidia-smi, polled)."""
+
+    def __init__(self, interval: float = 0.25):
+        self.interval, self.driver_mib, self._stop = interval, None, threading.Event()
+
+    def __enter__(self):
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+            self._thread = threading.Thread(target=self._poll, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if torch.cuda.is_available():
+            self._stop.set()
+            self._thread.join()
+            self._sample()
+
+    def _sample(self):
+        with contextlib.suppress(Exception):
+            out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                                 capture_output=True, text=True, timeout=10).stdout
+            mine = [int(m) for p, m in (line.split(",") for line in out.strip().splitlines() if "," in line) if int(p) == os.getpid()]
+            if mine:
+                self.driver_mib = max(self.driver_mib or 0, mine[0])
+
+    def _poll(self):
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def report(self) -> dict:
+        if not torch.cuda.is_available():
+            return dict(peak_allocated_gib=None, peak_reserved_gib=None, peak_driver_mib=None)
+        return dict(peak_allocated_gib=torch.cuda.max_memory_allocated() / 2**30,
+                    peak_reserved_gib=torch.cuda.max_memory_reserved() / 2**30, peak_driver_mib=self.driver_mib)
+
+
+def device_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"CPU {platform.processor() or platform.machine()} x{os.cpu_count()}"
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def versions() -> dict:
+    import accelerate
+    import datasets
+    import transformers
+
+    v = dict(python=platform.python_version(), torch=torch.__version__, transformers=transformers.__version__,
+             accelerate=accelerate.__version__, datasets=datasets.__version__, cuda=torch.version.cuda)
+    with contextlib.suppress(Exception):
+        import bitsandbytes
+
+        v["bitsandbytes"] = bitsandbytes.__version__
+    return v
