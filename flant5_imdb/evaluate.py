@@ -200,6 +200,9 @@ def evaluate_saved(
     from flant5_imdb.data import DataError, load_imdb, subset, target_ids, tokenize
     from flant5_imdb.modeling import load_trained
 
+    for name, value in (("batch_size", batch_size), ("max_samples", max_samples)):
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     model, tokenizer, settings = load_trained(model_path)
     verbalizer = verbalizer or settings.get("verbalizer", "digits")
     prompt = prompt if prompt is not None else settings.get("prompt")

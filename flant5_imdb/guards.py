@@ -3,7 +3,10 @@
 - SIGTERM / SIGINT (`StopSignal`): the step in flight is finished, a checkpoint is written, and
   `Preempted` is raised; the script exits 128 + the signal number (143 for SIGTERM). With several
   processes the ranks agree on the stop at every step, so all of them stop after the same step.
-  A second SIGINT interrupts at once.
+  A second SIGINT interrupts at once. A process started by a launcher (`accelerate launch`,
+  torchrun) whose launcher dies stops the same way, as on SIGTERM: torch's launcher starts its
+  workers in a session of their own, so killing it does not kill them, and they would otherwise
+  train on unwatched.
 - A non-finite loss or gradient norm (`StepCounters`): that update is skipped (parameters and
   optimizer state unchanged), counted and logged; `--max-bad-steps` in a row raise `NonFiniteError`.
   A NaN or inf loss always makes the gradient norm non-finite, so the (global) norm is what is
@@ -15,6 +18,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 
@@ -25,11 +29,11 @@ from flant5_imdb.checkpoint import TrainState
 
 
 class Preempted(RuntimeError):
-    def __init__(self, signum: int, step: int, checkpoint):
+    def __init__(self, signum: int, step: int, checkpoint, reason: str | None = None):
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
-        name = signal.Signals(signum).name
+        why = reason or f"preempted by {signal.Signals(signum).name}"
         where = f"checkpoint {checkpoint}" if checkpoint else "no checkpoint (--keep-checkpoints 0)"
-        super().__init__(f"preempted by {name} after step {step}; {where}; continue with --resume auto")
+        super().__init__(f"{why} after step {step}; {where}; continue with --resume auto")
 
     @property
     def exit_code(self) -> int:
@@ -47,10 +51,16 @@ class OutOfMemory(RuntimeError):
 class StopSignal:
     """Context manager: SIGTERM/SIGINT set a flag that the loop reads between optimizer steps."""
 
+    # Set in the environment of the processes a launcher starts: torch's elastic agent (accelerate
+    # launch with several processes, torchrun) and accelerate's single-process launcher.
+    LAUNCHED = ("TORCHELASTIC_RUN_ID", "ACCELERATE_USE_CPU")
+
     def __init__(self, accelerator: Accelerator):
         self.accelerator = accelerator
         self.signum = 0
+        self.reason: str | None = None
         self._previous = {}
+        self._launcher = os.getppid() if any(k in os.environ for k in self.LAUNCHED) else None
         # A host-side group for the per-step agreement: on GPUs the default group is NCCL, whose
         # collectives would put a device sync into every step.
         self._group = None
@@ -75,7 +85,10 @@ class StopSignal:
         self.signum = signum
 
     def requested(self) -> bool:
-        """Whether any process was signalled (all processes return the same answer)."""
+        """Whether any process was signalled or lost its launcher (all processes return the same answer)."""
+        if self._launcher is not None and not self.signum and os.getppid() != self._launcher:
+            self.signum = signal.SIGTERM
+            self.reason = f"stopped: the launcher (pid {self._launcher}) is gone"
         if self.accelerator.num_processes == 1:
             return self.signum != 0
         flag = torch.tensor([self.signum], dtype=torch.int64)
@@ -115,17 +128,17 @@ class StepCounters:
 
 
 class oom_hint:  # noqa: N801 - used as a context manager, like torch.no_grad
-    """Turn a CUDA out-of-memory error on a micro-batch into a message with the fix."""
+    """Turn a CUDA out-of-memory error on a micro-batch of `shape` into a message with the fix."""
 
-    def __init__(self, cfg, batch: dict[str, torch.Tensor]):
-        self.cfg, self.shape = cfg, tuple(batch["input_ids"].shape)
+    def __init__(self, shape, batch_size: int, grad_accum: int):
+        self.shape, self.batch_size, self.grad_accum = tuple(shape), batch_size, grad_accum
 
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None and issubclass(exc_type, torch.OutOfMemoryError):
-            bs, acc = self.cfg.batch_size, self.cfg.grad_accum
+            bs, acc = self.batch_size, self.grad_accum
             smaller = max(1, bs // 2)
             raise OutOfMemory(
                 f"out of GPU memory on a micro-batch of {self.shape[0]} x {self.shape[1]} tokens (--batch-size {bs}); "

@@ -36,6 +36,8 @@ class Prediction:
 class Classifier:
     def __init__(self, model: str, *, verbalizer: str | None = None, prompt: str | None = None,
                  max_source_length: int | None = None, batch_size: int = 32, device: str | None = None):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.model, self.tokenizer, settings = load_trained(model)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model.to(self.device).eval()

@@ -1,7 +1,10 @@
-"""The training loop: `run(cfg) -> summary`.
+"""The training loop: `run(cfg) -> summary`, as setup -> train -> finish.
 
-Read `run` top to bottom: data, model, optimizer, the loop, evaluation, saving. Side effects that
-only happen now and then (logging, evaluation) live in small `maybe_*` helpers below it.
+`setup` checks everything that can be checked before a byte is written (options, data, model,
+resume point), then claims the output folder and restores a checkpoint if asked. `train` is the
+loop: read it top to bottom; one iteration is one optimizer step. `finish` evaluates, saves and
+writes the summary. Side effects that only happen now and then (logging, evaluation,
+checkpoints) live in small `maybe_*` helpers.
 
 The loss is normalized by the number of target tokens in the whole effective batch (every
 micro-batch of the accumulation window, on every process), so that 8 x 1, 4 x 2 and 2 processes x 4
@@ -12,11 +15,13 @@ multiplied back by both before it is divided by the global token count.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +29,14 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import extract_model_from_parallel, gather_object, set_seed
+from datasets import Dataset
 from tqdm.auto import tqdm
 
 from flant5_imdb.accel import make_accelerator
 from flant5_imdb.card import publish
 from flant5_imdb.checkpoint import (
     TrainState,
+    apply_hyperparameters,
     check_compatible,
     latest_complete,
     load_checkpoint,
@@ -38,16 +45,15 @@ from flant5_imdb.checkpoint import (
     restore_sampler,
     save_checkpoint,
 )
-from flant5_imdb.config import TrainConfig
+from flant5_imdb.config import ConfigError, TrainConfig
 from flant5_imdb.data import DataError, load_imdb, subset, target_ids, texts_of, tokenize
 from flant5_imdb.evaluate import evaluate, format_report, write_report
 from flant5_imdb.guards import Preempted, StepCounters, StopSignal, oom_hint
-from flant5_imdb.kernels.attention import use_bias_kernel
-from flant5_imdb.kernels.graphs import cudagraph_skips, recorded_cuda_graphs
-from flant5_imdb.kernels.norm import fuse_norms
-from flant5_imdb.modeling import build_model, checkpoint_activations, save_settings, source_mask
+from flant5_imdb.kernels.step import CompiledStep, apply_kernels, length_buckets
+from flant5_imdb.modeling import build_model, save_settings, source_mask
 from flant5_imdb.optim import build_optimizer, build_scheduler
 from flant5_imdb.plots import plot_run
+from flant5_imdb.rundir import METRICS, RunLock, claim, truncate_metrics
 from flant5_imdb.sampler import Collator, Step, StepSampler
 from flant5_imdb.tokenizer import TRAIN_HERE, load_tokenizer, train_word_tokenizer
 
@@ -61,64 +67,77 @@ def run(cfg: TrainConfig, on_step: Callable[[TrainState, Step, torch.nn.Module],
     step saw on this process (tests use it to trace the data order and the weights).
 
     Raises:
+        ConfigError: an option that cannot work here (the output folder is in use, holds another run, ...).
         DataError: the data source is unusable (see `data.load_imdb`).
         ValueError: the model or tokenizer cannot be had.
         CheckpointError: `--resume` names an unusable checkpoint or one made by other math.
-        Preempted: SIGTERM/SIGINT arrived; the step was finished and a checkpoint written.
+        Preempted: SIGTERM/SIGINT arrived, or the launcher died; the step was finished and a checkpoint written.
         NonFiniteError: `--max-bad-steps` updates in a row had a non-finite loss or gradient norm.
         OutOfMemory: a micro-batch did not fit on the GPU.
     """
+    job = setup(cfg)
+    try:
+        train(job, on_step)
+        return finish(job)
+    finally:
+        if job.lock is not None:
+            job.lock.release()
+
+
+@dataclass
+class Job:
+    """What a set-up run holds: everything `train` and `finish` work on."""
+
+    cfg: TrainConfig
+    accelerator: Accelerator
+    out: Path
+    lock: RunLock | None  # held by the main process
+    tokenizer: object
+    train_ds: Dataset
+    eval_ds: Dataset | None
+    targets: list[list[int]]
+    skipped_rows: int
+    model: torch.nn.Module  # as accelerate prepared it
+    optimizer: torch.optim.Optimizer  # accelerate's wrapper
+    raw_optimizer: torch.optim.Optimizer
+    scheduler: object
+    step: CompiledStep
+    sampler: StepSampler
+    collate: Collator
+    state: TrainState
+    resume_from: Path | None
+    total_steps: int
+    started: float  # host clock at setup
+    samples_at_start: int = 0  # samples seen before this process started (a resumed run's)
+    train_seconds: float = 0.0  # this process's time in the loop
+    last_loss: float | None = None
+
+
+# ---------------------------------------------------------------------------------------------------
+# setup
+
+
+def setup(cfg: TrainConfig) -> Job:
+    """Everything before the first step. Nothing is written until options, data, model and the
+    resume point have been checked: a start that fails leaves the output folder as it was."""
     started = time.perf_counter()
-    accelerator = make_accelerator(
-        cfg.precision,
-        gradient_accumulation_steps=cfg.grad_accum,
-        log_with=None if cfg.report_to == "none" else cfg.report_to,
-        project_dir=cfg.output_dir,
-    )
+    accelerator = make_accelerator(cfg.precision, gradient_accumulation_steps=cfg.grad_accum,
+                                   log_with=None if cfg.report_to == "none" else cfg.report_to, project_dir=cfg.output_dir)
     out = Path(cfg.output_dir)
     if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    if cfg.report_to != "none":  # trackers take flat scalars and strings
-        accelerator.init_trackers("flant5_imdb", config={k: "none" if v is None else v for k, v in cfg.to_dict().items()})
+        RunLock(out).check()  # another training there: stop now, not after loading the data
+    tokenizer, train_ds, eval_ds, skipped = load_data(cfg, accelerator)
 
-    # 1. Data: every process builds the same tokenized splits; the main process fills the cache first.
-    with accelerator.main_process_first():
-        raw, skipped = load_imdb(cfg.data, skip_bad_rows=cfg.skip_bad_rows)
-        tokenizer = _tokenizer(cfg, raw)
-        tokenized = tokenize(raw, tokenizer, verbalizer=cfg.verbalizer, prompt=cfg.prompt, max_source_length=cfg.max_source_length)
-    evaluating = cfg.final_eval or cfg.eval_every
-    if evaluating and cfg.eval_split not in tokenized:
-        raise DataError(f"--eval-split {cfg.eval_split!r}: the data has only {', '.join(tokenized)}")
-    if "train" not in tokenized:
-        raise DataError(f"{cfg.data}: no 'train' split (found: {', '.join(tokenized)})")
-    train_ds = subset(tokenized["train"], cfg.max_train_samples, cfg.seed)
-    eval_ds = subset(tokenized[cfg.eval_split], cfg.max_eval_samples, cfg.seed) if evaluating else None
-    targets = target_ids(tokenizer, cfg.verbalizer)
-    if accelerator.is_main_process and skipped:
-        with open(out / "skipped_rows.jsonl", "w") as f:
-            f.writelines(json.dumps({"where": r.where, "row": r.row, "reason": r.reason}) + "\n" for r in skipped)
-
-    # 2. Model and optimizer. Seeding right before init makes the weights independent of data loading.
+    # Model and optimizer. Seeding right before init makes the weights independent of data loading.
     set_seed(cfg.seed)
     model = build_model(cfg.model, model_config=cfg.model_config, vocab_size=len(tokenizer),
                         attn_implementation=cfg.attn_implementation, dropout=cfg.dropout)
-    if cfg.fused_norm:
-        fuse_norms(model)
-    if cfg.bias_kernel:
-        use_bias_kernel(model, lookup=cfg.bias_lookup)
-    if cfg.activation_checkpointing:
-        checkpoint_activations(model)
+    apply_kernels(model, cfg)
     raw_optimizer = build_optimizer(model.to(accelerator.device), cfg)
     model, optimizer = accelerator.prepare(model, raw_optimizer)
     # Compiled after prepare: accelerate keeps tracking (and checkpointing) the plain module, whose
     # parameters the compiled one shares, so state dicts carry no `_orig_mod.` prefix.
-    step_model = maybe_compile(model, cfg)
-    compiled = step_model is not model
-    graphed = compiled and cfg.cuda_graphs  # asked for; recorded_cuda_graphs() says whether it happened
-    if graphed:
-        allocate_grads(model)
-        skips_before = cudagraph_skips()
+    step = CompiledStep(model, cfg)
     # The sampler shards the data itself (identical plan on every rank), so no dataloader is prepared.
     sampler = StepSampler(train_ds["length"], batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
                           num_replicas=accelerator.num_processes, rank=accelerator.process_index,
@@ -132,146 +151,157 @@ def run(cfg: TrainConfig, on_step: Callable[[TrainState, Step, torch.nn.Module],
                        buckets=length_buckets(cfg.bucket_multiple, cfg.max_source_length) if cfg.bucket_multiple else None,
                        max_length=cfg.max_source_length if cfg.pad_to_max_length else None)
 
-    def export(path: Path) -> None:
-        """What makes a folder (final/ or a checkpoint) loadable by from_pretrained, evaluate.py and predict.py."""
-        accelerator.unwrap_model(model).config.save_pretrained(path)
-        tokenizer.save_pretrained(path)
-        save_settings(path, verbalizer=cfg.verbalizer, prompt=cfg.prompt, max_source_length=cfg.max_source_length)
-
-    # 3. Resume, if asked: weights, optimizer, scheduler, RNG states, sampler position, counters.
-    state = TrainState()
     resume_from = resolve_resume(cfg.resume, out)
     if resume_from is not None:
         check_compatible(read_checkpoint(resume_from), cfg.to_dict(), accelerator.num_processes, cfg.force_resume)
-        state = load_checkpoint(accelerator, resume_from)
-        restore_sampler(sampler, state.sampler, cfg.force_resume)
-        logger.info("resumed from %s at step %d (epoch %d)", resume_from, state.step, state.epoch)
-    else:
-        sampler.set_epoch(0)
+    job = Job(cfg=cfg, accelerator=accelerator, out=out, lock=None, tokenizer=tokenizer, train_ds=train_ds, eval_ds=eval_ds,
+              targets=target_ids(tokenizer, cfg.verbalizer), skipped_rows=len(skipped), model=model, optimizer=optimizer,
+              raw_optimizer=raw_optimizer, scheduler=scheduler, step=step, sampler=sampler, collate=collate,
+              state=TrainState(), resume_from=resume_from, total_steps=total_steps, started=started)
+
+    # Everything checked: from here on the run writes into its folder.
+    job.lock = claim_output(job)
+    if accelerator.is_main_process:
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        if skipped:
+            with open(out / "skipped_rows.jsonl", "w") as f:
+                f.writelines(json.dumps({"where": r.where, "row": r.row, "reason": r.reason}) + "\n" for r in skipped)
+    if cfg.report_to != "none":  # trackers take flat scalars and strings
+        accelerator.init_trackers("flant5_imdb", config={k: "none" if v is None else v for k, v in cfg.to_dict().items()})
+    restore(job)
     logger.info("training %d steps (%d per epoch), effective batch %d, %d examples",
                 total_steps, sampler.steps_per_epoch, sampler.global_batch, len(train_ds))
+    return job
 
-    def evaluate_now() -> dict:
-        return evaluate(model, eval_ds, targets=targets, accelerator=accelerator, mode=cfg.eval_mode,
-                        batch_size=cfg.eval_batch_size, tokenizer=tokenizer, collator=Collator(tokenizer.pad_token_id))
 
-    # 4. The loop. One iteration = one optimizer step = `grad_accum` micro-batches on each process.
-    model.train()
-    log = MetricsLog(out / "metrics.jsonl", accelerator)
-    window = Window(accelerator)
-    counters = StepCounters(accelerator.device, state, cfg.max_bad_steps)
+def load_data(cfg: TrainConfig, accelerator: Accelerator):
+    """(tokenizer, train split, eval split or None, skipped rows), tokenized; every process builds the same."""
+    with accelerator.main_process_first():  # the main process fills the datasets cache first
+        raw, skipped = load_imdb(cfg.data, skip_bad_rows=cfg.skip_bad_rows)
+        tokenizer = train_word_tokenizer(texts_of({"train": raw["train"]})) if cfg.tokenizer == TRAIN_HERE \
+            else load_tokenizer(cfg.tokenizer or cfg.model)
+        tokenized = tokenize(raw, tokenizer, verbalizer=cfg.verbalizer, prompt=cfg.prompt, max_source_length=cfg.max_source_length)
+    evaluating = cfg.final_eval or cfg.eval_every
+    if evaluating and cfg.eval_split not in tokenized:
+        raise DataError(f"--eval-split {cfg.eval_split!r}: the data has only {', '.join(tokenized)}")
+    if "train" not in tokenized:
+        raise DataError(f"{cfg.data}: no 'train' split (found: {', '.join(tokenized)})")
+    train_ds = subset(tokenized["train"], cfg.max_train_samples, cfg.seed)
+    eval_ds = subset(tokenized[cfg.eval_split], cfg.max_eval_samples, cfg.seed) if evaluating else None
+    return tokenizer, train_ds, eval_ds, skipped
+
+
+def claim_output(job: Job) -> RunLock | None:
+    """The main process locks the output folder (see `rundir`); every process learns whether it could."""
+    error, lock = None, None
+    if job.accelerator.is_main_process:
+        try:
+            lock = claim(job.out, resuming=job.resume_from is not None, resume_asked=job.cfg.resume is not None,
+                         overwrite=job.cfg.overwrite_output_dir)
+        except ConfigError as e:
+            error = str(e)
+    if job.accelerator.num_processes > 1:
+        box = [error]
+        torch.distributed.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error:
+        raise ConfigError(error)
+    return lock
+
+
+def restore(job: Job) -> None:
+    """Weights, optimizer, scheduler, RNG states, sampler position, counters and the metrics window
+    of the checkpoint to resume from (a fresh start: epoch 0). metrics.jsonl keeps the lines up to
+    the resumed step: the steps after it are done again and logged again."""
+    if job.resume_from is None:
+        job.sampler.set_epoch(0)
+    else:
+        job.state = load_checkpoint(job.accelerator, job.resume_from)
+        apply_hyperparameters(job.optimizer, job.scheduler, job.cfg)  # --force-resume's new values (or the same ones)
+        restore_sampler(job.sampler, job.state.sampler, job.cfg.force_resume)
+        logger.info("resumed from %s at step %d (epoch %d)", job.resume_from, job.state.step, job.state.epoch)
+    job.samples_at_start = job.state.samples_seen
+    if job.accelerator.is_main_process:
+        dropped = truncate_metrics(job.out, job.state.step)
+        if dropped:
+            logger.info("%s: dropped %d line(s) after step %d, which this run does again", METRICS, dropped, job.state.step)
+
+
+# ---------------------------------------------------------------------------------------------------
+# train
+
+
+def train(job: Job, on_step=None) -> None:
+    """The loop. One iteration = one optimizer step = `grad_accum` micro-batches on each process."""
+    cfg, state, sampler = job.cfg, job.state, job.sampler
+    job.model.train()
+    window = Window(job.accelerator, state)
+    counters = StepCounters(job.accelerator.device, state, cfg.max_bad_steps)
     # The fused AdamW kernel can skip a non-finite update on the device; other optimizers need the host to decide.
-    skip_on_device = isinstance(raw_optimizer, torch.optim.AdamW) and bool(raw_optimizer.defaults.get("fused"))
-    stop = StopSignal(accelerator)
-    filler = train_ds[:1]  # the example behind an empty micro-batch slot (all labels masked)
-    train_start = time.perf_counter()
-    bar = tqdm(total=total_steps, initial=state.step, desc="train", disable=not accelerator.is_local_main_process, dynamic_ncols=True)
-    with stop, bar:
-        while state.step < total_steps:
+    skip_on_device = isinstance(job.raw_optimizer, torch.optim.AdamW) and bool(job.raw_optimizer.defaults.get("fused"))
+    filler = job.train_ds[:1]  # the example behind an empty micro-batch slot (all labels masked)
+    bar = tqdm(total=job.total_steps, initial=state.step, desc="train", disable=not job.accelerator.is_local_main_process,
+               dynamic_ncols=True)
+    with StopSignal(job.accelerator) as stop, MetricsLog(job.out / METRICS, job.accelerator) as log, bar:
+        while state.step < job.total_steps:
             for step in sampler:
-                batches = [_micro_batch(train_ds, idx, collate, filler) for idx in step.micro_batches]
-                # Target tokens of the whole effective batch: counted on the host from the padded labels,
-                # and with several processes summed on the device (a collective, not a host sync; the
-                # count enters the device as a fill kernel's argument, not as a copy).
-                counts = [target_tokens(b) for b in batches]
-                n_tokens = sum(counts)
-                if accelerator.num_processes > 1:
-                    n_tokens = accelerator.reduce(torch.full((), n_tokens, dtype=torch.long, device=accelerator.device), "sum")
-                scale = accelerator.num_processes * cfg.grad_accum / n_tokens
-                lr = scheduler.get_last_lr()[0]
-                for batch, count in zip(batches, counts, strict=True):
-                    batch = to_device(batch, accelerator.device)
-                    # The mask in the 4D form, which transformers takes as it is (no host sync testing it for padding).
-                    batch["attention_mask"] = source_mask(model, batch["attention_mask"])
-                    if compiled:
-                        mark_length_dynamic(batch)
-                    if graphed:  # outputs of the previous replay are no longer needed: the graphs may reuse their memory
-                        torch.compiler.cudagraph_mark_step_begin()
-                    with accelerator.accumulate(model), oom_hint(cfg, batch):
-                        loss_sum = token_loss_sum(step_model, batch)
-                        accelerator.backward(loss_sum * scale)
-                    window.add(loss_sum.detach(), count)
-                # accumulate() has now synchronised the gradients (the last micro-batch of the window).
-                # The norm is always computed: a NaN/inf loss shows up in it, on every rank alike.
-                grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or math.inf)
+                lr = job.scheduler.get_last_lr()[0]
+                batches = [micro_batch(job.train_ds, idx, job.collate, filler) for idx in step.micro_batches]
+                n_tokens, grad_norm = forward_backward(job, batches, window)
                 bad = counters.update(n_tokens, grad_norm)
                 if skip_on_device:
-                    raw_optimizer.found_inf = bad  # read by the fused kernel: params and moments stay as they are
-                    optimizer.step()
+                    job.raw_optimizer.found_inf = bad  # read by the fused kernel: params and moments stay as they are
+                    job.optimizer.step()
                 elif not bad.item():  # the one host sync per step of the bitsandbytes optimizers
-                    optimizer.step()
-                scheduler.step()  # the schedule moves on over a skipped update, as with AMP's GradScaler
-                optimizer.zero_grad(set_to_none=not graphed)  # graphed: see allocate_grads
+                    job.optimizer.step()
+                job.scheduler.step()  # the schedule moves on over a skipped update, as with AMP's GradScaler
+                job.step.zero_grad(job.optimizer)
 
                 state.step += 1
                 state.samples_seen += step.global_examples
                 bar.update(1)
-                maybe_log(cfg, state, window, counters, log, bar, lr=lr, grad_norm=grad_norm, seconds=time.perf_counter() - train_start)
-                maybe_evaluate(cfg, state, evaluate_now, log)
+                maybe_log(cfg, state, window, counters, log, bar, lr=lr, grad_norm=grad_norm)
+                maybe_evaluate(job, log)
                 stopping = stop.requested()
-                maybe_save(cfg, accelerator, state, sampler, counters, total_steps, export, force=stopping)
+                maybe_save(job, counters, window, force=stopping)
                 if on_step is not None:
-                    on_step(state, step, model)
+                    on_step(state, step, job.model)
                 if stopping:
-                    raise Preempted(stop.signum, state.step, latest_complete(out) if cfg.keep_checkpoints else None)
-                if state.step >= total_steps:
+                    raise Preempted(stop.signum, state.step, latest_complete(job.out) if cfg.keep_checkpoints else None,
+                                    reason=stop.reason)
+                if state.step >= job.total_steps:
                     break
             else:  # the epoch is done
                 state.epoch += 1
                 sampler.set_epoch(state.epoch)
     counters.sync(state)
-    log.close()
-    accelerator.wait_for_everyone()
-    train_seconds = time.perf_counter() - train_start
-    checksums = rank_param_checksums(accelerator, model)
-    # While the compiled model is alive: the graph tree goes when its functions do.
-    graphs = recorded_cuda_graphs() if graphed else 0
-    graph_skips = cudagraph_skips() - skips_before if graphed else 0
-    if graphed and graphs == 0:
-        logger.warning("--cuda-graphs: no CUDA graph was recorded (%d skipped); the compiled step ran without graphs", graph_skips)
-
-    # 5. Final evaluation, model, summary.
-    result = evaluate_now() if cfg.final_eval else None
-    if cfg.save_model:
-        save_final(accelerator, model, out / "final", export)
-    summary = dict(
-        steps=state.step, samples_seen=state.samples_seen, epochs=state.samples_seen / len(train_ds),
-        target_tokens_seen=state.target_tokens_seen, skipped_steps=state.skipped_steps,
-        resumed_from=str(resume_from) if resume_from else None, train_seconds=train_seconds,
-        wall_seconds=time.perf_counter() - started, samples_per_s=state.samples_seen / train_seconds,
-        processes=accelerator.num_processes, distributed_type=str(accelerator.distributed_type), device=str(accelerator.device),
-        precision=cfg.precision, compiled=compiled, cuda_graphs=None if graphs is None else graphs > 0, cuda_graphs_recorded=graphs,
-        cuda_graph_skips=graph_skips,
-        peak_gpu_memory_gib=torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
-        skipped_rows=len(skipped), last_logged_loss=window.last_loss, rank_param_checksums=checksums,
-        eval={k: v for k, v in result.items() if k != "predictions"} if result else None, config=cfg.to_dict(),
-    )
-    if accelerator.is_main_process:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
-        if result:
-            write_report(result, out)
-            logger.info("evaluation:\n%s", format_report(result))
-        plot_run(out)
-        if cfg.save_model:
-            publish(out / "final", summary, cfg.push_to_hub, upload=not cfg.model_card_only)
-    accelerator.end_training()
-    return summary
+    job.train_seconds, job.last_loss = window.this_process_seconds(), window.last_loss
 
 
-def maybe_compile(model, cfg: TrainConfig, backend="inductor", on_cpu: bool = False):
-    """torch.compile on CUDA; elsewhere the same flags run eagerly (and say so).
-
-    `backend` and `on_cpu` exist for the CPU tests, which trace the real model without inductor.
-    """
-    if not cfg.compile:
-        return model
-    if not (torch.cuda.is_available() or on_cpu):
-        logger.info("--compile: no CUDA, running eagerly")
-        return model
-    # The source length is marked dynamic batch by batch (mark_length_dynamic); other dimensions
-    # stay static. CUDA graphs are still recorded per shape (one per bucket).
-    mode = "reduce-overhead" if cfg.cuda_graphs else None
-    return torch.compile(model, backend=backend, mode=mode if backend == "inductor" else None)
+def forward_backward(job: Job, batches: list[dict], window: Window):
+    """Forward and backward over the micro-batches of one step; returns (target tokens of the whole
+    effective batch, gradient norm). Nothing here reads the device from the host."""
+    acc = job.accelerator
+    # Target tokens of the whole effective batch: counted on the host from the padded labels, and
+    # with several processes summed on the device (a collective, not a host sync; the count enters
+    # the device as a fill kernel's argument, not as a copy).
+    counts = [target_tokens(b) for b in batches]
+    n_tokens = sum(counts)
+    if acc.num_processes > 1:
+        n_tokens = acc.reduce(torch.full((), n_tokens, dtype=torch.long, device=acc.device), "sum")
+    scale = acc.num_processes * job.cfg.grad_accum / n_tokens
+    for batch, count in zip(batches, counts, strict=True):
+        batch = to_device(batch, acc.device)
+        # The mask in the 4D form, which transformers takes as it is (no host sync testing it for padding).
+        batch["attention_mask"] = source_mask(job.model, batch["attention_mask"])
+        job.step.prepare(batch)
+        with acc.accumulate(job.model), oom_hint(batch["input_ids"].shape, job.cfg.batch_size, job.cfg.grad_accum):
+            loss_sum = token_loss_sum(job.step.model, batch)
+            acc.backward(loss_sum * scale)
+        window.add(loss_sum.detach(), count)
+    # accumulate() has now synchronised the gradients (the last micro-batch of the window).
+    # The norm is always computed: a NaN/inf loss shows up in it, on every rank alike.
+    return n_tokens, acc.clip_grad_norm_(job.model.parameters(), job.cfg.max_grad_norm or math.inf)
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -284,36 +314,6 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
     if device.type == "cuda":
         return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
     return {k: v.to(device) for k, v in batch.items()}
-
-
-def mark_length_dynamic(batch: dict[str, torch.Tensor]) -> None:
-    """One compiled graph for every source length instead of one compilation per length.
-
-    Measured on the tiny T5 (dynamo + AOTAutograd, CPU): a static shape traces in 14 s, each new
-    length again; the length alone symbolic, 18 s once; every dimension symbolic (dynamic=True), 55 s.
-    `maybe_`: a graph that needs a fixed length recompiles instead of failing.
-    """
-    torch._dynamo.maybe_mark_dynamic(batch["input_ids"], 1)
-    torch._dynamo.maybe_mark_dynamic(batch["attention_mask"], batch["attention_mask"].dim() - 1)  # 2D or source_mask's 4D
-
-
-def allocate_grads(model) -> None:
-    """Give every parameter a zeroed .grad before the first backward, for CUDA graphs.
-
-    A graphed backward's outputs live in memory the next replay overwrites. When a parameter has
-    no .grad, autograd adopts that output as the .grad, and a second micro-batch (gradient
-    accumulation) or the next step then overwrites it in place (pytorch/pytorch#169545). With a
-    .grad already allocated, autograd adds the output into it instead; the loop then zeroes the
-    gradients in place rather than freeing them.
-    """
-    for p in model.parameters():
-        if p.requires_grad and p.grad is None:
-            p.grad = torch.zeros_like(p)
-
-
-def length_buckets(multiple: int, max_length: int) -> tuple[int, ...]:
-    """multiple, 2 x multiple, ... up to max_length (which is always a bucket)."""
-    return tuple(sorted({*range(multiple, max_length, multiple), max_length}))
 
 
 def token_loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -339,7 +339,7 @@ def target_tokens(batch: dict[str, torch.Tensor]) -> int:
     return int(np.count_nonzero(batch["labels"].numpy() != -100))
 
 
-def _micro_batch(ds, indices: list[int], collate: Collator, filler) -> dict[str, torch.Tensor]:
+def micro_batch(ds, indices: list[int], collate: Collator, filler) -> dict[str, torch.Tensor]:
     """Collate `indices`; an empty slot becomes one example with every label masked (zero loss, zero gradient)."""
     if not indices:
         return collate([{"input_ids": filler["input_ids"][0], "labels": filler["labels"][0]}], mask_labels=True)
@@ -347,55 +347,82 @@ def _micro_batch(ds, indices: list[int], collate: Collator, filler) -> dict[str,
     return collate([{"input_ids": a, "labels": b} for a, b in zip(ex["input_ids"], ex["labels"], strict=True)])
 
 
-def _tokenizer(cfg: TrainConfig, raw):
-    if cfg.tokenizer == TRAIN_HERE:
-        return train_word_tokenizer(texts_of({"train": raw["train"]}))
-    return load_tokenizer(cfg.tokenizer or cfg.model)
-
-
 class Window:
-    """Loss and token totals since the last log line, kept on the device until a log asks for them."""
+    """What the next metrics line summarises: the loss and token totals since the last line (kept on
+    the device until a log asks for them), the samples and the training clock at the last line.
 
-    def __init__(self, accelerator: Accelerator):
+    All of it is part of a checkpoint (`save_into`), per process, so that a resumed run logs the
+    lines an uninterrupted one would, bit for bit. The clock counts time spent training, summed
+    over the processes that did the run's steps: a resumed run's throughput leaves out the time
+    between a kill and the restart.
+    """
+
+    def __init__(self, accelerator: Accelerator, state: TrainState):
         self.accelerator = accelerator
-        self.loss = torch.zeros((), device=accelerator.device)
-        self.tokens = 0
+        loss, tokens = state.window[accelerator.process_index] if state.window else (0.0, 0)
+        self.loss = torch.full((), loss, device=accelerator.device, dtype=torch.float32)
+        self.tokens = tokens
+        self.last_step, self.last_samples, self.last_seconds = state.last_log_step, state.last_log_samples, state.last_log_seconds
+        self.base_seconds = state.train_seconds
+        self.started = time.perf_counter()
         self.last_loss: float | None = None
 
     def add(self, loss_sum: torch.Tensor, tokens: int) -> None:
         self.loss += loss_sum
         self.tokens += tokens
 
-    def drain(self) -> tuple[float, int]:
-        """Mean token loss over the window, all processes (a host sync: call only when logging)."""
+    def seconds(self) -> float:
+        """Training time of the whole run so far (this process's plus what its checkpoint carried)."""
+        return self.base_seconds + self.this_process_seconds()
+
+    def this_process_seconds(self) -> float:
+        return time.perf_counter() - self.started
+
+    def drain(self, step: int, samples_seen: int) -> tuple[float, float]:
+        """(mean token loss over the window on all processes, samples/s since the last line); a host sync."""
         totals = self.accelerator.reduce(torch.stack([self.loss, self.loss.new_tensor(float(self.tokens))]), "sum")
         loss, tokens = totals.tolist()
         self.loss.zero_()
         self.tokens = 0
         if tokens:
             self.last_loss = loss / tokens
-        return loss / tokens if tokens else float("nan"), int(tokens)
+        now = self.seconds()
+        rate = (samples_seen - self.last_samples) / max(now - self.last_seconds, 1e-9)
+        self.last_step, self.last_samples, self.last_seconds = step, samples_seen, now
+        return (loss / tokens if tokens else float("nan")), rate
+
+    def save_into(self, state: TrainState) -> None:
+        """Copy the window into `state` for a checkpoint: every process's loss and tokens (a host sync)."""
+        state.window = gather_object([[self.loss.item(), self.tokens]])
+        state.train_seconds = self.seconds()
+        state.last_log_step, state.last_log_samples, state.last_log_seconds = self.last_step, self.last_samples, self.last_seconds
 
 
 class MetricsLog:
     """`metrics.jsonl` (one JSON object per line, main process only) and any --report-to tracker."""
 
     def __init__(self, path: Path, accelerator: Accelerator):
-        self.accelerator = accelerator
-        self.f = open(path, "a", buffering=1) if accelerator.is_main_process else None  # noqa: SIM115 - open for the whole run
+        self.path, self.accelerator = path, accelerator
+        self.f = None
+
+    def __enter__(self):
+        if self.accelerator.is_main_process:
+            self.f = open(self.path, "a", buffering=1)  # noqa: SIM115 - open for the whole run
+        return self
+
+    def __exit__(self, *exc):
+        if self.f is not None:
+            self.f.close()
+            self.f = None
+        return False
 
     def write(self, **row) -> None:
         if self.f is not None:
             self.f.write(json.dumps(row) + "\n")
         self.accelerator.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
 
-    def close(self) -> None:
-        if self.f is not None:
-            self.f.close()
-            self.f = None
 
-
-def maybe_log(cfg, state: TrainState, window: Window, counters: StepCounters, log: MetricsLog, bar, *, lr, grad_norm, seconds) -> None:
+def maybe_log(cfg, state: TrainState, window: Window, counters: StepCounters, log: MetricsLog, bar, *, lr, grad_norm) -> None:
     """Every `log_every` steps (and at step 1); the streak of non-finite updates is checked at least every `max_bad_steps`."""
     logging_now = state.step % cfg.log_every == 0 or state.step == 1
     if not logging_now and state.step % cfg.max_bad_steps:
@@ -407,31 +434,83 @@ def maybe_log(cfg, state: TrainState, window: Window, counters: StepCounters, lo
                        state.skipped_steps - skipped_before, state.step, state.skipped_steps)
     if not logging_now:
         return
-    loss, _ = window.drain()
+    loss, samples_per_s = window.drain(state.step, state.samples_seen)
     row = dict(step=state.step, epoch=state.epoch, loss=loss, lr=lr, grad_norm=float(grad_norm),
-               skipped_steps=state.skipped_steps, samples_per_s=state.samples_seen / max(seconds, 1e-9))
+               skipped_steps=state.skipped_steps, samples_per_s=samples_per_s)
     log.write(**row)
-    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{row['samples_per_s']:.1f}")
+    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{samples_per_s:.1f}")
 
 
-def maybe_save(cfg, accelerator, state: TrainState, sampler: StepSampler, counters: StepCounters, total_steps: int,
-               export: Callable[[Path], None], force: bool) -> None:
+def maybe_save(job: Job, counters: StepCounters, window: Window, force: bool) -> None:
     """Checkpoint every `save_every` steps, at each epoch end, at the last step, and when asked to stop."""
+    cfg, state = job.cfg, job.state
     if not cfg.keep_checkpoints:
         return
-    epoch_end = len(sampler) == 0
-    if not (force or epoch_end or state.step == total_steps or (cfg.save_every and state.step % cfg.save_every == 0)):
+    epoch_end = len(job.sampler) == 0
+    if not (force or epoch_end or state.step == job.total_steps or (cfg.save_every and state.step % cfg.save_every == 0)):
         return
     counters.sync(state)
-    state.sampler = sampler.state_dict()
-    save_checkpoint(accelerator, cfg.output_dir, state, cfg.to_dict(), keep=cfg.keep_checkpoints, save_extra=export)
+    window.save_into(state)
+    state.sampler = job.sampler.state_dict()
+    save_checkpoint(job.accelerator, cfg.output_dir, state, cfg.to_dict(), keep=cfg.keep_checkpoints,
+                    save_extra=functools.partial(export, job))
 
 
-def maybe_evaluate(cfg, state, evaluate_now: Callable[[], dict], log: MetricsLog) -> None:
-    if not cfg.eval_every or state.step % cfg.eval_every:
+def maybe_evaluate(job: Job, log: MetricsLog) -> None:
+    if not job.cfg.eval_every or job.state.step % job.cfg.eval_every:
         return
-    r = evaluate_now()
-    log.write(step=state.step, eval_accuracy=r["accuracy"], eval_macro_f1=r["macro_f1"], eval_loss=r["eval_loss"])
+    r = evaluate_now(job)
+    log.write(step=job.state.step, eval_accuracy=r["accuracy"], eval_macro_f1=r["macro_f1"], eval_loss=r["eval_loss"])
+
+
+def evaluate_now(job: Job) -> dict:
+    return evaluate(job.model, job.eval_ds, targets=job.targets, accelerator=job.accelerator, mode=job.cfg.eval_mode,
+                    batch_size=job.cfg.eval_batch_size, tokenizer=job.tokenizer, collator=Collator(job.tokenizer.pad_token_id))
+
+
+def export(job: Job, path: Path) -> None:
+    """What makes a folder (final/ or a checkpoint) loadable by from_pretrained, evaluate.py and predict.py."""
+    job.accelerator.unwrap_model(job.model).config.save_pretrained(path)
+    job.tokenizer.save_pretrained(path)
+    save_settings(path, verbalizer=job.cfg.verbalizer, prompt=job.cfg.prompt, max_source_length=job.cfg.max_source_length)
+
+
+# ---------------------------------------------------------------------------------------------------
+# finish
+
+
+def finish(job: Job) -> dict:
+    """Final evaluation, model, summary, plots and card."""
+    cfg, acc, state, out = job.cfg, job.accelerator, job.state, job.out
+    acc.wait_for_everyone()
+    checksums = rank_param_checksums(acc, job.model)
+    graphs, graph_skips = job.step.graphs()  # while the compiled model is alive: the graph tree goes with it
+    result = evaluate_now(job) if cfg.final_eval else None
+    if cfg.save_model:
+        save_final(acc, job.model, out / "final", functools.partial(export, job))
+    summary = dict(
+        steps=state.step, samples_seen=state.samples_seen, epochs=state.samples_seen / len(job.train_ds),
+        target_tokens_seen=state.target_tokens_seen, skipped_steps=state.skipped_steps,
+        resumed_from=str(job.resume_from) if job.resume_from else None, train_seconds=job.train_seconds,
+        wall_seconds=time.perf_counter() - job.started,
+        samples_per_s=(state.samples_seen - job.samples_at_start) / max(job.train_seconds, 1e-9),
+        processes=acc.num_processes, distributed_type=str(acc.distributed_type), device=str(acc.device),
+        precision=cfg.precision, compiled=job.step.compiled, cuda_graphs=None if graphs is None else graphs > 0,
+        cuda_graphs_recorded=graphs, cuda_graph_skips=graph_skips,
+        peak_gpu_memory_gib=torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+        skipped_rows=job.skipped_rows, last_logged_loss=job.last_loss, rank_param_checksums=checksums,
+        eval={k: v for k, v in result.items() if k != "predictions"} if result else None, config=cfg.to_dict(),
+    )
+    if acc.is_main_process:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        if result:
+            write_report(result, out)
+            logger.info("evaluation:\n%s", format_report(result))
+        plot_run(out)
+        if cfg.save_model:
+            publish(out / "final", summary, cfg.push_to_hub, upload=not cfg.model_card_only)
+    acc.end_training()
+    return summary
 
 
 def rank_param_checksums(accelerator: Accelerator, model) -> list[float]:
@@ -445,7 +524,7 @@ def rank_param_checksums(accelerator: Accelerator, model) -> list[float]:
     return sums
 
 
-def save_final(accelerator: Accelerator, model, path: Path, export: Callable[[Path], None]) -> None:
+def save_final(accelerator: Accelerator, model, path: Path, export_to: Callable[[Path], None]) -> None:
     """save_pretrained of the unwrapped model (no DDP `module.` or compile `_orig_mod.` prefixes), tokenizer, settings."""
     accelerator.wait_for_everyone()
     state_dict = accelerator.get_state_dict(model)  # gathered from the shards under FSDP; a plain state dict otherwise
@@ -453,4 +532,4 @@ def save_final(accelerator: Accelerator, model, path: Path, export: Callable[[Pa
     unwrapped.save_pretrained(path, is_main_process=accelerator.is_main_process, save_function=accelerator.save,
                               state_dict=state_dict)
     if accelerator.is_main_process:
-        export(path)
+        export_to(path)

@@ -8,6 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from flant5_imdb.config import positive_int
 from flant5_imdb.data import DataError
 from flant5_imdb.evaluate import evaluate_saved, format_report
 
@@ -18,8 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default="stanfordnlp/imdb", help="any --data source train.py takes")
     p.add_argument("--split", default="test")
     p.add_argument("--eval-mode", choices=("score", "generate"), default="score")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--max-samples", type=int, default=None, help="a random subset of this many reviews")
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--max-samples", type=positive_int, default=None, help="a random subset of this many reviews")
     p.add_argument("--verbalizer", default=None, help="default: the model's own (digits for a Hub model)")
     p.add_argument("--prompt", default=None, help="default: the model's own (none for a Hub model)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")

@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 
+from flant5_imdb.config import positive_int
 from flant5_imdb.data import DataError
 from flant5_imdb.predict import Classifier, InputError, read_texts
 
@@ -19,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", required=True, help="a run's final/ folder, a checkpoint folder, or a Hub id")
     p.add_argument("--file", help=".txt (one review a line), .csv or .jsonl with a 'text' column")
     p.add_argument("--jsonl", action="store_true", help="JSON lines instead of a table")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--verbalizer", default=None, help="default: the one the model was trained with")
     p.add_argument("--prompt", default=None, help="default: the one the model was trained with")
     args = p.parse_args(argv)

@@ -1,7 +1,15 @@
-"""Shared fixtures. Tests never touch the network: the Hub is switched off before anything imports it."""
+"""Shared fixtures. Tests never touch the network: the Hub is switched off before anything imports it.
+
+CPU results are bitwise reproducible only at one thread count (reductions split their work by
+thread), and many tests compare runs bit for bit, some of them in processes the test starts. So
+the whole suite runs single-threaded: set here, before torch is imported, for this process and
+(through the environment) for every process a test launches, whatever the machine's core count.
+"""
 
 import os
 
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -10,11 +18,26 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 IMDB_DIR = SHARED_DATA / "imdb"
 IMDB_TOKENIZER = SHARED_DATA / "tokenizer" / "imdb-unigram-32k"
+
+
+def accelerate_launch(*args: str) -> list[str]:
+    """`python -m accelerate.commands.launch` on a free port: a port still held by an earlier test's
+    launch would fail this one for a reason that has nothing to do with it."""
+    import socket
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--main_process_port", str(port), *args]
 
 
 def real_data_or_skip() -> tuple[Path, Path]:

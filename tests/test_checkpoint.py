@@ -18,7 +18,7 @@ from flant5_imdb.checkpoint import CheckpointError, check_compatible, complete_c
 from flant5_imdb.config import TrainConfig, preset
 from flant5_imdb.guards import NonFiniteError, OutOfMemory
 from flant5_imdb.train import run
-from tests.conftest import ROOT
+from tests.conftest import ROOT, accelerate_launch
 
 # 160 examples, batch 16: 10 steps per epoch; 12 steps cross one epoch boundary.
 STEPS, PER_EPOCH = 12, 10
@@ -97,10 +97,10 @@ def test_bitwise_resume_and_data_order(tmp_path, tokenizer_dir, resume_at, optim
 def launch(args, env=None, timeout=300, two_processes=False):
     prefix = [sys.executable]
     if two_processes:
-        prefix += ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                   "--mixed_precision", "no", "--dynamo_backend", "no"]
+        prefix = accelerate_launch("--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                                   "--mixed_precision", "no", "--dynamo_backend", "no")
     return subprocess.run(prefix + args, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+                          env={**os.environ, **(env or {})})
 
 
 def cli(tokenizer_dir, out, *extra):
@@ -146,7 +146,7 @@ def test_sigterm_finishes_the_step_checkpoints_and_exits_143(tmp_path, tokenizer
     args[args.index("--max-steps") + 1] = "150"
     args[args.index("--save-every") + 1] = "1000"
     proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            )
     deadline = time.time() + 120
     while time.time() < deadline and not ((out / "metrics.jsonl").exists() and len(metrics(out)) >= 3):
         time.sleep(0.05)
@@ -187,9 +187,9 @@ def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step(tmp_path, toke
     args[args.index("--max-steps") + 1] = "150"
     args[args.index("--save-every") + 1] = "1000"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "scripts" / "train.py"), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        [*accelerate_launch("--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                            "--mixed_precision", "no", "--dynamo_backend", "no"), str(ROOT / "scripts" / "train.py"), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 180
     while time.time() < deadline and not ((out / "metrics.jsonl").exists() and len(metrics(out)) >= 3):
         time.sleep(0.05)
@@ -282,7 +282,7 @@ def test_resume_auto_without_checkpoint_starts_fresh_and_bad_paths_fail(tmp_path
 def test_missing_rng_state_is_an_error(tmp_path, tokenizer_dir):
     run(cfg_for(tmp_path, tokenizer_dir, "r", max_steps=5))
     (latest_complete(tmp_path / "r") / "random_states_0.pkl").unlink()
-    with pytest.raises(CheckpointError, match=r"no RNG state for process 0 \(random_states_0.pkl\)"):
+    with pytest.raises(CheckpointError, match=r"every checkpoint .* is damaged \(step-5: random_states_0.pkl is missing\)"):
         run(cfg_for(tmp_path, tokenizer_dir, "r", max_steps=5, resume="auto"))
 
 
@@ -292,3 +292,281 @@ def test_keeps_the_newest_k(tmp_path, tokenizer_dir):
     assert sorted(p.name for p in (tmp_path / "k" / "checkpoints").iterdir()) == ["step-10", "step-12"]
     run(cfg_for(tmp_path, tokenizer_dir, "none", max_steps=3, keep_checkpoints=0))
     assert not (tmp_path / "none" / "checkpoints").exists()
+
+
+# --- metrics across a resume --------------------------------------------------------------------
+
+
+def test_a_resumed_runs_metrics_equal_the_uninterrupted_runs(tmp_path, tokenizer_dir):
+    """Killed at step 7 (not a log step; the last checkpoint is step 5, the last log line step 6):
+    the resumed run drops the line of step 6, which it does again, and its metrics.jsonl then equals
+    the uninterrupted run's in every field but the wall-clock one, eval lines included."""
+    kw = dict(log_every=3, eval_every=4, max_eval_samples=16)
+    run(cfg_for(tmp_path, tokenizer_dir, "straight", **kw))
+
+    def crash_at_7(state, step, model):
+        if state.step == 7:
+            raise Crash
+
+    with pytest.raises(Crash):
+        run(cfg_for(tmp_path, tokenizer_dir, "broken", **kw), on_step=crash_at_7)
+    assert [r["step"] for r in metrics(tmp_path / "broken")] == [1, 3, 4, 6]  # logged past the checkpoint at 5
+    run(cfg_for(tmp_path, tokenizer_dir, "broken", resume="auto", **kw))
+
+    def without_clock(rows):
+        return [{k: v for k, v in r.items() if k != "samples_per_s"} for r in rows]
+
+    straight, resumed = metrics(tmp_path / "straight"), metrics(tmp_path / "broken")
+    assert [r["step"] for r in resumed] == [1, 3, 4, 6, 8, 9, 12, 12]
+    assert without_clock(resumed) == without_clock(straight)
+    # The throughput clock carries on from the checkpoint: no jump from counting earlier samples over the new clock.
+    rate = {r["step"]: r["samples_per_s"] for r in resumed if "samples_per_s" in r}
+    assert rate[9] < 10 * rate[3]
+
+
+# --- checkpoints that check themselves ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def saved_run(tmp_path_factory, tokenizer_dir):
+    """A run with checkpoints at steps 5 and 10, made once for the damage tests (which copy it)."""
+    out = tmp_path_factory.mktemp("saved") / "run"
+    run(cfg_for(out.parent, tokenizer_dir, "run", max_steps=10))
+    return out
+
+
+def copy_run(saved: Path, tmp_path) -> Path:
+    import shutil
+
+    dst = tmp_path / "run"
+    shutil.copytree(saved, dst)
+    (dst / ".lock").unlink(missing_ok=True)
+    return dst
+
+
+def test_the_manifest_lists_every_file_with_size_and_checksum(saved_run):
+    from flant5_imdb.checkpoint import MANIFEST, damage
+
+    ckpt = saved_run / "checkpoints" / "step-10"
+    listed = json.loads((ckpt / MANIFEST).read_text())
+    on_disk = {str(p.relative_to(ckpt)) for p in ckpt.rglob("*") if p.is_file()} - {MANIFEST, "COMPLETE"}
+    assert set(listed) == on_disk and len(on_disk) >= 8
+    assert all(size == (ckpt / name).stat().st_size for name, (size, _) in listed.items())
+    assert damage(ckpt) is None
+
+
+@pytest.mark.parametrize("how", ["delete", "truncate", "flip"])
+def test_every_kind_of_file_is_checked(saved_run, tmp_path, how):
+    """Each file of a checkpoint (weights, optimizer, scheduler, RNG state, train state, model config,
+    tokenizer, settings, the manifest itself), deleted, truncated or with one byte changed, is found and named."""
+    from flant5_imdb.checkpoint import MANIFEST, damage
+
+    out = copy_run(saved_run, tmp_path)
+    ckpt = out / "checkpoints" / "step-10"
+    names = sorted(json.loads((ckpt / MANIFEST).read_text())) + [MANIFEST]
+    for name in ("model.safetensors", "optimizer.bin", "random_states_0.pkl", "train_state.json", "config.json", MANIFEST):
+        assert name in names
+    for name in names:
+        f = ckpt / name
+        original = f.read_bytes()
+        if how == "delete":
+            f.unlink()
+        elif how == "truncate":
+            f.write_bytes(original[: len(original) // 2])
+        else:
+            f.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+        problem = damage(ckpt)
+        if name == "train_state.json" and how != "flip":
+            assert problem.startswith("train_state.json is unreadable"), problem
+        elif name == MANIFEST and how != "delete":
+            assert problem is not None and MANIFEST in problem, problem
+        else:
+            assert problem is not None and problem.startswith(name), (name, problem)
+        f.write_bytes(original)
+        assert damage(ckpt) is None
+
+
+def test_resume_auto_skips_a_damaged_checkpoint_and_resume_path_names_the_file(saved_run, tmp_path, tokenizer_dir, caplog):
+    import logging
+
+    out = copy_run(saved_run, tmp_path)
+    (out / "checkpoints" / "step-10" / "optimizer.bin").write_bytes(b"torn")
+    with pytest.raises(CheckpointError, match=r"--resume .*step-10: damaged checkpoint: optimizer.bin has 4 bytes, the manifest says \d+"):
+        run(cfg_for(tmp_path, tokenizer_dir, "run", max_steps=10, resume=str(out / "checkpoints" / "step-10")))
+    with caplog.at_level(logging.WARNING, logger="flant5_imdb.checkpoint"):
+        summary = run(cfg_for(tmp_path, tokenizer_dir, "run", max_steps=10, resume="auto"))
+    assert summary["resumed_from"].endswith("step-5") and summary["steps"] == 10
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name.startswith("flant5_imdb")]
+    assert len(warnings) == 1 and "skipping damaged checkpoint" in warnings[0] and "step-10" in warnings[0]
+    assert "optimizer.bin" in warnings[0]
+
+
+def test_resume_auto_refuses_when_every_checkpoint_is_damaged(saved_run, tmp_path, tokenizer_dir):
+    out = copy_run(saved_run, tmp_path)
+    for step in (5, 10):
+        (out / "checkpoints" / f"step-{step}" / "model.safetensors").unlink()
+    config_before = (out / "config.json").read_bytes()
+    with pytest.raises(CheckpointError, match=r"every checkpoint in .* is damaged \(step-10: model.safetensors is missing; step-5: "):
+        run(cfg_for(tmp_path, tokenizer_dir, "run", max_steps=12, resume="auto"))
+    assert (out / "config.json").read_bytes() == config_before  # a refused resume leaves the run as it was
+
+
+# --- --force-resume applies what it says -----------------------------------------------------------
+
+
+def test_force_resume_applies_the_new_lr_betas_eps_and_weight_decay(saved_run, tmp_path, tokenizer_dir):
+    """The lr of the first step after the resume is the new peak times the schedule at that step
+    (linear decay over 12 steps: step 11 runs at 2/12 of the peak), and the restored optimizer
+    carries the new betas, eps and weight decay."""
+    from flant5_imdb import train as train_module
+
+    out = copy_run(saved_run, tmp_path)
+    seen = {}
+    real = train_module.forward_backward
+
+    def spy(job, batches, window):
+        seen.setdefault(job.state.step + 1, [dict(g) for g in job.optimizer.param_groups])
+        return real(job, batches, window)
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(train_module, "forward_backward", spy):
+        run(cfg_for(tmp_path, tokenizer_dir, "run", max_steps=12, resume="auto", force_resume=True, lr=1e-3,
+                    adam_beta1=0.8, adam_beta2=0.99, adam_eps=1e-6))
+    group = seen[11][0]
+    assert group["lr"] == pytest.approx(1e-3 * 2 / 12) and group["initial_lr"] == 1e-3
+    assert (group["betas"], group["eps"], group["weight_decay"]) == ((0.8, 0.99), 1e-6, 0.0)
+    rows = {r["step"]: r for r in metrics(out) if "lr" in r}
+    assert rows[11]["lr"] == pytest.approx(1e-3 * 2 / 12) and rows[12]["lr"] == pytest.approx(1e-3 * 1 / 12)
+
+
+def test_apply_hyperparameters_sets_both_groups_with_weight_decay():
+    from flant5_imdb.checkpoint import apply_hyperparameters
+    from flant5_imdb.modeling import build_model
+    from flant5_imdb.optim import build_optimizer, build_scheduler
+
+    old = TrainConfig(weight_decay=0.01, lr=1e-3, warmup_steps=2)
+    model = build_model("x", model_config="tiny", vocab_size=100)
+    opt = build_optimizer(model, old)
+    sched = build_scheduler(opt, old, 10)
+    for _ in range(4):
+        opt.step()
+        sched.step()
+    apply_hyperparameters(opt, sched, TrainConfig(weight_decay=0.05, lr=2e-3, warmup_steps=2, adam_eps=1e-7))
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.0]  # layer norms never decay
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([2e-3 * 6 / 8] * 2) and sched.get_last_lr() == [g["lr"] for g in opt.param_groups]
+    assert all(g["eps"] == 1e-7 for g in opt.param_groups)
+
+
+@pytest.mark.parametrize("change, name", [(dict(optim="adamw8bit"), "--optim 'adamw' -> 'adamw8bit'"),
+                                          (dict(weight_decay=0.01), "--weight-decay 0.0 -> 0.01"),
+                                          (dict(model_config="flan-t5-base"), "--model-config 'tiny' -> 'flan-t5-base'")])
+def test_changes_a_checkpoint_cannot_take_are_refused_by_name_even_when_forced(change, name):
+    saved = {"config": preset("smoke").to_dict(), "num_processes": 1}
+    with pytest.raises(CheckpointError, match=re.escape(name) + r" cannot be applied to a checkpoint"):
+        check_compatible(saved, preset("smoke", **change).to_dict(), 1, force=True)
+    wd = {"config": preset("smoke", weight_decay=0.01).to_dict(), "num_processes": 1}
+    assert check_compatible(wd, preset("smoke", weight_decay=0.02).to_dict(), 1, force=True) == ["--weight-decay 0.01 -> 0.02"]
+
+
+# --- one run per folder ------------------------------------------------------------------------------
+
+
+def test_a_second_training_into_a_locked_folder_stops_naming_the_holder(tmp_path, tokenizer_dir):
+    from flant5_imdb.config import ConfigError
+    from flant5_imdb.rundir import RunLock
+
+    holder = RunLock(tmp_path / "busy")
+    holder.acquire()
+    try:
+        with pytest.raises(ConfigError, match=rf"--output-dir .*busy is in use by another training \(pid {os.getpid()}\)"):
+            run(cfg_for(tmp_path, tokenizer_dir, "busy", max_steps=2))
+    finally:
+        holder.release()
+    assert sorted(p.name for p in (tmp_path / "busy").iterdir()) == [".lock"]  # the refused run wrote nothing
+    assert run(cfg_for(tmp_path, tokenizer_dir, "busy", max_steps=2))["steps"] == 2  # released: the folder is free
+
+
+def test_the_lock_dies_with_its_process(tmp_path):
+    """An OS lock, not a file that stays: SIGKILL the holder and the folder is free at once."""
+    from flant5_imdb.rundir import RunLock
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from flant5_imdb.rundir import RunLock; "
+                               f"RunLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    assert holder.stdout.readline().strip() == "held"
+    from flant5_imdb.config import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"pid {holder.pid}"):
+        RunLock(tmp_path).check()
+    holder.kill()
+    holder.wait()
+    lock = RunLock(tmp_path)
+    lock.acquire()  # no error: the kernel dropped the dead holder's lock
+    lock.release()
+
+
+def test_a_fresh_run_into_another_runs_folder_is_refused_unless_told(tmp_path, tokenizer_dir, caplog):
+    import logging
+
+    from flant5_imdb.config import ConfigError
+
+    run(cfg_for(tmp_path, tokenizer_dir, "r", max_steps=10, save_every=10))
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "r").iterdir() if p.name != ".lock"}
+    with pytest.raises(ConfigError, match=r"holds another run \(metrics.jsonl, checkpoints, summary.json, final, eval.json\); "
+                                          r"continue it with --resume auto, or pass --overwrite-output-dir"):
+        run(cfg_for(tmp_path, tokenizer_dir, "r", max_steps=4))
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "r").iterdir() if p.name != ".lock"} == before  # untouched
+    with caplog.at_level(logging.WARNING, logger="flant5_imdb.rundir"):
+        run(cfg_for(tmp_path, tokenizer_dir, "r", max_steps=4, save_every=2, overwrite_output_dir=True))
+    assert any("--overwrite-output-dir: deleting the earlier run" in r.getMessage() for r in caplog.records)
+    assert [p.name for p in complete_checkpoints(tmp_path / "r")] == ["step-2", "step-4"]  # no step-10 left beside them
+    assert [r["step"] for r in metrics(tmp_path / "r") if "loss" in r] == [1, 2, 3, 4]  # a new file, not appended to
+
+
+def test_a_failed_start_writes_nothing(tmp_path, tokenizer_dir):
+    from flant5_imdb.data import DataError
+
+    out = tmp_path / "never"
+    with pytest.raises(DataError):
+        run(cfg_for(tmp_path, tokenizer_dir, "never", data=str(tmp_path / "missing.csv")))
+    with pytest.raises(ValueError, match="cannot load model"):
+        run(cfg_for(tmp_path, tokenizer_dir, "never", model_config=None, model=str(tmp_path / "no-model")))
+    with pytest.raises(CheckpointError):
+        run(cfg_for(tmp_path, tokenizer_dir, "never", resume=str(tmp_path / "no-checkpoint")))
+    assert not out.exists()
+
+
+def test_a_refused_resume_leaves_the_run_untouched(tmp_path, tokenizer_dir):
+    run(cfg_for(tmp_path, tokenizer_dir, "r", max_steps=5))
+    files = {p: p.read_bytes() for p in (tmp_path / "r").rglob("*") if p.is_file() and p.name != ".lock"}
+    with pytest.raises(CheckpointError, match="changes the math"):
+        run(cfg_for(tmp_path, tokenizer_dir, "r", max_steps=5, lr=1e-3, resume="auto"))
+    assert {p: p.read_bytes() for p in (tmp_path / "r").rglob("*") if p.is_file() and p.name != ".lock"} == files
+
+
+def test_workers_whose_launcher_dies_checkpoint_and_stop(tmp_path, tokenizer_dir):
+    """SIGKILL the launcher of a 2-process run: its workers (in a session of their own) notice at
+    the next step, agree, finish that step, checkpoint and exit, as on SIGTERM."""
+    out = tmp_path / "orphans"
+    args = cli(tokenizer_dir, out, "--batch-size", "8")
+    args[args.index("--max-steps") + 1] = "400"
+    args[args.index("--save-every") + 1] = "1000"
+    launcher = subprocess.Popen(
+        [*accelerate_launch("--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                            "--dynamo_backend", "no"), str(ROOT / "scripts" / "train.py"), *args],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and not ((out / "metrics.jsonl").exists() and len(metrics(out)) >= 3):
+        time.sleep(0.05)
+    pids = worker_pids(out)
+    assert sorted(pids) == [0, 1]
+    launcher.kill()
+    launcher.wait()
+    err = launcher.stderr.read()  # the workers still hold the pipe: this returns when they have exited
+    assert worker_pids(out) == {}  # both workers are gone
+    stops = sorted({int(s) for s in re.findall(r"the launcher \(pid \d+\) is gone after step (\d+);", err)})
+    assert len(stops) == 1, err[-3000:]
+    ckpt = latest_complete(out)
+    assert ckpt.name == f"step-{stops[0]}" and 3 <= stops[0] < 400
+    assert (ckpt / "random_states_0.pkl").is_file() and (ckpt / "random_states_1.pkl").is_file()

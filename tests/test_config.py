@@ -43,7 +43,18 @@ def test_fp16_is_refused_with_a_reason():
     (dict(optim="sgd"), r"--optim 'sgd': choose from adamw, adamw8bit, paged_adamw8bit"),
     (dict(batch_size=0), r"--batch-size must be at least 1"),
     (dict(max_steps=0), r"--max-steps must be at least 1"),
-    (dict(lr=-1.0), r"--lr must be positive"),
+    (dict(lr=-1.0), r"--lr must be a positive finite number, got -1.0"),
+    (dict(lr=float("inf")), r"--lr must be a positive finite number, got inf"),
+    (dict(lr=float("nan")), r"--lr must be a positive finite number, got nan"),
+    (dict(max_grad_norm=-1.0), r"--max-grad-norm must be a positive finite number or 'none' for no clipping, got -1.0"),
+    (dict(max_grad_norm=0.0), r"--max-grad-norm must be a positive finite number"),
+    (dict(warmup_steps=-1), r"--warmup-steps must be 0 or more, got -1"),
+    (dict(weight_decay=-1.0), r"--weight-decay must be 0 or more, got -1.0"),
+    (dict(adam_beta1=1.5), r"--adam-beta1 must be in \[0, 1\), got 1.5"),
+    (dict(adam_beta2=1.0), r"--adam-beta2 must be in \[0, 1\), got 1.0"),
+    (dict(adam_eps=0.0), r"--adam-eps must be a positive finite number, got 0.0"),
+    (dict(dropout=1.5), r"--dropout must be in \[0, 1\), got 1.5"),
+    (dict(dropout=-0.1), r"--dropout must be in \[0, 1\), got -0.1"),
     (dict(cuda_graphs=True, compile=True), r"--cuda-graphs needs --compile and --bucket-multiple"),
     (dict(cuda_graphs=True, bucket_multiple=64), r"--cuda-graphs needs --compile and --bucket-multiple"),
     (dict(bias_kernel=True, attn_implementation="flex_attention"), r"--bias-kernel .* use it with --attn-implementation sdpa or eager"),
@@ -65,3 +76,26 @@ def test_kernels_preset_is_fast_plus_the_kernel_flags():
     assert (k.bucket_multiple, k.fused_norm, k.bias_kernel, k.compile, k.cuda_graphs) == (64, True, True, True, True)
     same = {f: getattr(k, f) for f in ("lr", "batch_size", "precision", "optim", "epochs", "group_by_length", "seed")}
     assert same == {f: getattr(TrainConfig(), f) for f in same}
+
+
+def test_output_dir_naming_a_file_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    for where in ("notes.txt", "notes.txt/run"):
+        with pytest.raises(ConfigError, match=rf"--output-dir .*{where}: .*notes.txt is a file, not a folder"):
+            TrainConfig(output_dir=str(tmp_path / where))
+    assert TrainConfig(output_dir=str(tmp_path / "new" / "run")).output_dir.endswith("run")  # a folder to be made is fine
+
+
+def test_accepted_edge_values():
+    c = TrainConfig(max_grad_norm=None, warmup_steps=0, weight_decay=0.0, adam_beta1=0.0, dropout=0.0)
+    assert c.max_grad_norm is None and c.dropout == 0.0
+
+
+def test_every_option_says_what_a_resume_may_do_with_it():
+    from flant5_imdb.config import FIXED, FREE, MATH, resume_kind
+
+    kinds = {f.name: resume_kind(f.name) for f in dataclasses.fields(TrainConfig)}
+    assert set(kinds.values()) == {FREE, MATH, FIXED}
+    assert {k for k, v in kinds.items() if v == FIXED} == {"model", "model_config", "tokenizer", "optim"}
+    assert kinds["lr"] == kinds["batch_size"] == kinds["bias_kernel"] == MATH  # the bias kernel drops attention dropout
+    assert kinds["compile"] == kinds["bias_lookup"] == kinds["output_dir"] == FREE

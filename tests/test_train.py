@@ -17,7 +17,7 @@ from flant5_imdb.optim import build_optimizer
 from flant5_imdb.sampler import Collator
 from flant5_imdb.tokenizer import load_tokenizer
 from flant5_imdb.train import run
-from tests.conftest import ROOT, real_data_or_skip
+from tests.conftest import ROOT, accelerate_launch, real_data_or_skip
 
 
 def tiny(tmp_path, tokenizer_dir, name="run", **kw):
@@ -181,10 +181,10 @@ def test_two_processes_match_one(tmp_path, tokenizer_dir):
     common = ["--preset", "smoke", "--tokenizer", str(tokenizer_dir), "--data", "synthetic:160", "--dropout", "0",
               "--max-steps", "6", "--grad-accum", "2", "--max-eval-samples", "32", "--log-every", "1", "--max-source-length", "64",
               "--verbalizer", "negative,great positive", "--adam-eps", "1e-4"]  # eps: see the accumulation test
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = dict(os.environ)
     two = tmp_path / "two"
     proc = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "configs" / "multi_gpu.yaml"),
+        [*accelerate_launch("--config_file", str(ROOT / "configs" / "multi_gpu.yaml")),
          "--num_processes", "2", str(ROOT / "scripts" / "train.py"), *common,
          "--batch-size", "2", "--output-dir", str(two)],
         capture_output=True, text=True, timeout=300, env=env)
@@ -220,10 +220,10 @@ def test_fsdp_config_starts_a_two_process_cpu_run(tmp_path, tokenizer_dir):
     """configs/fsdp.yaml: FSDP itself needs CUDA, so on the CPU accelerate runs gloo DDP and the run says so."""
     out = tmp_path / "fsdp"
     proc = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "configs" / "fsdp.yaml"),
+        [*accelerate_launch("--config_file", str(ROOT / "configs" / "fsdp.yaml")),
          "--num_processes", "2", str(ROOT / "scripts" / "train.py"), "--preset", "smoke", "--tokenizer", str(tokenizer_dir),
          "--data", "synthetic:160", "--max-steps", "3", "--max-eval-samples", "16", "--output-dir", str(out)],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "FSDP was asked for, but there is no CUDA: running as DistributedType.MULTI_CPU" in proc.stderr
     summary = json.loads((out / "summary.json").read_text())

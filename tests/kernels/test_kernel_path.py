@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from flant5_imdb import train as train_module
 from flant5_imdb.config import PRESETS, preset
-from flant5_imdb.train import length_buckets, run
+from flant5_imdb.kernels import step as step_module
+from flant5_imdb.kernels.step import length_buckets
+from flant5_imdb.train import run
 
 KERNEL_FLAGS = {k: v for k, v in PRESETS["kernels"].items() if k != "output_dir"}
 
@@ -56,10 +57,10 @@ def test_traced_graphed_loop_matches_eager(tmp_path, tokenizer_dir, monkeypatch,
     activation checkpointing (the `kernels-8bit-ckpt` bench row's extra flag)."""
     if torch.cuda.is_available():
         pytest.skip("the GPU test runs the real compiled path")
-    monkeypatch.setattr(train_module, "maybe_compile",
-                        functools.partial(train_module.maybe_compile, backend=counting_backend, on_cpu=True))
-    allocated, allocate = [], train_module.allocate_grads
-    monkeypatch.setattr(train_module, "allocate_grads", lambda model: allocated.append(model) or allocate(model))
+    monkeypatch.setattr(step_module, "maybe_compile",
+                        functools.partial(step_module.maybe_compile, backend=counting_backend, on_cpu=True))
+    allocated, allocate = [], step_module.allocate_grads
+    monkeypatch.setattr(step_module, "allocate_grads", lambda model: allocated.append(model) or allocate(model))
     a, b, kernels, worst = compare(tmp_path, tokenizer_dir, steps=12, kernel_extra=dict(activation_checkpointing=True),
                                    precision="fp32", batch_size=4, grad_accum=4)
     assert kernels["compiled"] is True and len(allocated) == 1
@@ -72,7 +73,7 @@ def test_traced_graphed_loop_matches_eager(tmp_path, tokenizer_dir, monkeypatch,
 
 def test_allocate_grads_gives_zeroed_grads_that_backward_adds_into():
     model = torch.nn.Linear(3, 2)
-    train_module.allocate_grads(model)
+    step_module.allocate_grads(model)
     grad = model.weight.grad
     assert torch.equal(grad, torch.zeros(2, 3))
     model(torch.ones(1, 3)).sum().backward()

@@ -19,8 +19,8 @@ from flant5_imdb.kernels.attention import (
     use_bias_kernel,
 )
 from flant5_imdb.kernels.norm import fuse_norms, rms_norm, rms_norm_reference
+from flant5_imdb.kernels.step import mark_length_dynamic
 from flant5_imdb.modeling import build_model
-from flant5_imdb.train import mark_length_dynamic
 
 
 def rel_err(out, ref):
