@@ -38,7 +38,7 @@ def model_card(summary: dict, repo: str | None = None) -> str:
     if ev:
         r = ev["report"]
         lines += [
-            f"On {ev['n']:,} reviews of the `{cfg['eval_split']}` split (`{ev['mode']}` mode):",
+            f"On {ev['n']:,} reviews ({_eval_source(summary)}, `{ev['mode']}` mode):",
             "",
             "| metric | value |", "| --- | --- |",
             f"| accuracy | {ev['accuracy']:.4f} |", f"| macro-F1 | {ev['macro_f1']:.4f} |",
@@ -120,3 +120,8 @@ def publish(final_dir: Path, summary: dict, repo: str | None, upload: bool) -> N
         raise RuntimeError(f"--push-to-hub {repo}: upload failed ({type(e).__name__}: {str(e)[:200]}); "
                            f"the model and card are in {final_dir}") from e
     logger.info("pushed %s to https://huggingface.co/%s", final_dir, repo)
+
+
+def _eval_source(summary: dict) -> str:
+    source = summary.get("eval_source") or summary["config"].get("eval_split") or "test"
+    return f"the `{source}` split" if " " not in source else source

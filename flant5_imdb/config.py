@@ -49,7 +49,10 @@ class TrainConfig:
     group_by_length: bool = _opt(True, "length-grouped batches (less padding); off = plain shuffle")
     max_train_samples: int | None = _opt(None, "train on a random subset of this many reviews")
     max_eval_samples: int | None = _opt(None, "evaluate on a random subset of this many reviews", resume=FREE)
-    eval_split: str = _opt("test", "split to evaluate on", resume=FREE)
+    eval_split: str | None = _opt(None, "split to evaluate on (default: test, else validation, else --validation-split of train)",
+                                  resume=FREE)
+    validation_split: float = _opt(0.1, "where the data has no test or validation split: the fraction of train held out "
+                                   "(seeded, stratified by label) to evaluate on; 0 = no evaluation")
     # Optimisation
     batch_size: int = _opt(8, "micro-batch per process")
     grad_accum: int = _opt(1, "micro-batches per optimizer step (effective batch = batch-size x grad-accum x processes)")
@@ -125,6 +128,7 @@ class TrainConfig:
         _check_range("adam_eps", self.adam_eps, low=0.0, low_open=True)
         _check_range("weight_decay", self.weight_decay, low=0.0)
         _check_range("warmup_steps", self.warmup_steps, low=0)
+        _check_range("validation_split", self.validation_split, low=0.0, high=1.0)
         _check_range("adam_beta1", self.adam_beta1, low=0.0, high=1.0)
         _check_range("adam_beta2", self.adam_beta2, low=0.0, high=1.0)
         if self.dropout is not None:

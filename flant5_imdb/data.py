@@ -16,6 +16,9 @@ Sources:
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import json
 import logging
 import os
 import random
@@ -27,10 +30,14 @@ from pathlib import Path
 import datasets
 from datasets import Dataset, DatasetDict
 
+from flant5_imdb.reader import BadRow, DataError, file_format, read_table, text_problem
+
+__all__ = ["BadRow", "DataError", "load_imdb", "source_splits", "hold_out", "tokenize", "target_ids", "make_synthetic"]
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_SOURCE = "stanfordnlp/imdb"
-FILE_BUILDERS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json", ".json": "json"}
+SPLITS = ("train", "test", "validation")
 LABEL_VALUES = {"0": 0, "1": 1, "neg": 0, "pos": 1, "negative": 0, "positive": 1}
 ALLOWED_LABELS = "0/1/neg/pos/negative/positive"
 # Targets the model learns to emit for label 0 and label 1. `digits` is the seed recipe's.
@@ -41,87 +48,158 @@ PROMPTS = {
     "flan": "{text}\n\nIs the sentiment of this movie review negative or positive?",
 }
 MAX_REPORTED_ROWS = 5
-
-
-class DataError(ValueError):
-    """A data source that cannot be used as given; the message names the file and rows."""
-
-
-@dataclass(frozen=True)
-class BadRow:
-    """One row that failed validation. `row` is 1-based within `where` (header excluded)."""
-
-    where: str
-    row: int | None
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.where} row {self.row}: {self.reason}" if self.row is not None else f"{self.where}: {self.reason}"
+SYNTHETIC_MIN = 10
 
 
 # --------------------------------------------------------------------------------------------
 # Loading
 
 
-def load_imdb(source: str = DEFAULT_SOURCE, *, skip_bad_rows: bool = False) -> tuple[DatasetDict, list[BadRow]]:
-    """Load `source` into a validated `DatasetDict(text, label)`.
+def load_imdb(source: str = DEFAULT_SOURCE, *, skip_bad_rows: bool = False,
+              splits: Iterable[str] | None = None) -> tuple[DatasetDict, list[BadRow]]:
+    """Load `source` into a validated `DatasetDict(text, label)`; only `splits`, if given.
 
     Returns the data and the rows dropped (always empty unless `skip_bad_rows`).
 
     Raises:
-        DataError: the source is missing or unreadable, a split lacks a column, or a row is bad
-            (empty text, a label outside 0/1/neg/pos/negative/positive, text that is not UTF-8)
-            and `skip_bad_rows` is off.
+        DataError: the source is missing, unreadable or malformed (`--data` syntax), a split lacks a
+            column, or a row is bad (empty text, a label outside 0/1/neg/pos/negative/positive, a
+            record the reader cannot take) and `skip_bad_rows` is off.
     """
     out, dropped = {}, []
-    for split, raw in _read_source(source).items():
-        ds, rows = _validate(raw.ds, raw.where, raw.bad, skip_bad_rows)
+    wanted = None if splits is None else set(splits)
+    for split, raw in _read_source(source, wanted).items():
+        ds, rows = _validate(raw, skip_bad_rows, split)
         out[split], dropped = ds, dropped + rows
     if dropped:
-        shown = "; ".join(str(r) for r in dropped[:20])
-        more = f" (and {len(dropped) - 20} more)" if len(dropped) > 20 else ""
-        logger.warning("skipped %d bad rows: %s%s", len(dropped), shown, more)
+        shown = "; ".join(str(r) for r in dropped[:MAX_REPORTED_ROWS])
+        more = f" (and {len(dropped) - MAX_REPORTED_ROWS} more)" if len(dropped) > MAX_REPORTED_ROWS else ""
+        logger.warning("--skip-bad-rows: dropped %d bad row(s): %s%s", len(dropped), shown, more)
+    if "train" in out and len(set(out["train"]["label"])) == 1:
+        logger.warning("%s: every training example has label %d: a classifier cannot learn from one class",
+                       source, out["train"][0]["label"])
     return DatasetDict(out), dropped
+
+
+def source_splits(source: str) -> list[str] | None:
+    """The splits a source holds, known without reading it (None for a Hub id: the Hub knows).
+
+    Raises:
+        DataError: malformed `--data` syntax, or a path that does not exist.
+    """
+    if _is_synthetic(source):
+        _synthetic_size(source)
+        return ["train", "test"]
+    if _is_mapping(source):
+        return list(_parse_mapping(source))
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if _is_aclimdb(path):
+            return [s for s in ("train", "test") if (path / s).is_dir()]
+        return list(_split_files(path))
+    if path.is_file():
+        return [_split_of(path)]
+    if _looks_like_path(source):
+        raise DataError(f"--data {source}: no such file or folder")
+    return None
 
 
 @dataclass
 class _RawSplit:
     ds: Dataset
     where: str  # the file or folder named in error messages
-    bad: list[BadRow]  # rows that could not even be read (aclImdb files that are not UTF-8)
+    bad: list[BadRow]  # records that could not even be read
+    unit: str = "row"  # how a record's place is named: a table's row, or a text file's line (a `_line` column)
 
 
-def _read_source(source: str) -> dict[str, _RawSplit]:
-    """Dispatch on the kind of source."""
-    if source == "synthetic" or source.startswith("synthetic:"):
-        n = int(source.split(":", 1)[1]) if ":" in source else 2000
-        return {k: _RawSplit(v, f"synthetic/{k}", []) for k, v in make_synthetic(n_train=n, n_test=max(n // 4, 50)).items()}
-    if "=" in source and not Path(source).exists():
-        files = dict(part.split("=", 1) for part in source.split(","))
-        return _read_files({split.strip(): Path(p.strip()) for split, p in files.items()})
+def _read_source(source: str, wanted: set[str] | None) -> dict[str, _RawSplit]:
+    """Dispatch on the kind of source; read only the `wanted` splits (all if None)."""
+    keep = (lambda split: True) if wanted is None else (lambda split: split in wanted)
+    if _is_synthetic(source):
+        n = _synthetic_size(source)
+        return {k: _RawSplit(v, f"synthetic/{k}", []) for k, v in make_synthetic(n_train=n, n_test=max(n // 4, 50)).items() if keep(k)}
+    if _is_mapping(source):
+        return _read_files({k: v for k, v in _parse_mapping(source).items() if keep(k)})
     path = Path(source).expanduser()
     if path.is_dir():
-        if (path / "train" / "pos").is_dir() or (path / "test" / "pos").is_dir():
-            return _read_aclimdb(path)
-        files = {p.stem: p for p in sorted(path.iterdir()) if p.suffix in FILE_BUILDERS and p.stem in {"train", "test", "validation"}}
-        if not files:
-            raise DataError(f"{path}: no train.* / test.* file (parquet, csv, jsonl) and no aclImdb layout (train/pos/)")
-        return _read_files(files)
+        if _is_aclimdb(path):
+            return _read_aclimdb(path, keep)
+        return _read_files({k: v for k, v in _split_files(path).items() if keep(k)})
     if path.is_file():
-        split = path.stem if path.stem in {"train", "test", "validation"} else "train"
-        return _read_files({split: path})
+        split = _split_of(path)
+        return _read_files({split: path} if keep(split) else {})
     if _looks_like_path(source):
-        raise DataError(f"{source}: no such file or folder")
-    return {k: _RawSplit(v, f"{source}[{k}]", []) for k, v in _read_hub(source).items()}
+        raise DataError(f"--data {source}: no such file or folder")
+    return {k: _RawSplit(v, f"{source}[{k}]", []) for k, v in _read_hub(source).items() if keep(k)}
+
+
+def _is_synthetic(source: str) -> bool:
+    return source == "synthetic" or source.startswith("synthetic:")
+
+
+def _synthetic_size(source: str) -> int:
+    if ":" not in source:
+        return 2000
+    n = source.split(":", 1)[1]
+    if not n.isdigit() or int(n) < SYNTHETIC_MIN:
+        raise DataError(f"--data {source!r}: after 'synthetic:' comes the number of training reviews, a whole number of at "
+                        f"least {SYNTHETIC_MIN} (e.g. synthetic:2000)")
+    return int(n)
+
+
+def _is_mapping(source: str) -> bool:
+    return "=" in source and not Path(source).exists()
+
+
+def _parse_mapping(source: str) -> dict[str, Path]:
+    """`train=PATH,test=PATH` (any of train, test, validation), each split once."""
+    files = {}
+    for part in source.split(","):
+        split, sep, path = part.partition("=")
+        split, path = split.strip(), path.strip()
+        if not sep or not split or not path:
+            raise DataError(f"--data {source!r}: {part.strip()!r} is not SPLIT=PATH; write e.g. train=train.csv,test=test.csv"
+                            + (" (no comma at the end)" if not part.strip() else ""))
+        if split not in SPLITS:
+            raise DataError(f"--data {source!r}: unknown split {split!r} (use {', '.join(SPLITS)})")
+        if split in files:
+            raise DataError(f"--data {source!r}: split {split!r} given twice")
+        files[split] = Path(path).expanduser()
+    return files
+
+
+def _is_aclimdb(path: Path) -> bool:
+    return any((path / s / "pos").is_dir() or (path / s / "neg").is_dir() for s in ("train", "test"))
+
+
+def _split_files(folder: Path) -> dict[str, Path]:
+    """train.* / test.* / validation.* in a folder (one per split)."""
+    files: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        split = p.name.split(".")[0]
+        if p.is_file() and split in SPLITS and file_format(p) not in (None, "txt"):
+            if split in files:
+                raise DataError(f"{folder}: two files for split '{split}' ({files[split].name}, {p.name}); keep one")
+            files[split] = p
+    if not files:
+        raise DataError(f"{folder}: no train.* / test.* file (parquet, csv, jsonl, json, optionally .gz) "
+                        "and no aclImdb layout (train/pos/, train/neg/)")
+    return files
+
+
+def _split_of(path: Path) -> str:
+    stem = path.name.split(".")[0]
+    return stem if stem in SPLITS else "train"
 
 
 def _looks_like_path(source: str) -> bool:
-    return source.startswith((".", "/", "~")) or Path(source).suffix in FILE_BUILDERS or os.sep + os.sep in source
+    return source.startswith((".", "/", "~")) or file_format(Path(source)) is not None or os.sep + os.sep in source
 
 
 def _read_hub(name: str) -> dict[str, Dataset]:
     try:
-        dsd = datasets.load_dataset(name)
+        with _quiet_datasets():
+            dsd = datasets.load_dataset(name)
     except Exception as e:  # the Hub raises many types; all mean "cannot use this source"
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise DataError(
@@ -129,7 +207,18 @@ def _read_hub(name: str) -> dict[str, Dataset]:
             "offline, pass --data with a local folder or file (parquet, csv, jsonl, or aclImdb/)"
         ) from e
     # IMDB on the Hub also has an unlabelled `unsupervised` split (label -1): not for training here.
-    return {k: v for k, v in dsd.items() if k in {"train", "test", "validation"}}
+    return {k: v for k, v in dsd.items() if k in SPLITS}
+
+
+@contextlib.contextmanager
+def _quiet_datasets():
+    """datasets logs an ERROR line of its own before raising; the error this module raises says it all."""
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
+    try:
+        yield
+    finally:
+        datasets.logging.set_verbosity(verbosity)
 
 
 def _read_files(files: dict[str, Path]) -> dict[str, _RawSplit]:
@@ -137,22 +226,60 @@ def _read_files(files: dict[str, Path]) -> dict[str, _RawSplit]:
     for split, path in files.items():
         if not path.is_file():
             raise DataError(f"{path}: no such file (split '{split}')")
-        builder = FILE_BUILDERS.get(path.suffix)
-        if builder is None:
-            raise DataError(f"{path}: unsupported file type '{path.suffix}' (use parquet, csv or jsonl)")
-        try:
-            ds = datasets.load_dataset(builder, data_files={split: str(path)}, split=split)
-        except Exception as e:
-            raise DataError(f"{path}: cannot be read as {builder} ({type(e).__name__}: {str(e)[:200]})") from e
-        out[split] = _RawSplit(ds, str(path), [])
+        kind = file_format(path)
+        if kind is None or kind == "txt":
+            raise DataError(f"{path}: unsupported file type '{''.join(path.suffixes) or path.name}' "
+                            "(use parquet, csv, jsonl or json, optionally .gz)")
+        out[split] = _read_parquet(path) if kind == "parquet" else _read_text_file(path)
     return out
 
 
-def _read_aclimdb(root: Path) -> dict[str, _RawSplit]:
+def _read_parquet(path: Path) -> _RawSplit:
+    """Through `datasets` (cached, so tokenization is too); checked with pyarrow first for a clear error."""
+    import pyarrow.parquet as pq
+
+    try:
+        pq.ParquetFile(path).schema_arrow  # noqa: B018 - reads the footer: a damaged or non-parquet file fails here
+        with _quiet_datasets():
+            ds = datasets.load_dataset("parquet", data_files={"split": str(path)}, split="split")
+    except Exception as e:
+        raise DataError(f"{path}: cannot be read as parquet ({type(e).__name__}: {str(e).strip()[:200]})") from None
+    return _RawSplit(ds, str(path), [])
+
+
+def _read_text_file(path: Path) -> _RawSplit:
+    """csv / jsonl / json (+ .gz) through the project's reader: values stay the text they are."""
+    table = read_table(path, ("text", "label"))
+    bad = list(table.bad)
+    texts, labels, lines = [], [], []
+    for text, label, line in zip(table.columns["text"], table.columns["label"], table.lines, strict=True):
+        problem = text_problem(text)
+        if problem and problem != "empty text":  # not a string at all: the reader's to report
+            bad.append(BadRow(str(path), line, problem, "line"))
+            continue
+        texts.append(text)
+        labels.append(_label_text(label))
+        lines.append(line)
+    ds = Dataset.from_dict({"text": texts, "label": labels, "_line": lines},
+                           features=datasets.Features(text=datasets.Value("string"), label=datasets.Value("string"),
+                                                      _line=datasets.Value("int64")))
+    return _RawSplit(ds, str(path), bad, table.unit)
+
+
+def _label_text(value) -> str:
+    """A label as the text it is: JSON's 1 and 1.0 become "1"; anything else keeps a readable form."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool) and float(value).is_integer():
+        return str(int(value))
+    return json.dumps(value)
+
+
+def _read_aclimdb(root: Path, keep) -> dict[str, _RawSplit]:
     """Read the original Large Movie Review Dataset layout, in (label, file id) order."""
     out = {}
     for split in ("train", "test"):
-        if not (root / split).is_dir():
+        if not (root / split).is_dir() or not keep(split):
             continue
         texts, labels, bad = [], [], []
         for label, sub in ((0, "neg"), (1, "pos")):
@@ -161,10 +288,14 @@ def _read_aclimdb(root: Path) -> dict[str, _RawSplit]:
                 raise DataError(f"{folder}: missing folder (aclImdb layout needs {split}/neg and {split}/pos)")
             for f in sorted(folder.glob("*.txt"), key=_file_id):
                 try:
-                    texts.append(f.read_bytes().decode("utf-8"))
+                    text = f.read_bytes().decode("utf-8")
                 except UnicodeDecodeError as e:
-                    bad.append(BadRow(str(f), None, f"not valid UTF-8 (byte 0x{e.object[e.start]:02x} at offset {e.start})"))
+                    bad.append(BadRow(str(f), None, f"not valid UTF-8 (byte 0x{e.object[e.start]:02x} at offset {e.start})", split=split))
                     continue
+                if not text.strip():  # named by its path, not by a row number in a folder
+                    bad.append(BadRow(str(f), None, "empty text", split=split))
+                    continue
+                texts.append(text)
                 labels.append(label)
         out[split] = _RawSplit(Dataset.from_dict({"text": texts, "label": labels}), str(root / split), bad)
     return out
@@ -179,32 +310,39 @@ def _file_id(path: Path) -> tuple[int, str]:
 # Validation
 
 
-def _validate(ds: Dataset, where: str, known_bad: list[BadRow], skip: bool) -> tuple[Dataset, list[BadRow]]:
+def _validate(raw: _RawSplit, skip: bool, split: str) -> tuple[Dataset, list[BadRow]]:
     """Check columns and every row; normalize labels to int 0/1 and keep only text and label."""
+    ds, where = raw.ds, raw.where
     missing = [c for c in ("text", "label") if c not in ds.column_names]
     if missing:
         raise DataError(f"{where}: missing column {', '.join(repr(c) for c in missing)} (found: {', '.join(ds.column_names)})")
+    lines = ds["_line"] if "_line" in ds.column_names else None
     texts, raw_labels = ds["text"], ds["label"]
-    labels, bad, good = [], list(known_bad), []
-    for i, (text, raw) in enumerate(zip(texts, raw_labels, strict=True)):
-        label = _parse_label(raw)
-        if not isinstance(text, str) or not text.strip():
-            bad.append(BadRow(where, i + 1, "empty text" if isinstance(text, str) or text is None else f"text is {type(text).__name__}"))
+    labels, bad, good = [], [], []
+    for i, (text, value) in enumerate(zip(texts, raw_labels, strict=True)):
+        label = _parse_label(value)
+        place = lines[i] if lines is not None else i + 1
+        problem = text_problem(text)
+        if problem:
+            bad.append(BadRow(where, place, problem, raw.unit))
         elif label is None:
-            bad.append(BadRow(where, i + 1, f"label {raw!r} is not one of {ALLOWED_LABELS}"))
+            bad.append(BadRow(where, place, f"label {value!r} is not one of {ALLOWED_LABELS}", raw.unit))
         else:
             good.append(i)
             labels.append(label)
+    bad = sorted(raw.bad + bad, key=lambda r: (r.row is None, r.row or 0))
+    bad = [dataclasses.replace(r, split=split) for r in bad]
     if bad and not skip:
         shown = "; ".join(str(r) for r in bad[:MAX_REPORTED_ROWS])
         raise DataError(f"{where}: {len(bad)} bad row(s): {shown}; pass --skip-bad-rows to drop them")
+    if not good:
+        reasons = "; ".join(str(r) for r in bad[:MAX_REPORTED_ROWS])
+        raise DataError(f"{where}: no usable rows" + (f" (every row is bad: {reasons})" if bad else ""))
     if len(good) != len(ds):
         ds = ds.select(good)
     ds = ds.select_columns(["text", "label"])
     if getattr(ds.features["label"], "dtype", None) != "int64" or list(ds["label"]) != labels:
         ds = ds.remove_columns("label").add_column("label", labels)
-    if not len(ds):
-        raise DataError(f"{where}: no usable rows")
     return ds.cast_column("label", datasets.Value("int64")), bad
 
 
@@ -216,6 +354,21 @@ def _parse_label(raw) -> int | None:
     if isinstance(raw, str):
         return LABEL_VALUES.get(raw.strip().lower())
     return None
+
+
+def hold_out(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """(train, validation): a seeded, label-stratified `fraction` of `ds` held out for evaluation."""
+    rng = random.Random(seed)
+    labels = ds["label"]
+    held = []
+    for label in sorted(set(labels)):
+        rows = [i for i, y in enumerate(labels) if y == label]
+        rng.shuffle(rows)
+        held += rows[: max(1, round(fraction * len(rows)))] if len(rows) > 1 else []
+    held_set = set(held)
+    if not held or len(held_set) == len(ds):
+        raise DataError(f"--validation-split {fraction}: {len(ds)} training rows are too few to hold out a validation set")
+    return ds.select([i for i in range(len(ds)) if i not in held_set]), ds.select(sorted(held))
 
 
 # --------------------------------------------------------------------------------------------

@@ -186,6 +186,7 @@ def evaluate_saved(
     precision: str = "fp32",
     output_dir: str | Path | None = None,
     seed: int = 42,
+    skip_bad_rows: bool = False,
 ) -> dict:
     """Evaluate a saved model (final/, a checkpoint, or a Hub id such as google/flan-t5-base zero-shot).
 
@@ -197,18 +198,24 @@ def evaluate_saved(
         ValueError: the model cannot be loaded.
     """
     from flant5_imdb.accel import make_accelerator
-    from flant5_imdb.data import DataError, load_imdb, subset, target_ids, tokenize
+    from flant5_imdb.data import DataError, load_imdb, source_splits, subset, target_ids, tokenize
     from flant5_imdb.modeling import load_trained
 
     for name, value in (("batch_size", batch_size), ("max_samples", max_samples)):
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    from flant5_imdb import hub
+
+    known = source_splits(data)  # only the split evaluated is read (and checked)
+    hub.preflight(hub.needs(model=model_path, data=data))
+    if known is not None and split not in known:
+        raise DataError(f"--split {split!r}: {data} has only {', '.join(known)}")
     model, tokenizer, settings = load_trained(model_path)
     verbalizer = verbalizer or settings.get("verbalizer", "digits")
     prompt = prompt if prompt is not None else settings.get("prompt")
-    raw, _ = load_imdb(data)
+    raw, skipped = load_imdb(data, splits=[split], skip_bad_rows=skip_bad_rows)
     if split not in raw:
-        raise DataError(f"--split {split!r}: {data} has only {', '.join(raw)}")
+        raise DataError(f"--split {split!r}: {data} has no such split")
     ds = tokenize(raw, tokenizer, verbalizer=verbalizer, prompt=prompt,
                   max_source_length=settings.get("max_source_length", 512))[split]
     ds = subset(ds, max_samples, seed)
@@ -216,7 +223,12 @@ def evaluate_saved(
     model = model.to(accelerator.device)
     result = evaluate(model, ds, targets=target_ids(tokenizer, verbalizer), accelerator=accelerator, mode=mode,
                       batch_size=batch_size, tokenizer=tokenizer, collator=Collator(tokenizer.pad_token_id))
-    result.update(model=model_path, data=data, split=split, verbalizer=verbalizer, prompt=prompt)
+    result.update(model=model_path, data=data, split=split, verbalizer=verbalizer, prompt=prompt, skipped_rows=len(skipped))
     if output_dir is not None and accelerator.is_main_process:
         write_report(result, Path(output_dir))
+        if skipped:
+            with open(Path(output_dir) / "skipped_rows.jsonl", "w") as f:
+                f.writelines(json.dumps(r.to_dict()) + "\n" for r in skipped)
+            logger.warning("--skip-bad-rows: %d bad row(s) left out, each listed in %s", len(skipped),
+                           Path(output_dir) / "skipped_rows.jsonl")
     return result

@@ -51,6 +51,7 @@ def build_model(
     vocab_size: int | None = None,
     attn_implementation: str = "sdpa",
     dropout: float | None = None,
+    random_init_hint: bool = False,
 ) -> T5ForConditionalGeneration:
     """`from_pretrained(model)`, or, with `model_config`, that architecture with random init.
 
@@ -69,16 +70,22 @@ def build_model(
         if not ARCHITECTURES[model_config]["tie_word_embeddings"]:
             _untie_lm_head(m)
         return m
+    if looks_like_path(model) and not Path(model).expanduser().exists():
+        raise ValueError(f"--model {model}: no such folder")
     try:
         m = T5ForConditionalGeneration.from_pretrained(model, attn_implementation=attn_implementation, dtype=torch.float32, **extra)
     except OSError as e:
-        raise ValueError(
-            f"cannot load model '{model}' ({str(e).strip().splitlines()[0][:200]}); offline, pass a local folder "
-            "with --model, or --model-config flan-t5-base for random init"
-        ) from e
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ValueError(f"cannot load model '{model}' ({first}); offline, pass a local folder with --model"
+                         + (", or --model-config flan-t5-base for random init" if random_init_hint else "")) from e
     if vocab_size is not None and vocab_size > m.config.vocab_size:
         raise ValueError(f"the tokenizer has {vocab_size} tokens but model '{model}' only {m.config.vocab_size} embeddings")
     return m
+
+
+def looks_like_path(name: str) -> bool:
+    """A folder meant, not a Hub id (`org/name`): it starts like a path or has more than one slash."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
 
 
 def source_mask(model, attention_mask: torch.Tensor) -> torch.Tensor:

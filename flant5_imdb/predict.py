@@ -8,17 +8,15 @@ The verbalizer, prompt and truncation are those the model was trained with (read
 
 from __future__ import annotations
 
-import csv
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from flant5_imdb.data import prompt_template, target_ids
 from flant5_imdb.evaluate import CLASS_NAMES, score_batch
 from flant5_imdb.modeling import load_trained
+from flant5_imdb.reader import BadRow, DataError, read_table, text_problem
 from flant5_imdb.sampler import Collator
 
 
@@ -36,8 +34,11 @@ class Prediction:
 class Classifier:
     def __init__(self, model: str, *, verbalizer: str | None = None, prompt: str | None = None,
                  max_source_length: int | None = None, batch_size: int = 32, device: str | None = None):
+        from flant5_imdb import hub
+
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        hub.preflight(hub.needs(model=model))
         self.model, self.tokenizer, settings = load_trained(model)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model.to(self.device).eval()
@@ -48,15 +49,18 @@ class Classifier:
         self.collate = Collator(pad_token_id=self.tokenizer.pad_token_id)
 
     @torch.no_grad()
-    def predict(self, texts: list[str]) -> list[Prediction]:
-        """One prediction per text, in input order.
+    def predict(self, texts: str | list[str]) -> Prediction | list[Prediction]:
+        """One prediction per text, in input order; a single string gives a single Prediction.
 
         Raises:
             InputError: a text is empty or not a string (named by its 1-based position).
         """
+        if isinstance(texts, str):
+            return self.predict([texts])[0]
         for i, t in enumerate(texts):
-            if not isinstance(t, str) or not t.strip():
-                raise InputError(f"text {i + 1} is empty")
+            problem = text_problem(t)
+            if problem:
+                raise InputError(f"text {i + 1}: {problem}")
         enc = self.tokenizer([self.template.format(text=t) for t in texts], truncation=True, max_length=self.max_source_length)
         order = sorted(range(len(texts)), key=lambda i: -len(enc["input_ids"][i]))
         out: list[Prediction | None] = [None] * len(texts)
@@ -71,46 +75,38 @@ class Classifier:
         return out
 
 
-def read_texts(path: str | None, lines: Iterable[str] | None = None) -> list[str]:
-    """Reviews from a .txt (one a line), .csv or .jsonl (a `text` column) file, or from `lines` (stdin).
+def read_texts(path: str | None, lines: Iterable[str] | None = None, *, skip_bad_rows: bool = False) -> tuple[list[str], list[BadRow]]:
+    """Reviews from a file (.txt one a line, .csv / .jsonl / .json with a `text` column, any of them
+    gzipped) or from `lines` (stdin, one a line), through the same reader as the training data;
+    blank lines are no reviews and are passed over. Returns (texts, records skipped).
 
     Everything is read and checked before anything is predicted, so a bad input produces no output.
 
     Raises:
-        InputError: naming the file and line of the first problem.
+        InputError: naming the file and line of the first problem (unless `skip_bad_rows`, for
+            records that are no usable text).
     """
-    name = path or "<stdin>"
-    if path is not None and not Path(path).is_file():
-        raise InputError(f"{path}: no such file")
-    suffix = Path(path).suffix if path else ".txt"
-    if suffix in (".txt", ""):
-        rows = list(lines) if lines is not None else Path(path).read_text(encoding="utf-8").splitlines()
-        texts = [r.rstrip("\n") for r in rows]
-        for i, t in enumerate(texts):
-            if not t.strip():
-                raise InputError(f"{name} line {i + 1}: empty review")
-        return texts
-    if suffix == ".jsonl":
-        texts = []
-        for i, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines()):
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{name} line {i + 1}: not JSON ({e.msg})") from e
-            texts.append(_text_of(row, name, f"line {i + 1}"))
-        return texts
-    if suffix == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            if "text" not in (reader.fieldnames or []):
-                raise InputError(f"{name}: no 'text' column (found: {', '.join(reader.fieldnames or [])})")
-            return [_text_of(row, name, f"row {i + 1}") for i, row in enumerate(reader)]
-    raise InputError(f"{name}: unsupported file type '{suffix}' (use .txt, .csv or .jsonl)")
-
-
-def _text_of(row, name: str, where: str) -> str:
-    if not isinstance(row, dict) or "text" not in row:
-        raise InputError(f"{name} {where}: no 'text' field")
-    if not isinstance(row["text"], str) or not row["text"].strip():
-        raise InputError(f"{name} {where}: empty review")
-    return row["text"]
+    if path is None:
+        records = [(i, line.rstrip("\r\n")) for i, line in enumerate(lines or [], start=1)]
+        table_path, unit = "<stdin>", "line"
+        texts_lines = [(n, t) for n, t in records if t.strip()]
+        bad: list[BadRow] = []
+    else:
+        try:
+            table = read_table(path, ("text",), optional=("label",))
+        except DataError as e:
+            raise InputError(str(e)) from None
+        table_path, unit, bad = table.path, table.unit, list(table.bad)
+        texts_lines = list(zip(table.lines, table.columns["text"], strict=True))
+    texts = []
+    for number, text in texts_lines:
+        problem = text_problem(text)
+        if problem:
+            bad.append(BadRow(table_path, number, problem, unit))
+        else:
+            texts.append(text)
+    bad.sort(key=lambda r: r.row or 0)
+    if bad and not skip_bad_rows:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise InputError(f"{bad[0]}{more}; pass --skip-bad-rows to leave such records out")
+    return texts, bad

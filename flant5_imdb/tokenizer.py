@@ -18,15 +18,19 @@ TRAIN_HERE = "word-level"  # --tokenizer value that trains a word-level tokenize
 SPECIALS = ["<pad>", "</s>", "<unk>"]
 
 
-def load_tokenizer(name_or_path: str):
-    """`AutoTokenizer.from_pretrained` with a one-line error when it cannot be had."""
+def load_tokenizer(name_or_path: str, hint: str = ""):
+    """`AutoTokenizer.from_pretrained` with a one-line error (ending in `hint`) when it cannot be had."""
+    from pathlib import Path
+
+    from flant5_imdb.modeling import looks_like_path
+
+    if looks_like_path(name_or_path) and not Path(name_or_path).expanduser().exists():
+        raise ValueError(f"tokenizer {name_or_path}: no such folder")
     try:
         return AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as e:
-        raise ValueError(
-            f"cannot load tokenizer '{name_or_path}' ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]}); "
-            "offline, pass --tokenizer with a local folder (or --tokenizer word-level)"
-        ) from e
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise ValueError(f"cannot load tokenizer '{name_or_path}' ({type(e).__name__}: {first}){hint}") from e
 
 
 def train_word_tokenizer(texts: Iterable[str], vocab_size: int = 2000) -> PreTrainedTokenizerFast:

@@ -32,6 +32,7 @@ from accelerate.utils import extract_model_from_parallel, gather_object, set_see
 from datasets import Dataset
 from tqdm.auto import tqdm
 
+from flant5_imdb import hub
 from flant5_imdb.accel import make_accelerator
 from flant5_imdb.card import publish
 from flant5_imdb.checkpoint import (
@@ -46,7 +47,16 @@ from flant5_imdb.checkpoint import (
     save_checkpoint,
 )
 from flant5_imdb.config import ConfigError, TrainConfig
-from flant5_imdb.data import DataError, load_imdb, subset, target_ids, texts_of, tokenize
+from flant5_imdb.data import (
+    DataError,
+    hold_out,
+    load_imdb,
+    source_splits,
+    subset,
+    target_ids,
+    texts_of,
+    tokenize,
+)
 from flant5_imdb.evaluate import evaluate, format_report, write_report
 from flant5_imdb.guards import Preempted, StepCounters, StopSignal, oom_hint
 from flant5_imdb.kernels.step import CompiledStep, apply_kernels, length_buckets
@@ -58,6 +68,7 @@ from flant5_imdb.sampler import Collator, Step, StepSampler
 from flant5_imdb.tokenizer import TRAIN_HERE, load_tokenizer, train_word_tokenizer
 
 logger = logging.getLogger(__name__)
+SKIPPED = "skipped_rows.jsonl"
 
 
 def run(cfg: TrainConfig, on_step: Callable[[TrainState, Step, torch.nn.Module], None] | None = None) -> dict:
@@ -95,6 +106,7 @@ class Job:
     tokenizer: object
     train_ds: Dataset
     eval_ds: Dataset | None
+    eval_source: str | None  # the split evaluated on, or how it was held out of train
     targets: list[list[int]]
     skipped_rows: int
     model: torch.nn.Module  # as accelerate prepared it
@@ -126,12 +138,14 @@ def setup(cfg: TrainConfig) -> Job:
     out = Path(cfg.output_dir)
     if accelerator.is_main_process:
         RunLock(out).check()  # another training there: stop now, not after loading the data
-    tokenizer, train_ds, eval_ds, skipped = load_data(cfg, accelerator)
+    hub.preflight(hub.needs(model=None if cfg.model_config else cfg.model, tokenizer=cfg.tokenizer or cfg.model, data=cfg.data,
+                            model_instead="a local folder, or --model-config flan-t5-base for random init"))
+    tokenizer, train_ds, eval_ds, eval_source, skipped = load_data(cfg, accelerator)
 
     # Model and optimizer. Seeding right before init makes the weights independent of data loading.
     set_seed(cfg.seed)
     model = build_model(cfg.model, model_config=cfg.model_config, vocab_size=len(tokenizer),
-                        attn_implementation=cfg.attn_implementation, dropout=cfg.dropout)
+                        attn_implementation=cfg.attn_implementation, dropout=cfg.dropout, random_init_hint=True)
     apply_kernels(model, cfg)
     raw_optimizer = build_optimizer(model.to(accelerator.device), cfg)
     model, optimizer = accelerator.prepare(model, raw_optimizer)
@@ -155,6 +169,7 @@ def setup(cfg: TrainConfig) -> Job:
     if resume_from is not None:
         check_compatible(read_checkpoint(resume_from), cfg.to_dict(), accelerator.num_processes, cfg.force_resume)
     job = Job(cfg=cfg, accelerator=accelerator, out=out, lock=None, tokenizer=tokenizer, train_ds=train_ds, eval_ds=eval_ds,
+              eval_source=eval_source,
               targets=target_ids(tokenizer, cfg.verbalizer), skipped_rows=len(skipped), model=model, optimizer=optimizer,
               raw_optimizer=raw_optimizer, scheduler=scheduler, step=step, sampler=sampler, collate=collate,
               state=TrainState(), resume_from=resume_from, total_steps=total_steps, started=started)
@@ -164,8 +179,9 @@ def setup(cfg: TrainConfig) -> Job:
     if accelerator.is_main_process:
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         if skipped:
-            with open(out / "skipped_rows.jsonl", "w") as f:
-                f.writelines(json.dumps({"where": r.where, "row": r.row, "reason": r.reason}) + "\n" for r in skipped)
+            with open(out / SKIPPED, "w") as f:
+                f.writelines(json.dumps(r.to_dict()) + "\n" for r in skipped)
+            logger.warning("--skip-bad-rows: %d bad row(s) left out, each listed in %s", len(skipped), out / SKIPPED)
     if cfg.report_to != "none":  # trackers take flat scalars and strings
         accelerator.init_trackers("flant5_imdb", config={k: "none" if v is None else v for k, v in cfg.to_dict().items()})
     restore(job)
@@ -175,20 +191,45 @@ def setup(cfg: TrainConfig) -> Job:
 
 
 def load_data(cfg: TrainConfig, accelerator: Accelerator):
-    """(tokenizer, train split, eval split or None, skipped rows), tokenized; every process builds the same."""
+    """(tokenizer, train split, eval split or None, where the eval split comes from, skipped rows),
+    tokenized; every process builds the same."""
+    known = source_splits(cfg.data)  # before anything is read: a split that is not there fails now
+    if cfg.eval_split and known is not None and cfg.eval_split not in known:
+        raise DataError(_no_such_split(cfg, known))
     with accelerator.main_process_first():  # the main process fills the datasets cache first
         raw, skipped = load_imdb(cfg.data, skip_bad_rows=cfg.skip_bad_rows)
         tokenizer = train_word_tokenizer(texts_of({"train": raw["train"]})) if cfg.tokenizer == TRAIN_HERE \
-            else load_tokenizer(cfg.tokenizer or cfg.model)
+            else load_tokenizer(cfg.tokenizer or cfg.model, hint="; offline, pass --tokenizer with a local folder (or --tokenizer word-level)")
         tokenized = tokenize(raw, tokenizer, verbalizer=cfg.verbalizer, prompt=cfg.prompt, max_source_length=cfg.max_source_length)
-    evaluating = cfg.final_eval or cfg.eval_every
-    if evaluating and cfg.eval_split not in tokenized:
-        raise DataError(f"--eval-split {cfg.eval_split!r}: the data has only {', '.join(tokenized)}")
     if "train" not in tokenized:
         raise DataError(f"{cfg.data}: no 'train' split (found: {', '.join(tokenized)})")
-    train_ds = subset(tokenized["train"], cfg.max_train_samples, cfg.seed)
-    eval_ds = subset(tokenized[cfg.eval_split], cfg.max_eval_samples, cfg.seed) if evaluating else None
-    return tokenizer, train_ds, eval_ds, skipped
+    train_ds, eval_ds, eval_source = choose_eval(cfg, tokenized)
+    return tokenizer, subset(train_ds, cfg.max_train_samples, cfg.seed), eval_ds, eval_source, skipped
+
+
+def choose_eval(cfg: TrainConfig, tokenized) -> tuple[Dataset, Dataset | None, str | None]:
+    """(train, eval split or None, its description): --eval-split, else test, else validation, else a
+    --validation-split of train held out (seeded, stratified by label)."""
+    train_ds = tokenized["train"]
+    if not (cfg.final_eval or cfg.eval_every):
+        return train_ds, None, None
+    if cfg.eval_split and cfg.eval_split not in tokenized:
+        raise DataError(_no_such_split(cfg, list(tokenized)))
+    split = cfg.eval_split or next((s for s in ("test", "validation") if s in tokenized), None)
+    if split:
+        return train_ds, subset(tokenized[split], cfg.max_eval_samples, cfg.seed), split
+    if not cfg.validation_split:
+        logger.warning("%s has no test or validation split and --validation-split is 0: no evaluation", cfg.data)
+        return train_ds, None, None
+    train_ds, held = hold_out(train_ds, cfg.validation_split, cfg.seed)
+    source = f"{len(held)} reviews held out of train (--validation-split {cfg.validation_split:g}, seed {cfg.seed}, stratified by label)"
+    logger.info("%s has no test or validation split: evaluating on %s; training on the other %d", cfg.data, source, len(train_ds))
+    return train_ds, subset(held, cfg.max_eval_samples, cfg.seed), source
+
+
+def _no_such_split(cfg: TrainConfig, found: list[str]) -> str:
+    return (f"--eval-split {cfg.eval_split!r}: {cfg.data} has only {', '.join(found)}; name one of these, add the split "
+            "to --data (train=PATH,test=PATH), or leave --eval-split out to hold out --validation-split of train")
 
 
 def claim_output(job: Job) -> RunLock | None:
@@ -457,7 +498,7 @@ def maybe_save(job: Job, counters: StepCounters, window: Window, force: bool) ->
 
 
 def maybe_evaluate(job: Job, log: MetricsLog) -> None:
-    if not job.cfg.eval_every or job.state.step % job.cfg.eval_every:
+    if not job.cfg.eval_every or job.state.step % job.cfg.eval_every or job.eval_ds is None:
         return
     r = evaluate_now(job)
     log.write(step=job.state.step, eval_accuracy=r["accuracy"], eval_macro_f1=r["macro_f1"], eval_loss=r["eval_loss"])
@@ -485,7 +526,7 @@ def finish(job: Job) -> dict:
     acc.wait_for_everyone()
     checksums = rank_param_checksums(acc, job.model)
     graphs, graph_skips = job.step.graphs()  # while the compiled model is alive: the graph tree goes with it
-    result = evaluate_now(job) if cfg.final_eval else None
+    result = evaluate_now(job) if cfg.final_eval and job.eval_ds is not None else None
     if cfg.save_model:
         save_final(acc, job.model, out / "final", functools.partial(export, job))
     summary = dict(
@@ -498,7 +539,7 @@ def finish(job: Job) -> dict:
         precision=cfg.precision, compiled=job.step.compiled, cuda_graphs=None if graphs is None else graphs > 0,
         cuda_graphs_recorded=graphs, cuda_graph_skips=graph_skips,
         peak_gpu_memory_gib=torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
-        skipped_rows=job.skipped_rows, last_logged_loss=job.last_loss, rank_param_checksums=checksums,
+        skipped_rows=job.skipped_rows, last_logged_loss=job.last_loss, rank_param_checksums=checksums, eval_source=job.eval_source,
         eval={k: v for k, v in result.items() if k != "predictions"} if result else None, config=cfg.to_dict(),
     )
     if acc.is_main_process:

@@ -12,24 +12,35 @@ import sys
 from flant5_imdb.config import positive_int
 from flant5_imdb.data import DataError
 from flant5_imdb.predict import Classifier, InputError, read_texts
+from flant5_imdb.reader import text_problem
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Classify IMDB-style reviews as negative or positive.")
     p.add_argument("texts", nargs="*", help="reviews (if none and no --file: one review a line on stdin)")
     p.add_argument("--model", required=True, help="a run's final/ folder, a checkpoint folder, or a Hub id")
-    p.add_argument("--file", help=".txt (one review a line), .csv or .jsonl with a 'text' column")
+    p.add_argument("--file", help=".txt (one review a line), .csv, .jsonl or .json with a 'text' column (any of them .gz)")
     p.add_argument("--jsonl", action="store_true", help="JSON lines instead of a table")
-    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32, help="reviews per forward pass (default: 32)")
+    p.add_argument("--skip-bad-rows", action="store_true",
+                   help="leave out records that are no usable text (each named on stderr) instead of stopping")
     p.add_argument("--verbalizer", default=None, help="default: the one the model was trained with")
     p.add_argument("--prompt", default=None, help="default: the one the model was trained with")
     args = p.parse_args(argv)
     try:
         if args.texts and args.file:
             raise InputError("give reviews as arguments or --file, not both")
-        texts = args.texts or read_texts(args.file, None if args.file else sys.stdin)
+        if args.texts:
+            texts, skipped = args.texts, []
+            problems = [f"review {i + 1}: {p}" for i, t in enumerate(texts) if (p := text_problem(t))]
+            if problems:
+                raise InputError(problems[0])
+        else:
+            texts, skipped = read_texts(args.file, None if args.file else sys.stdin, skip_bad_rows=args.skip_bad_rows)
+        for row in skipped:
+            print(f"skipped {row}", file=sys.stderr)
         if not texts:
-            raise InputError("no reviews given")
+            raise InputError("no reviews given" + (f" (all {len(skipped)} records were skipped)" if skipped else ""))
         preds = Classifier(args.model, verbalizer=args.verbalizer, prompt=args.prompt, batch_size=args.batch_size).predict(texts)
     except (InputError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

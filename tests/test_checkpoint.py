@@ -530,7 +530,7 @@ def test_a_failed_start_writes_nothing(tmp_path, tokenizer_dir):
     out = tmp_path / "never"
     with pytest.raises(DataError):
         run(cfg_for(tmp_path, tokenizer_dir, "never", data=str(tmp_path / "missing.csv")))
-    with pytest.raises(ValueError, match="cannot load model"):
+    with pytest.raises(ValueError, match="no-model: no such folder"):
         run(cfg_for(tmp_path, tokenizer_dir, "never", model_config=None, model=str(tmp_path / "no-model")))
     with pytest.raises(CheckpointError):
         run(cfg_for(tmp_path, tokenizer_dir, "never", resume=str(tmp_path / "no-checkpoint")))

@@ -92,10 +92,10 @@ def test_aclimdb_invalid_utf8_names_the_file(tmp_path):
 @pytest.mark.parametrize(
     "rows, message",
     [
-        ([("ok", 1), ("", 0), ("fine", 1)], r"train\.csv: 1 bad row\(s\): .*train\.csv row 2: empty text"),
-        ([("ok", 1), ("fine", 0), ("   \n", 1)], r"row 3: empty text"),
-        ([("ok", 1), ("bad label", 5)], r"row 2: label 5 is not one of 0/1/neg/pos/negative/positive"),
-        ([("ok", "pos"), ("bad label", "maybe")], r"row 2: label 'maybe' is not one of"),
+        ([("ok", 1), ("", 0), ("fine", 1)], r"train\.csv: 1 bad row\(s\): .*train\.csv line 3: empty text"),
+        ([("ok", 1), ("fine", 0), ("   \n", 1)], r"train\.csv line 4: empty text"),  # the line where the record starts
+        ([("ok", 1), ("bad label", 5)], r"line 3: label '5' is not one of 0/1/neg/pos/negative/positive"),
+        ([("ok", "pos"), ("bad label", "maybe")], r"line 3: label 'maybe' is not one of"),
     ],
 )
 def test_bad_rows_are_errors_naming_file_and_row(tmp_path, rows, message):
@@ -121,7 +121,7 @@ def test_first_five_bad_rows_listed(tmp_path):
 
 def test_missing_column(tmp_path):
     path = write(tmp_path / "train.csv", [("x", 1)], "csv", columns=("review", "label"))
-    with pytest.raises(DataError, match=r"train\.csv: missing column 'text' \(found: review, label\)"):
+    with pytest.raises(DataError, match=r"train\.csv: no 'text' column \(found: review, label\)"):
         load_imdb(str(path))
 
 

@@ -33,8 +33,13 @@ def test_tiny_vocab_grows_to_fit_the_tokenizer_and_dropout_applies():
 
 
 def test_missing_weights_give_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="cannot load model .*--model-config flan-t5-base for random init"):
+    with pytest.raises(ValueError, match=r"^--model .*no-such-model: no such folder$"):
         build_model(str(tmp_path / "no-such-model"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"cannot load model .*empty.*--model-config flan-t5-base for random init"):
+        build_model(str(tmp_path / "empty"), random_init_hint=True)
+    with pytest.raises(ValueError, match=r"cannot load model .*empty.*with --model$"):  # evaluate/predict have no --model-config
+        build_model(str(tmp_path / "empty"))
     with pytest.raises(ValueError, match="choose from flan-t5-base, tiny"):
         build_model("x", model_config="huge", vocab_size=10)
 

@@ -50,8 +50,8 @@ def test_every_input_form_gives_the_same_predictions(final, tmp_path):
     (tmp_path / "r.csv").write_text("id,text\n1," + reviews[0] + "\n2," + reviews[1] + "\n")
     (tmp_path / "r.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in reviews))
     for name in ("r.txt", "r.csv", "r.jsonl"):
-        assert read_texts(str(tmp_path / name)) == reviews, name
-    assert read_texts(None, iter(r + "\n" for r in reviews)) == reviews  # stdin
+        assert read_texts(str(tmp_path / name)) == (reviews, []), name
+    assert read_texts(None, iter(r + "\n" for r in reviews)) == (reviews, [])  # stdin
     expected = [p.label_name for p in Classifier(str(model_dir)).predict(reviews)]
     assert expected == ["positive", "negative"]
     # The script end to end: a file as JSON lines, stdin as a table.
@@ -63,25 +63,42 @@ def test_every_input_form_gives_the_same_predictions(final, tmp_path):
 
 
 @pytest.mark.parametrize("name, content, message", [
-    ("bad.txt", "fine film\n\nanother\n", r"bad.txt line 2: empty review"),
+    ("bad.txt", "fine film\ncaf\xe9\n".encode("latin-1"), r"bad.txt line 2: not UTF-8 \(byte 0xe9 at offset 13\)"),
     ("bad.csv", "review\nfine\n", r"bad.csv: no 'text' column \(found: review\)"),
-    ("bad.jsonl", '{"text": "ok"}\n{"txt": "x"}\n', r"bad.jsonl line 2: no 'text' field"),
-    ("bad.jsonl", '{"text": "ok"}\nnot json\n', r"bad.jsonl line 2: not JSON"),
+    ("bad.jsonl", '{"text": "ok"}\n{"txt": "x"}\n', r"bad.jsonl line 2: no 'text' field \(found: txt\)"),
+    ("bad.jsonl", '{"text": "ok"}\nnot json\n', r"bad.jsonl line 2: invalid JSON \(Expecting value at column 1\)"),
+    ("bad.jsonl", '{"text": 5}\n', r"bad.jsonl line 1: the text is a number \(5\), not a string"),
     ("bad.tsv", "x\n", r"unsupported file type '.tsv'"),
 ])
 def test_malformed_input_is_rejected_naming_the_line(tmp_path, name, content, message):
     path = tmp_path / name
-    path.write_text(content)
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
     with pytest.raises(InputError, match=message):
         read_texts(str(path))
 
 
+def test_blank_lines_are_no_reviews_and_bad_records_can_be_skipped(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text('{"text": "good film"}\n\n{"text": ""}\nnot json\n{"text": "bad film"}\n')
+    texts, skipped = read_texts(str(path), skip_bad_rows=True)
+    assert texts == ["good film", "bad film"]
+    assert [(r.row, r.reason.split(" (")[0]) for r in skipped] == [(3, "empty text"), (4, "invalid JSON")]
+
+
+def test_classifier_takes_one_string_or_a_list(final):
+    clf = Classifier(str(final[0]))
+    one = clf.predict("the film was wonderful and superb and great.")
+    assert one == clf.predict(["the film was wonderful and superb and great."])[0] and one.label_name == "positive"
+    with pytest.raises(InputError, match="text 2: the text is a number"):
+        clf.predict(["fine", 7])
+
+
 def test_malformed_input_gives_one_line_and_no_partial_output(final, tmp_path):
-    path = tmp_path / "mixed.txt"
-    path.write_text("a great film\n\nawful\n")  # line 1 is fine: nothing may be printed for it
+    path = tmp_path / "mixed.jsonl"
+    path.write_text('{"text": "a great film"}\n{"text": "  "}\n')  # line 1 is fine: nothing may be printed for it
     proc = run_script("--model", str(final[0]), "--file", str(path))
     assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr.strip().splitlines() == [f"error: {path} line 2: empty review"]
+    assert proc.stderr.strip().splitlines() == [f"error: {path} line 2: empty text; pass --skip-bad-rows to leave such records out"]
 
 
 def test_evaluate_script_writes_the_report(final, tmp_path):

@@ -163,7 +163,7 @@ def test_script_reports_user_errors_in_one_line(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "--preset", "smoke", "--data", str(bad),
                            "--output-dir", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {bad}: 1 bad row(s): {bad} row 2: empty text")
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {bad}: 1 bad row(s): {bad} line 3: empty text")
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "--precision", "fp16"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "fp16 is refused" in proc.stderr
