@@ -34,13 +34,11 @@ import torch
 
 from bench.flops import train_flops
 from flant5_imdb.config import preset
-from flant5_imdb.data import load_imdb, target_ids, tokenize
+from flant5_imdb.data import Collator, load_imdb, target_ids, tokenize
 from flant5_imdb.evaluate import evaluate
 from flant5_imdb.guards import OutOfMemory, Preempted
-from flant5_imdb.kernels.attention import use_bias_kernel
-from flant5_imdb.kernels.norm import fuse_norms
+from flant5_imdb.kernels.step import apply_kernels
 from flant5_imdb.modeling import build_model
-from flant5_imdb.sampler import Collator
 from flant5_imdb.tokenizer import TRAIN_HERE, load_tokenizer, train_word_tokenizer
 from flant5_imdb.train import run
 
@@ -242,7 +240,7 @@ def measure_trainer(args, data: BenchData, peak, out_dir: Path) -> dict:
 
     def collator(rows):
         pending.append([len(r["input_ids"]) for r in rows])  # the Trainer fetches one batch per step here
-        return collate([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
+        return collate(rows)
 
     class Timer(TrainerCallback):
         def on_step_end(self, a, state, control, **kw):
@@ -326,8 +324,7 @@ def measure_eval(args, data: BenchData, on_row=None) -> list[dict]:
         try:
             with time_limit(args.row_limit, f"eval {mode}"):
                 if kernels:
-                    use_bias_kernel(model)
-                    fuse_norms(model)
+                    apply_kernels(model, preset("kernels"))
                 kw = dict(targets=targets, accelerator=acc, mode=mode, batch_size=batch, tokenizer=data.tokenizer)
                 evaluate(model, ds.select(range(min(2 * batch, len(ds)))), **kw)  # warm-up (and compilation)
                 sync()

@@ -10,13 +10,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from flant5_imdb.data import verbalize
+
 logger = logging.getLogger(__name__)
 
 
 def model_card(summary: dict, repo: str | None = None) -> str:
     cfg, ev = summary["config"], summary.get("eval")
     base = cfg["model"] if not cfg.get("model_config") else f"{cfg['model_config']} architecture, random init"
-    effective = cfg["batch_size"] * cfg["grad_accum"] * summary["processes"]
+    effective = summary["effective_batch"]
     lines = [
         "---",
         "license: apache-2.0",
@@ -91,8 +93,6 @@ def model_card(summary: dict, repo: str | None = None) -> str:
 
 
 def _targets(verbalizer: str) -> str:
-    from flant5_imdb.data import verbalize
-
     neg, pos = verbalize(verbalizer)
     return f"`{neg}` for negative and `{pos}` for positive"
 

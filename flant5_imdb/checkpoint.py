@@ -299,18 +299,3 @@ def load_checkpoint(accelerator: Accelerator, path: Path) -> TrainState:
         if any(not torch.equal(a, b) for a, b in zip(restored, saved["torch_cuda_manual_seed"], strict=False)):
             raise CheckpointError(f"{path}: the CUDA RNG state was not restored from {rng_file.name}")
     return TrainState(**read_checkpoint(path)["state"])
-
-
-def restore_sampler(sampler, saved: dict, force: bool) -> None:
-    """Put the sampler where the checkpoint left it. With --force-resume and another batch geometry,
-    the epoch in progress continues at the same fraction (its order within the epoch changes)."""
-    try:
-        sampler.load_state_dict(saved)
-    except ValueError as e:
-        if not force:
-            raise CheckpointError(f"cannot resume the data order: {e}") from e
-        fraction = saved["position"] * saved["global_batch"] / saved["n"]
-        sampler.set_epoch(saved["epoch"])
-        sampler.position = min(round(fraction * sampler.steps_per_epoch), sampler.steps_per_epoch)
-        logger.warning("--force-resume: %s; continuing epoch %d at step %d of %d", e, saved["epoch"],
-                       sampler.position, sampler.steps_per_epoch)

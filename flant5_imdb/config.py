@@ -184,7 +184,7 @@ PRESETS: dict[str, dict] = {
     ),
     # `fast` plus the kernel path (flant5_imdb.kernels): length buckets of 64, fused RMSNorm, the
     # relative-bias attention kernel, torch.compile with CUDA graphs. Off CUDA every flag falls
-    # back to eager PyTorch. Not the default until the GPU bench has measured it (issue 6).
+    # back to eager PyTorch. Not the default until the GPU bench has measured it (bench/NOTES.md).
     "kernels": dict(bucket_multiple=64, fused_norm=True, bias_kernel=True, compile=True, cuda_graphs=True,
                     output_dir="runs/kernels"),
     # A tiny random-init T5 on generated reviews: trains offline on a laptop CPU in about a minute.

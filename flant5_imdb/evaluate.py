@@ -27,8 +27,10 @@ from datasets import Dataset
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
 from tqdm.auto import tqdm
 
-from flant5_imdb.modeling import source_mask
-from flant5_imdb.sampler import Collator
+from flant5_imdb import hub
+from flant5_imdb.accel import make_accelerator
+from flant5_imdb.data import Collator, DataError, load_imdb, source_splits, subset, target_ids, tokenize
+from flant5_imdb.modeling import load_trained, source_mask
 
 logger = logging.getLogger(__name__)
 CLASS_NAMES = ("negative", "positive")
@@ -107,7 +109,7 @@ def evaluate(
     batches = _batches(ds, batch_size, accelerator.process_index, accelerator.num_processes)
     for idx in tqdm(batches, desc=f"eval ({mode})", disable=not accelerator.is_local_main_process, leave=False):
         ex = ds[idx]
-        batch = collator([{"input_ids": a, "labels": b} for a, b in zip(ex["input_ids"], ex["labels"], strict=True)])
+        batch = collator.from_columns(ex)
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         with accelerator.autocast():
             if mode == "score":
@@ -197,27 +199,20 @@ def evaluate_saved(
         DataError: the data or split is unusable.
         ValueError: the model cannot be loaded.
     """
-    from flant5_imdb.accel import make_accelerator
-    from flant5_imdb.data import DataError, load_imdb, source_splits, subset, target_ids, tokenize
-    from flant5_imdb.modeling import load_trained
-
     for name, value in (("batch_size", batch_size), ("max_samples", max_samples)):
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    from flant5_imdb import hub
-
     known = source_splits(data)  # only the split evaluated is read (and checked)
     hub.preflight(hub.needs(model=model_path, data=data))
     if known is not None and split not in known:
         raise DataError(f"--split {split!r}: {data} has only {', '.join(known)}")
-    model, tokenizer, settings = load_trained(model_path)
-    verbalizer = verbalizer or settings.get("verbalizer", "digits")
-    prompt = prompt if prompt is not None else settings.get("prompt")
+    model, tokenizer, settings = load_trained(model_path, verbalizer=verbalizer, prompt=prompt)
+    verbalizer, prompt = settings["verbalizer"], settings["prompt"]
     raw, skipped = load_imdb(data, splits=[split], skip_bad_rows=skip_bad_rows)
     if split not in raw:
         raise DataError(f"--split {split!r}: {data} has no such split")
     ds = tokenize(raw, tokenizer, verbalizer=verbalizer, prompt=prompt,
-                  max_source_length=settings.get("max_source_length", 512))[split]
+                  max_source_length=settings["max_source_length"])[split]
     ds = subset(ds, max_samples, seed)
     accelerator = make_accelerator(precision)
     model = model.to(accelerator.device)

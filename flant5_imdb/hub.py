@@ -17,6 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from flant5_imdb.data import source_splits
+from flant5_imdb.reader import looks_like_path
+from flant5_imdb.tokenizer import TRAIN_HERE
+
 logger = logging.getLogger(__name__)
 
 
@@ -90,8 +94,6 @@ def go_offline() -> None:
 
 def hub_id(name: str | None) -> str | None:
     """`name` if it is a Hub id (not a local file or folder, not a path-like string), else None."""
-    from flant5_imdb.modeling import looks_like_path
-
     if not name or Path(name).expanduser().exists() or looks_like_path(name):
         return None
     return name
@@ -100,9 +102,6 @@ def hub_id(name: str | None) -> str | None:
 def needs(*, model: str | None = None, tokenizer: str | None = None, data: str | None = None,
           model_instead: str = "a local folder") -> list[Need]:
     """What of `model`, `tokenizer` (default: the model's) and `data` would come from the Hub."""
-    from flant5_imdb.data import source_splits
-    from flant5_imdb.tokenizer import TRAIN_HERE
-
     found = []
     if hub_id(model):
         found.append(Need("--model", model, "model", model_instead))

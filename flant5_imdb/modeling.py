@@ -16,6 +16,9 @@ from accelerate.utils import extract_model_from_parallel
 from transformers import T5Config, T5ForConditionalGeneration
 from transformers.models.t5.modeling_t5 import T5Attention
 
+from flant5_imdb.reader import looks_like_path
+from flant5_imdb.tokenizer import load_tokenizer
+
 logger = logging.getLogger(__name__)
 
 ARCHITECTURES = {
@@ -83,11 +86,6 @@ def build_model(
     return m
 
 
-def looks_like_path(name: str) -> bool:
-    """A folder meant, not a Hub id (`org/name`): it starts like a path or has more than one slash."""
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
-
-
 def source_mask(model, attention_mask: torch.Tensor) -> torch.Tensor:
     """The [B, L] source padding mask in the 4D form [B, 1, 1, L] that transformers takes as it is.
 
@@ -148,17 +146,22 @@ def save_settings(path: str | Path, *, verbalizer: str, prompt: str | None, max_
         {"verbalizer": verbalizer, "prompt": prompt, "max_source_length": max_source_length}, indent=2))
 
 
-def load_trained(path: str):
-    """A saved model (a run's final/, a checkpoint folder, or a Hub id), its tokenizer, and the
-    settings it was trained with ({} where there are none, as for a Hub model).
+def load_trained(path: str, *, verbalizer: str | None = None, prompt: str | None = None,
+                 max_source_length: int | None = None):
+    """A saved model (a run's final/, a checkpoint folder, or a Hub id), its tokenizer, and its settings.
+
+    The settings are the ones it was trained with (`flant5_imdb.json` beside it), each replaced by
+    the argument where one is given, and the defaults where neither is (a Hub model has none):
+    `{"verbalizer", "prompt", "max_source_length"}`.
 
     Raises:
         ValueError: the model or tokenizer cannot be loaded.
     """
-    from flant5_imdb.tokenizer import load_tokenizer
-
     model = build_model(path)
     tokenizer = load_tokenizer(path)
     settings_file = Path(path, SETTINGS_FILE)
-    settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
+    saved = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
+    settings = {"verbalizer": verbalizer or saved.get("verbalizer", "digits"),
+                "prompt": prompt if prompt is not None else saved.get("prompt"),
+                "max_source_length": max_source_length or saved.get("max_source_length", 512)}
     return model, tokenizer, settings

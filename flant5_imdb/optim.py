@@ -11,8 +11,6 @@ from __future__ import annotations
 import torch
 from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 
-from flant5_imdb.config import TrainConfig
-
 NO_DECAY = ("layer_norm", "bias")
 
 
@@ -32,10 +30,12 @@ def embedding_params(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return list({id(p): p for p in out}.values())
 
 
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay)
-    kw = dict(lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
-    if cfg.optim == "adamw":
+def build_optimizer(model: torch.nn.Module, name: str, *, lr: float, betas: tuple[float, float], eps: float,
+                    weight_decay: float) -> torch.optim.Optimizer:
+    """`name` is adamw, adamw8bit or paged_adamw8bit (see the module's doc)."""
+    groups = param_groups(model, weight_decay)
+    kw = dict(lr=lr, betas=betas, eps=eps)
+    if name == "adamw":
         device = next(model.parameters()).device
         fused = device.type in ("cuda", "cpu", "xpu", "mps")  # torch has fused AdamW kernels there
         return torch.optim.AdamW(groups, fused=fused, **kw)
@@ -46,12 +46,18 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
     manager = bnb.optim.GlobalOptimManager.get_instance()
     manager.initialize()
     manager.override_config(embedding_params(model), "optim_bits", 32)
-    cls = {"adamw8bit": bnb.optim.AdamW8bit, "paged_adamw8bit": bnb.optim.PagedAdamW8bit}[cfg.optim]
+    cls = {"adamw8bit": bnb.optim.AdamW8bit, "paged_adamw8bit": bnb.optim.PagedAdamW8bit}[name]
     return cls(groups, **kw)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
-    """Linear decay to 0 at `total_steps` (the seed's), or constant; both after `warmup_steps`."""
-    if cfg.schedule == "linear":
-        return get_linear_schedule_with_warmup(optimizer, cfg.warmup_steps, total_steps)
-    return get_constant_schedule_with_warmup(optimizer, cfg.warmup_steps)
+def build_scheduler(optimizer: torch.optim.Optimizer, schedule: str, warmup_steps: int, total_steps: int):
+    """`linear`: decay to 0 at `total_steps` (the seed's), or `constant`; both after `warmup_steps`."""
+    if schedule == "linear":
+        return get_linear_schedule_with_warmup(optimizer, warmup_steps, total_steps)
+    return get_constant_schedule_with_warmup(optimizer, warmup_steps)
+
+
+def optimizer_from(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
+    """`build_optimizer` with a TrainConfig's options."""
+    return build_optimizer(model, cfg.optim, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
+                           weight_decay=cfg.weight_decay)

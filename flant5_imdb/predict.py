@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import torch
 
-from flant5_imdb.data import prompt_template, target_ids
+from flant5_imdb import hub
+from flant5_imdb.data import Collator, prompt_template, target_ids
 from flant5_imdb.evaluate import CLASS_NAMES, score_batch
 from flant5_imdb.modeling import load_trained
 from flant5_imdb.reader import BadRow, DataError, read_table, text_problem
-from flant5_imdb.sampler import Collator
 
 
 class InputError(ValueError):
@@ -34,17 +34,16 @@ class Prediction:
 class Classifier:
     def __init__(self, model: str, *, verbalizer: str | None = None, prompt: str | None = None,
                  max_source_length: int | None = None, batch_size: int = 32, device: str | None = None):
-        from flant5_imdb import hub
-
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         hub.preflight(hub.needs(model=model))
-        self.model, self.tokenizer, settings = load_trained(model)
+        self.model, self.tokenizer, settings = load_trained(model, verbalizer=verbalizer, prompt=prompt,
+                                                            max_source_length=max_source_length)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model.to(self.device).eval()
-        self.targets = target_ids(self.tokenizer, verbalizer or settings.get("verbalizer", "digits"))
-        self.template = prompt_template(prompt if prompt is not None else settings.get("prompt"))
-        self.max_source_length = max_source_length or settings.get("max_source_length", 512)
+        self.targets = target_ids(self.tokenizer, settings["verbalizer"])
+        self.template = prompt_template(settings["prompt"])
+        self.max_source_length = settings["max_source_length"]
         self.batch_size = batch_size
         self.collate = Collator(pad_token_id=self.tokenizer.pad_token_id)
 

@@ -66,6 +66,11 @@ class Table:
         return len(self.lines)
 
 
+def looks_like_path(name: str) -> bool:
+    """A folder or file meant, not a Hub id (`org/name`): it starts like a path or has more than one slash."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+
+
 def file_format(path: Path) -> str | None:
     """csv, jsonl, json, txt or parquet from the name (a `.gz` after it allowed); None if none of these."""
     suffixes = [s.lower() for s in path.suffixes]

@@ -1,4 +1,4 @@
-"""Which examples each optimizer step sees, on each rank, and how they are padded.
+"""Which examples each optimizer step sees, on each rank.
 
 `StepSampler` plans a whole epoch at once, identically on every rank (it depends only on the
 seed, the epoch and the lengths), then hands each rank its share of every optimizer step:
@@ -16,11 +16,13 @@ loop then runs a zero-weight filler so that every rank still takes part in every
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,6 @@ class StepSampler:
         seed: int = 0,
         group_by_length: bool = True,
         mega_batch_steps: int = 50,
-        shuffle: bool = True,
     ):
         if batch_size < 1 or grad_accum < 1 or num_replicas < 1 or not 0 <= rank < num_replicas:
             raise ValueError(f"bad sampler geometry: batch_size={batch_size} grad_accum={grad_accum} rank={rank}/{num_replicas}")
@@ -59,7 +60,7 @@ class StepSampler:
         self.lengths = np.asarray(lengths)
         self.batch_size, self.grad_accum = batch_size, grad_accum
         self.num_replicas, self.rank = num_replicas, rank
-        self.seed, self.group_by_length, self.shuffle = seed, group_by_length, shuffle
+        self.seed, self.group_by_length = seed, group_by_length
         self.mega_batch_steps = mega_batch_steps
         self.epoch, self.position = 0, 0
 
@@ -79,13 +80,13 @@ class StepSampler:
         """The global index list of every optimizer step of `epoch` (the same on all ranks)."""
         n, g = len(self.lengths), self.global_batch
         rng = np.random.default_rng([self.seed, epoch])
-        order = rng.permutation(n) if self.shuffle else np.arange(n)
+        order = rng.permutation(n)
         if self.group_by_length:
             mega = g * self.mega_batch_steps
             chunks = [order[i : i + mega] for i in range(0, n, mega)]
             order = np.concatenate([c[np.argsort(-self.lengths[c], kind="stable")] for c in chunks])
         steps = [order[i : i + g] for i in range(0, n, g)]
-        if self.shuffle and self.group_by_length:
+        if self.group_by_length:
             # Shuffle the full steps so that lengths do not drift across the epoch; the short one stays last.
             full = len(steps) if len(steps[-1]) == g else len(steps) - 1
             perm = rng.permutation(full)
@@ -126,48 +127,21 @@ class StepSampler:
                 raise ValueError(f"sampler state was saved with {key}={state[key]}, this run has {key}={mine[key]}")
         self.epoch, self.position = state["epoch"], state["position"]
 
+    def restore(self, state: dict, force: bool) -> None:
+        """Continue where `state` (a checkpoint's) left off. With `force` and another batch geometry
+        (--force-resume), the epoch in progress continues at the same fraction (its order within the
+        epoch changes).
 
-@dataclass(frozen=True)
-class Collator:
-    """Pads a list of tokenized examples into a batch of tensors.
-
-    Sources are padded to the longest in the batch rounded up to `pad_to_multiple_of`, or to the
-    smallest of `buckets` that fits, or (`max_length`) always to that length, as the seed recipe
-    did with 512. Labels are padded with -100, which the loss ignores; `mask_labels` sets them all
-    to -100 (a filler micro-batch that contributes nothing to the gradient).
-    """
-
-    pad_token_id: int = 0
-    pad_to_multiple_of: int | None = 8
-    buckets: tuple[int, ...] | None = None
-    max_length: int | None = None
-
-    def source_length(self, longest: int) -> int:
-        if self.max_length is not None:
-            if longest > self.max_length:
-                raise ValueError(f"a source of {longest} tokens does not fit max_length={self.max_length}")
-            return self.max_length
-        if self.buckets:
-            for b in sorted(self.buckets):
-                if b >= longest:
-                    return b
-            raise ValueError(f"a source of {longest} tokens is longer than the largest bucket {max(self.buckets)}")
-        m = self.pad_to_multiple_of or 1
-        return -(-longest // m) * m
-
-    def __call__(self, examples: list[dict], mask_labels: bool = False) -> dict[str, torch.Tensor]:
-        src_len = self.source_length(max(len(e["input_ids"]) for e in examples))
-        tgt_len = max(len(e["labels"]) for e in examples)
-        # Filled in numpy, then shared with torch: row assignment from Python lists costs a third of
-        # what torch's per-row indexing does, and this runs on the host once per micro-batch.
-        input_ids = np.full((len(examples), src_len), self.pad_token_id, dtype=np.int64)
-        attention_mask = np.zeros((len(examples), src_len), dtype=np.int64)
-        labels = np.full((len(examples), tgt_len), -100, dtype=np.int64)
-        for i, e in enumerate(examples):
-            n = len(e["input_ids"])
-            input_ids[i, :n] = e["input_ids"]
-            attention_mask[i, :n] = 1
-            if not mask_labels:
-                labels[i, : len(e["labels"])] = e["labels"]
-        return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention_mask),
-                "labels": torch.from_numpy(labels)}
+        Raises:
+            ValueError: the geometry differs and `force` is off.
+        """
+        try:
+            self.load_state_dict(state)
+        except ValueError as e:
+            if not force:
+                raise
+            fraction = state["position"] * state["global_batch"] / state["n"]
+            self.set_epoch(state["epoch"])
+            self.position = min(round(fraction * self.steps_per_epoch), self.steps_per_epoch)
+            logger.warning("--force-resume: %s; continuing epoch %d at step %d of %d", e, state["epoch"],
+                           self.position, self.steps_per_epoch)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable
+from pathlib import Path
 
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from flant5_imdb.data import VERBALIZERS
+from flant5_imdb.reader import looks_like_path
 
 TRAIN_HERE = "word-level"  # --tokenizer value that trains a word-level tokenizer on the training texts
 SPECIALS = ["<pad>", "</s>", "<unk>"]
@@ -20,10 +22,6 @@ SPECIALS = ["<pad>", "</s>", "<unk>"]
 
 def load_tokenizer(name_or_path: str, hint: str = ""):
     """`AutoTokenizer.from_pretrained` with a one-line error (ending in `hint`) when it cannot be had."""
-    from pathlib import Path
-
-    from flant5_imdb.modeling import looks_like_path
-
     if looks_like_path(name_or_path) and not Path(name_or_path).expanduser().exists():
         raise ValueError(f"tokenizer {name_or_path}: no such folder")
     try:

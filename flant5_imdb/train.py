@@ -36,6 +36,7 @@ from flant5_imdb import hub
 from flant5_imdb.accel import make_accelerator
 from flant5_imdb.card import publish
 from flant5_imdb.checkpoint import (
+    CheckpointError,
     TrainState,
     apply_hyperparameters,
     check_compatible,
@@ -43,11 +44,11 @@ from flant5_imdb.checkpoint import (
     load_checkpoint,
     read_checkpoint,
     resolve_resume,
-    restore_sampler,
     save_checkpoint,
 )
 from flant5_imdb.config import ConfigError, TrainConfig
 from flant5_imdb.data import (
+    Collator,
     DataError,
     hold_out,
     load_imdb,
@@ -61,10 +62,10 @@ from flant5_imdb.evaluate import evaluate, format_report, write_report
 from flant5_imdb.guards import Preempted, StepCounters, StopSignal, oom_hint
 from flant5_imdb.kernels.step import CompiledStep, apply_kernels, length_buckets
 from flant5_imdb.modeling import build_model, save_settings, source_mask
-from flant5_imdb.optim import build_optimizer, build_scheduler
+from flant5_imdb.optim import build_scheduler, optimizer_from
 from flant5_imdb.plots import plot_run
 from flant5_imdb.rundir import METRICS, RunLock, claim, truncate_metrics
-from flant5_imdb.sampler import Collator, Step, StepSampler
+from flant5_imdb.sampler import Step, StepSampler
 from flant5_imdb.tokenizer import TRAIN_HERE, load_tokenizer, train_word_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -147,7 +148,7 @@ def setup(cfg: TrainConfig) -> Job:
     model = build_model(cfg.model, model_config=cfg.model_config, vocab_size=len(tokenizer),
                         attn_implementation=cfg.attn_implementation, dropout=cfg.dropout, random_init_hint=True)
     apply_kernels(model, cfg)
-    raw_optimizer = build_optimizer(model.to(accelerator.device), cfg)
+    raw_optimizer = optimizer_from(model.to(accelerator.device), cfg)
     model, optimizer = accelerator.prepare(model, raw_optimizer)
     # Compiled after prepare: accelerate keeps tracking (and checkpointing) the plain module, whose
     # parameters the compiled one shares, so state dicts carry no `_orig_mod.` prefix.
@@ -159,7 +160,7 @@ def setup(cfg: TrainConfig) -> Job:
     total_steps = cfg.max_steps or cfg.epochs * sampler.steps_per_epoch
     # Not prepared by accelerate (a prepared scheduler steps once per process per step), but
     # registered, so that save_state/load_state carry it.
-    scheduler = build_scheduler(optimizer, cfg, total_steps)
+    scheduler = build_scheduler(optimizer, cfg.schedule, cfg.warmup_steps, total_steps)
     accelerator.register_for_checkpointing(scheduler)
     collate = Collator(pad_token_id=tokenizer.pad_token_id, pad_to_multiple_of=cfg.pad_to_multiple_of,
                        buckets=length_buckets(cfg.bucket_multiple, cfg.max_source_length) if cfg.bucket_multiple else None,
@@ -259,7 +260,10 @@ def restore(job: Job) -> None:
     else:
         job.state = load_checkpoint(job.accelerator, job.resume_from)
         apply_hyperparameters(job.optimizer, job.scheduler, job.cfg)  # --force-resume's new values (or the same ones)
-        restore_sampler(job.sampler, job.state.sampler, job.cfg.force_resume)
+        try:
+            job.sampler.restore(job.state.sampler, job.cfg.force_resume)
+        except ValueError as e:
+            raise CheckpointError(f"cannot resume the data order: {e}") from e
         logger.info("resumed from %s at step %d (epoch %d)", job.resume_from, job.state.step, job.state.epoch)
     job.samples_at_start = job.state.samples_seen
     if job.accelerator.is_main_process:
@@ -384,8 +388,7 @@ def micro_batch(ds, indices: list[int], collate: Collator, filler) -> dict[str, 
     """Collate `indices`; an empty slot becomes one example with every label masked (zero loss, zero gradient)."""
     if not indices:
         return collate([{"input_ids": filler["input_ids"][0], "labels": filler["labels"][0]}], mask_labels=True)
-    ex = ds[indices]
-    return collate([{"input_ids": a, "labels": b} for a, b in zip(ex["input_ids"], ex["labels"], strict=True)])
+    return collate.from_columns(ds[indices])
 
 
 class Window:
@@ -535,7 +538,7 @@ def finish(job: Job) -> dict:
         resumed_from=str(job.resume_from) if job.resume_from else None, train_seconds=job.train_seconds,
         wall_seconds=time.perf_counter() - job.started,
         samples_per_s=(state.samples_seen - job.samples_at_start) / max(job.train_seconds, 1e-9),
-        processes=acc.num_processes, distributed_type=str(acc.distributed_type), device=str(acc.device),
+        processes=acc.num_processes, effective_batch=job.sampler.global_batch, distributed_type=str(acc.distributed_type), device=str(acc.device),
         precision=cfg.precision, compiled=job.step.compiled, cuda_graphs=None if graphs is None else graphs > 0,
         cuda_graphs_recorded=graphs, cuda_graph_skips=graph_skips,
         peak_gpu_memory_gib=torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,

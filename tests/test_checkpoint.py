@@ -181,20 +181,26 @@ def worker_pids(out: Path) -> dict[int, int]:
     return found
 
 
-def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step(tmp_path, tokenizer_dir):
-    out = tmp_path / "ddp"
+def start_two_process_run(tokenizer_dir, out: Path, max_steps: int):
+    """A 2-process CPU run of `max_steps` (no periodic checkpoint), once it has logged 3 lines: (launcher, rank -> pid)."""
     args = cli(tokenizer_dir, out, "--batch-size", "8")
-    args[args.index("--max-steps") + 1] = "150"
+    args[args.index("--max-steps") + 1] = str(max_steps)
     args[args.index("--save-every") + 1] = "1000"
     proc = subprocess.Popen(
         [*accelerate_launch("--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                             "--mixed_precision", "no", "--dynamo_backend", "no"), str(ROOT / "scripts" / "train.py"), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 180
     while time.time() < deadline and not ((out / "metrics.jsonl").exists() and len(metrics(out)) >= 3):
         time.sleep(0.05)
     pids = worker_pids(out)
     assert sorted(pids) == [0, 1]
+    return proc, pids
+
+
+def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step(tmp_path, tokenizer_dir):
+    out = tmp_path / "ddp"
+    proc, pids = start_two_process_run(tokenizer_dir, out, max_steps=150)
     os.kill(pids[1], signal.SIGTERM)  # only rank 1 is told
     _, err = proc.communicate(timeout=180)
     # Two processes share stderr: a rank's progress bar may run into the other's message on one line.
@@ -443,12 +449,12 @@ def test_force_resume_applies_the_new_lr_betas_eps_and_weight_decay(saved_run, t
 def test_apply_hyperparameters_sets_both_groups_with_weight_decay():
     from flant5_imdb.checkpoint import apply_hyperparameters
     from flant5_imdb.modeling import build_model
-    from flant5_imdb.optim import build_optimizer, build_scheduler
+    from flant5_imdb.optim import build_scheduler, optimizer_from
 
     old = TrainConfig(weight_decay=0.01, lr=1e-3, warmup_steps=2)
     model = build_model("x", model_config="tiny", vocab_size=100)
-    opt = build_optimizer(model, old)
-    sched = build_scheduler(opt, old, 10)
+    opt = optimizer_from(model, old)
+    sched = build_scheduler(opt, old.schedule, old.warmup_steps, 10)
     for _ in range(4):
         opt.step()
         sched.step()
@@ -549,18 +555,7 @@ def test_workers_whose_launcher_dies_checkpoint_and_stop(tmp_path, tokenizer_dir
     """SIGKILL the launcher of a 2-process run: its workers (in a session of their own) notice at
     the next step, agree, finish that step, checkpoint and exit, as on SIGTERM."""
     out = tmp_path / "orphans"
-    args = cli(tokenizer_dir, out, "--batch-size", "8")
-    args[args.index("--max-steps") + 1] = "400"
-    args[args.index("--save-every") + 1] = "1000"
-    launcher = subprocess.Popen(
-        [*accelerate_launch("--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-                            "--dynamo_backend", "no"), str(ROOT / "scripts" / "train.py"), *args],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 180
-    while time.time() < deadline and not ((out / "metrics.jsonl").exists() and len(metrics(out)) >= 3):
-        time.sleep(0.05)
-    pids = worker_pids(out)
-    assert sorted(pids) == [0, 1]
+    launcher, pids = start_two_process_run(tokenizer_dir, out, max_steps=400)
     launcher.kill()
     launcher.wait()
     err = launcher.stderr.read()  # the workers still hold the pipe: this returns when they have exited

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from flant5_imdb.data import (
+    Collator,
     DataError,
     load_imdb,
     make_synthetic,
@@ -13,7 +14,7 @@ from flant5_imdb.data import (
     target_ids,
     tokenize,
 )
-from flant5_imdb.sampler import Collator, StepSampler
+from flant5_imdb.sampler import StepSampler
 from tests.conftest import real_data_or_skip
 
 ROWS = [("a fine film", 1), ("dull and long", 0), ("loved it", 1)]

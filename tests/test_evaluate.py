@@ -5,10 +5,9 @@ import torch
 from accelerate import Accelerator
 from transformers import T5ForConditionalGeneration
 
-from flant5_imdb.data import load_imdb, target_ids, tokenize
+from flant5_imdb.data import Collator, load_imdb, target_ids, tokenize
 from flant5_imdb.evaluate import evaluate, format_report, metrics, score_batch
 from flant5_imdb.modeling import build_model
-from flant5_imdb.sampler import Collator
 from flant5_imdb.tokenizer import load_tokenizer
 
 

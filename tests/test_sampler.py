@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from flant5_imdb.sampler import Collator, StepSampler
+from flant5_imdb.data import Collator
+from flant5_imdb.sampler import StepSampler
 
 LENGTHS = np.random.default_rng(0).integers(5, 500, size=103)  # 103: no batch geometry divides it
 

@@ -11,10 +11,9 @@ import torch
 from safetensors.torch import load_file
 
 from flant5_imdb.config import preset
-from flant5_imdb.data import load_imdb, tokenize
+from flant5_imdb.data import Collator, load_imdb, tokenize
 from flant5_imdb.modeling import build_model
-from flant5_imdb.optim import build_optimizer
-from flant5_imdb.sampler import Collator
+from flant5_imdb.optim import optimizer_from
 from flant5_imdb.tokenizer import load_tokenizer
 from flant5_imdb.train import run
 from tests.conftest import ROOT, accelerate_launch, real_data_or_skip
@@ -119,7 +118,7 @@ def final_params_at_init(tokenizer_dir):
 @pytest.mark.parametrize("optim", ["adamw8bit", "paged_adamw8bit"])
 def test_8bit_optimizers_keep_embedding_states_in_32_bits(optim):
     model = build_model("x", model_config="tiny", vocab_size=200)
-    opt = build_optimizer(model, preset("smoke", optim=optim))
+    opt = optimizer_from(model, preset("smoke", optim=optim))
     loss = model(input_ids=torch.randint(3, 200, (4, 12)), labels=torch.randint(3, 200, (4, 3))).loss
     loss.backward()
     opt.step()
