@@ -22,9 +22,28 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"
 sys.path.insert(0, str(ROOT))
 
 # Third-party first (their versions are the point), then the project's own modules.
-MODULES = ("torch", "transformers", "accelerate", "tokenizers", "safetensors", "pyarrow", "fsspec", "datasets",
-           "bitsandbytes", "sklearn", "numpy", "pandas", "matplotlib", "tqdm", "pytest",
-           "flant5_imdb.train", "flant5_imdb.evaluate", "bench.harness", "bench.report", "bench.step_profile")
+MODULES = (
+    "torch",
+    "transformers",
+    "accelerate",
+    "tokenizers",
+    "safetensors",
+    "pyarrow",
+    "fsspec",
+    "datasets",
+    "bitsandbytes",
+    "sklearn",
+    "numpy",
+    "pandas",
+    "matplotlib",
+    "tqdm",
+    "pytest",
+    "flant5_imdb.train",
+    "flant5_imdb.evaluate",
+    "bench.harness",
+    "bench.report",
+    "bench.step_profile",
+)
 
 
 def main() -> int:
@@ -45,13 +64,20 @@ def main() -> int:
 
         if torch.cuda.is_available():
             p = torch.cuda.get_device_properties(0)
-            print(f"cuda {torch.version.cuda}: {p.name}, {p.total_memory / 2**30:.0f} GiB, {p.multi_processor_count} SMs", flush=True)
+            print(
+                f"cuda {torch.version.cuda}: {p.name}, {p.total_memory / 2**30:.0f} GiB, "
+                f"{p.multi_processor_count} SMs",
+                flush=True,
+            )
         else:
             print("no CUDA device: the GPU checks will skip", flush=True)
     except Exception as e:
         print(f"torch.cuda: {type(e).__name__}: {e}", flush=True)
-    print(f"environment check: {len(MODULES) - len(failed)}/{len(MODULES)} modules in {time.perf_counter() - started:.1f} s"
-          + (f"; missing: {', '.join(failed)}" if failed else ""), flush=True)
+    print(
+        f"environment check: {len(MODULES) - len(failed)}/{len(MODULES)} modules in "
+        f"{time.perf_counter() - started:.1f} s" + (f"; missing: {', '.join(failed)}" if failed else ""),
+        flush=True,
+    )
     return 1 if failed else 0
 
 

@@ -23,7 +23,9 @@ def forward_flops(config, src_len: int, tgt_len: int) -> int:
     g = 3 if config.is_gated_act else 2
     s, t = src_len, tgt_len
     enc = config.num_layers * (s * (8 * d * a + g * 2 * d * f) + 4 * s * s * a)
-    dec = config.num_decoder_layers * (t * (8 * d * a + 4 * d * a + g * 2 * d * f) + s * 4 * d * a + 4 * t * t * a + 4 * t * s * a)
+    dec = config.num_decoder_layers * (
+        t * (8 * d * a + 4 * d * a + g * 2 * d * f) + s * 4 * d * a + 4 * t * t * a + 4 * t * s * a
+    )
     return enc + dec + t * 2 * d * v
 
 

@@ -64,8 +64,19 @@ CONFIGS = {
 }
 EVAL = "eval"  # the evaluation timing's place in PLAN
 # The order of a whole run, most valuable first, so that a run cut short loses the least.
-PLAN = ("seed-trainer", "fast", "kernels", EVAL, "kernels-8bit-ckpt", "kernels-throughput", "kernels-gathered",
-        "seed-loop", "bf16", "bf16-8bit", "throughput")
+PLAN = (
+    "seed-trainer",
+    "fast",
+    "kernels",
+    EVAL,
+    "kernels-8bit-ckpt",
+    "kernels-throughput",
+    "kernels-gathered",
+    "seed-loop",
+    "bf16",
+    "bf16-8bit",
+    "throughput",
+)
 THROUGHPUT_ROWS = ("throughput", "kernels-throughput")
 # What a failing kernel-path row is tried again with, in order (each from the row's own config).
 FALLBACKS = (("no CUDA graphs", dict(cuda_graphs=False)), ("no bias kernel", dict(bias_kernel=False)))
@@ -79,12 +90,30 @@ class RowTimeout(Exception):
 def add_source_args(p: argparse.ArgumentParser) -> None:
     """--model, --model-config, --data, --tokenizer, --reviews: what a bench script trains on."""
     shared = ROOT.parent / "shared" / "data"
-    p.add_argument("--model", default=None, help="real weights (Hub id or folder); default: random init of --model-config")
-    p.add_argument("--model-config", default="flan-t5-base", help="architecture for random init (flan-t5-base, tiny)")
-    p.add_argument("--data", default=str(shared / "imdb") if (shared / "imdb").is_dir() else "stanfordnlp/imdb")
-    p.add_argument("--tokenizer", default=str(shared / "tokenizer" / "imdb-unigram-32k") if (shared / "tokenizer").is_dir() else "google/flan-t5-base")
-    p.add_argument("--reviews", type=int, default=None,
-                   help="a seeded random subset of this many reviews per split (default: all): less tokenizing, the same length distribution")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="real weights (Hub id or folder); default: random init of --model-config",
+    )
+    p.add_argument(
+        "--model-config", default="flan-t5-base", help="architecture for random init (flan-t5-base, tiny)"
+    )
+    p.add_argument(
+        "--data", default=str(shared / "imdb") if (shared / "imdb").is_dir() else "stanfordnlp/imdb"
+    )
+    p.add_argument(
+        "--tokenizer",
+        default=str(shared / "tokenizer" / "imdb-unigram-32k")
+        if (shared / "tokenizer").is_dir()
+        else "google/flan-t5-base",
+    )
+    p.add_argument(
+        "--reviews",
+        type=int,
+        default=None,
+        help="a seeded random subset of this many reviews per split (default: all): less tokenizing, the "
+        "same length distribution",
+    )
 
 
 class BenchData:
@@ -100,13 +129,21 @@ class BenchData:
         self.folder = Path(tempfile.gettempdir()) / f"flant5-bench-{key}"
         self.tok_dir = self.folder / "tokenizer"
         self.data = str(self.folder / "data") if args.reviews else args.data
-        if not (self.folder / "ready").is_file():  # written once: rewritten files would defeat the datasets cache
+        if not (
+            self.folder / "ready"
+        ).is_file():  # written once: rewritten files would defeat the datasets cache
             raw, _ = load_imdb(args.data)
             if args.reviews:
-                raw = type(raw)({s: d.shuffle(seed=0).select(range(min(args.reviews, len(d)))) for s, d in raw.items()})
+                raw = type(raw)(
+                    {s: d.shuffle(seed=0).select(range(min(args.reviews, len(d)))) for s, d in raw.items()}
+                )
                 for split, ds in raw.items():
                     ds.to_parquet(str(Path(self.data) / f"{split}.parquet"))
-            tokenizer = train_word_tokenizer(raw["train"]["text"]) if args.tokenizer == TRAIN_HERE else load_tokenizer(args.tokenizer)
+            tokenizer = (
+                train_word_tokenizer(raw["train"]["text"])
+                if args.tokenizer == TRAIN_HERE
+                else load_tokenizer(args.tokenizer)
+            )
             tokenizer.save_pretrained(self.tok_dir)
             (self.folder / "ready").write_text("")
         self.tokenizer = load_tokenizer(str(self.tok_dir))
@@ -118,9 +155,22 @@ class BenchData:
 def train_config(name: str, args, data: BenchData, out_dir: Path, **extra):
     base, overrides = CONFIGS[name]
     model = dict(model=args.model, model_config=None) if args.model else dict(model_config=args.model_config)
-    return preset(base, **{**overrides, **model, "tokenizer": str(data.tok_dir), "data": data.data,
-                           "output_dir": str(out_dir), "final_eval": False, "save_model": False, "keep_checkpoints": 0,
-                           "log_every": 10**9, "max_steps": None if args.full else args.warmup + args.steps, **extra})
+    return preset(
+        base,
+        **{
+            **overrides,
+            **model,
+            "tokenizer": str(data.tok_dir),
+            "data": data.data,
+            "output_dir": str(out_dir),
+            "final_eval": False,
+            "save_model": False,
+            "keep_checkpoints": 0,
+            "log_every": 10**9,
+            "max_steps": None if args.full else args.warmup + args.steps,
+            **extra,
+        },
+    )
 
 
 @contextlib.contextmanager
@@ -155,8 +205,9 @@ def measure_row(name: str, args, data: BenchData, peak, out_dir: Path) -> dict:
     _, overrides = CONFIGS[name]
     base = train_config(name, args, data, out_dir)
     kernel_row = base.compile or base.bias_kernel
-    variants = [("as configured", {})] + ([v for v in FALLBACKS if any(getattr(base, k) != x for k, x in v[1].items())]
-                                         if kernel_row else [])
+    variants = [("as configured", {})] + (
+        [v for v in FALLBACKS if any(getattr(base, k) != x for k, x in v[1].items())] if kernel_row else []
+    )
     errors = []
     for variant, change in variants:
         try:
@@ -181,10 +232,20 @@ def measure(name: str, args, data: BenchData, peak, out_dir: Path, **change) -> 
         return measure_trainer(args, data, peak, out_dir)
     if name not in THROUGHPUT_ROWS:
         return measure_loop(name, train_config(name, args, data, out_dir, **change), args, data, peak)
-    sizes = [args.throughput_batch] if args.throughput_batch else ([128, 96, 64, 32] if torch.cuda.is_available() else [16])
+    sizes = (
+        [args.throughput_batch]
+        if args.throughput_batch
+        else ([128, 96, 64, 32] if torch.cuda.is_available() else [16])
+    )
     for bs in sizes:
         try:
-            return measure_loop(name, train_config(name, args, data, out_dir / str(bs), batch_size=bs, **change), args, data, peak)
+            return measure_loop(
+                name,
+                train_config(name, args, data, out_dir / str(bs), batch_size=bs, **change),
+                args,
+                data,
+                peak,
+            )
         except OutOfMemory:
             print(f"{name}: batch {bs} does not fit, trying a smaller one", flush=True)
             release_memory()
@@ -195,7 +256,9 @@ def measure_loop(name, cfg, args, data: BenchData, peak) -> dict:
     clock, examples, tokens, flops = StepClock(), [], [], []
     # Compiled rows warm up longer on a GPU: the first step compiles, and each length bucket records
     # its CUDA graph the first time it comes up; none of that is steady state.
-    warmup = max(args.warmup, args.compiled_warmup) if cfg.compile and torch.cuda.is_available() else args.warmup
+    warmup = (
+        max(args.warmup, args.compiled_warmup) if cfg.compile and torch.cuda.is_available() else args.warmup
+    )
     cfg = dataclasses.replace(cfg, max_steps=cfg.max_steps and warmup + args.steps)
     first_step = []
 
@@ -215,11 +278,21 @@ def measure_loop(name, cfg, args, data: BenchData, peak) -> dict:
     row = timing_row(name, cfg, clock.seconds(), examples, tokens, flops, warmup, peak)
     # Set-up (model build, data from the cache) and warm-up, compilation and graph recording included.
     warm_s = clock.host_mark - started
-    row.update(mem.report(), compiled=summary["compiled"], cuda_graphs=summary["cuda_graphs"],
-               cuda_graphs_recorded=summary["cuda_graphs_recorded"], bias_kernel=cfg.bias_kernel,
-               bias_lookup=cfg.bias_lookup if cfg.bias_kernel else None, warmup_steps=warmup,
-               seconds_to_first_step=first_step[0], warmup_seconds=warm_s,
-               projected_minutes_with_warmup=(warm_s + (SEED_JOB_SAMPLES - sum(examples[:warmup])) / row["samples_per_s"]) / 60)
+    row.update(
+        mem.report(),
+        compiled=summary["compiled"],
+        cuda_graphs=summary["cuda_graphs"],
+        cuda_graphs_recorded=summary["cuda_graphs_recorded"],
+        bias_kernel=cfg.bias_kernel,
+        bias_lookup=cfg.bias_lookup if cfg.bias_kernel else None,
+        warmup_steps=warmup,
+        seconds_to_first_step=first_step[0],
+        warmup_seconds=warm_s,
+        projected_minutes_with_warmup=(
+            warm_s + (SEED_JOB_SAMPLES - sum(examples[:warmup])) / row["samples_per_s"]
+        )
+        / 60,
+    )
     if args.full:
         row["full_minutes"] = summary["train_seconds"] / 60
     return row
@@ -251,14 +324,29 @@ def measure_trainer(args, data: BenchData, peak, out_dir: Path) -> dict:
             flops.append(sum(train_flops(arch, n, data.target_len) for n in lens))
 
     targs = Seq2SeqTrainingArguments(
-        output_dir=str(out_dir), per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.lr, seed=cfg.seed,
-        adam_beta1=cfg.adam_beta1, adam_beta2=cfg.adam_beta2, adam_epsilon=cfg.adam_eps, weight_decay=0.0,
-        lr_scheduler_type="linear", warmup_steps=0, num_train_epochs=cfg.epochs, max_steps=-1 if args.full else args.warmup + args.steps,
-        logging_steps=10**9, save_strategy="no", report_to="none", use_cpu=not torch.cuda.is_available(), disable_tqdm=True,
+        output_dir=str(out_dir),
+        per_device_train_batch_size=cfg.batch_size,
+        learning_rate=cfg.lr,
+        seed=cfg.seed,
+        adam_beta1=cfg.adam_beta1,
+        adam_beta2=cfg.adam_beta2,
+        adam_epsilon=cfg.adam_eps,
+        weight_decay=0.0,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        num_train_epochs=cfg.epochs,
+        max_steps=-1 if args.full else args.warmup + args.steps,
+        logging_steps=10**9,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=True,
     )
     train = data.splits["train"].select_columns(["input_ids", "labels"])
     with PeakMemory() as mem:
-        trainer = Seq2SeqTrainer(model=model, args=targs, train_dataset=train, data_collator=collator, callbacks=[Timer()])
+        trainer = Seq2SeqTrainer(
+            model=model, args=targs, train_dataset=train, data_collator=collator, callbacks=[Timer()]
+        )
         train_started = time.perf_counter()
         trainer.train()
         full_seconds = time.perf_counter() - train_started
@@ -282,19 +370,33 @@ def timing_row(name, cfg, marks, examples, tokens, flops, warmup, peak) -> dict:
     tflops = sum(flops[timed]) / seconds / 1e12
     ms = sorted(1000 * s for s in step_s)
     return dict(
-        name=name, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, precision=cfg.precision, optim=cfg.optim,
+        name=name,
+        batch_size=cfg.batch_size,
+        grad_accum=cfg.grad_accum,
+        precision=cfg.precision,
+        optim=cfg.optim,
         padding=padding(cfg),
-        timed_steps=len(step_s), ms_per_step=statistics.median(ms), ms_p10=ms[len(ms) // 10], ms_p90=ms[(9 * len(ms)) // 10],
+        timed_steps=len(step_s),
+        ms_per_step=statistics.median(ms),
+        ms_p10=ms[len(ms) // 10],
+        ms_p90=ms[(9 * len(ms)) // 10],
         ms_per_step_mean=statistics.fmean(ms),
-        samples_per_s=samples_per_s, tokens_per_s=sum(tokens[timed]) / seconds, model_tflops=tflops,
-        mfu=tflops / peak if peak else None, projected_minutes=SEED_JOB_SAMPLES / samples_per_s / 60,
+        samples_per_s=samples_per_s,
+        tokens_per_s=sum(tokens[timed]) / seconds,
+        model_tflops=tflops,
+        mfu=tflops / peak if peak else None,
+        projected_minutes=SEED_JOB_SAMPLES / samples_per_s / 60,
     )
 
 
 def padding(cfg) -> str:
     if cfg.pad_to_max_length:
         return f"to {cfg.max_source_length}"
-    size = f"buckets of {cfg.bucket_multiple}" if cfg.bucket_multiple else f"multiple of {cfg.pad_to_multiple_of}"
+    size = (
+        f"buckets of {cfg.bucket_multiple}"
+        if cfg.bucket_multiple
+        else f"multiple of {cfg.pad_to_multiple_of}"
+    )
     return f"length-grouped, {size}" if cfg.group_by_length else size
 
 
@@ -315,7 +417,11 @@ def measure_eval(args, data: BenchData, on_row=None) -> list[dict]:
         model = build_model("x", model_config=args.model_config, vocab_size=len(data.tokenizer))
     model = model.to(acc.device)
     targets = target_ids(data.tokenizer, "digits")
-    note = "" if args.model else " (random weights never emit EOS: generate runs its full max_new_tokens, an upper bound)"
+    note = (
+        ""
+        if args.model
+        else " (random weights never emit EOS: generate runs its full max_new_tokens, an upper bound)"
+    )
     note = dict(note="length-sorted batches" + note)
     rows = []
     # The last mode runs the kernel path's attention and norms (what a `kernels` run evaluates with).
@@ -325,12 +431,20 @@ def measure_eval(args, data: BenchData, on_row=None) -> list[dict]:
             with time_limit(args.row_limit, f"eval {mode}"):
                 if kernels:
                     apply_kernels(model, preset("kernels"))
-                kw = dict(targets=targets, accelerator=acc, mode=mode, batch_size=batch, tokenizer=data.tokenizer)
+                kw = dict(
+                    targets=targets, accelerator=acc, mode=mode, batch_size=batch, tokenizer=data.tokenizer
+                )
                 evaluate(model, ds.select(range(min(2 * batch, len(ds)))), **kw)  # warm-up (and compilation)
                 sync()
                 r = evaluate(model, ds, **kw)
-            rows.append({**what, "seconds": r["eval_seconds"], "reviews_per_s": r["reviews_per_s"],
-                         "projected_25k_seconds": 25_000 / r["reviews_per_s"]})
+            rows.append(
+                {
+                    **what,
+                    "seconds": r["eval_seconds"],
+                    "reviews_per_s": r["reviews_per_s"],
+                    "projected_25k_seconds": 25_000 / r["reviews_per_s"],
+                }
+            )
         except (Exception, SystemExit) as e:
             logger.exception("eval %s failed", mode)
             rows.append({**what, "error": first_line(e)})
@@ -404,7 +518,7 @@ def release_memory():
 
 
 class PeakMemory:
-    """Peak allocated/reserved (torch) and the process's usage as the driver reports it (nvidia-smi, polled)."""
+    """Peak allocated/reserved (torch), and the process's usage as the driver reports it (nvidia-smi)."""
 
     def __init__(self, interval: float = 0.25):
         self.interval, self.driver_mib, self._stop = interval, None, threading.Event()
@@ -424,9 +538,17 @@ class PeakMemory:
 
     def _sample(self):
         with contextlib.suppress(Exception):
-            out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-                                 capture_output=True, text=True, timeout=10).stdout
-            mine = [int(m) for p, m in (line.split(",") for line in out.strip().splitlines() if "," in line) if int(p) == os.getpid()]
+            out = subprocess.run(
+                ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout
+            mine = [
+                int(m)
+                for p, m in (line.split(",") for line in out.strip().splitlines() if "," in line)
+                if int(p) == os.getpid()
+            ]
             if mine:
                 self.driver_mib = max(self.driver_mib or 0, mine[0])
 
@@ -437,8 +559,11 @@ class PeakMemory:
     def report(self) -> dict:
         if not torch.cuda.is_available():
             return dict(peak_allocated_gib=None, peak_reserved_gib=None, peak_driver_mib=None)
-        return dict(peak_allocated_gib=torch.cuda.max_memory_allocated() / 2**30,
-                    peak_reserved_gib=torch.cuda.max_memory_reserved() / 2**30, peak_driver_mib=self.driver_mib)
+        return dict(
+            peak_allocated_gib=torch.cuda.max_memory_allocated() / 2**30,
+            peak_reserved_gib=torch.cuda.max_memory_reserved() / 2**30,
+            peak_driver_mib=self.driver_mib,
+        )
 
 
 def device_name() -> str:
@@ -456,8 +581,14 @@ def versions() -> dict:
     import datasets
     import transformers
 
-    v = dict(python=platform.python_version(), torch=torch.__version__, transformers=transformers.__version__,
-             accelerate=accelerate.__version__, datasets=datasets.__version__, cuda=torch.version.cuda)
+    v = dict(
+        python=platform.python_version(),
+        torch=torch.__version__,
+        transformers=transformers.__version__,
+        accelerate=accelerate.__version__,
+        datasets=datasets.__version__,
+        cuda=torch.version.cuda,
+    )
     with contextlib.suppress(Exception):
         import bitsandbytes
 

@@ -2,7 +2,8 @@
 
     python bench/profile.py                                    # all configurations, flan-t5-base, one GPU
     python bench/profile.py --configs seed-trainer,fast --steps 50
-    python bench/profile.py --model-config tiny --data synthetic:400 --tokenizer word-level   # CPU, < 1 minute
+    python bench/profile.py --model-config tiny --data synthetic:400 --tokenizer word-level   # CPU, < 1
+    minute
 
 Every configuration runs in this one process, one after another, in the bench's order of value
 (seed-trainer, fast, kernels, the evaluation timing, the other kernel-path rows, then the eager
@@ -70,49 +71,25 @@ def main(argv=None) -> dict:
     args = parse(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     device = device_name()
-    peak = args.peak_tflops if args.peak_tflops is not None else next((v for k, v in PEAK_TFLOPS.items() if k in device), None)
+    peak = args.peak_tflops
+    if peak is None:
+        peak = next((v for k, v in PEAK_TFLOPS.items() if k in device), None)
     out = Path(args.out or ROOT / "bench" / "results" / f"{slug(device)}-{dt.date.today().isoformat()}")
     out.mkdir(parents=True, exist_ok=True)
-    weights = f"from {args.model}" if args.model else f"random init of {args.model_config} (time and memory do not depend on weight values)"
-    print(f"device: {device}; weights: {weights}; data: {args.data}; tokenizer: {args.tokenizer}; "
-          f"{args.warmup} warm-up + {args.steps} timed steps per configuration", flush=True)
-
-    previous = out / "results.json"
-    if args.append and previous.is_file():
-        result = json.loads(previous.read_text())
-    else:
-        result = dict(device=device, date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), versions=versions(),
-                      weights=weights, data=args.data, reviews=args.reviews, tokenizer=args.tokenizer, model_config=args.model_config,
-                      warmup_steps=args.warmup, timed_steps=args.steps, peak_tflops=peak, seed_job_samples=SEED_JOB_SAMPLES,
-                      documented_seed=DOCUMENTED, runs=[], rows=[], eval=[])
-    this_run = dict(command="python bench/profile.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-                    configs=args.configs, complete=False, stopped=None)
+    result = start_results(args, out, device, peak)
+    command = "python bench/profile.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    this_run = dict(command=command, configs=args.configs, complete=False, stopped=None)
     result["runs"].append(this_run)
-    write_results(result, out, with_chart=False)  # there from the start: a guard that fires early still leaves a file
+    write_results(
+        result, out, with_chart=False
+    )  # there from the start: a guard that fires early leaves a file
 
     def stop(signum, frame):
         raise Stopped(f"stopped by {signal.Signals(signum).name} (its time guard)")
 
     signal.signal(signal.SIGTERM, stop)
-    plan = [n for n in PLAN if n in args.configs or (n == EVAL and args.eval_samples)]
     try:
-        data = BenchData(args)
-        for name in plan:
-            print(f"--- {name}", flush=True)
-            if name == EVAL:
-                result["eval"] = measure_eval(args, data, on_row=lambda rows: save(result, rows, out))
-                continue
-            try:
-                row = measure_row(name, args, data, peak, Path(tempfile.mkdtemp(prefix=f"bench-{name}-")))
-            except Preempted as e:  # SIGTERM inside a training step: the step finished, the run stopped
-                result["rows"].append(dict(name=name, error=f"stopped by the time guard after step {e.step}"))
-                raise
-            except Stopped:
-                result["rows"].append(dict(name=name, error="stopped by the time guard before it finished"))
-                raise
-            result["rows"].append(row)
-            print(json.dumps(row), flush=True)
-            write_results(result, out)  # after every row: a run stopped by its time guard keeps what it measured
+        measure_plan(args, BenchData(args), peak, result, out)
         this_run["complete"] = True
     except (Stopped, Preempted) as e:
         this_run["stopped"] = str(e)
@@ -125,28 +102,83 @@ def main(argv=None) -> dict:
     return result
 
 
+def start_results(args, out: Path, device: str, peak) -> dict:
+    """The results document: the one in --out with --append, else a new one."""
+    weights = f"from {args.model}" if args.model else f"random init of {args.model_config}"
+    print(f"device: {device}; weights: {weights}; data: {args.data}; tokenizer: {args.tokenizer}; "
+          f"{args.warmup} warm-up + {args.steps} timed steps per configuration", flush=True)  # fmt: skip
+    if args.append and (out / "results.json").is_file():
+        return json.loads((out / "results.json").read_text())
+    if not args.model:
+        weights += " (time and memory do not depend on weight values)"
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dict(device=device, date=now, versions=versions(), weights=weights, data=args.data,
+                reviews=args.reviews, tokenizer=args.tokenizer, model_config=args.model_config,
+                warmup_steps=args.warmup, timed_steps=args.steps, peak_tflops=peak,
+                seed_job_samples=SEED_JOB_SAMPLES, documented_seed=DOCUMENTED,
+                runs=[], rows=[], eval=[])  # fmt: skip
+
+
+def measure_plan(args, data: BenchData, peak, result: dict, out: Path) -> None:
+    """Each selected row (and the evaluation timing) in the bench's order, results saved after each."""
+    for name in [n for n in PLAN if n in args.configs or (n == EVAL and args.eval_samples)]:
+        print(f"--- {name}", flush=True)
+        if name == EVAL:
+            result["eval"] = measure_eval(args, data, on_row=lambda rows: save(result, rows, out))
+            continue
+        try:
+            row = measure_row(name, args, data, peak, Path(tempfile.mkdtemp(prefix=f"bench-{name}-")))
+        except Preempted as e:  # SIGTERM inside a training step: the step finished, the run stopped
+            result["rows"].append(dict(name=name, error=f"stopped by the time guard after step {e.step}"))
+            raise
+        except Stopped:
+            result["rows"].append(dict(name=name, error="stopped by the time guard before it finished"))
+            raise
+        result["rows"].append(row)
+        print(json.dumps(row), flush=True)
+        write_results(result, out)  # after every row: a run stopped by its time guard keeps what it measured
+
+
 def save(result: dict, eval_rows: list[dict], out: Path) -> None:
     result["eval"] = eval_rows
     write_results(result, out, with_chart=False)
 
 
+# flag, type, default, help: the options besides --configs and the sources
+OPTIONS = [
+    ("--warmup", int, 5, "untimed optimizer steps first (default 5, at least 1)"),
+    ("--steps", int, 20, "timed optimizer steps (default 20)"),
+    ("--compiled-warmup", int, 40, "warm-up steps of compiled rows on a GPU (default 40: compilation and "
+     "one CUDA graph per length bucket)"),
+    ("--throughput-batch", int, None, "batch of the throughput rows (default: the largest of 128/96/64/32 "
+     "that fits; 16 on CPU)"),
+    ("--eval-samples", int, 1000, "test reviews for the score-vs-generate timing (default 1000; 0: skip)"),
+    ("--row-limit", float, None, "seconds one configuration (or one evaluation mode) may take, retries "
+     "included, before it is recorded as timed out (default: none)"),
+    ("--peak-tflops", float, None, "peak for MFU (default: the card's dense bf16 peak, if known)"),
+    ("--out", str, None, "results folder (default bench/results/<device>-<date>/)"),
+]  # fmt: skip
+
+
 def parse(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     names = [n for n in PLAN if n != EVAL]
-    p.add_argument("--configs", default=",".join(names), help="comma-separated, from: " + ", ".join(names) + " (run in that order)")
+    p.add_argument(
+        "--configs",
+        default=",".join(names),
+        help=f"comma-separated, from: {', '.join(names)} (run in that order)",
+    )
     add_source_args(p)
-    p.add_argument("--warmup", type=int, default=5, help="untimed optimizer steps first (default 5, at least 1)")
-    p.add_argument("--steps", type=int, default=20, help="timed optimizer steps (default 20)")
-    p.add_argument("--compiled-warmup", type=int, default=40,
-                   help="warm-up steps of compiled rows on a GPU (default 40: compilation and one CUDA graph per length bucket)")
-    p.add_argument("--throughput-batch", type=int, default=None, help="batch of the throughput rows (default: the largest of 128/96/64/32 that fits; 16 on CPU)")
-    p.add_argument("--eval-samples", type=int, default=1000, help="test reviews for the score-vs-generate timing (0: skip)")
-    p.add_argument("--row-limit", type=float, default=None,
-                   help="seconds one configuration (or one evaluation mode) may take, retries included, before it is recorded as timed out (default: none)")
-    p.add_argument("--peak-tflops", type=float, default=None, help="peak for MFU (default: the card's dense bf16 peak, if known)")
-    p.add_argument("--full", action="store_true", help="also run each configuration's whole 2-epoch job end to end")
-    p.add_argument("--append", action="store_true", help="add to the results.json already in --out instead of starting a new one")
-    p.add_argument("--out", default=None, help="results folder (default bench/results/<device>-<date>/)")
+    for flag, kind, default, text in OPTIONS:
+        p.add_argument(flag, type=kind, default=default, help=text)
+    p.add_argument(
+        "--full", action="store_true", help="also run each configuration's whole 2-epoch job end to end"
+    )
+    p.add_argument(
+        "--append", action="store_true", help="add to the results.json in --out instead of starting anew"
+    )
     args = p.parse_args(argv)
     if args.warmup < 1 or args.steps < 1:
         p.error("--warmup and --steps must be at least 1")

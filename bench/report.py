@@ -11,9 +11,20 @@ from pathlib import Path
 
 DOCUMENTED = {"minutes": 26.0, "driver_mib": 11500, "note": "HF Seq2SeqTrainer seed recipe, as documented"}
 # The kernel path's targets, checked against the rows of the same run (see `targets`).
-TARGETS = dict(kernels_ms=15.0, kernels_x_seed=11.0, two_epochs_minutes=3.0, kernels_8bit_gib=3.0, kernels_gib=5.0,
-               throughput_samples_s=1500.0, score_eval_25k_s=15.0)
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16 tensor-core peaks from the data sheets
+TARGETS = dict(
+    kernels_ms=15.0,
+    kernels_x_seed=11.0,
+    two_epochs_minutes=3.0,
+    kernels_8bit_gib=3.0,
+    kernels_gib=5.0,
+    throughput_samples_s=1500.0,
+    score_eval_25k_s=15.0,
+)
+PEAK_TFLOPS = {
+    "H100": 989.0,
+    "H200": 989.0,
+    "A100": 312.0,
+}  # dense bf16 tensor-core peaks from the data sheets
 
 
 def measured(rows: list[dict]) -> list[dict]:
@@ -27,7 +38,9 @@ def add_ratios(rows: list[dict]) -> None:
     for r in measured(rows):
         r["ratio_vs_seed_trainer"] = r["samples_per_s"] / seed["samples_per_s"] if seed else None
         r["ratio_vs_documented_time"] = DOCUMENTED["minutes"] / r["projected_minutes"]
-        r["driver_vs_documented_memory"] = r["peak_driver_mib"] / DOCUMENTED["driver_mib"] if r.get("peak_driver_mib") else None
+        r["driver_vs_documented_memory"] = (
+            r["peak_driver_mib"] / DOCUMENTED["driver_mib"] if r.get("peak_driver_mib") else None
+        )
 
 
 def write_results(result: dict, out: Path, with_chart: bool = True) -> str:
@@ -36,7 +49,9 @@ def write_results(result: dict, out: Path, with_chart: bool = True) -> str:
     add_ratios(result["rows"])
     result["targets"] = targets(result)
     # Off CUDA both rows run the same reference attention: no verdict from their difference.
-    result["bias_lookup"] = None if result["device"].startswith("CPU") else bias_lookup_verdict(result["rows"])
+    result["bias_lookup"] = (
+        None if result["device"].startswith("CPU") else bias_lookup_verdict(result["rows"])
+    )
     _replace(out / "results.json", json.dumps(result, indent=2))
     table = markdown(result)
     _replace(out / "results.md", table + "\n")
@@ -60,14 +75,23 @@ def fmt(x, spec=".1f", none="–"):
 def markdown(result: dict) -> str:
     incomplete = [r for r in result["runs"] if not r["complete"]]
     lines = [
-        f"**{result['device']}** · {result['weights']} · {result['timed_steps']} timed steps after {result['warmup_steps']} warm-up · "
+        f"**{result['device']}** · {result['weights']} · {result['timed_steps']} timed steps after "
+        f"{result['warmup_steps']} warm-up · "
         f"MFU against {fmt(result['peak_tflops'], '.0f')} TFLOP/s",
         "",
-        *[f"`{r['command']}`" + ("" if r["complete"] else f" — **incomplete**: {r['stopped'] or 'still running, or killed'}")
-          for r in result["runs"]],
-        *(["", "**Incomplete**: the run stopped before every configuration was measured."] if incomplete else []),
+        *[
+            f"`{r['command']}`"
+            + ("" if r["complete"] else f" — **incomplete**: {r['stopped'] or 'still running, or killed'}")
+            for r in result["runs"]
+        ],
+        *(
+            ["", "**Incomplete**: the run stopped before every configuration was measured."]
+            if incomplete
+            else []
+        ),
         "",
-        "| config | batch | precision | optim | padding | ms/step (p10–p90) | samples/s | tokens/s | MFU | 2 epochs (projected) "
+        "| config | batch | precision | optim | padding | ms/step (p10–p90) | samples/s | tokens/s | MFU | 2 "
+        "epochs (projected) "
         "| set-up + warm-up s | peak alloc GiB | driver MiB | × seed-trainer |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -78,35 +102,61 @@ def markdown(result: dict) -> str:
         full = f" (full run {r['full_minutes']:.1f} min)" if r.get("full_minutes") else ""
         variant = f" ({r['variant']})" if r.get("variant", "as configured") != "as configured" else ""
         lines.append(
-            f"| {r['name']}{variant} | {r['batch_size']} | {r['precision']} | {r['optim']} | {r['padding']} | "
-            f"{r['ms_per_step']:.1f} ({r['ms_p10']:.1f}–{r['ms_p90']:.1f}) | {r['samples_per_s']:.1f} | {r['tokens_per_s']:.0f} | "
-            f"{fmt(r['mfu'] and 100 * r['mfu'], '.1f')}{'%' if r['mfu'] else ''} | {r['projected_minutes']:.1f} min{full} | "
+            f"| {r['name']}{variant} | {r['batch_size']} | {r['precision']} | {r['optim']} | {r['padding']} "
+            "| "
+            f"{r['ms_per_step']:.1f} ({r['ms_p10']:.1f}–{r['ms_p90']:.1f}) | {r['samples_per_s']:.1f} | "
+            f"{r['tokens_per_s']:.0f} | "
+            f"{fmt(r['mfu'] and 100 * r['mfu'], '.1f')}{'%' if r['mfu'] else ''} | "
+            f"{r['projected_minutes']:.1f} min{full} | "
             f"{fmt(r.get('warmup_seconds'), '.0f')} | "
-            f"{fmt(r['peak_allocated_gib'], '.2f')} | {fmt(r['peak_driver_mib'], 'd')} | {fmt(r['ratio_vs_seed_trainer'], '.2f')} |"
+            f"{fmt(r['peak_allocated_gib'], '.2f')} | {fmt(r['peak_driver_mib'], 'd')} | "
+            f"{fmt(r['ratio_vs_seed_trainer'], '.2f')} |"
         )
     retried = [r for r in result["rows"] if r.get("errors") and "error" not in r]
     lines += [f"\n{r['name']} ran as '{r['variant']}' after: {'; '.join(r['errors'])}" for r in retried]
     doc = result["documented_seed"]
-    lines += ["", f"Documented seed: {doc['minutes']:.0f} minutes for 2 epochs, {doc['driver_mib']} MiB ({doc['note']})."]
+    lines += [
+        "",
+        f"Documented seed: {doc['minutes']:.0f} minutes for 2 epochs, {doc['driver_mib']} MiB "
+        f"({doc['note']}).",
+    ]
     graphs = [r for r in measured(result["rows"]) if r.get("compiled")]
     if graphs:
-        lines += ["", "CUDA graphs recorded (inductor's graph tree): " +
-                  ", ".join(f"{r['name']} {fmt(r.get('cuda_graphs_recorded'), 'd', 'unknown')}" for r in graphs)]
+        lines += [
+            "",
+            "CUDA graphs recorded (inductor's graph tree): "
+            + ", ".join(f"{r['name']} {fmt(r.get('cuda_graphs_recorded'), 'd', 'unknown')}" for r in graphs),
+        ]
     if result.get("bias_lookup"):
         lines += ["", result["bias_lookup"]["summary"]]
     evals = [e for e in result["eval"] if "mode" in e]
     if evals:
-        lines += ["", "| eval mode | batch | kernels | reviews (split) | reviews/s | 25,000 reviews (projected) |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            "",
+            "| eval mode | batch | kernels | reviews (split) | reviews/s | 25,000 reviews (projected) |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
         for e in evals:
-            head = f"| {e['mode']} | {e['batch_size']} | {'yes' if e['kernels'] else 'no'} | {e['reviews']} ({e['split']}) | "
-            lines.append(head + (f"failed: {e['error'].replace('|', '/')} | |" if "error" in e
-                                 else f"{e['reviews_per_s']:.1f} | {e['projected_25k_seconds']:.0f} s |"))
+            kernels = "yes" if e["kernels"] else "no"
+            head = f"| {e['mode']} | {e['batch_size']} | {kernels} | {e['reviews']} ({e['split']}) | "
+            lines.append(
+                head
+                + (
+                    f"failed: {e['error'].replace('|', '/')} | |"
+                    if "error" in e
+                    else f"{e['reviews_per_s']:.1f} | {e['projected_25k_seconds']:.0f} s |"
+                )
+            )
         lines += ["", next((e["note"] for e in result["eval"] if "note" in e), "")]
     checks = result.get("targets") or targets(result)
     if checks:
-        lines += ["", "Kernel-path targets, from the rows above:", "",
-                  "| target | wanted | measured | met |", "| --- | --- | --- | --- |"]
+        lines += [
+            "",
+            "Kernel-path targets, from the rows above:",
+            "",
+            "| target | wanted | measured | met |",
+            "| --- | --- | --- | --- |",
+        ]
         lines += [f"| {c['target']} | {c['wanted']} | {c['measured']} | {c['verdict']} |" for c in checks]
     return "\n".join(lines)
 
@@ -119,41 +169,86 @@ def bias_lookup_verdict(rows: list[dict]) -> dict | None:
         return None
     faster = "table" if table["ms_per_step"] <= gathered["ms_per_step"] else "gathered"
     slow, fast = sorted((table["ms_per_step"], gathered["ms_per_step"]), reverse=True)
-    return dict(table_ms=table["ms_per_step"], gathered_ms=gathered["ms_per_step"], faster=faster,
-                summary=f"Bias lookup: table {table['ms_per_step']:.2f} ms/step, gathered {gathered['ms_per_step']:.2f} ms/step: "
-                        f"'{faster}' is faster by {100 * (slow - fast) / slow:.1f}% (the `kernels` preset should use it).")
+    return dict(
+        table_ms=table["ms_per_step"],
+        gathered_ms=gathered["ms_per_step"],
+        faster=faster,
+        summary=f"Bias lookup: table {table['ms_per_step']:.2f} ms/step, gathered "
+        f"{gathered['ms_per_step']:.2f} ms/step: "
+        f"'{faster}' is faster by {100 * (slow - fast) / slow:.1f}% (the `kernels` preset should use it).",
+    )
 
 
 def targets(result: dict) -> list[dict]:
     """Each kernel-path target whose row was measured: wanted, measured, and met or missed by how much."""
     rows = {r["name"]: r for r in measured(result["rows"])}
-    score = next((e for e in result["eval"] if e.get("mode") == "score" and e.get("kernels") and "error" not in e), None)
+    score = next(
+        (e for e in result["eval"] if e.get("mode") == "score" and e.get("kernels") and "error" not in e),
+        None,
+    )
     checks = []
 
     def check(target, value, limit, unit, higher_is_better=False):
         met = value >= limit if higher_is_better else value <= limit
         verdict = "yes" if met else f"no: {value / limit:.2f}x the target"
-        checks.append(dict(target=target, wanted=f"{'≥' if higher_is_better else '≤'} {limit:g} {unit}",
-                           measured=f"{value:,.0f} {unit}" if value >= 100 else f"{value:.3g} {unit}", met=met, verdict=verdict))
+        checks.append(
+            dict(
+                target=target,
+                wanted=f"{'≥' if higher_is_better else '≤'} {limit:g} {unit}",
+                measured=f"{value:,.0f} {unit}" if value >= 100 else f"{value:.3g} {unit}",
+                met=met,
+                verdict=verdict,
+            )
+        )
 
     k = rows.get("kernels")
     if k:
-        check("seed-recipe step (kernels, batch 8; no attention-probability dropout in the encoder)", k["ms_per_step"], TARGETS["kernels_ms"], "ms")
+        check(
+            "seed-recipe step (kernels, batch 8; no attention-probability dropout in the encoder)",
+            k["ms_per_step"],
+            TARGETS["kernels_ms"],
+            "ms",
+        )
         if k.get("ratio_vs_seed_trainer"):
-            check("speed-up over seed-trainer (same run)", k["ratio_vs_seed_trainer"], TARGETS["kernels_x_seed"], "x", True)
-        check("2 epochs incl. compilation (projected: set-up and warm-up + the rest at the timed rate)", k["projected_minutes_with_warmup"],
-              TARGETS["two_epochs_minutes"], "min")
+            check(
+                "speed-up over seed-trainer (same run)",
+                k["ratio_vs_seed_trainer"],
+                TARGETS["kernels_x_seed"],
+                "x",
+                True,
+            )
+        check(
+            "2 epochs incl. compilation (projected: set-up and warm-up + the rest at the timed rate)",
+            k["projected_minutes_with_warmup"],
+            TARGETS["two_epochs_minutes"],
+            "min",
+        )
         if k["peak_allocated_gib"] is not None:
             check("peak allocated, AdamW (kernels)", k["peak_allocated_gib"], TARGETS["kernels_gib"], "GiB")
     k8 = rows.get("kernels-8bit-ckpt")
     if k8 and k8["peak_allocated_gib"] is not None:
-        check("peak allocated, adamw8bit (kernels-8bit-ckpt)", k8["peak_allocated_gib"], TARGETS["kernels_8bit_gib"], "GiB")
+        check(
+            "peak allocated, adamw8bit (kernels-8bit-ckpt)",
+            k8["peak_allocated_gib"],
+            TARGETS["kernels_8bit_gib"],
+            "GiB",
+        )
     kt = rows.get("kernels-throughput")
     if kt:
-        check(f"throughput (kernels-throughput, batch {kt['batch_size']})", kt["samples_per_s"], TARGETS["throughput_samples_s"],
-              "samples/s", True)
+        check(
+            f"throughput (kernels-throughput, batch {kt['batch_size']})",
+            kt["samples_per_s"],
+            TARGETS["throughput_samples_s"],
+            "samples/s",
+            True,
+        )
     if score:
-        check("score evaluation of 25,000 reviews (kernels, projected)", score["projected_25k_seconds"], TARGETS["score_eval_25k_s"], "s")
+        check(
+            "score evaluation of 25,000 reviews (kernels, projected)",
+            score["projected_25k_seconds"],
+            TARGETS["score_eval_25k_s"],
+            "s",
+        )
     return checks
 
 

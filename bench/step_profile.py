@@ -1,7 +1,8 @@
 """Where a training step's time goes: torch.profiler over steady-state steps of one bench configuration.
 
     python bench/step_profile.py --config kernels          # flan-t5-base, one GPU
-    python bench/step_profile.py --config fast --model-config tiny --data synthetic:200 --tokenizer word-level   # CPU
+    python bench/step_profile.py --config fast --model-config tiny --data synthetic:200 --tokenizer word-level
+    # CPU
 
 Runs the real loop (`flant5_imdb.train.run`) for --warmup untimed steps, then profiles --steps
 steps and writes --out (default step_profile-<config>.txt): per step, the wall time (CUDA events), the time
@@ -57,24 +58,44 @@ def main(argv=None) -> dict:
 
         run(cfg, on_step=on_step)
     seconds = clock.seconds()
-    wall_ms = [1000 * (b - a) for a, b in zip(seconds[args.warmup - 1 :], seconds[args.warmup :], strict=False)]
+    wall_ms = [
+        1000 * (b - a) for a, b in zip(seconds[args.warmup - 1 :], seconds[args.warmup :], strict=False)
+    ]
     events = prof.events()
     device_events = [e for e in events if e.device_type == DeviceType.CUDA]
     busy_ms = sum(e.self_device_time_total for e in device_events) / 1000 / args.steps
-    summary = dict(config=args.config, batch_size=cfg.batch_size, steps=args.steps, wall_ms_median=statistics.median(wall_ms),
-                   device_busy_ms=busy_ms if cuda else None, kernels_per_step=len(device_events) / args.steps if cuda else None,
-                   graph_launches_per_step=sum(e.name == "cudaGraphLaunch" for e in events) / args.steps)
+    summary = dict(
+        config=args.config,
+        batch_size=cfg.batch_size,
+        steps=args.steps,
+        wall_ms_median=statistics.median(wall_ms),
+        device_busy_ms=busy_ms if cuda else None,
+        kernels_per_step=len(device_events) / args.steps if cuda else None,
+        graph_launches_per_step=sum(e.name == "cudaGraphLaunch" for e in events) / args.steps,
+    )
     lines = [
-        f"{args.config}: batch {cfg.batch_size}, {args.steps} profiled steps after {args.warmup} ({torch.cuda.get_device_name() if cuda else 'CPU'})",
+        f"{args.config}: batch {cfg.batch_size}, {args.steps} profiled steps after {args.warmup} "
+        f"({torch.cuda.get_device_name() if cuda else 'CPU'})",
         f"wall per step (median): {summary['wall_ms_median']:.2f} ms",
     ]
     if cuda:
-        lines += [f"GPU busy per step: {busy_ms:.2f} ms ({100 * busy_ms / summary['wall_ms_median']:.0f}% of wall)",
-                  f"kernels per step: {summary['kernels_per_step']:.0f}; CUDA graph launches per step: {summary['graph_launches_per_step']:.0f}"]
+        lines += [
+            f"GPU busy per step: {busy_ms:.2f} ms ({100 * busy_ms / summary['wall_ms_median']:.0f}% of wall)",
+            f"kernels per step: {summary['kernels_per_step']:.0f}; CUDA graph launches per step: "
+            f"{summary['graph_launches_per_step']:.0f}",
+        ]
     table = prof.key_averages()
     if cuda:
-        lines += ["", "top operators by self device time:", table.table(sort_by="self_device_time_total", row_limit=25)]
-    lines += ["", "top operators by self host time:", table.table(sort_by="self_cpu_time_total", row_limit=25)]
+        lines += [
+            "",
+            "top operators by self device time:",
+            table.table(sort_by="self_device_time_total", row_limit=25),
+        ]
+    lines += [
+        "",
+        "top operators by self host time:",
+        table.table(sort_by="self_cpu_time_total", row_limit=25),
+    ]
     path = Path(args.out or f"step_profile-{args.config}.txt")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
@@ -84,11 +105,18 @@ def main(argv=None) -> dict:
 
 
 def parse(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--config", default="kernels", choices=[c for c in CONFIGS if c != "seed-trainer"])
     add_source_args(p)
     p.add_argument("--batch-size", type=int, default=None, help="override the configuration's batch")
-    p.add_argument("--warmup", type=int, default=40, help="steps before profiling (compilation, one CUDA graph per bucket)")
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=40,
+        help="steps before profiling (compilation, one CUDA graph per bucket)",
+    )
     p.add_argument("--steps", type=int, default=5, help="profiled steps")
     p.add_argument("--out", default=None, help="the report's file (default: step_profile-<config>.txt)")
     args = p.parse_args(argv)

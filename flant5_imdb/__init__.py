@@ -4,7 +4,9 @@ __version__ = "0.1.0"
 __all__ = ["Classifier"]
 
 
-def __getattr__(name):  # `from flant5_imdb import Classifier` without importing torch for every submodule user
+def __getattr__(
+    name,
+):  # `from flant5_imdb import Classifier` without importing torch for every submodule user
     if name == "Classifier":
         from flant5_imdb.predict import Classifier
 

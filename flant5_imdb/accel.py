@@ -29,5 +29,8 @@ def make_accelerator(precision: str, **kwargs) -> Accelerator:
         **kwargs,
     )
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and not torch.cuda.is_available():
-        logger.warning("FSDP was asked for, but there is no CUDA: running as %s (gloo DDP) instead", accelerator.distributed_type)
+        logger.warning(
+            "FSDP was asked for, but there is no CUDA: running as %s (gloo DDP) instead",
+            accelerator.distributed_type,
+        )
     return accelerator

@@ -16,80 +16,116 @@ logger = logging.getLogger(__name__)
 
 
 def model_card(summary: dict, repo: str | None = None) -> str:
-    cfg, ev = summary["config"], summary.get("eval")
+    """The card's markdown: front matter, evaluation, training, cost, use; every figure from `summary`."""
+    lines = _front_matter(summary, repo) + _evaluation(summary) + _training(summary) + _cost(summary)
+    lines += [
+        "## Use",
+        "",
+        "```python",
+        "from flant5_imdb import Classifier",
+        "",
+        f'clf = Classifier("{repo or "path/to/final"}")',
+        'print(clf.predict(["A wonderful, moving film."]))',
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+HUB_IMDB = ("stanfordnlp/imdb", "imdb")
+
+
+def _front_matter(summary: dict, repo: str | None) -> list[str]:
+    cfg = summary["config"]
     base = cfg["model"] if not cfg.get("model_config") else f"{cfg['model_config']} architecture, random init"
-    effective = summary["effective_batch"]
-    lines = [
+    imdb = (
+        cfg["data"] in HUB_IMDB
+    )  # a local file may hold anything: the card names no dataset it cannot vouch for
+    what = "IMDB sentiment classifier" if imdb else f"Sentiment classifier (trained on `{cfg['data']}`)"
+    return [
         "---",
         "license: apache-2.0",
         "library_name: transformers",
         "pipeline_tag: text2text-generation",
-        "datasets:\n- stanfordnlp/imdb",
+        *([f"datasets:\n- {cfg['data']}"] if imdb else []),
         "tags:\n- sentiment-analysis\n- flan-t5\n- flant5_imdb",
         *([f"base_model: {cfg['model']}"] if not cfg.get("model_config") else []),
         "---",
         "",
         f"# {repo or 'flant5_imdb model'}",
         "",
-        f"IMDB sentiment classifier fine-tuned from **{base}** with flant5_imdb (a hand-written Accelerate "
-        f"loop), as text-to-text classification: the model writes {_targets(cfg['verbalizer'])}.",
-        "",
-        "## Evaluation",
+        f"{what}, fine-tuned from **{base}** with flant5_imdb (a hand-written Accelerate loop), as "
+        f"text-to-text classification: the model writes {_targets(cfg['verbalizer'])}.",
         "",
     ]
-    if ev:
-        r = ev["report"]
-        lines += [
-            f"On {ev['n']:,} reviews ({_eval_source(summary)}, `{ev['mode']}` mode):",
-            "",
-            "| metric | value |", "| --- | --- |",
-            f"| accuracy | {ev['accuracy']:.4f} |", f"| macro-F1 | {ev['macro_f1']:.4f} |",
-            *([f"| eval loss | {ev['eval_loss']:.4f} |"] if ev.get("eval_loss") is not None else []),
-            "",
-            "| class | precision | recall | F1 | support |", "| --- | --- | --- | --- | --- |",
-            *[f"| {c} | {r[c]['precision']:.4f} | {r[c]['recall']:.4f} | {r[c]['f1-score']:.4f} | {int(r[c]['support'])} |"
-              for c in ("negative", "positive")],
-            "",
-            f"Confusion matrix (rows true, columns predicted; negative, positive): `{ev['confusion_matrix']}`.",
-        ]
-    else:
-        lines.append("Not evaluated at the end of training (`--no-final-eval`).")
-    lines += [
+
+
+def _evaluation(summary: dict) -> list[str]:
+    ev = summary.get("eval")
+    if not ev:
+        return ["## Evaluation", "", "Not evaluated at the end of training.", ""]
+    r = ev["report"]
+    return [
+        "## Evaluation",
         "",
+        f"On {ev['n']:,} reviews ({_eval_source(summary)}, `{ev['mode']}` mode):",
+        "",
+        "| metric | value |",
+        "| --- | --- |",
+        f"| accuracy | {ev['accuracy']:.4f} |",
+        f"| macro-F1 | {ev['macro_f1']:.4f} |",
+        *([f"| eval loss | {ev['eval_loss']:.4f} |"] if ev.get("eval_loss") is not None else []),
+        "",
+        "| class | precision | recall | F1 | support |",
+        "| --- | --- | --- | --- | --- |",
+        *[
+            f"| {c} | {r[c]['precision']:.4f} | {r[c]['recall']:.4f} | {r[c]['f1-score']:.4f} | "
+            f"{int(r[c]['support'])} |"
+            for c in ("negative", "positive")
+        ],
+        "",
+        f"Confusion matrix (rows true, columns predicted; negative, positive): `{ev['confusion_matrix']}`.",
+        "",
+    ]
+
+
+def _training(summary: dict) -> list[str]:
+    cfg = summary["config"]
+    return [
         "## Training",
         "",
-        "| hyperparameter | value |", "| --- | --- |",
+        "| hyperparameter | value |",
+        "| --- | --- |",
         f"| data | `{cfg['data']}` |",
         f"| learning rate | {cfg['lr']} ({cfg['schedule']}, {cfg['warmup_steps']} warm-up steps) |",
-        f"| batch | {cfg['batch_size']} per process x {cfg['grad_accum']} accumulation x {summary['processes']} processes = {effective} |",
+        f"| batch | {cfg['batch_size']} per process x {cfg['grad_accum']} accumulation x "
+        f"{summary['processes']} processes = {summary['effective_batch']} |",
         f"| steps | {summary['steps']} ({summary['epochs']:.2f} epochs) |",
-        f"| optimizer | {cfg['optim']} (betas {cfg['adam_beta1']}, {cfg['adam_beta2']}; eps {cfg['adam_eps']}; weight decay {cfg['weight_decay']}) |",
+        f"| optimizer | {cfg['optim']} (betas {cfg['adam_beta1']}, {cfg['adam_beta2']}; eps "
+        f"{cfg['adam_eps']}; weight decay {cfg['weight_decay']}) |",
         f"| gradient clipping | {cfg['max_grad_norm']} |",
         f"| precision | {cfg['precision']} |",
         f"| max source length | {cfg['max_source_length']} |",
         f"| prompt | {cfg['prompt'] or 'none'} |",
         f"| seed | {cfg['seed']} |",
         "",
+    ]
+
+
+def _cost(summary: dict) -> list[str]:
+    return [
         "## Cost",
         "",
-        "| | |", "| --- | --- |",
+        "| | |",
+        "| --- | --- |",
         f"| hardware | {summary['device']} x {summary['processes']} process(es) |",
-        f"| training time | {summary['train_seconds'] / 60:.1f} min ({summary['samples_per_s']:.1f} samples/s) |",
+        f"| training time | {summary['train_seconds'] / 60:.1f} min ({summary['samples_per_s']:.1f} "
+        "samples/s) |",
         f"| wall time | {summary['wall_seconds'] / 60:.1f} min |",
         f"| peak GPU memory | {_gib(summary.get('peak_gpu_memory_gib'))} |",
         f"| skipped non-finite updates | {summary.get('skipped_steps', 0)} |",
         "",
-        "## Use",
-        "",
-        "```python",
-        "from flant5_imdb import Classifier",
-        "",
-        f"clf = Classifier(\"{repo or 'path/to/final'}\")",
-        "print(clf.predict([\"A wonderful, moving film.\"]))",
-        "```",
-        "",
     ]
-    return "\n".join(lines)
 
 
 def _targets(verbalizer: str) -> str:
@@ -115,10 +151,14 @@ def publish(final_dir: Path, summary: dict, repo: str | None, upload: bool) -> N
     try:
         api = HfApi()
         api.create_repo(repo, exist_ok=True)
-        api.upload_folder(repo_id=repo, folder_path=str(final_dir), commit_message="flant5_imdb: trained model and card")
+        api.upload_folder(
+            repo_id=repo, folder_path=str(final_dir), commit_message="flant5_imdb: trained model and card"
+        )
     except Exception as e:  # the hub raises many types; all mean the same to the user
-        raise RuntimeError(f"--push-to-hub {repo}: upload failed ({type(e).__name__}: {str(e)[:200]}); "
-                           f"the model and card are in {final_dir}") from e
+        raise RuntimeError(
+            f"--push-to-hub {repo}: upload failed ({type(e).__name__}: {str(e)[:200]}); "
+            f"the model and card are in {final_dir}"
+        ) from e
     logger.info("pushed %s to https://huggingface.co/%s", final_dir, repo)
 
 

@@ -63,7 +63,9 @@ class TrainState:
     sampler: dict = field(default_factory=dict)  # StepSampler.state_dict() at save time
     train_seconds: float = 0.0  # time spent in training steps up to this state (the metrics' clock)
     # The metrics window since the last log line, so that a resumed run logs what an uninterrupted one would:
-    window: list = field(default_factory=list)  # per process: [summed token loss (a float32 value, exactly), target tokens]
+    window: list = field(
+        default_factory=list
+    )  # per process: [summed token loss (a float32 value, exactly), target tokens]
     last_log_step: int = 0
     last_log_samples: int = 0  # samples_seen at the last log line
     last_log_seconds: float = 0.0  # train_seconds at the last log line
@@ -81,7 +83,11 @@ def complete_checkpoints(output_dir: str | Path) -> list[Path]:
     root = checkpoints_dir(output_dir)
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and (p / COMPLETE).is_file()]
+    found = [
+        (int(m.group(1)), p)
+        for p in root.iterdir()
+        if (m := _STEP_DIR.match(p.name)) and (p / COMPLETE).is_file()
+    ]
     return [p for _, p in sorted(found)]
 
 
@@ -90,8 +96,14 @@ def latest_complete(output_dir: str | Path) -> Path | None:
     return done[-1] if done else None
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, state: TrainState, config: dict, keep: int,
-                    save_extra: Callable[[Path], None] | None = None) -> Path:
+def save_checkpoint(
+    accelerator: Accelerator,
+    output_dir: str | Path,
+    state: TrainState,
+    config: dict,
+    keep: int,
+    save_extra: Callable[[Path], None] | None = None,
+) -> Path:
     """Write `step-N` atomically (every process takes part), then keep only the newest `keep`.
 
     `save_extra(folder)` runs on the main process before the folder is sealed (the loop uses it
@@ -110,7 +122,12 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, state: Tra
     if accelerator.is_main_process:
         if save_extra is not None:
             save_extra(tmp)
-        payload = {"state": state.to_dict(), "config": config, "num_processes": accelerator.num_processes, "format": FORMAT}
+        payload = {
+            "state": state.to_dict(),
+            "config": config,
+            "num_processes": accelerator.num_processes,
+            "format": FORMAT,
+        }
         _write_synced(tmp / STATE_FILE, json.dumps(payload, indent=2))
         for f in tmp.rglob("*"):
             if f.is_file():
@@ -127,7 +144,9 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, state: Tra
 
 
 def _commit(tmp: Path, final: Path) -> None:
-    """The atomic step: a rename. An existing `final` (same step, written by an earlier run) is replaced whole."""
+    """The atomic step: a rename. An existing `final` (same step, written by an earlier run) is replaced
+    whole.
+    """
     if final.exists():
         trash = final.with_name(final.name + ".old")
         shutil.rmtree(trash, ignore_errors=True)
@@ -157,8 +176,11 @@ def _fsync(path: Path) -> None:
 
 def manifest(folder: Path) -> dict[str, list[int]]:
     """Every file under `folder` (its manifest and marker excepted): relative path -> [size, CRC-32]."""
-    return {str(f.relative_to(folder)): [f.stat().st_size, _crc32(f)]
-            for f in sorted(folder.rglob("*")) if f.is_file() and f.name not in (MANIFEST, COMPLETE)}
+    return {
+        str(f.relative_to(folder)): [f.stat().st_size, _crc32(f)]
+        for f in sorted(folder.rglob("*"))
+        if f.is_file() and f.name not in (MANIFEST, COMPLETE)
+    }
 
 
 def _crc32(path: Path) -> int:
@@ -170,7 +192,7 @@ def _crc32(path: Path) -> int:
 
 
 def damage(path: Path) -> str | None:
-    """What is wrong with checkpoint `path` (a missing, truncated or altered file), or None if it is intact."""
+    """What is wrong with checkpoint `path` (a file missing, truncated or altered), or None if intact."""
     state_file = path / STATE_FILE
     try:
         saved = json.loads(state_file.read_text())
@@ -178,7 +200,9 @@ def damage(path: Path) -> str | None:
         return f"{STATE_FILE} is unreadable ({type(e).__name__})"
     listed = path / MANIFEST
     if not listed.is_file():
-        return f"{MANIFEST} is missing" if saved.get("format", 1) >= 2 else None  # format 1: nothing to check against
+        return (
+            f"{MANIFEST} is missing" if saved.get("format", 1) >= 2 else None
+        )  # format 1: nothing to check against
     try:
         expected = json.loads(listed.read_text())
     except ValueError:
@@ -195,7 +219,7 @@ def damage(path: Path) -> str | None:
 
 
 def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
-    """`--resume auto`: the newest intact complete checkpoint, or None (a fresh start); a path: that checkpoint.
+    """`--resume auto`: the newest intact complete checkpoint, or None (a fresh start); a path: that one.
 
     Raises:
         CheckpointError: the named checkpoint is incomplete or damaged; or every checkpoint in
@@ -213,7 +237,9 @@ def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
         return path
     found = complete_checkpoints(output_dir)
     if not found:
-        logger.info("--resume auto: no complete checkpoint in %s, starting fresh", checkpoints_dir(output_dir))
+        logger.info(
+            "--resume auto: no complete checkpoint in %s, starting fresh", checkpoints_dir(output_dir)
+        )
         return None
     problems = []
     for path in reversed(found):
@@ -222,7 +248,9 @@ def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
             return path
         logger.warning("--resume auto: skipping damaged checkpoint %s: %s", path, problem)
         problems.append(f"{path.name}: {problem}")
-    raise CheckpointError(f"--resume auto: every checkpoint in {checkpoints_dir(output_dir)} is damaged ({'; '.join(problems)})")
+    raise CheckpointError(
+        f"--resume auto: every checkpoint in {checkpoints_dir(output_dir)} is damaged ({'; '.join(problems)})"
+    )
 
 
 def read_checkpoint(path: Path) -> dict:
@@ -239,21 +267,32 @@ def check_compatible(saved: dict, config: dict, num_processes: int, force: bool)
     """
     # An option newer than the checkpoint counts as its default value then.
     before = {**TrainConfig().to_dict(), **saved["config"]}
-    changed = {k: (before.get(k), v) for k, v in config.items() if k in before and resume_kind(k) != FREE and before.get(k) != v}
+    changed = {
+        k: (before.get(k), v)
+        for k, v in config.items()
+        if k in before and resume_kind(k) != FREE and before.get(k) != v
+    }
     fixed = [k for k in changed if resume_kind(k) == FIXED]
     old_wd, new_wd = changed.get("weight_decay", (0, 0))
-    if bool(old_wd) != bool(new_wd):  # one parameter group without decay, two with: another optimizer state layout
+    if bool(old_wd) != bool(
+        new_wd
+    ):  # one parameter group without decay, two with: another optimizer state layout
         fixed.append("weight_decay")
     if fixed:
-        raise CheckpointError("cannot resume: " + "; ".join(f"--{flag(k)} {changed[k][0]!r} -> {changed[k][1]!r}" for k in fixed)
-                              + " cannot be applied to a checkpoint (weights or optimizer state of another shape); "
-                              "start a new run in another --output-dir")
+        raise CheckpointError(
+            "cannot resume: "
+            + "; ".join(f"--{flag(k)} {changed[k][0]!r} -> {changed[k][1]!r}" for k in fixed)
+            + " cannot be applied to a checkpoint (weights or optimizer state of another shape); "
+            "start a new run in another --output-dir"
+        )
     diffs = [f"--{flag(k)} {a!r} -> {b!r}" for k, (a, b) in changed.items()]
     if saved["num_processes"] != num_processes:
         diffs.append(f"processes {saved['num_processes']} -> {num_processes}")
     if diffs and not force:
-        raise CheckpointError(f"refusing to resume: the config changes the math ({'; '.join(diffs)}); "
-                              "pass --force-resume to resume with the new values")
+        raise CheckpointError(
+            f"refusing to resume: the config changes the math ({'; '.join(diffs)}); "
+            "pass --force-resume to resume with the new values"
+        )
     if diffs:
         logger.warning("resuming with a changed config (--force-resume applies it): %s", "; ".join(diffs))
     return diffs
@@ -270,7 +309,9 @@ def apply_hyperparameters(optimizer: torch.optim.Optimizer, scheduler, cfg: Trai
     groups = optimizer.param_groups
     decays = [cfg.weight_decay, 0.0] if len(groups) == 2 else [0.0]  # optim.param_groups: decayed group first
     for group, decay in zip(groups, decays, strict=True):
-        group.update(initial_lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps, weight_decay=decay)
+        group.update(
+            initial_lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps, weight_decay=decay
+        )
     scheduler.base_lrs = [cfg.lr] * len(groups)
     # The lr of the next step: the schedule's factor at its restored step, times the new peak.
     lrs = [cfg.lr * fn(scheduler.last_epoch) for fn in scheduler.lr_lambdas]
@@ -278,7 +319,9 @@ def apply_hyperparameters(optimizer: torch.optim.Optimizer, scheduler, cfg: Trai
         group["lr"] = lr
     scheduler._last_lr = lrs
     if not all(math.isfinite(lr) for lr in lrs):
-        raise CheckpointError(f"--force-resume: the schedule gives a non-finite learning rate at step {scheduler.last_epoch}")
+        raise CheckpointError(
+            f"--force-resume: the schedule gives a non-finite learning rate at step {scheduler.last_epoch}"
+        )
 
 
 def load_checkpoint(accelerator: Accelerator, path: Path) -> TrainState:
@@ -289,13 +332,18 @@ def load_checkpoint(accelerator: Accelerator, path: Path) -> TrainState:
     """
     rng_file = path / f"random_states_{accelerator.process_index}.pkl"
     if not rng_file.is_file():
-        raise CheckpointError(f"{path}: no RNG state for process {accelerator.process_index} ({rng_file.name}); cannot resume exactly")
+        raise CheckpointError(
+            f"{path}: no RNG state for process {accelerator.process_index} ({rng_file.name}); cannot resume "
+            "exactly"
+        )
     accelerator.load_state(str(path))
     saved = torch.load(rng_file, weights_only=False)
     if not torch.equal(torch.get_rng_state(), saved["torch_manual_seed"]):
         raise CheckpointError(f"{path}: the torch RNG state was not restored from {rng_file.name}")
     if torch.cuda.is_available() and "torch_cuda_manual_seed" in saved:
         restored = torch.cuda.get_rng_state_all()
-        if any(not torch.equal(a, b) for a, b in zip(restored, saved["torch_cuda_manual_seed"], strict=False)):
+        if any(
+            not torch.equal(a, b) for a, b in zip(restored, saved["torch_cuda_manual_seed"], strict=False)
+        ):
             raise CheckpointError(f"{path}: the CUDA RNG state was not restored from {rng_file.name}")
     return TrainState(**read_checkpoint(path)["state"])

@@ -20,10 +20,12 @@ class ConfigError(ValueError):
     """An option value that cannot work; the message names the option."""
 
 
-# What a resume may do with an option whose value differs from the checkpoint's (`checkpoint.check_compatible`):
+# What a resume may do with an option whose value differs from the checkpoint's
+# (`checkpoint.check_compatible`):
 FREE = "free"  # it does not change what is computed: any value, no questions asked
 MATH = "math"  # it changes the math: refused unless --force-resume, which then applies the new value
-FIXED = "fixed"  # the checkpoint cannot take another value (weights or optimizer state of another shape): always refused
+# the checkpoint cannot take another value (weights or optimizer state of another shape): always refused
+FIXED = "fixed"
 
 
 def _opt(default, help: str, choices: tuple | None = None, resume: str = MATH):
@@ -34,31 +36,61 @@ def _opt(default, help: str, choices: tuple | None = None, resume: str = MATH):
 class TrainConfig:
     # Model
     model: str = _opt("google/flan-t5-base", "Hub id or local folder for from_pretrained", resume=FIXED)
-    model_config: str | None = _opt(None, "named architecture with random init instead of --model weights", ("flan-t5-base", "tiny"), resume=FIXED)
-    tokenizer: str | None = _opt(None, "tokenizer (Hub id or folder; default: --model); 'word-level' trains one on the training texts", resume=FIXED)
+    model_config: str | None = _opt(
+        None,
+        "named architecture with random init instead of --model weights",
+        ("flan-t5-base", "tiny"),
+        resume=FIXED,
+    )
+    tokenizer: str | None = _opt(
+        None,
+        "tokenizer (Hub id or folder; default: --model); 'word-level' trains one on the training texts",
+        resume=FIXED,
+    )
     attn_implementation: str = _opt("sdpa", "attention implementation", ("eager", "sdpa", "flex_attention"))
     dropout: float | None = _opt(None, "dropout rate (default: the model's own, 0.1 for flan-t5)")
     # Data
-    data: str = _opt("stanfordnlp/imdb", "Hub id, parquet/csv/jsonl file or folder, train=PATH,test=PATH, aclImdb/, or synthetic[:N]")
-    skip_bad_rows: bool = _opt(False, "drop (and report) invalid rows instead of stopping with an error", resume=FREE)
-    verbalizer: str = _opt("digits", "target texts for labels 0/1: digits = '0'/'1' (the seed's), words = 'negative'/'positive', or 'NEG,POS'")
+    data: str = _opt(
+        "stanfordnlp/imdb",
+        "Hub id, parquet/csv/jsonl file or folder, train=PATH,test=PATH, aclImdb/, or synthetic[:N]",
+    )
+    skip_bad_rows: bool = _opt(
+        False, "drop (and report) invalid rows instead of stopping with an error", resume=FREE
+    )
+    verbalizer: str = _opt(
+        "digits",
+        "target texts for labels 0/1: digits = '0'/'1' (the seed's), words = 'negative'/'positive', or "
+        "'NEG,POS'",
+    )
     prompt: str | None = _opt(None, "prompt: 'none', 'flan', or a template containing {text}")
     max_source_length: int = _opt(512, "truncate reviews to this many tokens")
     pad_to_max_length: bool = _opt(False, "pad every source to --max-source-length (the seed's padding)")
-    pad_to_multiple_of: int = _opt(8, "dynamic padding rounds the batch length up to a multiple of this", resume=FREE)
+    pad_to_multiple_of: int = _opt(
+        8, "dynamic padding rounds the batch length up to a multiple of this", resume=FREE
+    )
     group_by_length: bool = _opt(True, "length-grouped batches (less padding); off = plain shuffle")
     max_train_samples: int | None = _opt(None, "train on a random subset of this many reviews")
     max_eval_samples: int | None = _opt(None, "evaluate on a random subset of this many reviews", resume=FREE)
-    eval_split: str | None = _opt(None, "split to evaluate on (default: test, else validation, else --validation-split of train)",
-                                  resume=FREE)
-    validation_split: float = _opt(0.1, "where the data has no test or validation split: the fraction of train held out "
-                                   "(seeded, stratified by label) to evaluate on; 0 = no evaluation")
+    eval_split: str | None = _opt(
+        None,
+        "split to evaluate on (default: test, else validation, else --validation-split of train)",
+        resume=FREE,
+    )
+    validation_split: float = _opt(
+        0.1,
+        "where the data has no test or validation split: the fraction of train held out "
+        "(seeded, stratified by label) to evaluate on; 0 = no evaluation",
+    )
     # Optimisation
     batch_size: int = _opt(8, "micro-batch per process")
-    grad_accum: int = _opt(1, "micro-batches per optimizer step (effective batch = batch-size x grad-accum x processes)")
+    grad_accum: int = _opt(
+        1, "micro-batches per optimizer step (effective batch = batch-size x grad-accum x processes)"
+    )
     lr: float = _opt(3e-4, "peak learning rate")
     epochs: int = _opt(2, "passes over the training set")
-    max_steps: int | None = _opt(None, "stop after this many optimizer steps (overrides --epochs for the schedule)")
+    max_steps: int | None = _opt(
+        None, "stop after this many optimizer steps (overrides --epochs for the schedule)"
+    )
     optim: str = _opt("adamw", "optimizer", ("adamw", "adamw8bit", "paged_adamw8bit"), resume=FIXED)
     adam_beta1: float = _opt(0.9, "Adam beta1")
     adam_beta2: float = _opt(0.999, "Adam beta2")
@@ -66,64 +98,152 @@ class TrainConfig:
     weight_decay: float = _opt(0.0, "decoupled weight decay (not applied to layer norms)")
     schedule: str = _opt("linear", "learning-rate schedule", ("linear", "constant"))
     warmup_steps: int = _opt(0, "linear warm-up steps")
-    max_grad_norm: float | None = _opt(1.0, "clip the gradient norm to this (the Trainer's default, 1.0); 'none' to turn off")
-    precision: str = _opt("bf16", "bf16 autocast or fp32 (fp16 is refused: T5 overflows in fp16)", ("bf16", "fp32"))
+    max_grad_norm: float | None = _opt(
+        1.0, "clip the gradient norm to this (the Trainer's default, 1.0); 'none' to turn off"
+    )
+    precision: str = _opt(
+        "bf16", "bf16 autocast or fp32 (fp16 is refused: T5 overflows in fp16)", ("bf16", "fp32")
+    )
     seed: int = _opt(42, "seed for initialisation, data order and dropout")
     # Evaluation, logging, output
     # The kernel path (flant5_imdb.kernels): each flag runs eagerly, with the same results, off CUDA
-    compile: bool = _opt(False, "torch.compile the training forward/backward (CUDA; eager elsewhere)", resume=FREE)
-    cuda_graphs: bool = _opt(False, "with --compile: replay the compiled forward/backward as CUDA graphs, one per length bucket "
-                             "(torch.compile mode reduce-overhead; needs --bucket-multiple)", resume=FREE)
-    bucket_multiple: int | None = _opt(None, "pad sources to a multiple of N up to --max-source-length: a fixed set of shapes for compiled graphs", resume=FREE)
-    fused_norm: bool = _opt(False, "T5 RMSNorm as one fused kernel (CUDA; the reference elsewhere)", resume=FREE)
-    activation_checkpointing: bool = _opt(False, "recompute each T5 block's activations in the backward instead of keeping them: "
-                                          "about a third more compute, far less activation memory (same results)", resume=FREE)
-    bias_kernel: bool = _opt(False, "encoder self-attention through flex_attention with T5's relative-position bias read inside "
-                             "the kernel (CUDA; the reference elsewhere); no attention-probability dropout there")
-    bias_lookup: str = _opt("table", "with --bias-kernel: how the kernel reads T5's bias: 'table' = the bucket table per score "
-                            "(backward: atomics onto the table), 'gathered' = the [heads, L, L] bias gathered once per forward",
-                            ("table", "gathered"), resume=FREE)
-    eval_mode: str = _opt("score", "score = compare label log-likelihoods in one pass; generate = greedy decoding as the seed did", ("score", "generate"), resume=FREE)
+    compile: bool = _opt(
+        False, "torch.compile the training forward/backward (CUDA; eager elsewhere)", resume=FREE
+    )
+    cuda_graphs: bool = _opt(
+        False,
+        "with --compile: replay the compiled forward/backward as CUDA graphs, one per length bucket "
+        "(torch.compile mode reduce-overhead; needs --bucket-multiple)",
+        resume=FREE,
+    )
+    bucket_multiple: int | None = _opt(
+        None,
+        "pad sources to a multiple of N up to --max-source-length: a fixed set of shapes for compiled graphs",
+        resume=FREE,
+    )
+    fused_norm: bool = _opt(
+        False, "T5 RMSNorm as one fused kernel (CUDA; the reference elsewhere)", resume=FREE
+    )
+    activation_checkpointing: bool = _opt(
+        False,
+        "recompute each T5 block's activations in the backward instead of keeping them: "
+        "about a third more compute, far less activation memory (same results)",
+        resume=FREE,
+    )
+    bias_kernel: bool = _opt(
+        False,
+        "encoder self-attention through flex_attention with T5's relative-position bias read inside "
+        "the kernel (CUDA; the reference elsewhere); no attention-probability dropout there",
+    )
+    bias_lookup: str = _opt(
+        "table",
+        "with --bias-kernel: how the kernel reads T5's bias: 'table' = the bucket table per score "
+        "(backward: atomics onto the table), 'gathered' = the [heads, L, L] bias gathered once per forward",
+        ("table", "gathered"),
+        resume=FREE,
+    )
+    eval_mode: str = _opt(
+        "score",
+        "score = compare label log-likelihoods in one pass; generate = greedy decoding as the seed did",
+        ("score", "generate"),
+        resume=FREE,
+    )
     eval_batch_size: int = _opt(64, "evaluation batch per process", resume=FREE)
     eval_every: int | None = _opt(None, "also evaluate every N optimizer steps", resume=FREE)
-    log_every: int = _opt(50, "write a line to metrics.jsonl (and sync the loss to the host) every N steps", resume=FREE)
-    output_dir: str = _opt("runs/flant5-imdb", "where metrics, evaluation, checkpoints, the final model and summary go", resume=FREE)
-    report_to: str = _opt("none", "also log metrics to accelerate's tracker", ("none", "tensorboard", "wandb"), resume=FREE)
-    push_to_hub: str | None = _opt(None, "upload the final model and a generated model card to this Hub repo", resume=FREE)
-    model_card_only: bool = _opt(False, "with --push-to-hub: write final/README.md but upload nothing", resume=FREE)
+    log_every: int = _opt(
+        50, "write a line to metrics.jsonl (and sync the loss to the host) every N steps", resume=FREE
+    )
+    output_dir: str = _opt(
+        "runs/flant5-imdb",
+        "where metrics, evaluation, checkpoints, the final model and summary go",
+        resume=FREE,
+    )
+    report_to: str = _opt(
+        "none", "also log metrics to accelerate's tracker", ("none", "tensorboard", "wandb"), resume=FREE
+    )
+    push_to_hub: str | None = _opt(
+        None, "upload the final model and a generated model card to this Hub repo", resume=FREE
+    )
+    model_card_only: bool = _opt(
+        False, "with --push-to-hub: write final/README.md but upload nothing", resume=FREE
+    )
     final_eval: bool = _opt(True, "evaluate at the end of training", resume=FREE)
     save_model: bool = _opt(True, "save the final model and tokenizer to OUTPUT_DIR/final", resume=FREE)
     # Checkpoints and faults
-    save_every: int | None = _opt(None, "also checkpoint every N optimizer steps (always at each epoch end, at the end, and on SIGTERM/SIGINT)", resume=FREE)
+    save_every: int | None = _opt(
+        None,
+        "also checkpoint every N optimizer steps (always at each epoch end, at the end, and on "
+        "SIGTERM/SIGINT)",
+        resume=FREE,
+    )
     keep_checkpoints: int = _opt(2, "keep the newest K complete checkpoints; 0 writes none", resume=FREE)
-    resume: str | None = _opt(None, "'auto' = the latest complete checkpoint in --output-dir (fresh start if none), or a checkpoint folder", resume=FREE)
-    force_resume: bool = _opt(False, "resume even where the config changes the math (batch size, lr, seed, data, ...), "
-                              "applying the new values", resume=FREE)
-    overwrite_output_dir: bool = _opt(False, "start afresh in an --output-dir that holds another run: its contents are deleted first",
-                                      resume=FREE)
-    max_bad_steps: int = _opt(10, "stop after this many updates in a row with a non-finite loss or gradient norm (each is skipped)", resume=FREE)
+    resume: str | None = _opt(
+        None,
+        "'auto' = the latest complete checkpoint in --output-dir (fresh start if none), or a checkpoint "
+        "folder",
+        resume=FREE,
+    )
+    force_resume: bool = _opt(
+        False,
+        "resume even where the config changes the math (batch size, lr, seed, data, ...), "
+        "applying the new values",
+        resume=FREE,
+    )
+    overwrite_output_dir: bool = _opt(
+        False,
+        "start afresh in an --output-dir that holds another run: its contents are deleted first",
+        resume=FREE,
+    )
+    max_bad_steps: int = _opt(
+        10,
+        "stop after this many updates in a row with a non-finite loss or gradient norm (each is skipped)",
+        resume=FREE,
+    )
 
     def __post_init__(self):
         if self.precision == "fp16":
-            raise ConfigError("--precision fp16 is refused: T5 overflows in fp16 (transformers #5651, #14189); use bf16 or fp32")
+            raise ConfigError(
+                "--precision fp16 is refused: T5 overflows in fp16 (transformers #5651, #14189); use bf16 or "
+                "fp32"
+            )
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             value = getattr(self, f.name)
             if choices and value is not None and value not in choices:
                 raise ConfigError(f"--{flag(f.name)} {value!r}: choose from {', '.join(choices)}")
-        for name in ("batch_size", "grad_accum", "epochs", "eval_batch_size", "log_every", "max_source_length",
-                     "pad_to_multiple_of", "max_bad_steps"):
+        for name in (
+            "batch_size",
+            "grad_accum",
+            "epochs",
+            "eval_batch_size",
+            "log_every",
+            "max_source_length",
+            "pad_to_multiple_of",
+            "max_bad_steps",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{flag(name)} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_steps", "max_train_samples", "max_eval_samples", "eval_every", "save_every", "bucket_multiple"):
+        for name in (
+            "max_steps",
+            "max_train_samples",
+            "max_eval_samples",
+            "eval_every",
+            "save_every",
+            "bucket_multiple",
+        ):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"--{flag(name)} must be at least 1, got {getattr(self, name)}")
         if self.keep_checkpoints < 0:
             raise ConfigError(f"--keep-checkpoints must be 0 or more, got {self.keep_checkpoints}")
         if self.cuda_graphs and not (self.compile and self.bucket_multiple):
-            raise ConfigError("--cuda-graphs needs --compile and --bucket-multiple (one graph per length bucket)")
+            raise ConfigError(
+                "--cuda-graphs needs --compile and --bucket-multiple (one graph per length bucket)"
+            )
         if self.bias_kernel and self.attn_implementation == "flex_attention":
-            raise ConfigError("--bias-kernel replaces the encoder's attention: use it with --attn-implementation sdpa or eager")
+            raise ConfigError(
+                "--bias-kernel replaces the encoder's attention: use it with --attn-implementation sdpa or "
+                "eager"
+            )
         _check_range("lr", self.lr, low=0.0, low_open=True)
         _check_range("adam_eps", self.adam_eps, low=0.0, low_open=True)
         _check_range("weight_decay", self.weight_decay, low=0.0)
@@ -134,7 +254,9 @@ class TrainConfig:
         if self.dropout is not None:
             _check_range("dropout", self.dropout, low=0.0, high=1.0)
         if self.max_grad_norm is not None:
-            _check_range("max_grad_norm", self.max_grad_norm, low=0.0, low_open=True, also="or 'none' for no clipping")
+            _check_range(
+                "max_grad_norm", self.max_grad_norm, low=0.0, low_open=True, also="or 'none' for no clipping"
+            )
         out = Path(self.output_dir)
         for folder in (out, *out.parents):
             if folder.exists():
@@ -164,9 +286,17 @@ def resume_kind(name: str) -> str:
 
 def _check_range(name: str, value, *, low, high=None, low_open=False, also=""):
     """A finite number >= low (> low if low_open) and < high: else a ConfigError naming the flag."""
-    ok = math.isfinite(value) and (value > low if low_open else value >= low) and (high is None or value < high)
+    ok = (
+        math.isfinite(value)
+        and (value > low if low_open else value >= low)
+        and (high is None or value < high)
+    )
     if not ok:
-        want = f"in [{low:g}, {high:g})" if high is not None else ("a positive finite number" if low_open else f"{low:g} or more")
+        want = (
+            f"in [{low:g}, {high:g})"
+            if high is not None
+            else ("a positive finite number" if low_open else f"{low:g} or more")
+        )
         raise ConfigError(f"--{flag(name)} must be {want}{' ' + also if also else ''}, got {value}")
 
 
@@ -176,21 +306,52 @@ PRESETS: dict[str, dict] = {
     # The documented HF Seq2SeqTrainer recipe, exactly (Trainer defaults included: fused AdamW,
     # clipping at 1.0, no warm-up, no weight decay); its evaluation used greedy generation.
     "seed": dict(
-        lr=3e-4, batch_size=8, grad_accum=1, seed=42, adam_beta1=0.9, adam_beta2=0.999, adam_eps=1e-8,
-        weight_decay=0.0, schedule="linear", warmup_steps=0, epochs=2, precision="fp32",
-        pad_to_max_length=True, max_source_length=512, group_by_length=False, verbalizer="digits",
-        prompt=None, max_grad_norm=1.0, optim="adamw", eval_mode="generate",
+        lr=3e-4,
+        batch_size=8,
+        grad_accum=1,
+        seed=42,
+        adam_beta1=0.9,
+        adam_beta2=0.999,
+        adam_eps=1e-8,
+        weight_decay=0.0,
+        schedule="linear",
+        warmup_steps=0,
+        epochs=2,
+        precision="fp32",
+        pad_to_max_length=True,
+        max_source_length=512,
+        group_by_length=False,
+        verbalizer="digits",
+        prompt=None,
+        max_grad_norm=1.0,
+        optim="adamw",
+        eval_mode="generate",
         output_dir="runs/seed",
     ),
     # `fast` plus the kernel path (flant5_imdb.kernels): length buckets of 64, fused RMSNorm, the
     # relative-bias attention kernel, torch.compile with CUDA graphs. Off CUDA every flag falls
     # back to eager PyTorch. Not the default until the GPU bench has measured it (bench/NOTES.md).
-    "kernels": dict(bucket_multiple=64, fused_norm=True, bias_kernel=True, compile=True, cuda_graphs=True,
-                    output_dir="runs/kernels"),
+    "kernels": dict(
+        bucket_multiple=64,
+        fused_norm=True,
+        bias_kernel=True,
+        compile=True,
+        cuda_graphs=True,
+        output_dir="runs/kernels",
+    ),
     # A tiny random-init T5 on generated reviews: trains offline on a laptop CPU in about a minute.
     "smoke": dict(
-        model_config="tiny", tokenizer="word-level", data="synthetic:2000", precision="fp32", batch_size=16,
-        lr=2e-3, epochs=3, max_source_length=128, eval_batch_size=128, log_every=25, output_dir="runs/smoke",
+        model_config="tiny",
+        tokenizer="word-level",
+        data="synthetic:2000",
+        precision="fp32",
+        batch_size=16,
+        lr=2e-3,
+        epochs=3,
+        max_source_length=128,
+        eval_batch_size=128,
+        log_every=25,
+        output_dir="runs/smoke",
     ),
 }
 
@@ -211,13 +372,22 @@ def build_parser(defaults: TrainConfig | None = None) -> argparse.ArgumentParser
     """An argparse parser with one --flag per TrainConfig field (and --preset)."""
     defaults = defaults or TrainConfig()
     p = argparse.ArgumentParser(description="Fine-tune FLAN-T5 on IMDB sentiment.")
-    p.add_argument("--preset", choices=tuple(PRESETS), default="fast", help="starting values for every option (default: fast)")
+    p.add_argument(
+        "--preset",
+        choices=tuple(PRESETS),
+        default="fast",
+        help="starting values for every option (default: fast)",
+    )
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         kind = hints[f.name]
         optional = isinstance(kind, types.UnionType) and type(None) in typing.get_args(kind)
         base = next(a for a in typing.get_args(kind) if a is not type(None)) if optional else kind
-        kw = dict(default=getattr(defaults, f.name), help=f.metadata["help"] + " (default: %(default)s)", dest=f.name)
+        kw = dict(
+            default=getattr(defaults, f.name),
+            help=f.metadata["help"] + " (default: %(default)s)",
+            dest=f.name,
+        )
         if base is bool:
             p.add_argument(f"--{flag(f.name)}", action=argparse.BooleanOptionalAction, **kw)
             continue

@@ -34,7 +34,17 @@ from datasets import Dataset, DatasetDict
 
 from flant5_imdb.reader import BadRow, DataError, file_format, read_table, text_problem
 
-__all__ = ["BadRow", "Collator", "DataError", "load_imdb", "source_splits", "hold_out", "tokenize", "target_ids", "make_synthetic"]
+__all__ = [
+    "BadRow",
+    "Collator",
+    "DataError",
+    "load_imdb",
+    "source_splits",
+    "hold_out",
+    "tokenize",
+    "target_ids",
+    "make_synthetic",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +67,9 @@ SYNTHETIC_MIN = 10
 # Loading
 
 
-def load_imdb(source: str = DEFAULT_SOURCE, *, skip_bad_rows: bool = False,
-              splits: Iterable[str] | None = None) -> tuple[DatasetDict, list[BadRow]]:
+def load_imdb(
+    source: str = DEFAULT_SOURCE, *, skip_bad_rows: bool = False, splits: Iterable[str] | None = None
+) -> tuple[DatasetDict, list[BadRow]]:
     """Load `source` into a validated `DatasetDict(text, label)`; only `splits`, if given.
 
     Returns the data and the rows dropped (always empty unless `skip_bad_rows`).
@@ -78,8 +89,11 @@ def load_imdb(source: str = DEFAULT_SOURCE, *, skip_bad_rows: bool = False,
         more = f" (and {len(dropped) - MAX_REPORTED_ROWS} more)" if len(dropped) > MAX_REPORTED_ROWS else ""
         logger.warning("--skip-bad-rows: dropped %d bad row(s): %s%s", len(dropped), shown, more)
     if "train" in out and len(set(out["train"]["label"])) == 1:
-        logger.warning("%s: every training example has label %d: a classifier cannot learn from one class",
-                       source, out["train"][0]["label"])
+        logger.warning(
+            "%s: every training example has label %d: a classifier cannot learn from one class",
+            source,
+            out["train"][0]["label"],
+        )
     return DatasetDict(out), dropped
 
 
@@ -111,7 +125,9 @@ class _RawSplit:
     ds: Dataset
     where: str  # the file or folder named in error messages
     bad: list[BadRow]  # records that could not even be read
-    unit: str = "row"  # how a record's place is named: a table's row, or a text file's line (a `_line` column)
+    unit: str = (
+        "row"  # how a record's place is named: a table's row, or a text file's line (a `_line` column)
+    )
 
 
 def _read_source(source: str, wanted: set[str] | None) -> dict[str, _RawSplit]:
@@ -119,7 +135,11 @@ def _read_source(source: str, wanted: set[str] | None) -> dict[str, _RawSplit]:
     keep = (lambda split: True) if wanted is None else (lambda split: split in wanted)
     if _is_synthetic(source):
         n = _synthetic_size(source)
-        return {k: _RawSplit(v, f"synthetic/{k}", []) for k, v in make_synthetic(n_train=n, n_test=max(n // 4, 50)).items() if keep(k)}
+        return {
+            k: _RawSplit(v, f"synthetic/{k}", [])
+            for k, v in make_synthetic(n_train=n, n_test=max(n // 4, 50)).items()
+            if keep(k)
+        }
     if _is_mapping(source):
         return _read_files({k: v for k, v in _parse_mapping(source).items() if keep(k)})
     path = Path(source).expanduser()
@@ -144,8 +164,11 @@ def _synthetic_size(source: str) -> int:
         return 2000
     n = source.split(":", 1)[1]
     if not n.isdigit() or int(n) < SYNTHETIC_MIN:
-        raise DataError(f"--data {source!r}: after 'synthetic:' comes the number of training reviews, a whole number of at "
-                        f"least {SYNTHETIC_MIN} (e.g. synthetic:2000)")
+        raise DataError(
+            f"--data {source!r}: after 'synthetic:' comes the number of training reviews, a whole number of "
+            "at "
+            f"least {SYNTHETIC_MIN} (e.g. synthetic:2000)"
+        )
     return int(n)
 
 
@@ -160,8 +183,10 @@ def _parse_mapping(source: str) -> dict[str, Path]:
         split, sep, path = part.partition("=")
         split, path = split.strip(), path.strip()
         if not sep or not split or not path:
-            raise DataError(f"--data {source!r}: {part.strip()!r} is not SPLIT=PATH; write e.g. train=train.csv,test=test.csv"
-                            + (" (no comma at the end)" if not part.strip() else ""))
+            raise DataError(
+                f"--data {source!r}: {part.strip()!r} is not SPLIT=PATH; write e.g. "
+                "train=train.csv,test=test.csv" + (" (no comma at the end)" if not part.strip() else "")
+            )
         if split not in SPLITS:
             raise DataError(f"--data {source!r}: unknown split {split!r} (use {', '.join(SPLITS)})")
         if split in files:
@@ -181,11 +206,15 @@ def _split_files(folder: Path) -> dict[str, Path]:
         split = p.name.split(".")[0]
         if p.is_file() and split in SPLITS and file_format(p) not in (None, "txt"):
             if split in files:
-                raise DataError(f"{folder}: two files for split '{split}' ({files[split].name}, {p.name}); keep one")
+                raise DataError(
+                    f"{folder}: two files for split '{split}' ({files[split].name}, {p.name}); keep one"
+                )
             files[split] = p
     if not files:
-        raise DataError(f"{folder}: no train.* / test.* file (parquet, csv, jsonl, json, optionally .gz) "
-                        "and no aclImdb layout (train/pos/, train/neg/)")
+        raise DataError(
+            f"{folder}: no train.* / test.* file (parquet, csv, jsonl, json, optionally .gz) "
+            "and no aclImdb layout (train/pos/, train/neg/)"
+        )
     return files
 
 
@@ -195,7 +224,11 @@ def _split_of(path: Path) -> str:
 
 
 def _looks_like_path(source: str) -> bool:
-    return source.startswith((".", "/", "~")) or file_format(Path(source)) is not None or os.sep + os.sep in source
+    return (
+        source.startswith((".", "/", "~"))
+        or file_format(Path(source)) is not None
+        or os.sep + os.sep in source
+    )
 
 
 def _read_hub(name: str) -> dict[str, Dataset]:
@@ -230,8 +263,10 @@ def _read_files(files: dict[str, Path]) -> dict[str, _RawSplit]:
             raise DataError(f"{path}: no such file (split '{split}')")
         kind = file_format(path)
         if kind is None or kind == "txt":
-            raise DataError(f"{path}: unsupported file type '{''.join(path.suffixes) or path.name}' "
-                            "(use parquet, csv, jsonl or json, optionally .gz)")
+            raise DataError(
+                f"{path}: unsupported file type '{''.join(path.suffixes) or path.name}' "
+                "(use parquet, csv, jsonl or json, optionally .gz)"
+            )
         out[split] = _read_parquet(path) if kind == "parquet" else _read_text_file(path)
     return out
 
@@ -245,7 +280,9 @@ def _read_parquet(path: Path) -> _RawSplit:
         with _quiet_datasets():
             ds = datasets.load_dataset("parquet", data_files={"split": str(path)}, split="split")
     except Exception as e:
-        raise DataError(f"{path}: cannot be read as parquet ({type(e).__name__}: {str(e).strip()[:200]})") from None
+        raise DataError(
+            f"{path}: cannot be read as parquet ({type(e).__name__}: {str(e).strip()[:200]})"
+        ) from None
     return _RawSplit(ds, str(path), [])
 
 
@@ -262,9 +299,12 @@ def _read_text_file(path: Path) -> _RawSplit:
         texts.append(text)
         labels.append(_label_text(label))
         lines.append(line)
-    ds = Dataset.from_dict({"text": texts, "label": labels, "_line": lines},
-                           features=datasets.Features(text=datasets.Value("string"), label=datasets.Value("string"),
-                                                      _line=datasets.Value("int64")))
+    ds = Dataset.from_dict(
+        {"text": texts, "label": labels, "_line": lines},
+        features=datasets.Features(
+            text=datasets.Value("string"), label=datasets.Value("string"), _line=datasets.Value("int64")
+        ),
+    )
     return _RawSplit(ds, str(path), bad, table.unit)
 
 
@@ -287,12 +327,21 @@ def _read_aclimdb(root: Path, keep) -> dict[str, _RawSplit]:
         for label, sub in ((0, "neg"), (1, "pos")):
             folder = root / split / sub
             if not folder.is_dir():
-                raise DataError(f"{folder}: missing folder (aclImdb layout needs {split}/neg and {split}/pos)")
+                raise DataError(
+                    f"{folder}: missing folder (aclImdb layout needs {split}/neg and {split}/pos)"
+                )
             for f in sorted(folder.glob("*.txt"), key=_file_id):
                 try:
                     text = f.read_bytes().decode("utf-8")
                 except UnicodeDecodeError as e:
-                    bad.append(BadRow(str(f), None, f"not valid UTF-8 (byte 0x{e.object[e.start]:02x} at offset {e.start})", split=split))
+                    bad.append(
+                        BadRow(
+                            str(f),
+                            None,
+                            f"not valid UTF-8 (byte 0x{e.object[e.start]:02x} at offset {e.start})",
+                            split=split,
+                        )
+                    )
                     continue
                 if not text.strip():  # named by its path, not by a row number in a folder
                     bad.append(BadRow(str(f), None, "empty text", split=split))
@@ -317,7 +366,10 @@ def _validate(raw: _RawSplit, skip: bool, split: str) -> tuple[Dataset, list[Bad
     ds, where = raw.ds, raw.where
     missing = [c for c in ("text", "label") if c not in ds.column_names]
     if missing:
-        raise DataError(f"{where}: missing column {', '.join(repr(c) for c in missing)} (found: {', '.join(ds.column_names)})")
+        raise DataError(
+            f"{where}: missing column {', '.join(repr(c) for c in missing)} (found: "
+            f"{', '.join(ds.column_names)})"
+        )
     lines = ds["_line"] if "_line" in ds.column_names else None
     texts, raw_labels = ds["text"], ds["label"]
     labels, bad, good = [], [], []
@@ -369,16 +421,64 @@ def hold_out(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]
         held += rows[: max(1, round(fraction * len(rows)))] if len(rows) > 1 else []
     held_set = set(held)
     if not held or len(held_set) == len(ds):
-        raise DataError(f"--validation-split {fraction}: {len(ds)} training rows are too few to hold out a validation set")
+        raise DataError(
+            f"--validation-split {fraction}: {len(ds)} training rows are too few to hold out a validation set"
+        )
     return ds.select([i for i in range(len(ds)) if i not in held_set]), ds.select(sorted(held))
 
 
 # --------------------------------------------------------------------------------------------
 # Synthetic data for the offline demo and tests
 
-_POS = ["great", "excellent", "wonderful", "loved", "superb", "brilliant", "enjoyable", "fantastic", "moving", "delightful"]
+_POS = [
+    "great",
+    "excellent",
+    "wonderful",
+    "loved",
+    "superb",
+    "brilliant",
+    "enjoyable",
+    "fantastic",
+    "moving",
+    "delightful",
+]
 _NEG = ["terrible", "awful", "boring", "hated", "worst", "dull", "poor", "disappointing", "painful", "mess"]
-_NEUTRAL = ["the", "movie", "film", "plot", "actor", "actress", "scene", "story", "director", "camera", "music", "was", "and", "it", "a", "of", "in", "to", "this", "that", "with", "for", "as", "on", "script", "ending", "character", "screen", "cast", "minutes", "watch", "saw", "time", "show"]
+_NEUTRAL = [
+    "the",
+    "movie",
+    "film",
+    "plot",
+    "actor",
+    "actress",
+    "scene",
+    "story",
+    "director",
+    "camera",
+    "music",
+    "was",
+    "and",
+    "it",
+    "a",
+    "of",
+    "in",
+    "to",
+    "this",
+    "that",
+    "with",
+    "for",
+    "as",
+    "on",
+    "script",
+    "ending",
+    "character",
+    "screen",
+    "cast",
+    "minutes",
+    "watch",
+    "saw",
+    "time",
+    "show",
+]
 
 
 def make_synthetic(n_train: int = 2000, n_test: int = 500, seed: int = 0) -> DatasetDict:
@@ -413,11 +513,15 @@ def prompt_template(prompt: str | None) -> str:
     """Resolve a prompt name (`none`, `flan`) or a template containing `{text}` exactly once."""
     template = PROMPTS.get(prompt or "none", prompt)
     if template.count("{text}") != 1:
-        raise DataError(f"prompt {prompt!r} must contain '{{text}}' exactly once (or be one of {', '.join(PROMPTS)})")
+        raise DataError(
+            f"prompt {prompt!r} must contain '{{text}}' exactly once (or be one of {', '.join(PROMPTS)})"
+        )
     try:
         template.format(text="")
     except (KeyError, IndexError, ValueError) as e:
-        raise DataError(f"prompt {prompt!r} has a placeholder other than {{text}} ({e}); double other braces") from e
+        raise DataError(
+            f"prompt {prompt!r} has a placeholder other than {{text}} ({e}); double other braces"
+        ) from e
     return template
 
 
@@ -427,7 +531,9 @@ def verbalize(verbalizer: str) -> tuple[str, str]:
         return VERBALIZERS[verbalizer]
     parts = [p.strip() for p in verbalizer.split(",")]
     if len(parts) != 2 or not all(parts) or parts[0] == parts[1]:
-        raise DataError(f"verbalizer {verbalizer!r}: use {', '.join(VERBALIZERS)} or two different texts 'NEG,POS'")
+        raise DataError(
+            f"verbalizer {verbalizer!r}: use {', '.join(VERBALIZERS)} or two different texts 'NEG,POS'"
+        )
     return parts[0], parts[1]
 
 
@@ -435,7 +541,9 @@ def target_ids(tokenizer, verbalizer: str) -> list[list[int]]:
     """Token ids (with EOS) of each label's target text, index = label."""
     ids = [tokenizer(t).input_ids for t in verbalize(verbalizer)]
     if ids[0] == ids[1]:
-        raise DataError(f"the tokenizer maps both targets of verbalizer {verbalizer!r} to the same ids {ids[0]}")
+        raise DataError(
+            f"the tokenizer maps both targets of verbalizer {verbalizer!r} to the same ids {ids[0]}"
+        )
     return ids
 
 
@@ -468,7 +576,9 @@ def tokenize(
     for split, ds in out.items():
         n_trunc = sum(1 for n in ds["length"] if n >= max_source_length)
         if n_trunc:
-            logger.info("%s: %d of %d sources truncated to %d tokens", split, n_trunc, len(ds), max_source_length)
+            logger.info(
+                "%s: %d of %d sources truncated to %d tokens", split, n_trunc, len(ds), max_source_length
+            )
     return out
 
 
@@ -508,13 +618,17 @@ class Collator:
             for b in sorted(self.buckets):
                 if b >= longest:
                     return b
-            raise ValueError(f"a source of {longest} tokens is longer than the largest bucket {max(self.buckets)}")
+            raise ValueError(
+                f"a source of {longest} tokens is longer than the largest bucket {max(self.buckets)}"
+            )
         m = self.pad_to_multiple_of or 1
         return -(-longest // m) * m
 
     def from_columns(self, rows: dict) -> dict[str, torch.Tensor]:
         """A batch of dataset rows as `ds[indices]` returns them (a dict of columns)."""
-        return self([{"input_ids": a, "labels": b} for a, b in zip(rows["input_ids"], rows["labels"], strict=True)])
+        return self(
+            [{"input_ids": a, "labels": b} for a, b in zip(rows["input_ids"], rows["labels"], strict=True)]
+        )
 
     def __call__(self, examples: list[dict], mask_labels: bool = False) -> dict[str, torch.Tensor]:
         src_len = self.source_length(max(len(e["input_ids"]) for e in examples))
@@ -530,5 +644,8 @@ class Collator:
             attention_mask[i, :n] = 1
             if not mask_labels:
                 labels[i, : len(e["labels"])] = e["labels"]
-        return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention_mask),
-                "labels": torch.from_numpy(labels)}
+        return {
+            "input_ids": torch.from_numpy(input_ids),
+            "attention_mask": torch.from_numpy(attention_mask),
+            "labels": torch.from_numpy(labels),
+        }

@@ -122,7 +122,8 @@ class StepCounters:
         if self.max_bad_steps and self.worst_streak.item() >= self.max_bad_steps:
             raise NonFiniteError(
                 f"{int(self.worst_streak.item())} updates in a row had a non-finite loss or gradient norm "
-                f"(--max-bad-steps {self.max_bad_steps}) by step {state.step}; the last good checkpoint is kept. "
+                f"(--max-bad-steps {self.max_bad_steps}) by step {state.step}; the last good checkpoint is "
+                "kept. "
                 "Try a lower --lr, --precision fp32, or --max-grad-norm 1.0"
             )
 
@@ -141,7 +142,8 @@ class oom_hint:  # noqa: N801 - used as a context manager, like torch.no_grad
             bs, acc = self.batch_size, self.grad_accum
             smaller = max(1, bs // 2)
             raise OutOfMemory(
-                f"out of GPU memory on a micro-batch of {self.shape[0]} x {self.shape[1]} tokens (--batch-size {bs}); "
+                f"out of GPU memory on a micro-batch of {self.shape[0]} x {self.shape[1]} tokens "
+                f"(--batch-size {bs}); "
                 f"for the same effective batch try --batch-size {smaller} --grad-accum {acc * bs // smaller}"
             ) from exc
         return False

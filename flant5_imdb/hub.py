@@ -48,10 +48,15 @@ def preflight(needs: list[Need], timeout: float = 3.0) -> None:
         return
     missing = [n for n in needs if not cached(n)]
     if missing:
-        raise HubUnreachable("the Hugging Face Hub cannot be reached (offline?) and these are not in the local cache: "
-                             + "; ".join(f"{n.flag} {n.repo_id} ({n.instead})" for n in missing))
+        raise HubUnreachable(
+            "the Hugging Face Hub cannot be reached (offline?) and these are not in the local cache: "
+            + "; ".join(f"{n.flag} {n.repo_id} ({n.instead})" for n in missing)
+        )
     go_offline()
-    logger.info("the Hugging Face Hub cannot be reached: using the local cache for %s", ", ".join(n.repo_id for n in needs))
+    logger.info(
+        "the Hugging Face Hub cannot be reached: using the local cache for %s",
+        ", ".join(n.repo_id for n in needs),
+    )
 
 
 def reachable(timeout: float) -> bool:
@@ -62,14 +67,18 @@ def reachable(timeout: float) -> bool:
         return False
     url = urlparse(constants.ENDPOINT)
     try:
-        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout).close()
+        socket.create_connection(
+            (url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout
+        ).close()
         return True
     except OSError:
         return False
 
 
 def cached(need: Need) -> bool:
-    """Whether the local caches hold `need` (its config for a model, its files or prepared data for a dataset)."""
+    """Whether the local caches hold `need` (its config for a model, its files or prepared data for a
+    dataset).
+    """
     from huggingface_hub import constants
 
     hub_dir = Path(constants.HF_HUB_CACHE) / f"{need.kind}s--{need.repo_id.replace('/', '--')}"
@@ -99,8 +108,13 @@ def hub_id(name: str | None) -> str | None:
     return name
 
 
-def needs(*, model: str | None = None, tokenizer: str | None = None, data: str | None = None,
-          model_instead: str = "a local folder") -> list[Need]:
+def needs(
+    *,
+    model: str | None = None,
+    tokenizer: str | None = None,
+    data: str | None = None,
+    model_instead: str = "a local folder",
+) -> list[Need]:
     """What of `model`, `tokenizer` (default: the model's) and `data` would come from the Hub."""
     found = []
     if hub_id(model):
@@ -108,5 +122,7 @@ def needs(*, model: str | None = None, tokenizer: str | None = None, data: str |
     if tokenizer not in (None, TRAIN_HERE, model) and hub_id(tokenizer):
         found.append(Need("--tokenizer", tokenizer, "model", "a local folder, or --tokenizer word-level"))
     if data is not None and source_splits(data) is None:
-        found.append(Need("--data", data, "dataset", "a local file or folder: parquet, csv, jsonl, or aclImdb/"))
+        found.append(
+            Need("--data", data, "dataset", "a local file or folder: parquet, csv, jsonl, or aclImdb/")
+        )
     return found

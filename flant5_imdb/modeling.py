@@ -21,25 +21,21 @@ from flant5_imdb.tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
+# What every FLAN-T5 shares (gated-GELU feed-forward, 32 relative-position buckets, untied lm_head).
+_T5 = dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False, relative_attention_num_buckets=32,
+           relative_attention_max_distance=128, dropout_rate=0.1, layer_norm_epsilon=1e-6,
+           is_encoder_decoder=True)  # fmt: skip
 ARCHITECTURES = {
-    "flan-t5-base": dict(
-        d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_decoder_layers=12, num_heads=12,
-        feed_forward_proj="gated-gelu", vocab_size=32128, tie_word_embeddings=False,
-        relative_attention_num_buckets=32, relative_attention_max_distance=128, dropout_rate=0.1,
-        layer_norm_epsilon=1e-6, is_encoder_decoder=True,
-    ),
-    "tiny": dict(
-        d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4,
-        feed_forward_proj="gated-gelu", tie_word_embeddings=False, relative_attention_num_buckets=32,
-        relative_attention_max_distance=128, dropout_rate=0.1, layer_norm_epsilon=1e-6, is_encoder_decoder=True,
-    ),
-}
+    "flan-t5-base": dict(_T5, d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_decoder_layers=12,
+                         num_heads=12, vocab_size=32128),
+    "tiny": dict(_T5, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4),
+}  # fmt: skip
 # T5 conventions, shared with every tokenizer this project builds.
 SPECIAL_IDS = dict(pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
 
 
 def architecture_config(name: str, vocab_size: int, **overrides) -> T5Config:
-    """The T5Config of a named architecture; the vocabulary grows (to a multiple of 128) to fit the tokenizer."""
+    """The T5Config of a named architecture; the vocabulary grows to fit the tokenizer."""
     if name not in ARCHITECTURES:
         raise ValueError(f"--model-config {name!r}: choose from {', '.join(ARCHITECTURES)}")
     kw = {**ARCHITECTURES[name], **SPECIAL_IDS, **overrides}
@@ -76,13 +72,19 @@ def build_model(
     if looks_like_path(model) and not Path(model).expanduser().exists():
         raise ValueError(f"--model {model}: no such folder")
     try:
-        m = T5ForConditionalGeneration.from_pretrained(model, attn_implementation=attn_implementation, dtype=torch.float32, **extra)
+        m = T5ForConditionalGeneration.from_pretrained(
+            model, attn_implementation=attn_implementation, dtype=torch.float32, **extra
+        )
     except OSError as e:
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise ValueError(f"cannot load model '{model}' ({first}); offline, pass a local folder with --model"
-                         + (", or --model-config flan-t5-base for random init" if random_init_hint else "")) from e
+        raise ValueError(
+            f"cannot load model '{model}' ({first}); offline, pass a local folder with --model"
+            + (", or --model-config flan-t5-base for random init" if random_init_hint else "")
+        ) from e
     if vocab_size is not None and vocab_size > m.config.vocab_size:
-        raise ValueError(f"the tokenizer has {vocab_size} tokens but model '{model}' only {m.config.vocab_size} embeddings")
+        raise ValueError(
+            f"the tokenizer has {vocab_size} tokens but model '{model}' only {m.config.vocab_size} embeddings"
+        )
     return m
 
 
@@ -102,7 +104,9 @@ def source_mask(model, attention_mask: torch.Tensor) -> torch.Tensor:
     if impl == "sdpa":
         return keep
     if impl == "eager":
-        return torch.where(keep, torch.zeros((), dtype=torch.float32, device=keep.device), torch.finfo(torch.float32).min)
+        return torch.where(
+            keep, torch.zeros((), dtype=torch.float32, device=keep.device), torch.finfo(torch.float32).min
+        )
     return attention_mask
 
 
@@ -114,7 +118,9 @@ def checkpoint_activations(model: T5ForConditionalGeneration) -> None:
     replays the RNG state, so dropout masks, and so the results, are unchanged.
     """
     kwargs = {"use_reentrant": False}
-    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x; the older name is deprecated there
+    if hasattr(
+        model, "activation_checkpointing_enable"
+    ):  # transformers >= 5.2x; the older name is deprecated there
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
@@ -142,12 +148,20 @@ SETTINGS_FILE = "flant5_imdb.json"  # beside a saved model: how its inputs and t
 
 
 def save_settings(path: str | Path, *, verbalizer: str, prompt: str | None, max_source_length: int) -> None:
-    Path(path, SETTINGS_FILE).write_text(json.dumps(
-        {"verbalizer": verbalizer, "prompt": prompt, "max_source_length": max_source_length}, indent=2))
+    Path(path, SETTINGS_FILE).write_text(
+        json.dumps(
+            {"verbalizer": verbalizer, "prompt": prompt, "max_source_length": max_source_length}, indent=2
+        )
+    )
 
 
-def load_trained(path: str, *, verbalizer: str | None = None, prompt: str | None = None,
-                 max_source_length: int | None = None):
+def load_trained(
+    path: str,
+    *,
+    verbalizer: str | None = None,
+    prompt: str | None = None,
+    max_source_length: int | None = None,
+):
     """A saved model (a run's final/, a checkpoint folder, or a Hub id), its tokenizer, and its settings.
 
     The settings are the ones it was trained with (`flant5_imdb.json` beside it), each replaced by
@@ -161,7 +175,9 @@ def load_trained(path: str, *, verbalizer: str | None = None, prompt: str | None
     tokenizer = load_tokenizer(path)
     settings_file = Path(path, SETTINGS_FILE)
     saved = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
-    settings = {"verbalizer": verbalizer or saved.get("verbalizer", "digits"),
-                "prompt": prompt if prompt is not None else saved.get("prompt"),
-                "max_source_length": max_source_length or saved.get("max_source_length", 512)}
+    settings = {
+        "verbalizer": verbalizer or saved.get("verbalizer", "digits"),
+        "prompt": prompt if prompt is not None else saved.get("prompt"),
+        "max_source_length": max_source_length or saved.get("max_source_length", 512),
+    }
     return model, tokenizer, settings

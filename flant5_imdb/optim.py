@@ -30,8 +30,15 @@ def embedding_params(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return list({id(p): p for p in out}.values())
 
 
-def build_optimizer(model: torch.nn.Module, name: str, *, lr: float, betas: tuple[float, float], eps: float,
-                    weight_decay: float) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: torch.nn.Module,
+    name: str,
+    *,
+    lr: float,
+    betas: tuple[float, float],
+    eps: float,
+    weight_decay: float,
+) -> torch.optim.Optimizer:
     """`name` is adamw, adamw8bit or paged_adamw8bit (see the module's doc)."""
     groups = param_groups(model, weight_decay)
     kw = dict(lr=lr, betas=betas, eps=eps)
@@ -59,5 +66,11 @@ def build_scheduler(optimizer: torch.optim.Optimizer, schedule: str, warmup_step
 
 def optimizer_from(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
     """`build_optimizer` with a TrainConfig's options."""
-    return build_optimizer(model, cfg.optim, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
-                           weight_decay=cfg.weight_decay)
+    return build_optimizer(
+        model,
+        cfg.optim,
+        lr=cfg.lr,
+        betas=(cfg.adam_beta1, cfg.adam_beta2),
+        eps=cfg.adam_eps,
+        weight_decay=cfg.weight_decay,
+    )

@@ -32,13 +32,22 @@ class Prediction:
 
 
 class Classifier:
-    def __init__(self, model: str, *, verbalizer: str | None = None, prompt: str | None = None,
-                 max_source_length: int | None = None, batch_size: int = 32, device: str | None = None):
+    def __init__(
+        self,
+        model: str,
+        *,
+        verbalizer: str | None = None,
+        prompt: str | None = None,
+        max_source_length: int | None = None,
+        batch_size: int = 32,
+        device: str | None = None,
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         hub.preflight(hub.needs(model=model))
-        self.model, self.tokenizer, settings = load_trained(model, verbalizer=verbalizer, prompt=prompt,
-                                                            max_source_length=max_source_length)
+        self.model, self.tokenizer, settings = load_trained(
+            model, verbalizer=verbalizer, prompt=prompt, max_source_length=max_source_length
+        )
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model.to(self.device).eval()
         self.targets = target_ids(self.tokenizer, settings["verbalizer"])
@@ -60,7 +69,9 @@ class Classifier:
             problem = text_problem(t)
             if problem:
                 raise InputError(f"text {i + 1}: {problem}")
-        enc = self.tokenizer([self.template.format(text=t) for t in texts], truncation=True, max_length=self.max_source_length)
+        enc = self.tokenizer(
+            [self.template.format(text=t) for t in texts], truncation=True, max_length=self.max_source_length
+        )
         order = sorted(range(len(texts)), key=lambda i: -len(enc["input_ids"][i]))
         out: list[Prediction | None] = [None] * len(texts)
         for start in range(0, len(order), self.batch_size):
@@ -74,7 +85,9 @@ class Classifier:
         return out
 
 
-def read_texts(path: str | None, lines: Iterable[str] | None = None, *, skip_bad_rows: bool = False) -> tuple[list[str], list[BadRow]]:
+def read_texts(
+    path: str | None, lines: Iterable[str] | None = None, *, skip_bad_rows: bool = False
+) -> tuple[list[str], list[BadRow]]:
     """Reviews from a file (.txt one a line, .csv / .jsonl / .json with a `text` column, any of them
     gzipped) or from `lines` (stdin, one a line), through the same reader as the training data;
     blank lines are no reviews and are passed over. Returns (texts, records skipped).

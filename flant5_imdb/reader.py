@@ -46,7 +46,11 @@ class BadRow:
     split: str | None = None
 
     def __str__(self) -> str:
-        return f"{self.where} {self.unit} {self.row}: {self.reason}" if self.row is not None else f"{self.where}: {self.reason}"
+        return (
+            f"{self.where} {self.unit} {self.row}: {self.reason}"
+            if self.row is not None
+            else f"{self.where}: {self.reason}"
+        )
 
     def to_dict(self) -> dict:
         return {"split": self.split, "file": self.where, self.unit: self.row, "reason": self.reason}
@@ -54,11 +58,15 @@ class BadRow:
 
 @dataclass
 class Table:
-    """Columns of a text file as read: strings (and, from JSON, whatever the file held), one entry per good record."""
+    """Columns of a text file as read: strings (and, from JSON, whatever the file held), one entry per good
+    record.
+    """
 
     path: str
     columns: dict[str, list] = field(default_factory=dict)
-    lines: list[int] = field(default_factory=list)  # where each good record starts (its line, or row in a JSON array)
+    lines: list[int] = field(
+        default_factory=list
+    )  # where each good record starts (its line, or row in a JSON array)
     bad: list[BadRow] = field(default_factory=list)
     unit: str = "line"  # what `lines` counts
 
@@ -91,7 +99,10 @@ def read_table(path: str | Path, columns: tuple[str, ...], optional: tuple[str, 
         raise DataError(f"{path}: no such file")
     kind = file_format(path)
     if kind in (None, "parquet"):
-        raise DataError(f"{path}: unsupported file type '{''.join(path.suffixes) or path.name}' (use .csv, .jsonl, .json or .txt)")
+        raise DataError(
+            f"{path}: unsupported file type '{''.join(path.suffixes) or path.name}' (use .csv, .jsonl, .json "
+            "or .txt)"
+        )
     text = read_utf8(path)
     if not text.strip():
         raise DataError(f"{path}: empty file")
@@ -118,8 +129,10 @@ def read_utf8(path: Path) -> str:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
-        raise DataError(f"{path} line {line}: not UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start}); "
-                        "save the file as UTF-8") from None
+        raise DataError(
+            f"{path} line {line}: not UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start}); "
+            "save the file as UTF-8"
+        ) from None
 
 
 def _read_csv(path: Path, text: str, columns, optional) -> Table:
@@ -143,8 +156,15 @@ def _read_csv(path: Path, text: str, columns, optional) -> Table:
                 raise DataError(f"{path} line {start}: {e}") from None
             if record and any(f.strip() for f in record) or len(record) > 1:
                 if len(record) != len(names):
-                    table.bad.append(BadRow(str(path), start, f"{len(record)} fields, the header has {len(names)} "
-                                            "(an unclosed quote, or a comma in an unquoted field?)", "line"))
+                    table.bad.append(
+                        BadRow(
+                            str(path),
+                            start,
+                            f"{len(record)} fields, the header has {len(names)} "
+                            "(an unclosed quote, or a comma in an unquoted field?)",
+                            "line",
+                        )
+                    )
                 else:
                     for c, i in index.items():
                         table.columns[c].append(record[i])
@@ -165,7 +185,9 @@ def _next_record(reader, path: Path) -> list[str]:
 def _columns_present(path: Path, names: list[str], columns, optional) -> list[str]:
     missing = [c for c in columns if c not in names]
     if missing:
-        raise DataError(f"{path}: no {' or '.join(repr(c) for c in missing)} column (found: {', '.join(names)})")
+        raise DataError(
+            f"{path}: no {' or '.join(repr(c) for c in missing)} column (found: {', '.join(names)})"
+        )
     return [*columns, *(c for c in optional if c in names)]
 
 
@@ -200,14 +222,28 @@ def _read_json(path: Path, text: str, columns, optional) -> Table:
 
 def _add_record(table: Table, record, number: int, columns, optional, unit: str = "line") -> None:
     if not isinstance(record, dict):
-        kind = {list: "an array", str: "a string", type(None): "null"}.get(type(record), f"a {type(record).__name__}")
-        table.bad.append(BadRow(table.path, number, f"not a JSON object ({kind}); one object per {unit}, like "
-                                '{"text": "...", "label": 1}', unit))
+        kind = {list: "an array", str: "a string", type(None): "null"}.get(
+            type(record), f"a {type(record).__name__}"
+        )
+        table.bad.append(
+            BadRow(
+                table.path,
+                number,
+                f'not a JSON object ({kind}); one object per {unit}, like {{"text": "...", "label": 1}}',
+                unit,
+            )
+        )
         return
     missing = [c for c in columns if c not in record]
     if missing:
-        table.bad.append(BadRow(table.path, number, f"no {' or '.join(repr(c) for c in missing)} field "
-                                f"(found: {', '.join(record) or 'none'})", unit))
+        table.bad.append(
+            BadRow(
+                table.path,
+                number,
+                f"no {' or '.join(repr(c) for c in missing)} field (found: {', '.join(record) or 'none'})",
+                unit,
+            )
+        )
         return
     for c in (*columns, *optional):
         table.columns[c].append(record.get(c, _ABSENT))
@@ -230,7 +266,10 @@ def _drop_absent_optional(table: Table, optional) -> Table:
 
 def _read_txt(path: Path, text: str, columns, optional) -> Table:
     if tuple(columns) != ("text",):
-        raise DataError(f"{path}: a .txt file holds reviews only, one a line; labelled data needs .csv, .jsonl or .parquet")
+        raise DataError(
+            f"{path}: a .txt file holds reviews only, one a line; labelled data needs .csv, .jsonl or "
+            ".parquet"
+        )
     table = Table(str(path), {"text": []})
     for number, line in enumerate(text.splitlines(), start=1):
         if line.strip():

@@ -26,7 +26,13 @@ logger = logging.getLogger(__name__)
 
 LOCK = ".lock"
 METRICS = "metrics.jsonl"
-RUN_FILES = (METRICS, "checkpoints", "summary.json", "final", "eval.json")  # any of these: the folder holds a run
+RUN_FILES = (
+    METRICS,
+    "checkpoints",
+    "summary.json",
+    "final",
+    "eval.json",
+)  # any of these: the folder holds a run
 
 
 class RunLock:
@@ -71,8 +77,10 @@ class RunLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise ConfigError(f"--output-dir {self.folder} is in use by another training (pid {holder}); "
-                              "wait for it to end, or choose another --output-dir") from None
+            raise ConfigError(
+                f"--output-dir {self.folder} is in use by another training (pid {holder}); "
+                "wait for it to end, or choose another --output-dir"
+            ) from None
 
 
 def held_run(folder: str | Path) -> list[str]:
@@ -96,13 +104,17 @@ def claim(folder: str | Path, *, resuming: bool, resume_asked: bool, overwrite: 
     try:
         earlier = [] if resuming else held_run(folder)
         if earlier and overwrite:
-            logger.warning("--overwrite-output-dir: deleting the earlier run in %s (%s)", folder, ", ".join(earlier))
+            logger.warning(
+                "--overwrite-output-dir: deleting the earlier run in %s (%s)", folder, ", ".join(earlier)
+            )
             for entry in Path(folder).iterdir():
                 if entry.name != LOCK:
                     shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
         elif earlier and not resume_asked:
-            raise ConfigError(f"--output-dir {folder} holds another run ({', '.join(earlier)}); continue it with "
-                              "--resume auto, or pass --overwrite-output-dir to delete it and start afresh")
+            raise ConfigError(
+                f"--output-dir {folder} holds another run ({', '.join(earlier)}); continue it with "
+                "--resume auto, or pass --overwrite-output-dir to delete it and start afresh"
+            )
     except BaseException:
         lock.release()
         raise

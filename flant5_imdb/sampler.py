@@ -54,7 +54,10 @@ class StepSampler:
         mega_batch_steps: int = 50,
     ):
         if batch_size < 1 or grad_accum < 1 or num_replicas < 1 or not 0 <= rank < num_replicas:
-            raise ValueError(f"bad sampler geometry: batch_size={batch_size} grad_accum={grad_accum} rank={rank}/{num_replicas}")
+            raise ValueError(
+                f"bad sampler geometry: batch_size={batch_size} grad_accum={grad_accum} "
+                f"rank={rank}/{num_replicas}"
+            )
         if not len(lengths):
             raise ValueError("cannot sample from an empty dataset")
         self.lengths = np.asarray(lengths)
@@ -109,7 +112,9 @@ class StepSampler:
         plan = self.epoch_plan(self.epoch)
         while self.position < len(plan):
             step = plan[self.position]
-            self.position += 1  # counted as consumed once handed out: a checkpoint after it resumes at the next
+            self.position += (
+                1  # counted as consumed once handed out: a checkpoint after it resumes at the next
+            )
             yield self.split_step(step)
 
     def __len__(self) -> int:
@@ -117,14 +122,22 @@ class StepSampler:
         return self.steps_per_epoch - self.position
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "n": len(self.lengths),
-                "global_batch": self.global_batch, "group_by_length": self.group_by_length}
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "seed": self.seed,
+            "n": len(self.lengths),
+            "global_batch": self.global_batch,
+            "group_by_length": self.group_by_length,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         mine = self.state_dict()
         for key in ("seed", "n", "global_batch", "group_by_length"):
             if state[key] != mine[key]:
-                raise ValueError(f"sampler state was saved with {key}={state[key]}, this run has {key}={mine[key]}")
+                raise ValueError(
+                    f"sampler state was saved with {key}={state[key]}, this run has {key}={mine[key]}"
+                )
         self.epoch, self.position = state["epoch"], state["position"]
 
     def restore(self, state: dict, force: bool) -> None:
@@ -143,5 +156,10 @@ class StepSampler:
             fraction = state["position"] * state["global_batch"] / state["n"]
             self.set_epoch(state["epoch"])
             self.position = min(round(fraction * self.steps_per_epoch), self.steps_per_epoch)
-            logger.warning("--force-resume: %s; continuing epoch %d at step %d of %d", e, state["epoch"],
-                           self.position, self.steps_per_epoch)
+            logger.warning(
+                "--force-resume: %s; continuing epoch %d at step %d of %d",
+                e,
+                state["epoch"],
+                self.position,
+                self.steps_per_epoch,
+            )

@@ -43,5 +43,9 @@ def train_word_tokenizer(texts: Iterable[str], vocab_size: int = 2000) -> PreTra
     tok.train_from_iterator(itertools.chain(texts, [label_line] * 10_000), trainer=trainer)
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=1_000_000
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        model_max_length=1_000_000,
     )

@@ -83,7 +83,8 @@ def run(cfg: TrainConfig, on_step: Callable[[TrainState, Step, torch.nn.Module],
         DataError: the data source is unusable (see `data.load_imdb`).
         ValueError: the model or tokenizer cannot be had.
         CheckpointError: `--resume` names an unusable checkpoint or one made by other math.
-        Preempted: SIGTERM/SIGINT arrived, or the launcher died; the step was finished and a checkpoint written.
+        Preempted: SIGTERM/SIGINT arrived, or the launcher died; the step was finished and a checkpoint
+        written.
         NonFiniteError: `--max-bad-steps` updates in a row had a non-finite loss or gradient norm.
         OutOfMemory: a micro-batch did not fit on the GPU.
     """
@@ -134,61 +135,129 @@ def setup(cfg: TrainConfig) -> Job:
     """Everything before the first step. Nothing is written until options, data, model and the
     resume point have been checked: a start that fails leaves the output folder as it was."""
     started = time.perf_counter()
-    accelerator = make_accelerator(cfg.precision, gradient_accumulation_steps=cfg.grad_accum,
-                                   log_with=None if cfg.report_to == "none" else cfg.report_to, project_dir=cfg.output_dir)
+    accelerator = make_accelerator(
+        cfg.precision,
+        gradient_accumulation_steps=cfg.grad_accum,
+        log_with=None if cfg.report_to == "none" else cfg.report_to,
+        project_dir=cfg.output_dir,
+    )
     out = Path(cfg.output_dir)
     if accelerator.is_main_process:
         RunLock(out).check()  # another training there: stop now, not after loading the data
-    hub.preflight(hub.needs(model=None if cfg.model_config else cfg.model, tokenizer=cfg.tokenizer or cfg.model, data=cfg.data,
-                            model_instead="a local folder, or --model-config flan-t5-base for random init"))
+    hub.preflight(
+        hub.needs(
+            model=None if cfg.model_config else cfg.model,
+            tokenizer=cfg.tokenizer or cfg.model,
+            data=cfg.data,
+            model_instead="a local folder, or --model-config flan-t5-base for random init",
+        )
+    )
     tokenizer, train_ds, eval_ds, eval_source, skipped = load_data(cfg, accelerator)
-
-    # Model and optimizer. Seeding right before init makes the weights independent of data loading.
-    set_seed(cfg.seed)
-    model = build_model(cfg.model, model_config=cfg.model_config, vocab_size=len(tokenizer),
-                        attn_implementation=cfg.attn_implementation, dropout=cfg.dropout, random_init_hint=True)
-    apply_kernels(model, cfg)
-    raw_optimizer = optimizer_from(model.to(accelerator.device), cfg)
-    model, optimizer = accelerator.prepare(model, raw_optimizer)
-    # Compiled after prepare: accelerate keeps tracking (and checkpointing) the plain module, whose
-    # parameters the compiled one shares, so state dicts carry no `_orig_mod.` prefix.
-    step = CompiledStep(model, cfg)
-    # The sampler shards the data itself (identical plan on every rank), so no dataloader is prepared.
-    sampler = StepSampler(train_ds["length"], batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
-                          num_replicas=accelerator.num_processes, rank=accelerator.process_index,
-                          seed=cfg.seed, group_by_length=cfg.group_by_length)
+    model, raw_optimizer, optimizer, step = build_trainable(cfg, accelerator, len(tokenizer))
+    sampler = build_sampler(cfg, accelerator, train_ds)
     total_steps = cfg.max_steps or cfg.epochs * sampler.steps_per_epoch
     # Not prepared by accelerate (a prepared scheduler steps once per process per step), but
     # registered, so that save_state/load_state carry it.
     scheduler = build_scheduler(optimizer, cfg.schedule, cfg.warmup_steps, total_steps)
     accelerator.register_for_checkpointing(scheduler)
-    collate = Collator(pad_token_id=tokenizer.pad_token_id, pad_to_multiple_of=cfg.pad_to_multiple_of,
-                       buckets=length_buckets(cfg.bucket_multiple, cfg.max_source_length) if cfg.bucket_multiple else None,
-                       max_length=cfg.max_source_length if cfg.pad_to_max_length else None)
-
     resume_from = resolve_resume(cfg.resume, out)
     if resume_from is not None:
-        check_compatible(read_checkpoint(resume_from), cfg.to_dict(), accelerator.num_processes, cfg.force_resume)
-    job = Job(cfg=cfg, accelerator=accelerator, out=out, lock=None, tokenizer=tokenizer, train_ds=train_ds, eval_ds=eval_ds,
-              eval_source=eval_source,
-              targets=target_ids(tokenizer, cfg.verbalizer), skipped_rows=len(skipped), model=model, optimizer=optimizer,
-              raw_optimizer=raw_optimizer, scheduler=scheduler, step=step, sampler=sampler, collate=collate,
-              state=TrainState(), resume_from=resume_from, total_steps=total_steps, started=started)
-
+        saved = read_checkpoint(resume_from)
+        check_compatible(saved, cfg.to_dict(), accelerator.num_processes, cfg.force_resume)
+    job = Job(
+        cfg=cfg,
+        accelerator=accelerator,
+        out=out,
+        lock=None,
+        tokenizer=tokenizer,
+        train_ds=train_ds,
+        eval_ds=eval_ds,
+        eval_source=eval_source,
+        targets=target_ids(tokenizer, cfg.verbalizer),
+        skipped_rows=len(skipped),
+        model=model,
+        optimizer=optimizer,
+        raw_optimizer=raw_optimizer,
+        scheduler=scheduler,
+        step=step,
+        sampler=sampler,
+        collate=make_collator(cfg, tokenizer),
+        state=TrainState(),
+        resume_from=resume_from,
+        total_steps=total_steps,
+        started=started,
+    )
     # Everything checked: from here on the run writes into its folder.
     job.lock = claim_output(job)
-    if accelerator.is_main_process:
+    write_run_files(job, skipped)
+    restore(job)
+    logger.info(
+        "training %d steps (%d per epoch), effective batch %d, %d examples",
+        total_steps,
+        sampler.steps_per_epoch,
+        sampler.global_batch,
+        len(train_ds),
+    )
+    return job
+
+
+def build_trainable(cfg: TrainConfig, accelerator: Accelerator, vocab_size: int):
+    """(model as accelerate prepared it, the optimizer, accelerate's wrapper of it, the step to call)."""
+    # Seeding right before init makes the weights independent of data loading.
+    set_seed(cfg.seed)
+    model = build_model(
+        cfg.model,
+        model_config=cfg.model_config,
+        vocab_size=vocab_size,
+        attn_implementation=cfg.attn_implementation,
+        dropout=cfg.dropout,
+        random_init_hint=True,
+    )
+    apply_kernels(model, cfg)
+    raw_optimizer = optimizer_from(model.to(accelerator.device), cfg)
+    model, optimizer = accelerator.prepare(model, raw_optimizer)
+    # Compiled after prepare: accelerate keeps tracking (and checkpointing) the plain module, whose
+    # parameters the compiled one shares, so state dicts carry no `_orig_mod.` prefix.
+    return model, raw_optimizer, optimizer, CompiledStep(model, cfg)
+
+
+def build_sampler(cfg: TrainConfig, accelerator: Accelerator, train_ds: Dataset) -> StepSampler:
+    # The sampler shards the data itself (identical plan on every rank), so no dataloader is prepared.
+    return StepSampler(
+        train_ds["length"],
+        batch_size=cfg.batch_size,
+        grad_accum=cfg.grad_accum,
+        num_replicas=accelerator.num_processes,
+        rank=accelerator.process_index,
+        seed=cfg.seed,
+        group_by_length=cfg.group_by_length,
+    )
+
+
+def make_collator(cfg: TrainConfig, tokenizer) -> Collator:
+    buckets = length_buckets(cfg.bucket_multiple, cfg.max_source_length) if cfg.bucket_multiple else None
+    return Collator(
+        pad_token_id=tokenizer.pad_token_id,
+        pad_to_multiple_of=cfg.pad_to_multiple_of,
+        buckets=buckets,
+        max_length=cfg.max_source_length if cfg.pad_to_max_length else None,
+    )
+
+
+def write_run_files(job: Job, skipped: list) -> None:
+    """config.json, the skipped rows and the trackers: the first writes into a claimed folder."""
+    cfg, out = job.cfg, job.out
+    if job.accelerator.is_main_process:
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         if skipped:
             with open(out / SKIPPED, "w") as f:
                 f.writelines(json.dumps(r.to_dict()) + "\n" for r in skipped)
-            logger.warning("--skip-bad-rows: %d bad row(s) left out, each listed in %s", len(skipped), out / SKIPPED)
+            logger.warning(
+                "--skip-bad-rows: %d bad row(s) left out, each listed in %s", len(skipped), out / SKIPPED
+            )
     if cfg.report_to != "none":  # trackers take flat scalars and strings
-        accelerator.init_trackers("flant5_imdb", config={k: "none" if v is None else v for k, v in cfg.to_dict().items()})
-    restore(job)
-    logger.info("training %d steps (%d per epoch), effective batch %d, %d examples",
-                total_steps, sampler.steps_per_epoch, sampler.global_batch, len(train_ds))
-    return job
+        flat = {k: "none" if v is None else v for k, v in cfg.to_dict().items()}
+        job.accelerator.init_trackers("flant5_imdb", config=flat)
 
 
 def load_data(cfg: TrainConfig, accelerator: Accelerator):
@@ -199,9 +268,21 @@ def load_data(cfg: TrainConfig, accelerator: Accelerator):
         raise DataError(_no_such_split(cfg, known))
     with accelerator.main_process_first():  # the main process fills the datasets cache first
         raw, skipped = load_imdb(cfg.data, skip_bad_rows=cfg.skip_bad_rows)
-        tokenizer = train_word_tokenizer(texts_of({"train": raw["train"]})) if cfg.tokenizer == TRAIN_HERE \
-            else load_tokenizer(cfg.tokenizer or cfg.model, hint="; offline, pass --tokenizer with a local folder (or --tokenizer word-level)")
-        tokenized = tokenize(raw, tokenizer, verbalizer=cfg.verbalizer, prompt=cfg.prompt, max_source_length=cfg.max_source_length)
+        tokenizer = (
+            train_word_tokenizer(texts_of({"train": raw["train"]}))
+            if cfg.tokenizer == TRAIN_HERE
+            else load_tokenizer(
+                cfg.tokenizer or cfg.model,
+                hint="; offline, pass --tokenizer with a local folder (or --tokenizer word-level)",
+            )
+        )
+        tokenized = tokenize(
+            raw,
+            tokenizer,
+            verbalizer=cfg.verbalizer,
+            prompt=cfg.prompt,
+            max_source_length=cfg.max_source_length,
+        )
     if "train" not in tokenized:
         raise DataError(f"{cfg.data}: no 'train' split (found: {', '.join(tokenized)})")
     train_ds, eval_ds, eval_source = choose_eval(cfg, tokenized)
@@ -220,17 +301,30 @@ def choose_eval(cfg: TrainConfig, tokenized) -> tuple[Dataset, Dataset | None, s
     if split:
         return train_ds, subset(tokenized[split], cfg.max_eval_samples, cfg.seed), split
     if not cfg.validation_split:
-        logger.warning("%s has no test or validation split and --validation-split is 0: no evaluation", cfg.data)
+        logger.warning(
+            "%s has no test or validation split and --validation-split is 0: no evaluation", cfg.data
+        )
         return train_ds, None, None
     train_ds, held = hold_out(train_ds, cfg.validation_split, cfg.seed)
-    source = f"{len(held)} reviews held out of train (--validation-split {cfg.validation_split:g}, seed {cfg.seed}, stratified by label)"
-    logger.info("%s has no test or validation split: evaluating on %s; training on the other %d", cfg.data, source, len(train_ds))
+    source = (
+        f"{len(held)} reviews held out of train (--validation-split {cfg.validation_split:g}, "
+        f"seed {cfg.seed}, stratified by label)"
+    )
+    logger.info(
+        "%s has no test or validation split: evaluating on %s; training on the other %d",
+        cfg.data,
+        source,
+        len(train_ds),
+    )
     return train_ds, subset(held, cfg.max_eval_samples, cfg.seed), source
 
 
 def _no_such_split(cfg: TrainConfig, found: list[str]) -> str:
-    return (f"--eval-split {cfg.eval_split!r}: {cfg.data} has only {', '.join(found)}; name one of these, add the split "
-            "to --data (train=PATH,test=PATH), or leave --eval-split out to hold out --validation-split of train")
+    return (
+        f"--eval-split {cfg.eval_split!r}: {cfg.data} has only {', '.join(found)}; name one of these, add "
+        "the split "
+        "to --data (train=PATH,test=PATH), or leave --eval-split out to hold out --validation-split of train"
+    )
 
 
 def claim_output(job: Job) -> RunLock | None:
@@ -238,8 +332,12 @@ def claim_output(job: Job) -> RunLock | None:
     error, lock = None, None
     if job.accelerator.is_main_process:
         try:
-            lock = claim(job.out, resuming=job.resume_from is not None, resume_asked=job.cfg.resume is not None,
-                         overwrite=job.cfg.overwrite_output_dir)
+            lock = claim(
+                job.out,
+                resuming=job.resume_from is not None,
+                resume_asked=job.cfg.resume is not None,
+                overwrite=job.cfg.overwrite_output_dir,
+            )
         except ConfigError as e:
             error = str(e)
     if job.accelerator.num_processes > 1:
@@ -259,7 +357,9 @@ def restore(job: Job) -> None:
         job.sampler.set_epoch(0)
     else:
         job.state = load_checkpoint(job.accelerator, job.resume_from)
-        apply_hyperparameters(job.optimizer, job.scheduler, job.cfg)  # --force-resume's new values (or the same ones)
+        apply_hyperparameters(
+            job.optimizer, job.scheduler, job.cfg
+        )  # --force-resume's new values (or the same ones)
         try:
             job.sampler.restore(job.state.sampler, job.cfg.force_resume)
         except ValueError as e:
@@ -269,7 +369,12 @@ def restore(job: Job) -> None:
     if job.accelerator.is_main_process:
         dropped = truncate_metrics(job.out, job.state.step)
         if dropped:
-            logger.info("%s: dropped %d line(s) after step %d, which this run does again", METRICS, dropped, job.state.step)
+            logger.info(
+                "%s: dropped %d line(s) after step %d, which this run does again",
+                METRICS,
+                dropped,
+                job.state.step,
+            )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -282,11 +387,19 @@ def train(job: Job, on_step=None) -> None:
     job.model.train()
     window = Window(job.accelerator, state)
     counters = StepCounters(job.accelerator.device, state, cfg.max_bad_steps)
-    # The fused AdamW kernel can skip a non-finite update on the device; other optimizers need the host to decide.
-    skip_on_device = isinstance(job.raw_optimizer, torch.optim.AdamW) and bool(job.raw_optimizer.defaults.get("fused"))
+    # The fused AdamW kernel can skip a non-finite update on the device; other optimizers need the host to
+    # decide.
+    skip_on_device = isinstance(job.raw_optimizer, torch.optim.AdamW) and bool(
+        job.raw_optimizer.defaults.get("fused")
+    )
     filler = job.train_ds[:1]  # the example behind an empty micro-batch slot (all labels masked)
-    bar = tqdm(total=job.total_steps, initial=state.step, desc="train", disable=not job.accelerator.is_local_main_process,
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=job.total_steps,
+        initial=state.step,
+        desc="train",
+        disable=not job.accelerator.is_local_main_process,
+        dynamic_ncols=True,
+    )
     with StopSignal(job.accelerator) as stop, MetricsLog(job.out / METRICS, job.accelerator) as log, bar:
         while state.step < job.total_steps:
             for step in sampler:
@@ -295,7 +408,9 @@ def train(job: Job, on_step=None) -> None:
                 n_tokens, grad_norm = forward_backward(job, batches, window)
                 bad = counters.update(n_tokens, grad_norm)
                 if skip_on_device:
-                    job.raw_optimizer.found_inf = bad  # read by the fused kernel: params and moments stay as they are
+                    job.raw_optimizer.found_inf = (
+                        bad  # read by the fused kernel: params and moments stay as they are
+                    )
                     job.optimizer.step()
                 elif not bad.item():  # the one host sync per step of the bitsandbytes optimizers
                     job.optimizer.step()
@@ -312,8 +427,12 @@ def train(job: Job, on_step=None) -> None:
                 if on_step is not None:
                     on_step(state, step, job.model)
                 if stopping:
-                    raise Preempted(stop.signum, state.step, latest_complete(job.out) if cfg.keep_checkpoints else None,
-                                    reason=stop.reason)
+                    raise Preempted(
+                        stop.signum,
+                        state.step,
+                        latest_complete(job.out) if cfg.keep_checkpoints else None,
+                        reason=stop.reason,
+                    )
                 if state.step >= job.total_steps:
                     break
             else:  # the epoch is done
@@ -340,7 +459,10 @@ def forward_backward(job: Job, batches: list[dict], window: Window):
         # The mask in the 4D form, which transformers takes as it is (no host sync testing it for padding).
         batch["attention_mask"] = source_mask(job.model, batch["attention_mask"])
         job.step.prepare(batch)
-        with acc.accumulate(job.model), oom_hint(batch["input_ids"].shape, job.cfg.batch_size, job.cfg.grad_accum):
+        with (
+            acc.accumulate(job.model),
+            oom_hint(batch["input_ids"].shape, job.cfg.batch_size, job.cfg.grad_accum),
+        ):
             loss_sum = token_loss_sum(job.step.model, batch)
             acc.backward(loss_sum * scale)
         window.add(loss_sum.detach(), count)
@@ -362,21 +484,31 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
 
 
 def token_loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Summed cross-entropy over the non-padding target tokens, in fp32 (`batch["attention_mask"]` as `source_mask` gives it).
+    """Summed cross-entropy over the non-padding target tokens, in fp32.
+
+    `batch["attention_mask"]` is in the form `source_mask` gives it.
 
     The model's own loss is a mean over this micro-batch's tokens, which would weigh a token in a
     short-target micro-batch more than one in a long-target micro-batch of the same window.
     """
     # use_cache=False: training has no use for the decoder's key/value cache (nor for building one each step).
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   decoder_input_ids=_decoder_inputs(model, batch["labels"]), use_cache=False).logits
-    return F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=-100, reduction="sum")
+    logits = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        decoder_input_ids=_decoder_inputs(model, batch["labels"]),
+        use_cache=False,
+    ).logits
+    return F.cross_entropy(
+        logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=-100, reduction="sum"
+    )
 
 
 def _decoder_inputs(model, labels: torch.Tensor) -> torch.Tensor:
     """Labels shifted right behind the start token, -100 replaced by padding (T5's own rule)."""
     # The model may be wrapped (DDP, torch.compile); the method lives on the T5 model itself.
-    return extract_model_from_parallel(model, keep_torch_compile=False).prepare_decoder_input_ids_from_labels(labels)
+    return extract_model_from_parallel(model, keep_torch_compile=False).prepare_decoder_input_ids_from_labels(
+        labels
+    )
 
 
 def target_tokens(batch: dict[str, torch.Tensor]) -> int:
@@ -385,9 +517,13 @@ def target_tokens(batch: dict[str, torch.Tensor]) -> int:
 
 
 def micro_batch(ds, indices: list[int], collate: Collator, filler) -> dict[str, torch.Tensor]:
-    """Collate `indices`; an empty slot becomes one example with every label masked (zero loss, zero gradient)."""
+    """Collate `indices`; an empty slot becomes one example with every label masked (zero loss, zero
+    gradient).
+    """
     if not indices:
-        return collate([{"input_ids": filler["input_ids"][0], "labels": filler["labels"][0]}], mask_labels=True)
+        return collate(
+            [{"input_ids": filler["input_ids"][0], "labels": filler["labels"][0]}], mask_labels=True
+        )
     return collate.from_columns(ds[indices])
 
 
@@ -406,7 +542,11 @@ class Window:
         loss, tokens = state.window[accelerator.process_index] if state.window else (0.0, 0)
         self.loss = torch.full((), loss, device=accelerator.device, dtype=torch.float32)
         self.tokens = tokens
-        self.last_step, self.last_samples, self.last_seconds = state.last_log_step, state.last_log_samples, state.last_log_seconds
+        self.last_step, self.last_samples, self.last_seconds = (
+            state.last_log_step,
+            state.last_log_samples,
+            state.last_log_seconds,
+        )
         self.base_seconds = state.train_seconds
         self.started = time.perf_counter()
         self.last_loss: float | None = None
@@ -424,7 +564,9 @@ class Window:
 
     def drain(self, step: int, samples_seen: int) -> tuple[float, float]:
         """(mean token loss over the window on all processes, samples/s since the last line); a host sync."""
-        totals = self.accelerator.reduce(torch.stack([self.loss, self.loss.new_tensor(float(self.tokens))]), "sum")
+        totals = self.accelerator.reduce(
+            torch.stack([self.loss, self.loss.new_tensor(float(self.tokens))]), "sum"
+        )
         loss, tokens = totals.tolist()
         self.loss.zero_()
         self.tokens = 0
@@ -439,7 +581,11 @@ class Window:
         """Copy the window into `state` for a checkpoint: every process's loss and tokens (a host sync)."""
         state.window = gather_object([[self.loss.item(), self.tokens]])
         state.train_seconds = self.seconds()
-        state.last_log_step, state.last_log_samples, state.last_log_seconds = self.last_step, self.last_samples, self.last_seconds
+        state.last_log_step, state.last_log_samples, state.last_log_seconds = (
+            self.last_step,
+            self.last_samples,
+            self.last_seconds,
+        )
 
 
 class MetricsLog:
@@ -466,21 +612,36 @@ class MetricsLog:
         self.accelerator.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
 
 
-def maybe_log(cfg, state: TrainState, window: Window, counters: StepCounters, log: MetricsLog, bar, *, lr, grad_norm) -> None:
-    """Every `log_every` steps (and at step 1); the streak of non-finite updates is checked at least every `max_bad_steps`."""
+def maybe_log(
+    cfg, state: TrainState, window: Window, counters: StepCounters, log: MetricsLog, bar, *, lr, grad_norm
+) -> None:
+    """Every `log_every` steps (and at step 1); the streak of non-finite updates is checked at least every
+    `max_bad_steps`.
+    """
     logging_now = state.step % cfg.log_every == 0 or state.step == 1
     if not logging_now and state.step % cfg.max_bad_steps:
         return
     skipped_before = state.skipped_steps
     counters.sync(state)  # raises NonFiniteError after max_bad_steps bad updates in a row
     if state.skipped_steps > skipped_before:
-        logger.warning("skipped %d update(s) with a non-finite loss or gradient norm by step %d (%d in all)",
-                       state.skipped_steps - skipped_before, state.step, state.skipped_steps)
+        logger.warning(
+            "skipped %d update(s) with a non-finite loss or gradient norm by step %d (%d in all)",
+            state.skipped_steps - skipped_before,
+            state.step,
+            state.skipped_steps,
+        )
     if not logging_now:
         return
     loss, samples_per_s = window.drain(state.step, state.samples_seen)
-    row = dict(step=state.step, epoch=state.epoch, loss=loss, lr=lr, grad_norm=float(grad_norm),
-               skipped_steps=state.skipped_steps, samples_per_s=samples_per_s)
+    row = dict(
+        step=state.step,
+        epoch=state.epoch,
+        loss=loss,
+        lr=lr,
+        grad_norm=float(grad_norm),
+        skipped_steps=state.skipped_steps,
+        samples_per_s=samples_per_s,
+    )
     log.write(**row)
     bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{samples_per_s:.1f}")
 
@@ -491,32 +652,61 @@ def maybe_save(job: Job, counters: StepCounters, window: Window, force: bool) ->
     if not cfg.keep_checkpoints:
         return
     epoch_end = len(job.sampler) == 0
-    if not (force or epoch_end or state.step == job.total_steps or (cfg.save_every and state.step % cfg.save_every == 0)):
+    if not (
+        force
+        or epoch_end
+        or state.step == job.total_steps
+        or (cfg.save_every and state.step % cfg.save_every == 0)
+    ):
         return
     counters.sync(state)
     window.save_into(state)
     state.sampler = job.sampler.state_dict()
-    save_checkpoint(job.accelerator, cfg.output_dir, state, cfg.to_dict(), keep=cfg.keep_checkpoints,
-                    save_extra=functools.partial(export, job))
+    save_checkpoint(
+        job.accelerator,
+        cfg.output_dir,
+        state,
+        cfg.to_dict(),
+        keep=cfg.keep_checkpoints,
+        save_extra=functools.partial(export, job),
+    )
 
 
 def maybe_evaluate(job: Job, log: MetricsLog) -> None:
     if not job.cfg.eval_every or job.state.step % job.cfg.eval_every or job.eval_ds is None:
         return
     r = evaluate_now(job)
-    log.write(step=job.state.step, eval_accuracy=r["accuracy"], eval_macro_f1=r["macro_f1"], eval_loss=r["eval_loss"])
+    log.write(
+        step=job.state.step,
+        eval_accuracy=r["accuracy"],
+        eval_macro_f1=r["macro_f1"],
+        eval_loss=r["eval_loss"],
+    )
 
 
 def evaluate_now(job: Job) -> dict:
-    return evaluate(job.model, job.eval_ds, targets=job.targets, accelerator=job.accelerator, mode=job.cfg.eval_mode,
-                    batch_size=job.cfg.eval_batch_size, tokenizer=job.tokenizer, collator=Collator(job.tokenizer.pad_token_id))
+    return evaluate(
+        job.model,
+        job.eval_ds,
+        targets=job.targets,
+        accelerator=job.accelerator,
+        mode=job.cfg.eval_mode,
+        batch_size=job.cfg.eval_batch_size,
+        tokenizer=job.tokenizer,
+        collator=Collator(job.tokenizer.pad_token_id),
+    )
 
 
 def export(job: Job, path: Path) -> None:
-    """What makes a folder (final/ or a checkpoint) loadable by from_pretrained, evaluate.py and predict.py."""
+    """What makes a folder (final/ or a checkpoint) loadable by from_pretrained, evaluate and predict."""
     job.accelerator.unwrap_model(job.model).config.save_pretrained(path)
     job.tokenizer.save_pretrained(path)
-    save_settings(path, verbalizer=job.cfg.verbalizer, prompt=job.cfg.prompt, max_source_length=job.cfg.max_source_length)
+    save_settings(
+        path,
+        verbalizer=job.cfg.verbalizer,
+        prompt=job.cfg.prompt,
+        max_source_length=job.cfg.max_source_length,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -533,17 +723,31 @@ def finish(job: Job) -> dict:
     if cfg.save_model:
         save_final(acc, job.model, out / "final", functools.partial(export, job))
     summary = dict(
-        steps=state.step, samples_seen=state.samples_seen, epochs=state.samples_seen / len(job.train_ds),
-        target_tokens_seen=state.target_tokens_seen, skipped_steps=state.skipped_steps,
-        resumed_from=str(job.resume_from) if job.resume_from else None, train_seconds=job.train_seconds,
+        steps=state.step,
+        samples_seen=state.samples_seen,
+        epochs=state.samples_seen / len(job.train_ds),
+        target_tokens_seen=state.target_tokens_seen,
+        skipped_steps=state.skipped_steps,
+        resumed_from=str(job.resume_from) if job.resume_from else None,
+        train_seconds=job.train_seconds,
         wall_seconds=time.perf_counter() - job.started,
         samples_per_s=(state.samples_seen - job.samples_at_start) / max(job.train_seconds, 1e-9),
-        processes=acc.num_processes, effective_batch=job.sampler.global_batch, distributed_type=str(acc.distributed_type), device=str(acc.device),
-        precision=cfg.precision, compiled=job.step.compiled, cuda_graphs=None if graphs is None else graphs > 0,
-        cuda_graphs_recorded=graphs, cuda_graph_skips=graph_skips,
+        processes=acc.num_processes,
+        effective_batch=job.sampler.global_batch,
+        distributed_type=str(acc.distributed_type),
+        device=str(acc.device),
+        precision=cfg.precision,
+        compiled=job.step.compiled,
+        cuda_graphs=None if graphs is None else graphs > 0,
+        cuda_graphs_recorded=graphs,
+        cuda_graph_skips=graph_skips,
         peak_gpu_memory_gib=torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
-        skipped_rows=job.skipped_rows, last_logged_loss=job.last_loss, rank_param_checksums=checksums, eval_source=job.eval_source,
-        eval={k: v for k, v in result.items() if k != "predictions"} if result else None, config=cfg.to_dict(),
+        skipped_rows=job.skipped_rows,
+        last_logged_loss=job.last_loss,
+        rank_param_checksums=checksums,
+        eval_source=job.eval_source,
+        eval={k: v for k, v in result.items() if k != "predictions"} if result else None,
+        config=cfg.to_dict(),
     )
     if acc.is_main_process:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -561,7 +765,9 @@ def rank_param_checksums(accelerator: Accelerator, model) -> list[float]:
     """The float64 sum of every parameter, one per process: equal on all ranks unless DDP went wrong."""
     params = accelerator.unwrap_model(model).parameters()
     # FSDP shards are DTensors: sum the full tensor, which every rank then holds alike.
-    local = sum(float((p.full_tensor() if hasattr(p, "full_tensor") else p).detach().double().sum()) for p in params)
+    local = sum(
+        float((p.full_tensor() if hasattr(p, "full_tensor") else p).detach().double().sum()) for p in params
+    )
     sums = gather_object([local])
     if len(set(sums)) > 1:
         logger.warning("parameters differ across processes after training: checksums %s", sums)
@@ -569,11 +775,19 @@ def rank_param_checksums(accelerator: Accelerator, model) -> list[float]:
 
 
 def save_final(accelerator: Accelerator, model, path: Path, export_to: Callable[[Path], None]) -> None:
-    """save_pretrained of the unwrapped model (no DDP `module.` or compile `_orig_mod.` prefixes), tokenizer, settings."""
+    """save_pretrained of the unwrapped model (no DDP `module.` or compile `_orig_mod.` prefixes), tokenizer,
+    settings.
+    """
     accelerator.wait_for_everyone()
-    state_dict = accelerator.get_state_dict(model)  # gathered from the shards under FSDP; a plain state dict otherwise
+    state_dict = accelerator.get_state_dict(
+        model
+    )  # gathered from the shards under FSDP; a plain state dict otherwise
     unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
-    unwrapped.save_pretrained(path, is_main_process=accelerator.is_main_process, save_function=accelerator.save,
-                              state_dict=state_dict)
+    unwrapped.save_pretrained(
+        path,
+        is_main_process=accelerator.is_main_process,
+        save_function=accelerator.save,
+        state_dict=state_dict,
+    )
     if accelerator.is_main_process:
         export_to(path)

@@ -1,7 +1,7 @@
 """Evaluate a trained model, a checkpoint, or a Hub model (e.g. google/flan-t5-base zero-shot).
 
-    python scripts/evaluate.py --model runs/flant5-imdb/final --data stanfordnlp/imdb
-    python scripts/evaluate.py --model google/flan-t5-base --verbalizer words --prompt flan --eval-mode generate
+python scripts/evaluate.py --model runs/flant5-imdb/final --data stanfordnlp/imdb
+python scripts/evaluate.py --model google/flan-t5-base --verbalizer words --prompt flan --eval-mode generate
 """
 
 import argparse
@@ -14,25 +14,51 @@ from flant5_imdb.evaluate import evaluate_saved, format_report
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Evaluate a model on IMDB: accuracy, macro-F1, per-class report, confusion matrix.")
+    p = argparse.ArgumentParser(
+        description="Evaluate a model on IMDB: accuracy, macro-F1, per-class report, confusion matrix."
+    )
     p.add_argument("--model", required=True, help="a run's final/ folder, a checkpoint folder, or a Hub id")
     p.add_argument("--data", default="stanfordnlp/imdb", help="any --data source train.py takes")
     p.add_argument("--split", default="test", help="the split to evaluate; only it is read (default: test)")
-    p.add_argument("--skip-bad-rows", action="store_true", help="drop (and list) invalid rows instead of stopping")
-    p.add_argument("--eval-mode", choices=("score", "generate"), default="score",
-                   help="score = compare label log-likelihoods; generate = greedy decoding (default: score)")
-    p.add_argument("--batch-size", type=positive_int, default=64, help="reviews per forward pass (default: 64)")
-    p.add_argument("--max-samples", type=positive_int, default=None, help="a random subset of this many reviews")
+    p.add_argument(
+        "--skip-bad-rows", action="store_true", help="drop (and list) invalid rows instead of stopping"
+    )
+    p.add_argument(
+        "--eval-mode",
+        choices=("score", "generate"),
+        default="score",
+        help="score = compare label log-likelihoods; generate = greedy decoding (default: score)",
+    )
+    p.add_argument(
+        "--batch-size", type=positive_int, default=64, help="reviews per forward pass (default: 64)"
+    )
+    p.add_argument(
+        "--max-samples", type=positive_int, default=None, help="a random subset of this many reviews"
+    )
     p.add_argument("--verbalizer", default=None, help="default: the model's own (digits for a Hub model)")
     p.add_argument("--prompt", default=None, help="default: the model's own (none for a Hub model)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="(default: fp32)")
-    p.add_argument("--output-dir", default=None, help="write eval.json, eval.txt, eval_predictions.jsonl here (default: --model if it is a folder)")
+    p.add_argument(
+        "--output-dir",
+        default=None,
+        help="write eval.json, eval.txt, eval_predictions.jsonl here (default: --model if it is a folder)",
+    )
     args = p.parse_args(argv)
     out = args.output_dir or (args.model if Path(args.model).is_dir() else None)
     try:
-        result = evaluate_saved(args.model, args.data, split=args.split, mode=args.eval_mode, batch_size=args.batch_size,
-                                max_samples=args.max_samples, verbalizer=args.verbalizer, prompt=args.prompt,
-                                precision=args.precision, output_dir=out, skip_bad_rows=args.skip_bad_rows)
+        result = evaluate_saved(
+            args.model,
+            args.data,
+            split=args.split,
+            mode=args.eval_mode,
+            batch_size=args.batch_size,
+            max_samples=args.max_samples,
+            verbalizer=args.verbalizer,
+            prompt=args.prompt,
+            precision=args.precision,
+            output_dir=out,
+            skip_bad_rows=args.skip_bad_rows,
+        )
     except (DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,4 +1,6 @@
-"""Plot a training run: `python scripts/plot.py RUN_DIR` writes loss_lr.png, throughput.png, confusion_matrix.png."""
+"""Plot a training run: `python scripts/plot.py RUN_DIR` writes loss_lr.png, throughput.png,
+confusion_matrix.png.
+"""
 
 import argparse
 import sys

@@ -1,8 +1,8 @@
 """Classify reviews with a trained model.
 
-    python scripts/predict.py --model runs/flant5-imdb/final "A wonderful film." "Two hours I will not get back."
-    python scripts/predict.py --model runs/flant5-imdb/final --file reviews.csv --jsonl > predictions.jsonl
-    cat reviews.txt | python scripts/predict.py --model runs/flant5-imdb/final
+python scripts/predict.py --model runs/flant5-imdb/final "A wonderful film." "Two hours I will not get back."
+python scripts/predict.py --model runs/flant5-imdb/final --file reviews.csv --jsonl > predictions.jsonl
+cat reviews.txt | python scripts/predict.py --model runs/flant5-imdb/final
 """
 
 import argparse
@@ -19,11 +19,19 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Classify IMDB-style reviews as negative or positive.")
     p.add_argument("texts", nargs="*", help="reviews (if none and no --file: one review a line on stdin)")
     p.add_argument("--model", required=True, help="a run's final/ folder, a checkpoint folder, or a Hub id")
-    p.add_argument("--file", help=".txt (one review a line), .csv, .jsonl or .json with a 'text' column (any of them .gz)")
+    p.add_argument(
+        "--file",
+        help=".txt (one review a line), .csv, .jsonl or .json with a 'text' column (any of them .gz)",
+    )
     p.add_argument("--jsonl", action="store_true", help="JSON lines instead of a table")
-    p.add_argument("--batch-size", type=positive_int, default=32, help="reviews per forward pass (default: 32)")
-    p.add_argument("--skip-bad-rows", action="store_true",
-                   help="leave out records that are no usable text (each named on stderr) instead of stopping")
+    p.add_argument(
+        "--batch-size", type=positive_int, default=32, help="reviews per forward pass (default: 32)"
+    )
+    p.add_argument(
+        "--skip-bad-rows",
+        action="store_true",
+        help="leave out records that are no usable text (each named on stderr) instead of stopping",
+    )
     p.add_argument("--verbalizer", default=None, help="default: the one the model was trained with")
     p.add_argument("--prompt", default=None, help="default: the one the model was trained with")
     args = p.parse_args(argv)
@@ -36,18 +44,33 @@ def main(argv: list[str] | None = None) -> int:
             if problems:
                 raise InputError(problems[0])
         else:
-            texts, skipped = read_texts(args.file, None if args.file else sys.stdin, skip_bad_rows=args.skip_bad_rows)
+            texts, skipped = read_texts(
+                args.file, None if args.file else sys.stdin, skip_bad_rows=args.skip_bad_rows
+            )
         for row in skipped:
             print(f"skipped {row}", file=sys.stderr)
         if not texts:
-            raise InputError("no reviews given" + (f" (all {len(skipped)} records were skipped)" if skipped else ""))
-        preds = Classifier(args.model, verbalizer=args.verbalizer, prompt=args.prompt, batch_size=args.batch_size).predict(texts)
+            raise InputError(
+                "no reviews given" + (f" (all {len(skipped)} records were skipped)" if skipped else "")
+            )
+        preds = Classifier(
+            args.model, verbalizer=args.verbalizer, prompt=args.prompt, batch_size=args.batch_size
+        ).predict(texts)
     except (InputError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for text, pred in zip(texts, preds, strict=True):
         if args.jsonl:
-            print(json.dumps({"text": text, "label": pred.label, "label_name": pred.label_name, "prob_positive": pred.prob_positive}))
+            print(
+                json.dumps(
+                    {
+                        "text": text,
+                        "label": pred.label,
+                        "label_name": pred.label_name,
+                        "prob_positive": pred.prob_positive,
+                    }
+                )
+            )
         else:
             print(f"{pred.label_name:<8}  {pred.prob_positive:6.4f}  {text[:100]}")
     return 0

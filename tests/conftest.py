@@ -28,6 +28,14 @@ IMDB_DIR = SHARED_DATA / "imdb"
 IMDB_TOKENIZER = SHARED_DATA / "tokenizer" / "imdb-unigram-32k"
 
 
+def flags(**options) -> list[str]:
+    """Command-line flags from keyword arguments: `max_steps=3` -> `--max-steps 3`; True -> the bare flag."""
+    out = []
+    for name, value in options.items():
+        out += [f"--{name.replace('_', '-')}"] + ([] if value is True else [str(value)])
+    return out
+
+
 def accelerate_launch(*args: str) -> list[str]:
     """`python -m accelerate.commands.launch` on a free port: a port still held by an earlier test's
     launch would fail this one for a reason that has nothing to do with it."""
@@ -42,7 +50,10 @@ def accelerate_launch(*args: str) -> list[str]:
 
 def real_data_or_skip() -> tuple[Path, Path]:
     if not (IMDB_DIR / "train.parquet").is_file() or not (IMDB_TOKENIZER / "tokenizer.json").is_file():
-        pytest.skip(f"real IMDB files not found at {IMDB_DIR} and {IMDB_TOKENIZER} (present on the project's CI machines)")
+        pytest.skip(
+            f"real IMDB files not found at {IMDB_DIR} and {IMDB_TOKENIZER} (present on the project's CI "
+            "machines)"
+        )
     return IMDB_DIR, IMDB_TOKENIZER
 
 

@@ -11,6 +11,9 @@ from bench import harness, profile, report
 from bench.flops import train_flops
 from flant5_imdb.modeling import build_model
 
+SOURCES = ["--model-config", "tiny", "--data", "synthetic:200", "--tokenizer", "word-level"]
+TINY = [*SOURCES, "--warmup", "1", "--steps", "1"]
+
 
 @pytest.mark.parametrize("arch", ["tiny", "flan-t5-base"])
 def test_flops_formula_matches_torch_flop_counter(arch):
@@ -18,14 +21,15 @@ def test_flops_formula_matches_torch_flop_counter(arch):
     model = build_model("x", model_config=arch, vocab_size=1000, attn_implementation="eager")
     src, tgt = 37, 2
     with FlopCounterMode(display=False) as counter:
-        model(input_ids=torch.randint(3, 900, (1, src)), labels=torch.randint(3, 900, (1, tgt))).loss.backward()
+        model(
+            input_ids=torch.randint(3, 900, (1, src)), labels=torch.randint(3, 900, (1, tgt))
+        ).loss.backward()
     assert counter.get_total_flops() == train_flops(model.config, src, tgt)
 
 
 def test_suite_runs_on_cpu_and_reports_every_configuration(tmp_path):
     out = tmp_path / "bench"
-    result = profile.main(["--model-config", "tiny", "--data", "synthetic:200", "--tokenizer", "word-level",
-                           "--warmup", "1", "--steps", "2", "--eval-samples", "32", "--out", str(out)])
+    result = profile.main([*TINY, "--steps", "2", "--eval-samples", "32", "--out", str(out)])
     saved = json.loads((out / "results.json").read_text())
     assert saved == json.loads(json.dumps(result))
     assert [r["name"] for r in saved["rows"]] == [n for n in harness.PLAN if n != "eval"]
@@ -42,7 +46,10 @@ def test_suite_runs_on_cpu_and_reports_every_configuration(tmp_path):
     by_name = {r["name"]: r for r in saved["rows"]}
     assert by_name["seed-loop"]["padding"] == "to 512" and by_name["bf16-8bit"]["optim"] == "adamw8bit"
     assert by_name["throughput"]["batch_size"] == by_name["kernels-throughput"]["batch_size"] == 16
-    assert by_name["kernels"]["padding"] == "length-grouped, buckets of 64" and by_name["kernels"]["compiled"] is False
+    assert (
+        by_name["kernels"]["padding"] == "length-grouped, buckets of 64"
+        and by_name["kernels"]["compiled"] is False
+    )
     assert by_name["kernels"]["cuda_graphs"] is False  # no CUDA here: the flags fell back to eager
     assert by_name["kernels-8bit-ckpt"]["optim"] == "adamw8bit"
     k = by_name["kernels"]
@@ -51,22 +58,43 @@ def test_suite_runs_on_cpu_and_reports_every_configuration(tmp_path):
     assert by_name["kernels-gathered"]["bias_lookup"] == "gathered"
     assert saved["bias_lookup"] is None  # both rows ran the reference attention here: no verdict from noise
     assert seed["warmup_seconds"] > 0
-    assert k["projected_minutes_with_warmup"] == pytest.approx((k["warmup_seconds"] + (50_000 - 8) / k["samples_per_s"]) / 60)
+    assert k["projected_minutes_with_warmup"] == pytest.approx(
+        (k["warmup_seconds"] + (50_000 - 8) / k["samples_per_s"]) / 60
+    )
     assert [(e["mode"], e["batch_size"], e["kernels"]) for e in saved["eval"] if "mode" in e] == [
-        ("score", 64, False), ("generate", 64, False), ("score", 256, True)]
+        ("score", 64, False),
+        ("generate", 64, False),
+        ("score", 256, True),
+    ]
     md = (out / "results.md").read_text()
     assert "| seed-trainer | 8 | fp32 |" in md
     # The targets table: no memory figure on the CPU, so no memory target is judged.
     assert [t["target"].split(" (")[0] for t in saved["targets"]] == [
-        "seed-recipe step", "speed-up over seed-trainer", "2 epochs incl. compilation", "throughput", "score evaluation of 25,000 reviews"]
-    assert "| seed-recipe step (kernels, batch 8; no attention-probability dropout in the encoder) | ≤ 15 ms |" in md
+        "seed-recipe step",
+        "speed-up over seed-trainer",
+        "2 epochs incl. compilation",
+        "throughput",
+        "score evaluation of 25,000 reviews",
+    ]
+    assert (
+        "| seed-recipe step (kernels, batch 8; no attention-probability dropout in the encoder) | ≤ 15 ms |"
+        in md
+    )
     assert (out / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_targets_say_met_or_by_how_much_missed():
-    rows = [dict(name="kernels", ms_per_step=30.0, ratio_vs_seed_trainer=12.0, projected_minutes_with_warmup=2.5, peak_allocated_gib=4.0),
-            dict(name="kernels-8bit-ckpt", peak_allocated_gib=3.3),
-            dict(name="kernels-throughput", batch_size=128, samples_per_s=1200.0)]
+    rows = [
+        dict(
+            name="kernels",
+            ms_per_step=30.0,
+            ratio_vs_seed_trainer=12.0,
+            projected_minutes_with_warmup=2.5,
+            peak_allocated_gib=4.0,
+        ),
+        dict(name="kernels-8bit-ckpt", peak_allocated_gib=3.3),
+        dict(name="kernels-throughput", batch_size=128, samples_per_s=1200.0),
+    ]
     result = dict(rows=rows, eval=[dict(mode="score", kernels=True, projected_25k_seconds=9.0)])
     got = {t["target"].split(" (")[0]: (t["met"], t["verdict"]) for t in report.targets(result)}
     assert got == {
@@ -90,9 +118,6 @@ def test_step_clock_on_cpu_reads_the_host_clock():
     assert clock.host_mark is not None and clock.host_mark >= clock.marks[1]
 
 
-TINY = ["--model-config", "tiny", "--data", "synthetic:200", "--tokenizer", "word-level", "--warmup", "1", "--steps", "1"]
-
-
 def test_a_failing_configuration_is_reported_and_the_others_still_run(tmp_path, monkeypatch):
     real = harness.measure_loop
 
@@ -113,8 +138,11 @@ def test_a_failing_configuration_is_reported_and_the_others_still_run(tmp_path, 
     profile.main(["--configs", "seed-loop,fast", *TINY, "--eval-samples", "16", "--out", str(out)])
     saved = json.loads((out / "results.json").read_text())
     assert [r["name"] for r in saved["rows"]] == ["fast", "seed-loop"]  # the bench's order, not the command's
-    assert saved["rows"][1] == {"name": "seed-loop", "error": "SystemExit: error: a configuration that exits",
-                                "errors": ["SystemExit: error: a configuration that exits"]}
+    assert saved["rows"][1] == {
+        "name": "seed-loop",
+        "error": "SystemExit: error: a configuration that exits",
+        "errors": ["SystemExit: error: a configuration that exits"],
+    }
     assert saved["rows"][0]["samples_per_s"] > 0 and saved["runs"][0]["complete"] is True
     modes = [(e["mode"], e.get("error")) for e in saved["eval"] if "mode" in e]
     assert modes == [("score", None), ("generate", "RuntimeError: no generate today"), ("score", None)]
@@ -136,16 +164,30 @@ def test_a_failing_kernel_row_is_retried_without_graphs_then_without_the_bias_ke
 
     monkeypatch.setattr(harness, "measure_loop", fragile)
     out = tmp_path / "bench"
-    profile.main(["--configs", "kernels,kernels-8bit-ckpt,fast", *TINY, "--eval-samples", "0", "--out", str(out)])
+    profile.main(
+        ["--configs", "kernels,kernels-8bit-ckpt,fast", *TINY, "--eval-samples", "0", "--out", str(out)]
+    )
     rows = {r["name"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
-    assert [s for s in seen if s[0] != "fast"] == [("kernels", True, True), ("kernels", False, True), ("kernels", True, False),
-                        ("kernels-8bit-ckpt", True, True), ("kernels-8bit-ckpt", False, True)]
+    assert [s for s in seen if s[0] != "fast"] == [
+        ("kernels", True, True),
+        ("kernels", False, True),
+        ("kernels", True, False),
+        ("kernels-8bit-ckpt", True, True),
+        ("kernels-8bit-ckpt", False, True),
+    ]
     assert rows["kernels"]["variant"] == "no bias kernel" and rows["kernels"]["samples_per_s"] > 0
-    assert rows["kernels"]["errors"] == ["as configured: RuntimeError: flex lowering failed",
-                                         "no CUDA graphs: RuntimeError: flex lowering failed"]
+    assert rows["kernels"]["errors"] == [
+        "as configured: RuntimeError: flex lowering failed",
+        "no CUDA graphs: RuntimeError: flex lowering failed",
+    ]
     assert rows["kernels-8bit-ckpt"]["variant"] == "no CUDA graphs"
-    assert rows["fast"]["variant"] == "as configured" and "errors" not in rows["fast"]  # eager rows are not retried
-    assert "kernels ran as 'no bias kernel' after: as configured: RuntimeError" in (out / "results.md").read_text()
+    assert (
+        rows["fast"]["variant"] == "as configured" and "errors" not in rows["fast"]
+    )  # eager rows are not retried
+    assert (
+        "kernels ran as 'no bias kernel' after: as configured: RuntimeError"
+        in (out / "results.md").read_text()
+    )
 
 
 def test_a_row_past_its_time_limit_is_recorded_and_the_next_one_runs(tmp_path, monkeypatch):
@@ -159,7 +201,9 @@ def test_a_row_past_its_time_limit_is_recorded_and_the_next_one_runs(tmp_path, m
     monkeypatch.setattr(harness, "measure_loop", slow)
     out = tmp_path / "bench"
     started = time.perf_counter()
-    profile.main(["--configs", "kernels,bf16", *TINY, "--eval-samples", "0", "--row-limit", "1.5", "--out", str(out)])
+    profile.main(
+        ["--configs", "kernels,bf16", *TINY, "--eval-samples", "0", "--row-limit", "1.5", "--out", str(out)]
+    )
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert rows[0]["name"] == "kernels" and rows[0]["error"] == "kernels: stopped by its time limit of 1.5 s"
     assert len(rows[0]["errors"]) == 1  # a row that hung is not tried again
@@ -184,20 +228,27 @@ def test_sigterm_mid_row_stops_the_bench_and_keeps_what_was_measured(tmp_path, m
 
         def hook(state, step, model):
             if len(runs) == 2 and state.step == 1:
-                os.kill(os.getpid(), signal.SIGTERM)  # run()'s own handler; step 1 has passed its check, step 2 finishes
+                os.kill(
+                    os.getpid(), signal.SIGTERM
+                )  # run()'s own handler; step 1 has passed its check, step 2 finishes
             on_step(state, step, model)
 
         return real(cfg, on_step=hook)
 
     monkeypatch.setattr(harness, "run", terminated)
     out = tmp_path / "bench"
-    result = profile.main(["--configs", "fast,bf16,throughput", *TINY, "--eval-samples", "0", "--out", str(out)])
+    result = profile.main(
+        ["--configs", "fast,bf16,throughput", *TINY, "--eval-samples", "0", "--out", str(out)]
+    )
     saved = json.loads((out / "results.json").read_text())
     assert saved == json.loads(json.dumps(result))
     assert [r["name"] for r in saved["rows"]] == ["fast", "bf16"] and len(runs) == 2
     assert saved["rows"][0]["samples_per_s"] > 0
-    assert saved["rows"][1]["error"] == ("stopped by the time guard after step 2" if inside_step
-                                         else "stopped by the time guard before it finished")
+    assert saved["rows"][1]["error"] == (
+        "stopped by the time guard after step 2"
+        if inside_step
+        else "stopped by the time guard before it finished"
+    )
     assert saved["runs"][0]["complete"] is False and "SIGTERM" in saved["runs"][0]["stopped"]
     assert "**incomplete**" in (out / "results.md").read_text()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
@@ -215,17 +266,22 @@ def test_append_adds_rows_to_an_earlier_run(tmp_path):
 def test_bias_lookup_verdict_names_the_faster():
     rows = [dict(name="kernels", ms_per_step=12.0), dict(name="kernels-gathered", ms_per_step=9.0)]
     v = report.bias_lookup_verdict(rows)
-    assert (v["faster"], v["table_ms"], v["gathered_ms"]) == ("gathered", 12.0, 9.0) and "by 25.0%" in v["summary"]
+    assert (v["faster"], v["table_ms"], v["gathered_ms"]) == ("gathered", 12.0, 9.0) and "by 25.0%" in v[
+        "summary"
+    ]
     assert report.bias_lookup_verdict(rows[:1]) is None
 
 
 def test_step_profile_reports_wall_time_and_top_operators(tmp_path):
     from bench import step_profile
 
-    summary = step_profile.main(["--config", "fast", "--model-config", "tiny", "--data", "synthetic:200", "--tokenizer", "word-level",
-                                 "--warmup", "2", "--steps", "2", "--batch-size", "4", "--out", str(tmp_path / "step_profile.txt")])
+    out = tmp_path / "step_profile.txt"
+    args = ["--config", "fast", *SOURCES, "--warmup", "2", "--steps", "2", "--batch-size", "4"]
+    summary = step_profile.main([*args, "--out", str(out)])
     assert summary["config"] == "fast" and summary["batch_size"] == 4 and summary["steps"] == 2
-    assert summary["wall_ms_median"] > 0 and summary["device_busy_ms"] is None  # no GPU here: no device figure
+    assert (
+        summary["wall_ms_median"] > 0 and summary["device_busy_ms"] is None
+    )  # no GPU here: no device figure
     text = (tmp_path / "step_profile.txt").read_text()
     assert "top operators by self host time:" in text and "aten::mm" in text
 
@@ -240,10 +296,23 @@ def test_gpu_run_rehearsal_keeps_results_when_a_guard_fires_mid_bench(tmp_path):
     from tests.conftest import ROOT
 
     out = tmp_path / "out"
-    env = dict(os.environ, OUT=str(out), BUDGET="45", LIMIT_BENCH="15", REHEARSE_STEPS="30",
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env = dict(
+        os.environ,
+        OUT=str(out),
+        BUDGET="45",
+        LIMIT_BENCH="15",
+        REHEARSE_STEPS="30",
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    )
     started = time.perf_counter()
-    proc = subprocess.run(["bash", "bench/gpu_run.sh", "--rehearse"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        ["bash", "bench/gpu_run.sh", "--rehearse"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     took = time.perf_counter() - started
     assert proc.returncode == 0, proc.stderr[-2000:]
     files = sorted(p.name for p in out.iterdir())
@@ -252,7 +321,9 @@ def test_gpu_run_rehearsal_keeps_results_when_a_guard_fires_mid_bench(tmp_path):
     assert {"run.log", "results.json", "results.md"} <= set(files)
     log = (out / "run.log").read_text()
     assert "== bench: time guard fired (exit 124)" in log
-    assert log.rstrip().endswith((out / "results.md").read_text().rstrip())  # the summary ends with the results table
+    assert log.rstrip().endswith(
+        (out / "results.md").read_text().rstrip()
+    )  # the summary ends with the results table
     assert log.index("== summary") > log.index("== profile: skipped")
     assert "extras: skipped (budget spent)" in log and "profile: skipped" in log
     saved = json.loads((out / "results.json").read_text())

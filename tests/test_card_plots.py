@@ -35,7 +35,19 @@ def test_plot_script_on_a_run_dir(smoke_run, tmp_path):
     from tests.conftest import ROOT
 
     out, _ = smoke_run
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "plot.py"), str(out)], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0 and proc.stdout.split() == [str(out / n) for n in ("loss_lr.png", "throughput.png", "confusion_matrix.png")]
-    bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "plot.py"), str(tmp_path)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "plot.py"), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0 and proc.stdout.split() == [
+        str(out / n) for n in ("loss_lr.png", "throughput.png", "confusion_matrix.png")
+    ]
+    bad = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "plot.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "no metrics.jsonl" in bad.stderr

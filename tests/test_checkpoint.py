@@ -18,16 +18,28 @@ from flant5_imdb.checkpoint import CheckpointError, check_compatible, complete_c
 from flant5_imdb.config import TrainConfig, preset
 from flant5_imdb.guards import NonFiniteError, OutOfMemory
 from flant5_imdb.train import run
-from tests.conftest import ROOT, accelerate_launch
+from tests.conftest import ROOT, accelerate_launch, flags
 
+TWO_PROCESSES = ("--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                 "--dynamo_backend", "no")  # fmt: skip
 # 160 examples, batch 16: 10 steps per epoch; 12 steps cross one epoch boundary.
 STEPS, PER_EPOCH = 12, 10
 
 
 def cfg_for(tmp_path, tokenizer_dir, name, **kw):
     """Tiny model, fp32, dropout on (so RNG restoration matters), a checkpoint every 5 steps."""
-    base = dict(tokenizer=str(tokenizer_dir), data="synthetic:160", dropout=0.1, max_source_length=64, log_every=1,
-                max_eval_samples=32, max_steps=STEPS, save_every=5, keep_checkpoints=5, output_dir=str(tmp_path / name))
+    base = dict(
+        tokenizer=str(tokenizer_dir),
+        data="synthetic:160",
+        dropout=0.1,
+        max_source_length=64,
+        log_every=1,
+        max_eval_samples=32,
+        max_steps=STEPS,
+        save_every=5,
+        keep_checkpoints=5,
+        output_dir=str(tmp_path / name),
+    )
     return preset("smoke", **{**base, **kw})
 
 
@@ -54,8 +66,13 @@ def tensors(obj, prefix=""):
 
 def assert_same_run(a: Path, b: Path, from_step: int):
     la, lb = step_losses(a), step_losses(b)
-    assert [lb[s] for s in range(from_step + 1, STEPS + 1)] == [la[s] for s in range(from_step + 1, STEPS + 1)]
-    pa, pb = load_file(str(a / "final" / "model.safetensors")), load_file(str(b / "final" / "model.safetensors"))
+    assert [lb[s] for s in range(from_step + 1, STEPS + 1)] == [
+        la[s] for s in range(from_step + 1, STEPS + 1)
+    ]
+    pa, pb = (
+        load_file(str(a / "final" / "model.safetensors")),
+        load_file(str(b / "final" / "model.safetensors")),
+    )
     assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
     oa = dict(tensors(torch.load(a / "checkpoints" / f"step-{STEPS}" / "optimizer.bin", weights_only=False)))
     ob = dict(tensors(torch.load(b / "checkpoints" / f"step-{STEPS}" / "optimizer.bin", weights_only=False)))
@@ -67,13 +84,18 @@ class Crash(Exception):
     pass
 
 
-@pytest.mark.parametrize("resume_at, optim", [(5, "adamw"), (PER_EPOCH, "adamw"), (5, "adamw8bit")],
-                         ids=["mid-epoch", "epoch-boundary", "adamw8bit"])
+@pytest.mark.parametrize(
+    "resume_at, optim",
+    [(5, "adamw"), (PER_EPOCH, "adamw"), (5, "adamw8bit")],
+    ids=["mid-epoch", "epoch-boundary", "adamw8bit"],
+)
 def test_bitwise_resume_and_data_order(tmp_path, tokenizer_dir, resume_at, optim):
     ids_straight, ids_resumed = {}, {}
 
     def record(into):
-        return lambda state, step, model: into.__setitem__(state.step, sorted(i for mb in step.micro_batches for i in mb))
+        return lambda state, step, model: into.__setitem__(
+            state.step, sorted(i for mb in step.micro_batches for i in mb)
+        )
 
     straight = cfg_for(tmp_path, tokenizer_dir, "straight", optim=optim)
     run(straight, on_step=record(ids_straight))
@@ -86,7 +108,9 @@ def test_bitwise_resume_and_data_order(tmp_path, tokenizer_dir, resume_at, optim
     with pytest.raises(Crash):
         run(broken, on_step=crash_a_step_later)
     assert latest_complete(broken.output_dir).name == f"step-{resume_at}"
-    summary = run(cfg_for(tmp_path, tokenizer_dir, "broken", optim=optim, resume="auto"), on_step=record(ids_resumed))
+    summary = run(
+        cfg_for(tmp_path, tokenizer_dir, "broken", optim=optim, resume="auto"), on_step=record(ids_resumed)
+    )
 
     assert summary["resumed_from"].endswith(f"step-{resume_at}") and summary["steps"] == STEPS
     assert sorted(ids_resumed) == list(range(resume_at + 1, STEPS + 1))
@@ -97,28 +121,34 @@ def test_bitwise_resume_and_data_order(tmp_path, tokenizer_dir, resume_at, optim
 def launch(args, env=None, timeout=300, two_processes=False):
     prefix = [sys.executable]
     if two_processes:
-        prefix = accelerate_launch("--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                                   "--mixed_precision", "no", "--dynamo_backend", "no")
-    return subprocess.run(prefix + args, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+        prefix = accelerate_launch(*TWO_PROCESSES)
+    return subprocess.run(
+        prefix + args, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
 
 
 def cli(tokenizer_dir, out, *extra):
-    return ["--preset", "smoke", "--tokenizer", str(tokenizer_dir), "--data", "synthetic:160", "--dropout", "0.1",
-            "--max-source-length", "64", "--log-every", "1", "--max-eval-samples", "32", "--max-steps", str(STEPS),
-            "--save-every", "5", "--keep-checkpoints", "5", "--output-dir", str(out), *extra]
+    """scripts/train.py's arguments for the runs `cfg_for` makes in-process."""
+    common = flags(tokenizer=tokenizer_dir, data="synthetic:160", dropout=0.1, max_source_length=64,
+                   log_every=1, max_eval_samples=32, max_steps=STEPS, save_every=5, keep_checkpoints=5,
+                   output_dir=out)  # fmt: skip
+    return ["--preset", "smoke", *common, *extra]
 
 
 def test_bitwise_resume_with_two_processes(tmp_path, tokenizer_dir):
     script, faulty = str(ROOT / "scripts" / "train.py"), str(ROOT / "tests" / "helpers" / "faulty_train.py")
     ok = launch([script, *cli(tokenizer_dir, tmp_path / "straight", "--batch-size", "8")], two_processes=True)
     assert ok.returncode == 0, ok.stderr[-3000:]
-    crashed = launch([faulty, "crash-after-step", "7", *cli(tokenizer_dir, tmp_path / "broken", "--batch-size", "8")],
-                     two_processes=True)
+    crashed = launch(
+        [faulty, "crash-after-step", "7", *cli(tokenizer_dir, tmp_path / "broken", "--batch-size", "8")],
+        two_processes=True,
+    )
     assert crashed.returncode != 0
     assert latest_complete(tmp_path / "broken").name == "step-5"
-    resumed = launch([script, *cli(tokenizer_dir, tmp_path / "broken", "--batch-size", "8", "--resume", "auto")],
-                     two_processes=True)
+    resumed = launch(
+        [script, *cli(tokenizer_dir, tmp_path / "broken", "--batch-size", "8", "--resume", "auto")],
+        two_processes=True,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     summary = json.loads((tmp_path / "broken" / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["resumed_from"].endswith("step-5")
@@ -130,7 +160,9 @@ def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, tok
     straight = cfg_for(tmp_path, tokenizer_dir, "straight")
     run(straight)
     out = tmp_path / "killed"
-    killed = launch([str(ROOT / "tests" / "helpers" / "faulty_train.py"), "kill-in-save", "10", *cli(tokenizer_dir, out)])
+    killed = launch(
+        [str(ROOT / "tests" / "helpers" / "faulty_train.py"), "kill-in-save", "10", *cli(tokenizer_dir, out)]
+    )
     assert killed.returncode == -signal.SIGKILL
     assert (out / "checkpoints" / "step-10.tmp").is_dir()  # the torn write is there ...
     assert latest_complete(out).name == "step-5"  # ... and ignored
@@ -145,8 +177,12 @@ def test_sigterm_finishes_the_step_checkpoints_and_exits_143(tmp_path, tokenizer
     args = [str(ROOT / "scripts" / "train.py"), *cli(tokenizer_dir, out)]
     args[args.index("--max-steps") + 1] = "150"
     args[args.index("--save-every") + 1] = "1000"
-    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            )
+    proc = subprocess.Popen(
+        [sys.executable, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not ((out / "metrics.jsonl").exists() and len(metrics(out)) >= 3):
         time.sleep(0.05)
@@ -159,7 +195,9 @@ def test_sigterm_finishes_the_step_checkpoints_and_exits_143(tmp_path, tokenizer
     assert 3 <= stopped_at < 150
     assert latest_complete(out).name == f"step-{stopped_at}"
 
-    resumed = run(cfg_for(tmp_path, tokenizer_dir, "preempted", max_steps=150, save_every=1000, resume="auto"))
+    resumed = run(
+        cfg_for(tmp_path, tokenizer_dir, "preempted", max_steps=150, save_every=1000, resume="auto")
+    )
     run(cfg_for(tmp_path, tokenizer_dir, "straight", max_steps=150, save_every=1000))
     assert resumed["resumed_from"].endswith(f"step-{stopped_at}")
     a, b = step_losses(tmp_path / "straight"), step_losses(out)
@@ -173,7 +211,11 @@ def worker_pids(out: Path) -> dict[int, int]:
         try:
             if str(out) not in (proc / "cmdline").read_bytes().decode(errors="replace"):
                 continue
-            env = dict(kv.split("=", 1) for kv in (proc / "environ").read_bytes().decode(errors="replace").split("\0") if "=" in kv)
+            env = dict(
+                kv.split("=", 1)
+                for kv in (proc / "environ").read_bytes().decode(errors="replace").split("\0")
+                if "=" in kv
+            )
         except OSError:
             continue
         if "RANK" in env and "LOCAL_RANK" in env:
@@ -182,14 +224,22 @@ def worker_pids(out: Path) -> dict[int, int]:
 
 
 def start_two_process_run(tokenizer_dir, out: Path, max_steps: int):
-    """A 2-process CPU run of `max_steps` (no periodic checkpoint), once it has logged 3 lines: (launcher, rank -> pid)."""
+    """A 2-process CPU run of `max_steps` (no periodic checkpoint), once it has logged 3 lines: (launcher,
+    rank -> pid).
+    """
     args = cli(tokenizer_dir, out, "--batch-size", "8")
     args[args.index("--max-steps") + 1] = str(max_steps)
     args[args.index("--save-every") + 1] = "1000"
     proc = subprocess.Popen(
-        [*accelerate_launch("--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                            "--mixed_precision", "no", "--dynamo_backend", "no"), str(ROOT / "scripts" / "train.py"), *args],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        [
+            *accelerate_launch(*TWO_PROCESSES),
+            str(ROOT / "scripts" / "train.py"),
+            *args,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 180
     while time.time() < deadline and not ((out / "metrics.jsonl").exists() and len(metrics(out)) >= 3):
         time.sleep(0.05)
@@ -233,7 +283,9 @@ def test_a_nan_loss_skips_that_update(tmp_path, tokenizer_dir, monkeypatch, opti
     def snap(state, step, model):
         snapshots[state.step] = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-    summary = run(cfg_for(tmp_path, tokenizer_dir, "nan", optim=optim, max_steps=6, dropout=0.0), on_step=snap)
+    summary = run(
+        cfg_for(tmp_path, tokenizer_dir, "nan", optim=optim, max_steps=6, dropout=0.0), on_step=snap
+    )
     assert all(torch.equal(snapshots[3][k], snapshots[4][k]) for k in snapshots[3])
     assert not all(torch.equal(snapshots[4][k], snapshots[5][k]) for k in snapshots[4])
     assert summary["steps"] == 6 and summary["skipped_steps"] == 1
@@ -244,7 +296,9 @@ def test_a_nan_loss_skips_that_update(tmp_path, tokenizer_dir, monkeypatch, opti
 def test_nan_in_a_row_stops_with_a_clear_error(tmp_path, tokenizer_dir, monkeypatch):
     nan_at(monkeypatch, {5, 6, 7})
     cfg = cfg_for(tmp_path, tokenizer_dir, "nan", max_bad_steps=3, save_every=4, max_steps=12)
-    with pytest.raises(NonFiniteError, match=r"3 updates in a row had a non-finite loss .*--max-bad-steps 3.* by step 7"):
+    with pytest.raises(
+        NonFiniteError, match=r"3 updates in a row had a non-finite loss .*--max-bad-steps 3.* by step 7"
+    ):
         run(cfg)
     assert latest_complete(cfg.output_dir).name == "step-4"
 
@@ -254,24 +308,32 @@ def test_out_of_memory_names_the_micro_batch_and_the_fix(tmp_path, tokenizer_dir
         raise torch.OutOfMemoryError("CUDA out of memory")
 
     monkeypatch.setattr(train_module, "token_loss_sum", oom)
-    with pytest.raises(OutOfMemory, match=r"micro-batch of 16 x \d+ tokens \(--batch-size 16\); .*--batch-size 8 --grad-accum 2"):
+    with pytest.raises(
+        OutOfMemory,
+        match=r"micro-batch of 16 x \d+ tokens \(--batch-size 16\); .*--batch-size 8 --grad-accum 2",
+    ):
         run(cfg_for(tmp_path, tokenizer_dir, "oom"))
 
 
 def test_resume_refuses_other_math_unless_forced(tmp_path, tokenizer_dir):
     run(cfg_for(tmp_path, tokenizer_dir, "r", max_steps=5))
-    with pytest.raises(CheckpointError, match=r"changes the math \(--lr 0.002 -> 0.001\); pass --force-resume"):
+    with pytest.raises(
+        CheckpointError, match=r"changes the math \(--lr 0.002 -> 0.001\); pass --force-resume"
+    ):
         run(cfg_for(tmp_path, tokenizer_dir, "r", max_steps=5, lr=1e-3, resume="auto"))
     # Options that do not change the math may differ.
     assert run(cfg_for(tmp_path, tokenizer_dir, "r", max_steps=5, log_every=3, resume="auto"))["steps"] == 5
-    forced = run(cfg_for(tmp_path, tokenizer_dir, "r", max_steps=7, batch_size=8, resume="auto", force_resume=True))
+    forced = run(
+        cfg_for(tmp_path, tokenizer_dir, "r", max_steps=7, batch_size=8, resume="auto", force_resume=True)
+    )
     assert forced["steps"] == 7
 
 
 def test_kernel_path_flags_may_change_on_resume_and_new_options_count_as_defaults():
     saved = {"config": TrainConfig().to_dict(), "num_processes": 1}
     kernels = preset("kernels").to_dict() | {"output_dir": saved["config"]["output_dir"]}
-    # Buckets, compile, graphs and fused norms change shapes and rounding; the bias kernel drops attention dropout.
+    # Buckets, compile, graphs and fused norms change shapes and rounding; the bias kernel drops attention
+    # dropout.
     with pytest.raises(CheckpointError, match=r"\(--bias-kernel False -> True\)"):
         check_compatible(saved, kernels, 1, force=False)
     assert check_compatible(saved, kernels | {"bias_kernel": False}, 1, force=False) == []
@@ -288,7 +350,9 @@ def test_resume_auto_without_checkpoint_starts_fresh_and_bad_paths_fail(tmp_path
 def test_missing_rng_state_is_an_error(tmp_path, tokenizer_dir):
     run(cfg_for(tmp_path, tokenizer_dir, "r", max_steps=5))
     (latest_complete(tmp_path / "r") / "random_states_0.pkl").unlink()
-    with pytest.raises(CheckpointError, match=r"every checkpoint .* is damaged \(step-5: random_states_0.pkl is missing\)"):
+    with pytest.raises(
+        CheckpointError, match=r"every checkpoint .* is damaged \(step-5: random_states_0.pkl is missing\)"
+    ):
         run(cfg_for(tmp_path, tokenizer_dir, "r", max_steps=5, resume="auto"))
 
 
@@ -316,7 +380,12 @@ def test_a_resumed_runs_metrics_equal_the_uninterrupted_runs(tmp_path, tokenizer
 
     with pytest.raises(Crash):
         run(cfg_for(tmp_path, tokenizer_dir, "broken", **kw), on_step=crash_at_7)
-    assert [r["step"] for r in metrics(tmp_path / "broken")] == [1, 3, 4, 6]  # logged past the checkpoint at 5
+    assert [r["step"] for r in metrics(tmp_path / "broken")] == [
+        1,
+        3,
+        4,
+        6,
+    ]  # logged past the checkpoint at 5
     run(cfg_for(tmp_path, tokenizer_dir, "broken", resume="auto", **kw))
 
     def without_clock(rows):
@@ -325,7 +394,8 @@ def test_a_resumed_runs_metrics_equal_the_uninterrupted_runs(tmp_path, tokenizer
     straight, resumed = metrics(tmp_path / "straight"), metrics(tmp_path / "broken")
     assert [r["step"] for r in resumed] == [1, 3, 4, 6, 8, 9, 12, 12]
     assert without_clock(resumed) == without_clock(straight)
-    # The throughput clock carries on from the checkpoint: no jump from counting earlier samples over the new clock.
+    # The throughput clock carries on from the checkpoint: no jump from counting earlier samples over the new
+    # clock.
     rate = {r["step"]: r["samples_per_s"] for r in resumed if "samples_per_s" in r}
     assert rate[9] < 10 * rate[3]
 
@@ -364,13 +434,21 @@ def test_the_manifest_lists_every_file_with_size_and_checksum(saved_run):
 @pytest.mark.parametrize("how", ["delete", "truncate", "flip"])
 def test_every_kind_of_file_is_checked(saved_run, tmp_path, how):
     """Each file of a checkpoint (weights, optimizer, scheduler, RNG state, train state, model config,
-    tokenizer, settings, the manifest itself), deleted, truncated or with one byte changed, is found and named."""
+    tokenizer, settings, the manifest itself), deleted, truncated or with one byte changed, is found
+    and named."""
     from flant5_imdb.checkpoint import MANIFEST, damage
 
     out = copy_run(saved_run, tmp_path)
     ckpt = out / "checkpoints" / "step-10"
     names = sorted(json.loads((ckpt / MANIFEST).read_text())) + [MANIFEST]
-    for name in ("model.safetensors", "optimizer.bin", "random_states_0.pkl", "train_state.json", "config.json", MANIFEST):
+    for name in (
+        "model.safetensors",
+        "optimizer.bin",
+        "random_states_0.pkl",
+        "train_state.json",
+        "config.json",
+        MANIFEST,
+    ):
         assert name in names
     for name in names:
         f = ckpt / name
@@ -392,17 +470,28 @@ def test_every_kind_of_file_is_checked(saved_run, tmp_path, how):
         assert damage(ckpt) is None
 
 
-def test_resume_auto_skips_a_damaged_checkpoint_and_resume_path_names_the_file(saved_run, tmp_path, tokenizer_dir, caplog):
+def test_resume_auto_skips_a_damaged_checkpoint_and_resume_path_names_the_file(
+    saved_run, tmp_path, tokenizer_dir, caplog
+):
     import logging
 
     out = copy_run(saved_run, tmp_path)
     (out / "checkpoints" / "step-10" / "optimizer.bin").write_bytes(b"torn")
-    with pytest.raises(CheckpointError, match=r"--resume .*step-10: damaged checkpoint: optimizer.bin has 4 bytes, the manifest says \d+"):
-        run(cfg_for(tmp_path, tokenizer_dir, "run", max_steps=10, resume=str(out / "checkpoints" / "step-10")))
+    with pytest.raises(
+        CheckpointError,
+        match=r"--resume .*step-10: damaged checkpoint: optimizer.bin has 4 bytes, the manifest says \d+",
+    ):
+        run(
+            cfg_for(tmp_path, tokenizer_dir, "run", max_steps=10, resume=str(out / "checkpoints" / "step-10"))
+        )
     with caplog.at_level(logging.WARNING, logger="flant5_imdb.checkpoint"):
         summary = run(cfg_for(tmp_path, tokenizer_dir, "run", max_steps=10, resume="auto"))
     assert summary["resumed_from"].endswith("step-5") and summary["steps"] == 10
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name.startswith("flant5_imdb")]
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and r.name.startswith("flant5_imdb")
+    ]
     assert len(warnings) == 1 and "skipping damaged checkpoint" in warnings[0] and "step-10" in warnings[0]
     assert "optimizer.bin" in warnings[0]
 
@@ -412,7 +501,10 @@ def test_resume_auto_refuses_when_every_checkpoint_is_damaged(saved_run, tmp_pat
     for step in (5, 10):
         (out / "checkpoints" / f"step-{step}" / "model.safetensors").unlink()
     config_before = (out / "config.json").read_bytes()
-    with pytest.raises(CheckpointError, match=r"every checkpoint in .* is damaged \(step-10: model.safetensors is missing; step-5: "):
+    with pytest.raises(
+        CheckpointError,
+        match=r"every checkpoint in .* is damaged \(step-10: model.safetensors is missing; step-5: ",
+    ):
         run(cfg_for(tmp_path, tokenizer_dir, "run", max_steps=12, resume="auto"))
     assert (out / "config.json").read_bytes() == config_before  # a refused resume leaves the run as it was
 
@@ -437,8 +529,20 @@ def test_force_resume_applies_the_new_lr_betas_eps_and_weight_decay(saved_run, t
     import unittest.mock
 
     with unittest.mock.patch.object(train_module, "forward_backward", spy):
-        run(cfg_for(tmp_path, tokenizer_dir, "run", max_steps=12, resume="auto", force_resume=True, lr=1e-3,
-                    adam_beta1=0.8, adam_beta2=0.99, adam_eps=1e-6))
+        run(
+            cfg_for(
+                tmp_path,
+                tokenizer_dir,
+                "run",
+                max_steps=12,
+                resume="auto",
+                force_resume=True,
+                lr=1e-3,
+                adam_beta1=0.8,
+                adam_beta2=0.99,
+                adam_eps=1e-6,
+            )
+        )
     group = seen[11][0]
     assert group["lr"] == pytest.approx(1e-3 * 2 / 12) and group["initial_lr"] == 1e-3
     assert (group["betas"], group["eps"], group["weight_decay"]) == ((0.8, 0.99), 1e-6, 0.0)
@@ -460,19 +564,28 @@ def test_apply_hyperparameters_sets_both_groups_with_weight_decay():
         sched.step()
     apply_hyperparameters(opt, sched, TrainConfig(weight_decay=0.05, lr=2e-3, warmup_steps=2, adam_eps=1e-7))
     assert [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.0]  # layer norms never decay
-    assert [g["lr"] for g in opt.param_groups] == pytest.approx([2e-3 * 6 / 8] * 2) and sched.get_last_lr() == [g["lr"] for g in opt.param_groups]
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx(
+        [2e-3 * 6 / 8] * 2
+    ) and sched.get_last_lr() == [g["lr"] for g in opt.param_groups]
     assert all(g["eps"] == 1e-7 for g in opt.param_groups)
 
 
-@pytest.mark.parametrize("change, name", [(dict(optim="adamw8bit"), "--optim 'adamw' -> 'adamw8bit'"),
-                                          (dict(weight_decay=0.01), "--weight-decay 0.0 -> 0.01"),
-                                          (dict(model_config="flan-t5-base"), "--model-config 'tiny' -> 'flan-t5-base'")])
+@pytest.mark.parametrize(
+    "change, name",
+    [
+        (dict(optim="adamw8bit"), "--optim 'adamw' -> 'adamw8bit'"),
+        (dict(weight_decay=0.01), "--weight-decay 0.0 -> 0.01"),
+        (dict(model_config="flan-t5-base"), "--model-config 'tiny' -> 'flan-t5-base'"),
+    ],
+)
 def test_changes_a_checkpoint_cannot_take_are_refused_by_name_even_when_forced(change, name):
     saved = {"config": preset("smoke").to_dict(), "num_processes": 1}
     with pytest.raises(CheckpointError, match=re.escape(name) + r" cannot be applied to a checkpoint"):
         check_compatible(saved, preset("smoke", **change).to_dict(), 1, force=True)
     wd = {"config": preset("smoke", weight_decay=0.01).to_dict(), "num_processes": 1}
-    assert check_compatible(wd, preset("smoke", weight_decay=0.02).to_dict(), 1, force=True) == ["--weight-decay 0.01 -> 0.02"]
+    assert check_compatible(wd, preset("smoke", weight_decay=0.02).to_dict(), 1, force=True) == [
+        "--weight-decay 0.01 -> 0.02"
+    ]
 
 
 # --- one run per folder ------------------------------------------------------------------------------
@@ -485,21 +598,33 @@ def test_a_second_training_into_a_locked_folder_stops_naming_the_holder(tmp_path
     holder = RunLock(tmp_path / "busy")
     holder.acquire()
     try:
-        with pytest.raises(ConfigError, match=rf"--output-dir .*busy is in use by another training \(pid {os.getpid()}\)"):
+        with pytest.raises(
+            ConfigError, match=rf"--output-dir .*busy is in use by another training \(pid {os.getpid()}\)"
+        ):
             run(cfg_for(tmp_path, tokenizer_dir, "busy", max_steps=2))
     finally:
         holder.release()
     assert sorted(p.name for p in (tmp_path / "busy").iterdir()) == [".lock"]  # the refused run wrote nothing
-    assert run(cfg_for(tmp_path, tokenizer_dir, "busy", max_steps=2))["steps"] == 2  # released: the folder is free
+    assert (
+        run(cfg_for(tmp_path, tokenizer_dir, "busy", max_steps=2))["steps"] == 2
+    )  # released: the folder is free
 
 
 def test_the_lock_dies_with_its_process(tmp_path):
     """An OS lock, not a file that stays: SIGKILL the holder and the folder is free at once."""
     from flant5_imdb.rundir import RunLock
 
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from flant5_imdb.rundir import RunLock; "
-                               f"RunLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
-                              stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from flant5_imdb.rundir import RunLock; "
+            f"RunLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
     assert holder.stdout.readline().strip() == "held"
     from flant5_imdb.config import ConfigError
 
@@ -519,15 +644,28 @@ def test_a_fresh_run_into_another_runs_folder_is_refused_unless_told(tmp_path, t
 
     run(cfg_for(tmp_path, tokenizer_dir, "r", max_steps=10, save_every=10))
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "r").iterdir() if p.name != ".lock"}
-    with pytest.raises(ConfigError, match=r"holds another run \(metrics.jsonl, checkpoints, summary.json, final, eval.json\); "
-                                          r"continue it with --resume auto, or pass --overwrite-output-dir"):
+    with pytest.raises(
+        ConfigError,
+        match=r"holds another run \(metrics.jsonl, checkpoints, summary.json, final, eval.json\); "
+        r"continue it with --resume auto, or pass --overwrite-output-dir",
+    ):
         run(cfg_for(tmp_path, tokenizer_dir, "r", max_steps=4))
-    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "r").iterdir() if p.name != ".lock"} == before  # untouched
+    assert {
+        p.name: p.stat().st_mtime_ns for p in (tmp_path / "r").iterdir() if p.name != ".lock"
+    } == before  # untouched
     with caplog.at_level(logging.WARNING, logger="flant5_imdb.rundir"):
         run(cfg_for(tmp_path, tokenizer_dir, "r", max_steps=4, save_every=2, overwrite_output_dir=True))
     assert any("--overwrite-output-dir: deleting the earlier run" in r.getMessage() for r in caplog.records)
-    assert [p.name for p in complete_checkpoints(tmp_path / "r")] == ["step-2", "step-4"]  # no step-10 left beside them
-    assert [r["step"] for r in metrics(tmp_path / "r") if "loss" in r] == [1, 2, 3, 4]  # a new file, not appended to
+    assert [p.name for p in complete_checkpoints(tmp_path / "r")] == [
+        "step-2",
+        "step-4",
+    ]  # no step-10 left beside them
+    assert [r["step"] for r in metrics(tmp_path / "r") if "loss" in r] == [
+        1,
+        2,
+        3,
+        4,
+    ]  # a new file, not appended to
 
 
 def test_a_failed_start_writes_nothing(tmp_path, tokenizer_dir):
@@ -548,7 +686,9 @@ def test_a_refused_resume_leaves_the_run_untouched(tmp_path, tokenizer_dir):
     files = {p: p.read_bytes() for p in (tmp_path / "r").rglob("*") if p.is_file() and p.name != ".lock"}
     with pytest.raises(CheckpointError, match="changes the math"):
         run(cfg_for(tmp_path, tokenizer_dir, "r", max_steps=5, lr=1e-3, resume="auto"))
-    assert {p: p.read_bytes() for p in (tmp_path / "r").rglob("*") if p.is_file() and p.name != ".lock"} == files
+    assert {
+        p: p.read_bytes() for p in (tmp_path / "r").rglob("*") if p.is_file() and p.name != ".lock"
+    } == files
 
 
 def test_workers_whose_launcher_dies_checkpoint_and_stop(tmp_path, tokenizer_dir):

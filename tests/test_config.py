@@ -4,7 +4,23 @@ import pytest
 
 from flant5_imdb.config import PRESETS, ConfigError, TrainConfig, build_parser, parse_args, preset
 
-STABLE_FLAGS = ["--preset", "--model", "--model-config", "--tokenizer", "--data", "--output-dir", "--batch-size", "--grad-accum", "--lr", "--epochs", "--max-steps", "--precision", "--optim", "--eval-mode", "--seed"]
+STABLE_FLAGS = [
+    "--preset",
+    "--model",
+    "--model-config",
+    "--tokenizer",
+    "--data",
+    "--output-dir",
+    "--batch-size",
+    "--grad-accum",
+    "--lr",
+    "--epochs",
+    "--max-steps",
+    "--precision",
+    "--optim",
+    "--eval-mode",
+    "--seed",
+]
 
 
 def test_stable_flags_exist():
@@ -23,7 +39,19 @@ def test_seed_preset_is_the_documented_recipe():
 
 
 def test_flags_override_preset_and_types_parse():
-    c = parse_args(["--preset", "smoke", "--lr", "1e-3", "--max-steps", "7", "--no-group-by-length", "--max-grad-norm", "none"])
+    c = parse_args(
+        [
+            "--preset",
+            "smoke",
+            "--lr",
+            "1e-3",
+            "--max-steps",
+            "7",
+            "--no-group-by-length",
+            "--max-grad-norm",
+            "none",
+        ]
+    )
     assert c.model_config == "tiny" and c.lr == 1e-3 and c.max_steps == 7
     assert c.group_by_length is False and c.max_grad_norm is None
     assert parse_args([]) == TrainConfig()  # no flags: the fast preset = the defaults
@@ -39,26 +67,35 @@ def test_fp16_is_refused_with_a_reason():
         parse_args(["--precision", "fp16"])
 
 
-@pytest.mark.parametrize("override, message", [
-    (dict(optim="sgd"), r"--optim 'sgd': choose from adamw, adamw8bit, paged_adamw8bit"),
-    (dict(batch_size=0), r"--batch-size must be at least 1"),
-    (dict(max_steps=0), r"--max-steps must be at least 1"),
-    (dict(lr=-1.0), r"--lr must be a positive finite number, got -1.0"),
-    (dict(lr=float("inf")), r"--lr must be a positive finite number, got inf"),
-    (dict(lr=float("nan")), r"--lr must be a positive finite number, got nan"),
-    (dict(max_grad_norm=-1.0), r"--max-grad-norm must be a positive finite number or 'none' for no clipping, got -1.0"),
-    (dict(max_grad_norm=0.0), r"--max-grad-norm must be a positive finite number"),
-    (dict(warmup_steps=-1), r"--warmup-steps must be 0 or more, got -1"),
-    (dict(weight_decay=-1.0), r"--weight-decay must be 0 or more, got -1.0"),
-    (dict(adam_beta1=1.5), r"--adam-beta1 must be in \[0, 1\), got 1.5"),
-    (dict(adam_beta2=1.0), r"--adam-beta2 must be in \[0, 1\), got 1.0"),
-    (dict(adam_eps=0.0), r"--adam-eps must be a positive finite number, got 0.0"),
-    (dict(dropout=1.5), r"--dropout must be in \[0, 1\), got 1.5"),
-    (dict(dropout=-0.1), r"--dropout must be in \[0, 1\), got -0.1"),
-    (dict(cuda_graphs=True, compile=True), r"--cuda-graphs needs --compile and --bucket-multiple"),
-    (dict(cuda_graphs=True, bucket_multiple=64), r"--cuda-graphs needs --compile and --bucket-multiple"),
-    (dict(bias_kernel=True, attn_implementation="flex_attention"), r"--bias-kernel .* use it with --attn-implementation sdpa or eager"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (dict(optim="sgd"), r"--optim 'sgd': choose from adamw, adamw8bit, paged_adamw8bit"),
+        (dict(batch_size=0), r"--batch-size must be at least 1"),
+        (dict(max_steps=0), r"--max-steps must be at least 1"),
+        (dict(lr=-1.0), r"--lr must be a positive finite number, got -1.0"),
+        (dict(lr=float("inf")), r"--lr must be a positive finite number, got inf"),
+        (dict(lr=float("nan")), r"--lr must be a positive finite number, got nan"),
+        (
+            dict(max_grad_norm=-1.0),
+            r"--max-grad-norm must be a positive finite number or 'none' for no clipping, got -1.0",
+        ),
+        (dict(max_grad_norm=0.0), r"--max-grad-norm must be a positive finite number"),
+        (dict(warmup_steps=-1), r"--warmup-steps must be 0 or more, got -1"),
+        (dict(weight_decay=-1.0), r"--weight-decay must be 0 or more, got -1.0"),
+        (dict(adam_beta1=1.5), r"--adam-beta1 must be in \[0, 1\), got 1.5"),
+        (dict(adam_beta2=1.0), r"--adam-beta2 must be in \[0, 1\), got 1.0"),
+        (dict(adam_eps=0.0), r"--adam-eps must be a positive finite number, got 0.0"),
+        (dict(dropout=1.5), r"--dropout must be in \[0, 1\), got 1.5"),
+        (dict(dropout=-0.1), r"--dropout must be in \[0, 1\), got -0.1"),
+        (dict(cuda_graphs=True, compile=True), r"--cuda-graphs needs --compile and --bucket-multiple"),
+        (dict(cuda_graphs=True, bucket_multiple=64), r"--cuda-graphs needs --compile and --bucket-multiple"),
+        (
+            dict(bias_kernel=True, attn_implementation="flex_attention"),
+            r"--bias-kernel .* use it with --attn-implementation sdpa or eager",
+        ),
+    ],
+)
 def test_bad_values_name_the_option(override, message):
     with pytest.raises(ConfigError, match=message):
         TrainConfig(**override)
@@ -73,17 +110,30 @@ def test_every_preset_builds():
 
 def test_kernels_preset_is_fast_plus_the_kernel_flags():
     k = parse_args(["--preset", "kernels"])
-    assert (k.bucket_multiple, k.fused_norm, k.bias_kernel, k.compile, k.cuda_graphs) == (64, True, True, True, True)
-    same = {f: getattr(k, f) for f in ("lr", "batch_size", "precision", "optim", "epochs", "group_by_length", "seed")}
+    assert (k.bucket_multiple, k.fused_norm, k.bias_kernel, k.compile, k.cuda_graphs) == (
+        64,
+        True,
+        True,
+        True,
+        True,
+    )
+    same = {
+        f: getattr(k, f)
+        for f in ("lr", "batch_size", "precision", "optim", "epochs", "group_by_length", "seed")
+    }
     assert same == {f: getattr(TrainConfig(), f) for f in same}
 
 
 def test_output_dir_naming_a_file_is_refused(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     for where in ("notes.txt", "notes.txt/run"):
-        with pytest.raises(ConfigError, match=rf"--output-dir .*{where}: .*notes.txt is a file, not a folder"):
+        with pytest.raises(
+            ConfigError, match=rf"--output-dir .*{where}: .*notes.txt is a file, not a folder"
+        ):
             TrainConfig(output_dir=str(tmp_path / where))
-    assert TrainConfig(output_dir=str(tmp_path / "new" / "run")).output_dir.endswith("run")  # a folder to be made is fine
+    assert TrainConfig(output_dir=str(tmp_path / "new" / "run")).output_dir.endswith(
+        "run"
+    )  # a folder to be made is fine
 
 
 def test_accepted_edge_values():
@@ -97,5 +147,7 @@ def test_every_option_says_what_a_resume_may_do_with_it():
     kinds = {f.name: resume_kind(f.name) for f in dataclasses.fields(TrainConfig)}
     assert set(kinds.values()) == {FREE, MATH, FIXED}
     assert {k for k, v in kinds.items() if v == FIXED} == {"model", "model_config", "tokenizer", "optim"}
-    assert kinds["lr"] == kinds["batch_size"] == kinds["bias_kernel"] == MATH  # the bias kernel drops attention dropout
+    assert (
+        kinds["lr"] == kinds["batch_size"] == kinds["bias_kernel"] == MATH
+    )  # the bias kernel drops attention dropout
     assert kinds["compile"] == kinds["bias_lookup"] == kinds["output_dir"] == FREE

@@ -94,7 +94,10 @@ def test_aclimdb_invalid_utf8_names_the_file(tmp_path):
     "rows, message",
     [
         ([("ok", 1), ("", 0), ("fine", 1)], r"train\.csv: 1 bad row\(s\): .*train\.csv line 3: empty text"),
-        ([("ok", 1), ("fine", 0), ("   \n", 1)], r"train\.csv line 4: empty text"),  # the line where the record starts
+        (
+            [("ok", 1), ("fine", 0), ("   \n", 1)],
+            r"train\.csv line 4: empty text",
+        ),  # the line where the record starts
         ([("ok", 1), ("bad label", 5)], r"line 3: label '5' is not one of 0/1/neg/pos/negative/positive"),
         ([("ok", "pos"), ("bad label", "maybe")], r"line 3: label 'maybe' is not one of"),
     ],
@@ -129,7 +132,9 @@ def test_missing_column(tmp_path):
 def test_missing_path_and_unreachable_hub(tmp_path):
     with pytest.raises(DataError, match="no such file or folder"):
         load_imdb(str(tmp_path / "nope.csv"))
-    with pytest.raises(DataError, match=r"cannot load 'stanfordnlp/imdb' from the Hugging Face Hub .*pass --data"):
+    with pytest.raises(
+        DataError, match=r"cannot load 'stanfordnlp/imdb' from the Hugging Face Hub .*pass --data"
+    ):
         load_imdb("stanfordnlp/imdb")  # conftest sets HF_HUB_OFFLINE: the real code path, no network
 
 
@@ -204,10 +209,14 @@ def test_real_imdb_length_grouping_pads_under_10_percent():
     real = lengths.sum()
     collate = Collator(pad_to_multiple_of=8)
     sampler = StepSampler(lengths, batch_size=8, seed=42, group_by_length=True)
-    padded = sum(collate.source_length(int(lengths[b].max())) * len(b) for s in sampler for b in s.micro_batches)
+    padded = sum(
+        collate.source_length(int(lengths[b].max())) * len(b) for s in sampler for b in s.micro_batches
+    )
     grouped_pad = 1 - real / padded
     seed_pad = 1 - real / (512 * len(lengths))
-    print(f"\nIMDB train, {len(lengths)} reviews, mean {lengths.mean():.0f} tokens: padding fraction "
-          f"length-grouped batches of 8 = {grouped_pad:.2%}, padded to 512 = {seed_pad:.2%}")
+    print(
+        f"\nIMDB train, {len(lengths)} reviews, mean {lengths.mean():.0f} tokens: padding fraction "
+        f"length-grouped batches of 8 = {grouped_pad:.2%}, padded to 512 = {seed_pad:.2%}"
+    )
     assert grouped_pad < 0.10
     assert seed_pad > 0.40

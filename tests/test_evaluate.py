@@ -27,10 +27,17 @@ def test_score_and_generate_agree_on_a_trained_model(trained):
     t0 = time.perf_counter()
     scored = evaluate(model, test, targets=targets, accelerator=acc, mode="score", batch_size=64)
     t1 = time.perf_counter()
-    generated = evaluate(model, test, targets=targets, accelerator=acc, mode="generate", batch_size=64, tokenizer=tok)
+    generated = evaluate(
+        model, test, targets=targets, accelerator=acc, mode="generate", batch_size=64, tokenizer=tok
+    )
     t2 = time.perf_counter()
-    print(f"\n{len(test)} reviews: score {t1 - t0:.2f} s, generate {t2 - t1:.2f} s ({(t2 - t1) / (t1 - t0):.1f}x slower)")
-    agree = sum(a["pred"] == b["pred"] for a, b in zip(scored["predictions"], generated["predictions"], strict=True))
+    print(
+        f"\n{len(test)} reviews: score {t1 - t0:.2f} s, generate {t2 - t1:.2f} s "
+        f"({(t2 - t1) / (t1 - t0):.1f}x slower)"
+    )
+    agree = sum(
+        a["pred"] == b["pred"] for a, b in zip(scored["predictions"], generated["predictions"], strict=True)
+    )
     assert agree == len(test)
     assert generated["unparseable"] == 0
     # The same evaluation the training run did at its end.
@@ -44,12 +51,16 @@ def test_score_with_shared_first_token_scores_whole_targets(trained, word_tokeni
     targets = target_ids(tok, "negative,negative great")
     assert targets[0][0] == targets[1][0]
     rows = test.select(range(8))
-    batch = Collator()([{"input_ids": a, "labels": b} for a, b in zip(rows["input_ids"], rows["labels"], strict=True)])
+    batch = Collator()(
+        [{"input_ids": a, "labels": b} for a, b in zip(rows["input_ids"], rows["labels"], strict=True)]
+    )
     scores, _, _ = score_batch(model, batch, targets)
     # By hand: log p(target) summed over its tokens, teacher-forced.
     for c, t in enumerate(targets):
         lab = torch.tensor(t).repeat(8, 1)
-        logp = torch.log_softmax(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=lab).logits, -1)
+        logp = torch.log_softmax(
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=lab).logits, -1
+        )
         expected = logp.gather(-1, lab.unsqueeze(-1)).squeeze(-1).sum(-1)
         torch.testing.assert_close(scores[:, c], expected, rtol=1e-5, atol=1e-5)
 
@@ -57,8 +68,14 @@ def test_score_with_shared_first_token_scores_whole_targets(trained, word_tokeni
 def test_generate_counts_unparseable_output_as_wrong(word_tokenizer, synthetic):
     model = build_model("x", model_config="tiny", vocab_size=len(word_tokenizer))  # untrained: emits anything
     test = tokenize(synthetic, word_tokenizer)["test"].select(range(16))
-    r = evaluate(model, test, targets=target_ids(word_tokenizer, "digits"), accelerator=Accelerator(cpu=True),
-                 mode="generate", tokenizer=word_tokenizer)
+    r = evaluate(
+        model,
+        test,
+        targets=target_ids(word_tokenizer, "digits"),
+        accelerator=Accelerator(cpu=True),
+        mode="generate",
+        tokenizer=word_tokenizer,
+    )
     assert r["unparseable"] == sum(p["pred"] == -1 for p in r["predictions"]) > 0
     wrong = sum(p["pred"] != p["label"] for p in r["predictions"])
     assert r["accuracy"] == pytest.approx(1 - wrong / 16)

@@ -11,7 +11,17 @@ import pytest
 from flant5_imdb.data import load_imdb
 from tests.conftest import ROOT
 
-SMOKE = ["--preset", "smoke", "--max-steps", "1", "--no-save-model", "--keep-checkpoints", "0", "--max-source-length", "32"]
+SMOKE = [
+    "--preset",
+    "smoke",
+    "--max-steps",
+    "1",
+    "--no-save-model",
+    "--keep-checkpoints",
+    "0",
+    "--max-source-length",
+    "32",
+]
 
 
 def script(name: str):
@@ -44,28 +54,57 @@ def run_cli(main, argv, capsys):
 
 # (file name, content, expected first error line with {path} for the file) ---------------------------
 BAD_TRAINING_FILES = [
-    ("train.jsonl", "\n".join(json.dumps({"text": t, "label": y}) for t, y in good_rows(6)) + '\n{"text": "oops", "label": 1\n',
-     "error: {path}: 1 bad row(s): {path} line 7: invalid JSON (Expecting ',' delimiter at column 28); pass --skip-bad-rows to drop them"),
-    ("train.jsonl", json.dumps([{"text": "a", "label": 1}, {"text": "b", "label": 0}]) + "\n",
-     "error: {path}: 1 bad row(s): {path} line 1: not a JSON object (an array); one object per line, like "
-     '{{"text": "...", "label": 1}}; pass --skip-bad-rows to drop them'),
-    ("train.csv", ("text,label\n" + "ok film,1\n" + "caf\xe9 film,0\n").encode("latin-1"),
-     "error: {path} line 3: not UTF-8 (byte 0xe9 at offset 24); save the file as UTF-8"),
+    (
+        "train.jsonl",
+        "\n".join(json.dumps({"text": t, "label": y}) for t, y in good_rows(6))
+        + '\n{"text": "oops", "label": 1\n',
+        "error: {path}: 1 bad row(s): {path} line 7: invalid JSON (Expecting ',' delimiter at column 28); "
+        "pass --skip-bad-rows to drop them",
+    ),
+    (
+        "train.jsonl",
+        json.dumps([{"text": "a", "label": 1}, {"text": "b", "label": 0}]) + "\n",
+        "error: {path}: 1 bad row(s): {path} line 1: not a JSON object (an array); one object per line, like "
+        '{{"text": "...", "label": 1}}; pass --skip-bad-rows to drop them',
+    ),
+    (
+        "train.csv",
+        ("text,label\n" + "ok film,1\n" + "caf\xe9 film,0\n").encode("latin-1"),
+        "error: {path} line 3: not UTF-8 (byte 0xe9 at offset 24); save the file as UTF-8",
+    ),
     ("train.csv", "", "error: {path}: empty file"),
     ("train.csv", "text,label\n", "error: {path}: no records (only a header)"),
     ("train.csv", "review,label\nx,1\n", "error: {path}: no 'text' column (found: review, label)"),
-    ("train.csv", 'text,label\n"an unclosed quote,1\nfine,0\n', None),  # swallows the rest: caught as a field-count problem
-    ("train.csv", "text,label\n,1\n  ,0\n", "error: {path}: 2 bad row(s): {path} line 2: empty text; "
-                                             "{path} line 3: empty text; pass --skip-bad-rows to drop them"),
-    ("train.jsonl", '{"text": 3, "label": 1}\n{"text": "fine", "label": 0}\n',
-     "error: {path}: 1 bad row(s): {path} line 1: the text is a number (3), not a string; pass --skip-bad-rows to drop them"),
+    (
+        "train.csv",
+        'text,label\n"an unclosed quote,1\nfine,0\n',
+        None,
+    ),  # swallows the rest: caught as a field-count problem
+    (
+        "train.csv",
+        "text,label\n,1\n  ,0\n",
+        "error: {path}: 2 bad row(s): {path} line 2: empty text; "
+        "{path} line 3: empty text; pass --skip-bad-rows to drop them",
+    ),
+    (
+        "train.jsonl",
+        '{"text": 3, "label": 1}\n{"text": "fine", "label": 0}\n',
+        "error: {path}: 1 bad row(s): {path} line 1: the text is a number (3), not a string; pass "
+        "--skip-bad-rows to drop them",
+    ),
     ("train.csv.gz", gzip.compress(b"text,label\n"), "error: {path}: no records (only a header)"),
     ("train.parquet", b"not parquet at all", "error: {path}: cannot be read as parquet (ArrowInvalid: "),
 ]
 
 
-@pytest.mark.parametrize("name, content, expected", BAD_TRAINING_FILES, ids=[f"{i}-{c[0]}" for i, c in enumerate(BAD_TRAINING_FILES)])
-def test_a_bad_training_file_gives_one_line_and_writes_nothing(train_main, tmp_path, capsys, name, content, expected):
+@pytest.mark.parametrize(
+    "name, content, expected",
+    BAD_TRAINING_FILES,
+    ids=[f"{i}-{c[0]}" for i, c in enumerate(BAD_TRAINING_FILES)],
+)
+def test_a_bad_training_file_gives_one_line_and_writes_nothing(
+    train_main, tmp_path, capsys, name, content, expected
+):
     path = tmp_path / name
     path.write_bytes(content.encode() if isinstance(content, str) else content)
     out = tmp_path / "out"
@@ -80,10 +119,21 @@ def test_a_bad_training_file_gives_one_line_and_writes_nothing(train_main, tmp_p
 
 
 BAD_DATA_OPTIONS = [
-    ("train={f},test={f},", "error: --data 'train={f},test={f},': '' is not SPLIT=PATH; write e.g. train=train.csv,test=test.csv (no comma at the end)"),
-    ("train={f},dev={f}", "error: --data 'train={f},dev={f}': unknown split 'dev' (use train, test, validation)"),
-    ("synthetic:abc", "error: --data 'synthetic:abc': after 'synthetic:' comes the number of training reviews, a whole number "
-                      "of at least 10 (e.g. synthetic:2000)"),
+    (
+        "train={f},test={f},",
+        "error: --data 'train={f},test={f},': '' is not SPLIT=PATH; write e.g. train=train.csv,test=test.csv "
+        "(no comma at the end)",
+    ),
+    (
+        "train={f},dev={f}",
+        "error: --data 'train={f},dev={f}': unknown split 'dev' (use train, test, validation)",
+    ),
+    (
+        "synthetic:abc",
+        "error: --data 'synthetic:abc': after 'synthetic:' comes the number of training reviews, a whole "
+        "number "
+        "of at least 10 (e.g. synthetic:2000)",
+    ),
     ("{tmp}/missing.csv", "error: --data {tmp}/missing.csv: no such file or folder"),
 ]
 
@@ -97,15 +147,23 @@ def test_bad_data_syntax_is_said_in_words(train_main, tmp_path, capsys, data, ex
     assert (code, line) == (2, expected) and not (tmp_path / "out").exists()
 
 
-def test_eval_split_that_is_not_there_fails_before_anything_is_read(train_main, tmp_path, capsys, monkeypatch):
+def test_eval_split_that_is_not_there_fails_before_anything_is_read(
+    train_main, tmp_path, capsys, monkeypatch
+):
     import flant5_imdb.data as data_module
 
     f = tmp_path / "train.csv"
     f.write_text(csv_text(good_rows()))
     monkeypatch.setattr(data_module, "_read_source", lambda *a: pytest.fail("the data was read"))
-    code, line = run_cli(train_main, [*SMOKE, "--data", str(f), "--eval-split", "test", "--output-dir", str(tmp_path / "o")], capsys)
-    assert code == 2 and line == (f"error: --eval-split 'test': {f} has only train; name one of these, add the split to --data "
-                                  "(train=PATH,test=PATH), or leave --eval-split out to hold out --validation-split of train")
+    code, line = run_cli(
+        train_main,
+        [*SMOKE, "--data", str(f), "--eval-split", "test", "--output-dir", str(tmp_path / "o")],
+        capsys,
+    )
+    assert code == 2 and line == (
+        f"error: --eval-split 'test': {f} has only train; name one of these, add the split to --data "
+        "(train=PATH,test=PATH), or leave --eval-split out to hold out --validation-split of train"
+    )
 
 
 def test_a_file_with_no_test_split_trains_on_a_held_out_validation_split(train_main, tmp_path, capsys):
@@ -115,23 +173,31 @@ def test_a_file_with_no_test_split_trains_on_a_held_out_validation_split(train_m
     code, line = run_cli(train_main, [*SMOKE, "--data", str(f), "--output-dir", str(out)], capsys)
     assert (code, line) == (0, None)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["eval"]["n"] == 4 and summary["eval_source"].startswith("4 reviews held out of train (--validation-split 0.1")
+    assert summary["eval"]["n"] == 4 and summary["eval_source"].startswith(
+        "4 reviews held out of train (--validation-split 0.1"
+    )
     assert summary["samples_seen"] == 16  # one step of 16 from the 36 left for training
-    code, _ = run_cli(train_main, [*SMOKE, "--data", str(f), "--output-dir", str(tmp_path / "none"), "--validation-split", "0"], capsys)
+    code, _ = run_cli(
+        train_main,
+        [*SMOKE, "--data", str(f), "--output-dir", str(tmp_path / "none"), "--validation-split", "0"],
+        capsys,
+    )
     assert code == 0 and json.loads((tmp_path / "none" / "summary.json").read_text())["eval"] is None
 
 
 def test_files_that_datasets_would_misread_are_read_as_they_are(tmp_path):
     """Labels 0/1 then pos/neg in a file past datasets' type-inference chunk; NA-like texts; a BOM
     and CRLF; quoted newlines; a field of 200,000 characters; gzip; blank lines in jsonl."""
-    rows = [(f"film {i}", i % 2) for i in range(10_000)] + [(f"film {i}", "pos" if i % 2 else "neg") for i in range(400)]
+    rows = [(f"film {i}", i % 2) for i in range(10_000)] + [
+        (f"film {i}", "pos" if i % 2 else "neg") for i in range(400)
+    ]
     big = tmp_path / "train.csv"
     big.write_text(csv_text(rows))
     dsd, _ = load_imdb(str(big))
     assert len(dsd["train"]) == 10_400 and dsd["train"]["label"][-2:] == [0, 1]
 
     odd = tmp_path / "odd.csv.gz"
-    body = "\ufefftext,label\r\nNA,1\r\nNone,0\r\nnull,1\r\n\"two\r\nlines\",0\r\n\"" + "x" * 200_000 + "\",1\r\n"
+    body = '\ufefftext,label\r\nNA,1\r\nNone,0\r\nnull,1\r\n"two\r\nlines",0\r\n"' + "x" * 200_000 + '",1\r\n'
     odd.write_bytes(gzip.compress(body.encode("utf-8")))
     texts = load_imdb(str(odd))[0]["train"]["text"]
     assert texts[:4] == ["NA", "None", "null", "two\r\nlines"] and len(texts[4]) == 200_000
@@ -149,11 +215,15 @@ def test_skipped_rows_are_listed_with_split_file_and_line(train_main, tmp_path, 
     f.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
     with caplog.at_level(logging.WARNING):
-        code, line = run_cli(train_main, [*SMOKE, "--data", str(f), "--skip-bad-rows", "--output-dir", str(out)], capsys)
+        code, line = run_cli(
+            train_main, [*SMOKE, "--data", str(f), "--skip-bad-rows", "--output-dir", str(out)], capsys
+        )
     assert (code, line) == (0, None)
     records = [json.loads(x) for x in (out / "skipped_rows.jsonl").read_text().splitlines()]
-    assert records == [{"split": "train", "file": str(f), "line": 4, "reason": "empty text"},
-                       {"split": "train", "file": str(f), "line": 8, "reason": "invalid JSON (Expecting value at column 1)"}]
+    assert records == [
+        {"split": "train", "file": str(f), "line": 4, "reason": "empty text"},
+        {"split": "train", "file": str(f), "line": 8, "reason": "invalid JSON (Expecting value at column 1)"},
+    ]
     assert any(f"each listed in {out / 'skipped_rows.jsonl'}" in r.getMessage() for r in caplog.records)
 
 
@@ -162,8 +232,11 @@ def test_when_every_row_is_bad_the_reasons_are_shown(tmp_path):
 
     f = tmp_path / "train.csv"
     f.write_text("text,label\n,1\nfine,maybe\n")
-    with pytest.raises(DataError, match=rf"^{f}: no usable rows \(every row is bad: {f} line 2: empty text; "
-                                        rf"{f} line 3: label 'maybe' is not one of 0/1/neg/pos/negative/positive\)$"):
+    with pytest.raises(
+        DataError,
+        match=rf"^{f}: no usable rows \(every row is bad: {f} line 2: empty text; "
+        rf"{f} line 3: label 'maybe' is not one of 0/1/neg/pos/negative/positive\)$",
+    ):
         load_imdb(str(f), skip_bad_rows=True)
 
 
@@ -174,7 +247,10 @@ def test_an_empty_aclimdb_file_is_named_by_its_path(tmp_path):
             (root / split / sub).mkdir(parents=True)
             (root / split / sub / "0_1.txt").write_text(f"a {text} film")
     (root / "train" / "pos" / "7_9.txt").write_text("")
-    with pytest.raises(Exception, match=rf"{root / 'train'}: 1 bad row\(s\): {root / 'train' / 'pos' / '7_9.txt'}: empty text"):
+    with pytest.raises(
+        Exception,
+        match=rf"{root / 'train'}: 1 bad row\(s\): {root / 'train' / 'pos' / '7_9.txt'}: empty text",
+    ):
         load_imdb(str(root))
 
 
@@ -196,16 +272,25 @@ def test_evaluate_reads_only_its_split_and_names_only_its_own_flags(smoke_run, t
             for i in range(3):
                 (root / split / sub / f"{i}_1.txt").write_text(f"a {text} film {i}")
     (root / "train" / "pos" / "9_9.txt").write_bytes(b"\xff broken")  # in the split evaluate does not read
-    code, line = run_cli(evaluate_main, ["--model", model, "--data", str(root), "--output-dir", str(tmp_path / "e")], capsys)
+    code, line = run_cli(
+        evaluate_main, ["--model", model, "--data", str(root), "--output-dir", str(tmp_path / "e")], capsys
+    )
     assert (code, line) == (0, None)
     bad = tmp_path / "test.jsonl"
     bad.write_text('{"text": "a great film", "label": 1}\n{"text": "x", "label": "maybe"}\n')
     code, line = run_cli(evaluate_main, ["--model", model, "--data", str(bad)], capsys)
-    assert code == 2 and line == (f"error: {bad}: 1 bad row(s): {bad} line 2: label 'maybe' is not one of "
-                                  "0/1/neg/pos/negative/positive; pass --skip-bad-rows to drop them")
-    code, line = run_cli(evaluate_main, ["--model", model, "--data", str(bad), "--skip-bad-rows", "--output-dir", str(tmp_path / "s")],
-                         capsys)
-    assert (code, line) == (0, None) and json.loads((tmp_path / "s" / "skipped_rows.jsonl").read_text())["line"] == 2
+    assert code == 2 and line == (
+        f"error: {bad}: 1 bad row(s): {bad} line 2: label 'maybe' is not one of "
+        "0/1/neg/pos/negative/positive; pass --skip-bad-rows to drop them"
+    )
+    code, line = run_cli(
+        evaluate_main,
+        ["--model", model, "--data", str(bad), "--skip-bad-rows", "--output-dir", str(tmp_path / "s")],
+        capsys,
+    )
+    assert (code, line) == (0, None) and json.loads((tmp_path / "s" / "skipped_rows.jsonl").read_text())[
+        "line"
+    ] == 2
     code, line = run_cli(evaluate_main, ["--model", str(tmp_path / "no-model"), "--data", str(bad)], capsys)
     assert (code, line) == (2, f"error: --model {tmp_path / 'no-model'}: no such folder")
 
@@ -218,9 +303,15 @@ def test_predict_reads_what_users_bring(smoke_run, tmp_path, capsys):
         "long.csv": (("text\n" + "great " * 40_000 + "\n").encode(), None),
         "blank.jsonl": (b'\n{"text": "great film"}\n\n', None),
         "gz.jsonl.gz": (gzip.compress(b'{"text": "great film"}\n'), None),
-        "latin1.txt": ("caf\xe9 film\n".encode("latin-1"), "error: {path} line 1: not UTF-8 (byte 0xe9 at offset 3); save the file as UTF-8"),
-        "number.jsonl": (b'{"text": 42}\n', "error: {path} line 1: the text is a number (42), not a string; "
-                                            "pass --skip-bad-rows to leave such records out"),
+        "latin1.txt": (
+            "caf\xe9 film\n".encode("latin-1"),
+            "error: {path} line 1: not UTF-8 (byte 0xe9 at offset 3); save the file as UTF-8",
+        ),
+        "number.jsonl": (
+            b'{"text": 42}\n',
+            "error: {path} line 1: the text is a number (42), not a string; "
+            "pass --skip-bad-rows to leave such records out",
+        ),
     }
     for name, (content, expected) in cases.items():
         path = tmp_path / name
@@ -239,9 +330,13 @@ def test_offline_hub_ids_fail_in_seconds_with_one_message(train_main, tmp_path, 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "datasets"))
     started = time.perf_counter()
-    code, line = run_cli(train_main, ["--output-dir", str(tmp_path / "out"), "--tokenizer", "google/t5-v1_1-base"], capsys)
+    code, line = run_cli(
+        train_main, ["--output-dir", str(tmp_path / "out"), "--tokenizer", "google/t5-v1_1-base"], capsys
+    )
     assert time.perf_counter() - started < 5 and code == 2 and not (tmp_path / "out").exists()
-    assert line == ("error: the Hugging Face Hub cannot be reached (offline?) and these are not in the local cache: "
-                    "--model google/flan-t5-base (a local folder, or --model-config flan-t5-base for random init); "
-                    "--tokenizer google/t5-v1_1-base (a local folder, or --tokenizer word-level); "
-                    "--data stanfordnlp/imdb (a local file or folder: parquet, csv, jsonl, or aclImdb/)")
+    assert line == (
+        "error: the Hugging Face Hub cannot be reached (offline?) and these are not in the local cache: "
+        "--model google/flan-t5-base (a local folder, or --model-config flan-t5-base for random init); "
+        "--tokenizer google/t5-v1_1-base (a local folder, or --tokenizer word-level); "
+        "--data stanfordnlp/imdb (a local file or folder: parquet, csv, jsonl, or aclImdb/)"
+    )

@@ -24,7 +24,9 @@ def test_untied_head_survives_save_and_load(tmp_path):
     m.save_pretrained(tmp_path)
     back = T5ForConditionalGeneration.from_pretrained(tmp_path)
     assert back.lm_head.weight is not back.shared.weight
-    assert torch.equal(back.lm_head.weight, m.lm_head.weight) and torch.equal(back.shared.weight, m.shared.weight)
+    assert torch.equal(back.lm_head.weight, m.lm_head.weight) and torch.equal(
+        back.shared.weight, m.shared.weight
+    )
 
 
 def test_tiny_vocab_grows_to_fit_the_tokenizer_and_dropout_applies():
@@ -36,9 +38,13 @@ def test_missing_weights_give_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match=r"^--model .*no-such-model: no such folder$"):
         build_model(str(tmp_path / "no-such-model"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match=r"cannot load model .*empty.*--model-config flan-t5-base for random init"):
+    with pytest.raises(
+        ValueError, match=r"cannot load model .*empty.*--model-config flan-t5-base for random init"
+    ):
         build_model(str(tmp_path / "empty"), random_init_hint=True)
-    with pytest.raises(ValueError, match=r"cannot load model .*empty.*with --model$"):  # evaluate/predict have no --model-config
+    with pytest.raises(
+        ValueError, match=r"cannot load model .*empty.*with --model$"
+    ):  # evaluate/predict have no --model-config
         build_model(str(tmp_path / "empty"))
     with pytest.raises(ValueError, match="choose from flan-t5-base, tiny"):
         build_model("x", model_config="huge", vocab_size=10)
@@ -46,14 +52,19 @@ def test_missing_weights_give_a_clear_error(tmp_path):
 
 def test_activation_checkpointing_recomputes_blocks_with_the_same_results():
     """Dropout on: the recompute replays the RNG state, so losses and gradients stay those of the
-    plain model (to float32 rounding), while every block runs a second time in the backward (seen from a pre-hook on its first layer: the recompute stops early, after the last tensor it needs)."""
+    plain model (to float32 rounding), while every block runs a second time in the backward (seen
+    from a pre-hook on its first layer: the recompute stops early, after the last tensor it needs)."""
     torch.manual_seed(0)
     model = build_model("unused", model_config="tiny", vocab_size=100, dropout=0.1)
     ckpt = copy.deepcopy(model)
     checkpoint_activations(ckpt)
     calls = {"plain": 0, "ckpt": 0}
-    model.encoder.block[1].layer[0].register_forward_pre_hook(lambda *a: calls.__setitem__("plain", calls["plain"] + 1))
-    ckpt.encoder.block[1].layer[0].register_forward_pre_hook(lambda *a: calls.__setitem__("ckpt", calls["ckpt"] + 1))
+    model.encoder.block[1].layer[0].register_forward_pre_hook(
+        lambda *a: calls.__setitem__("plain", calls["plain"] + 1)
+    )
+    ckpt.encoder.block[1].layer[0].register_forward_pre_hook(
+        lambda *a: calls.__setitem__("ckpt", calls["ckpt"] + 1)
+    )
     x, y = torch.randint(3, 100, (3, 20)), torch.randint(3, 100, (3, 2))
     losses = {}
     for name, m in (("plain", model), ("ckpt", ckpt)):
@@ -70,7 +81,9 @@ def test_activation_checkpointing_recomputes_blocks_with_the_same_results():
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("padded", [True, False])
 def test_source_mask_gives_the_logits_of_the_2d_mask_exactly(attn, padded):
-    """The 4D form is the mask transformers would build (or None, with nothing padded): same logits, bit for bit."""
+    """The 4D form is the mask transformers would build (or None, with nothing padded): same logits, bit for
+    bit.
+    """
     torch.manual_seed(0)
     model = build_model("unused", model_config="tiny", vocab_size=100, attn_implementation=attn).eval()
     ids = torch.randint(2, 100, (3, 12))

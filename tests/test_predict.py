@@ -34,13 +34,20 @@ def test_evaluate_and_predict_agree_with_the_training_run(final, tmp_path):
 
 def test_a_checkpoint_evaluates_like_a_model(final, tmp_path):
     model_dir, summary = final
-    ckpt = sorted((model_dir.parent / "checkpoints").iterdir())[-1]  # the last step's checkpoint = the final weights
+    ckpt = sorted((model_dir.parent / "checkpoints").iterdir())[
+        -1
+    ]  # the last step's checkpoint = the final weights
     assert evaluate_saved(str(ckpt), "synthetic:2000")["accuracy"] == summary["eval"]["accuracy"]
 
 
 def run_script(*args, stdin=None):
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / "predict.py"), *args], input=stdin,
-                          capture_output=True, text=True, timeout=180)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "predict.py"), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 def test_every_input_form_gives_the_same_predictions(final, tmp_path):
@@ -62,14 +69,25 @@ def test_every_input_form_gives_the_same_predictions(final, tmp_path):
     assert [line.split()[0] for line in proc.stdout.splitlines()] == expected
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("bad.txt", "fine film\ncaf\xe9\n".encode("latin-1"), r"bad.txt line 2: not UTF-8 \(byte 0xe9 at offset 13\)"),
-    ("bad.csv", "review\nfine\n", r"bad.csv: no 'text' column \(found: review\)"),
-    ("bad.jsonl", '{"text": "ok"}\n{"txt": "x"}\n', r"bad.jsonl line 2: no 'text' field \(found: txt\)"),
-    ("bad.jsonl", '{"text": "ok"}\nnot json\n', r"bad.jsonl line 2: invalid JSON \(Expecting value at column 1\)"),
-    ("bad.jsonl", '{"text": 5}\n', r"bad.jsonl line 1: the text is a number \(5\), not a string"),
-    ("bad.tsv", "x\n", r"unsupported file type '.tsv'"),
-])
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        (
+            "bad.txt",
+            "fine film\ncaf\xe9\n".encode("latin-1"),
+            r"bad.txt line 2: not UTF-8 \(byte 0xe9 at offset 13\)",
+        ),
+        ("bad.csv", "review\nfine\n", r"bad.csv: no 'text' column \(found: review\)"),
+        ("bad.jsonl", '{"text": "ok"}\n{"txt": "x"}\n', r"bad.jsonl line 2: no 'text' field \(found: txt\)"),
+        (
+            "bad.jsonl",
+            '{"text": "ok"}\nnot json\n',
+            r"bad.jsonl line 2: invalid JSON \(Expecting value at column 1\)",
+        ),
+        ("bad.jsonl", '{"text": 5}\n', r"bad.jsonl line 1: the text is a number \(5\), not a string"),
+        ("bad.tsv", "x\n", r"unsupported file type '.tsv'"),
+    ],
+)
 def test_malformed_input_is_rejected_naming_the_line(tmp_path, name, content, message):
     path = tmp_path / name
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
@@ -88,23 +106,44 @@ def test_blank_lines_are_no_reviews_and_bad_records_can_be_skipped(tmp_path):
 def test_classifier_takes_one_string_or_a_list(final):
     clf = Classifier(str(final[0]))
     one = clf.predict("the film was wonderful and superb and great.")
-    assert one == clf.predict(["the film was wonderful and superb and great."])[0] and one.label_name == "positive"
+    assert (
+        one == clf.predict(["the film was wonderful and superb and great."])[0]
+        and one.label_name == "positive"
+    )
     with pytest.raises(InputError, match="text 2: the text is a number"):
         clf.predict(["fine", 7])
 
 
 def test_malformed_input_gives_one_line_and_no_partial_output(final, tmp_path):
     path = tmp_path / "mixed.jsonl"
-    path.write_text('{"text": "a great film"}\n{"text": "  "}\n')  # line 1 is fine: nothing may be printed for it
+    path.write_text(
+        '{"text": "a great film"}\n{"text": "  "}\n'
+    )  # line 1 is fine: nothing may be printed for it
     proc = run_script("--model", str(final[0]), "--file", str(path))
     assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr.strip().splitlines() == [f"error: {path} line 2: empty text; pass --skip-bad-rows to leave such records out"]
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {path} line 2: empty text; pass --skip-bad-rows to leave such records out"
+    ]
 
 
 def test_evaluate_script_writes_the_report(final, tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--model", str(final[0]), "--data",
-                           "synthetic:2000", "--output-dir", str(tmp_path), "--max-samples", "100"],
-                          capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "evaluate.py"),
+            "--model",
+            str(final[0]),
+            "--data",
+            "synthetic:2000",
+            "--output-dir",
+            str(tmp_path),
+            "--max-samples",
+            "100",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "100 reviews, mode=score: accuracy" in proc.stdout
     assert json.loads((tmp_path / "eval.json").read_text())["n"] == 100

@@ -9,7 +9,15 @@ LENGTHS = np.random.default_rng(0).integers(5, 500, size=103)  # 103: no batch g
 
 
 def sampler(rank=0, world=1, **kw):
-    args = dict(batch_size=4, grad_accum=2, num_replicas=world, rank=rank, seed=7, group_by_length=True, mega_batch_steps=3)
+    args = dict(
+        batch_size=4,
+        grad_accum=2,
+        num_replicas=world,
+        rank=rank,
+        seed=7,
+        group_by_length=True,
+        mega_batch_steps=3,
+    )
     return StepSampler(LENGTHS, **{**args, **kw})
 
 
@@ -46,7 +54,9 @@ def test_short_last_step_spreads_evenly_and_may_leave_empty_slots():
     sizes = sorted(len(mb) for s in last for mb in s.micro_batches)
     assert sizes == [1, 1, 1, 1, 1, 2] and {s.global_examples for s in last} == {7}
     # 2 examples for 16 slots: most slots are empty, none gets more than one.
-    tiny = [list(StepSampler([3, 4], batch_size=4, grad_accum=2, num_replicas=8, rank=r))[0] for r in range(8)]
+    tiny = [
+        list(StepSampler([3, 4], batch_size=4, grad_accum=2, num_replicas=8, rank=r))[0] for r in range(8)
+    ]
     assert sorted(len(mb) for s in tiny for mb in s.micro_batches) == [0] * 14 + [1, 1]
 
 
@@ -65,7 +75,8 @@ def test_length_grouping_groups_similar_lengths():
 
 
 def test_micro_batches_of_a_step_are_dealt_round_robin_over_ranks():
-    # Sorted within the step, slot j -> rank j % world: at each micro-step both ranks hold neighbours in length.
+    # Sorted within the step, slot j -> rank j % world: at each micro-step both ranks hold neighbours in
+    # length.
     s0, s1 = sampler(0, 2, mega_batch_steps=100, seed=1), sampler(1, 2, mega_batch_steps=100, seed=1)
     for a, b in zip(s0, s1, strict=True):
         if a.global_examples == 16:

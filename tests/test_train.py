@@ -16,18 +16,29 @@ from flant5_imdb.modeling import build_model
 from flant5_imdb.optim import optimizer_from
 from flant5_imdb.tokenizer import load_tokenizer
 from flant5_imdb.train import run
-from tests.conftest import ROOT, accelerate_launch, real_data_or_skip
+from tests.conftest import ROOT, accelerate_launch, flags, real_data_or_skip
 
 
 def tiny(tmp_path, tokenizer_dir, name="run", **kw):
     """The smoke preset on a small synthetic set, dropout off so that runs can be compared exactly."""
-    base = dict(tokenizer=str(tokenizer_dir), data="synthetic:160", dropout=0.0, log_every=1, max_eval_samples=32,
-                output_dir=str(tmp_path / name), max_source_length=64)
+    base = dict(
+        tokenizer=str(tokenizer_dir),
+        data="synthetic:160",
+        dropout=0.0,
+        log_every=1,
+        max_eval_samples=32,
+        output_dir=str(tmp_path / name),
+        max_source_length=64,
+    )
     return preset("smoke", **{**base, **kw})
 
 
 def losses(out_dir) -> list[float]:
-    return [r["loss"] for r in map(json.loads, (Path(out_dir) / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    return [
+        r["loss"]
+        for r in map(json.loads, (Path(out_dir) / "metrics.jsonl").read_text().splitlines())
+        if "loss" in r
+    ]
 
 
 def final_params(out_dir) -> dict[str, torch.Tensor]:
@@ -40,15 +51,27 @@ def test_matches_seq2seq_trainer_step_for_step(tmp_path, tokenizer_dir):
     from transformers.trainer_utils import set_seed
 
     steps = 20
-    cfg = preset("seed", model_config="tiny", tokenizer=str(tokenizer_dir), data="synthetic:240", dropout=0.0,
-                 max_steps=steps, log_every=1, eval_mode="score", max_eval_samples=16, output_dir=str(tmp_path / "ours"))
+    cfg = preset(
+        "seed",
+        model_config="tiny",
+        tokenizer=str(tokenizer_dir),
+        data="synthetic:240",
+        dropout=0.0,
+        max_steps=steps,
+        log_every=1,
+        eval_mode="score",
+        max_eval_samples=16,
+        output_dir=str(tmp_path / "ours"),
+    )
     order = []
     ours = run(cfg, on_step=lambda state, step, model: order.extend(step.micro_batches[0]))
     assert ours["steps"] == steps and len(order) == steps * 8
 
     # The Trainer gets the same tokenized rows, in the order our sampler drew them.
     tok = load_tokenizer(str(tokenizer_dir))
-    train = tokenize(load_imdb(cfg.data)[0], tok, max_source_length=cfg.max_source_length)["train"].select(order)
+    train = tokenize(load_imdb(cfg.data)[0], tok, max_source_length=cfg.max_source_length)["train"].select(
+        order
+    )
     set_seed(cfg.seed)
     model = build_model(cfg.model, model_config="tiny", vocab_size=len(tok), dropout=0.0)
     trainer_losses = []
@@ -63,13 +86,32 @@ def test_matches_seq2seq_trainer_step_for_step(tmp_path, tokenizer_dir):
             return torch.utils.data.SequentialSampler(train_dataset or self.train_dataset)
 
     args = Seq2SeqTrainingArguments(
-        output_dir=str(tmp_path / "trainer"), per_device_train_batch_size=8, learning_rate=3e-4, max_steps=steps,
-        seed=42, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, weight_decay=0.0, lr_scheduler_type="linear",
-        warmup_steps=0, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True,
+        output_dir=str(tmp_path / "trainer"),
+        per_device_train_batch_size=8,
+        learning_rate=3e-4,
+        max_steps=steps,
+        seed=42,
+        adam_beta1=0.9,
+        adam_beta2=0.999,
+        adam_epsilon=1e-8,
+        weight_decay=0.0,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
     )
     collate = Collator(max_length=512)
-    trainer = Recording(model=model, args=args, train_dataset=train,
-                        data_collator=lambda rows: collate([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows]))
+    trainer = Recording(
+        model=model,
+        args=args,
+        train_dataset=train,
+        data_collator=lambda rows: collate(
+            [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows]
+        ),
+    )
     trainer.train()
 
     ours_losses = losses(cfg.output_dir)
@@ -92,8 +134,17 @@ def test_gradient_accumulation_is_exact(tmp_path, tokenizer_dir):
     """
     runs = {}
     for bs, acc in ((8, 1), (4, 2), (2, 4)):
-        cfg = tiny(tmp_path, tokenizer_dir, name=f"b{bs}x{acc}", batch_size=bs, grad_accum=acc, max_steps=6,
-                   verbalizer="negative,great positive", lr=1e-3, adam_eps=1e-4)
+        cfg = tiny(
+            tmp_path,
+            tokenizer_dir,
+            name=f"b{bs}x{acc}",
+            batch_size=bs,
+            grad_accum=acc,
+            max_steps=6,
+            verbalizer="negative,great positive",
+            lr=1e-3,
+            adam_eps=1e-4,
+        )
         run(cfg)
         runs[(bs, acc)] = (losses(cfg.output_dir), final_params(cfg.output_dir))
     ref_losses, ref = runs[(8, 1)]
@@ -124,7 +175,9 @@ def test_8bit_optimizers_keep_embedding_states_in_32_bits(optim):
     opt.step()
     assert opt.state[model.shared.weight]["state1"].dtype == torch.float32
     assert opt.state[model.lm_head.weight]["state1"].dtype == torch.float32
-    big = model.encoder.block[0].layer[1].DenseReluDense.wi_0.weight  # 8,192 values: above bnb's 8-bit threshold
+    big = (
+        model.encoder.block[0].layer[1].DenseReluDense.wi_0.weight
+    )  # 8,192 values: above bnb's 8-bit threshold
     assert opt.state[big]["state1"].dtype == torch.uint8
 
 
@@ -145,7 +198,9 @@ def test_outputs_of_a_run(tmp_path, tokenizer_dir):
     assert [r["step"] for r in rows] == [1, 2, 4]
     assert [r["step"] for r in evals] == [4] and 0 <= evals[0]["eval_accuracy"] <= 1
     assert all({"step", "loss", "lr", "samples_per_s"} <= r.keys() for r in rows)
-    assert rows[0]["lr"] == pytest.approx(cfg.lr)  # the lr the first step used: linear decay starts at the peak
+    assert rows[0]["lr"] == pytest.approx(
+        cfg.lr
+    )  # the lr the first step used: linear decay starts at the peak
     assert not any(k.startswith("_orig_mod.") or k.startswith("module.") for k in final_params(out))
     assert (out / "final" / "tokenizer.json").is_file() and (out / "eval.json").is_file()
     saved = json.loads((out / "summary.json").read_text())
@@ -159,37 +214,82 @@ def test_outputs_of_a_run(tmp_path, tokenizer_dir):
 def test_script_reports_user_errors_in_one_line(tmp_path):
     bad = tmp_path / "train.csv"
     bad.write_text("text,label\nfine,1\n,0\n")
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "--preset", "smoke", "--data", str(bad),
-                           "--output-dir", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "train.py"),
+            "--preset",
+            "smoke",
+            "--data",
+            str(bad),
+            "--output-dir",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {bad}: 1 bad row(s): {bad} line 3: empty text")
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "--precision", "fp16"],
-                          capture_output=True, text=True, timeout=120)
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"error: {bad}: 1 bad row(s): {bad} line 3: empty text")
+    )
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train.py"), "--precision", "fp16"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "fp16 is refused" in proc.stderr
 
 
 def test_smoke_preset_learns(smoke_run):
     _, summary = smoke_run
-    print(f"\nsmoke preset: accuracy {summary['eval']['accuracy']:.4f} in {summary['train_seconds']:.1f} s of training")
+    print(
+        f"\nsmoke preset: accuracy {summary['eval']['accuracy']:.4f} in {summary['train_seconds']:.1f} s of "
+        "training"
+    )
     assert summary["eval"]["accuracy"] >= 0.95
 
 
 def test_two_processes_match_one(tmp_path, tokenizer_dir):
-    """The README's `accelerate launch --config_file configs/multi_gpu.yaml --num_processes 2` on the CPU (gloo)
-    vs one process, same effective batch."""
-    common = ["--preset", "smoke", "--tokenizer", str(tokenizer_dir), "--data", "synthetic:160", "--dropout", "0",
-              "--max-steps", "6", "--grad-accum", "2", "--max-eval-samples", "32", "--log-every", "1", "--max-source-length", "64",
-              "--verbalizer", "negative,great positive", "--adam-eps", "1e-4"]  # eps: see the accumulation test
+    """The README's `accelerate launch --config_file configs/multi_gpu.yaml --num_processes 2` on the
+    CPU (gloo) vs one process, same effective batch."""
+    # eps: see the accumulation test
+    common = ["--preset", "smoke", *flags(tokenizer=tokenizer_dir, data="synthetic:160", dropout=0,
+              max_steps=6, grad_accum=2, max_eval_samples=32, log_every=1, max_source_length=64,
+              verbalizer="negative,great positive", adam_eps=1e-4)]  # fmt: skip
     env = dict(os.environ)
     two = tmp_path / "two"
     proc = subprocess.run(
-        [*accelerate_launch("--config_file", str(ROOT / "configs" / "multi_gpu.yaml")),
-         "--num_processes", "2", str(ROOT / "scripts" / "train.py"), *common,
-         "--batch-size", "2", "--output-dir", str(two)],
-        capture_output=True, text=True, timeout=300, env=env)
+        [
+            *accelerate_launch("--config_file", str(ROOT / "configs" / "multi_gpu.yaml")),
+            "--num_processes",
+            "2",
+            str(ROOT / "scripts" / "train.py"),
+            *common,
+            "--batch-size",
+            "2",
+            "--output-dir",
+            str(two),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    one = tiny(tmp_path, tokenizer_dir, name="one", batch_size=4, grad_accum=2, max_steps=6,
-               verbalizer="negative,great positive", adam_eps=1e-4)
+    one = tiny(
+        tmp_path,
+        tokenizer_dir,
+        name="one",
+        batch_size=4,
+        grad_accum=2,
+        max_steps=6,
+        verbalizer="negative,great positive",
+        adam_eps=1e-4,
+    )
     run(one)
     summary = json.loads((two / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["distributed_type"] == "DistributedType.MULTI_CPU"
@@ -205,28 +305,59 @@ def test_two_processes_match_one(tmp_path, tokenizer_dir):
 def test_real_imdb_tiny_model_beats_chance(tmp_path):
     """A tiny model, a few minutes of CPU, the real reviews: clearly above chance (the figure is printed)."""
     data_dir, tok_dir = real_data_or_skip()
-    cfg = preset("fast", model_config="tiny", tokenizer=str(tok_dir), data=str(data_dir), precision="fp32",
-                 max_train_samples=8000, max_eval_samples=2000, max_source_length=256, batch_size=32, epochs=2,
-                 lr=1e-3, log_every=50, output_dir=str(tmp_path / "imdb"))
+    cfg = preset(
+        "fast",
+        model_config="tiny",
+        tokenizer=str(tok_dir),
+        data=str(data_dir),
+        precision="fp32",
+        max_train_samples=8000,
+        max_eval_samples=2000,
+        max_source_length=256,
+        batch_size=32,
+        epochs=2,
+        lr=1e-3,
+        log_every=50,
+        output_dir=str(tmp_path / "imdb"),
+    )
     summary = run(cfg)
     acc = summary["eval"]["accuracy"]
-    print(f"\nreal IMDB, tiny T5, 8,000 reviews x 2 epochs, {summary['train_seconds']:.0f} s on CPU: "
-          f"accuracy {acc:.4f}, macro-F1 {summary['eval']['macro_f1']:.4f} on 2,000 test reviews")
+    print(
+        f"\nreal IMDB, tiny T5, 8,000 reviews x 2 epochs, {summary['train_seconds']:.0f} s on CPU: "
+        f"accuracy {acc:.4f}, macro-F1 {summary['eval']['macro_f1']:.4f} on 2,000 test reviews"
+    )
     assert acc > 0.70
 
 
 def test_fsdp_config_starts_a_two_process_cpu_run(tmp_path, tokenizer_dir):
-    """configs/fsdp.yaml: FSDP itself needs CUDA, so on the CPU accelerate runs gloo DDP and the run says so."""
+    """configs/fsdp.yaml: FSDP needs CUDA, so on the CPU accelerate runs gloo DDP and the run says so."""
     out = tmp_path / "fsdp"
     proc = subprocess.run(
-        [*accelerate_launch("--config_file", str(ROOT / "configs" / "fsdp.yaml")),
-         "--num_processes", "2", str(ROOT / "scripts" / "train.py"), "--preset", "smoke", "--tokenizer", str(tokenizer_dir),
-         "--data", "synthetic:160", "--max-steps", "3", "--max-eval-samples", "16", "--output-dir", str(out)],
-        capture_output=True, text=True, timeout=300)
+        [
+            *accelerate_launch("--config_file", str(ROOT / "configs" / "fsdp.yaml")),
+            "--num_processes",
+            "2",
+            str(ROOT / "scripts" / "train.py"),
+            "--preset",
+            "smoke",
+            *flags(
+                tokenizer=tokenizer_dir,
+                data="synthetic:160",
+                max_steps=3,
+                max_eval_samples=16,
+                output_dir=out,
+            ),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "FSDP was asked for, but there is no CUDA: running as DistributedType.MULTI_CPU" in proc.stderr
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["processes"] == 2 and summary["steps"] == 3 and len(set(summary["rank_param_checksums"])) == 1
+    assert (
+        summary["processes"] == 2 and summary["steps"] == 3 and len(set(summary["rank_param_checksums"])) == 1
+    )
 
 
 class HostReads(torch.overrides.TorchFunctionMode):
@@ -237,7 +368,9 @@ class HostReads(torch.overrides.TorchFunctionMode):
     host memory (the loop counts target tokens of the host batch with it).
     """
 
-    READS = frozenset({"__bool__", "__int__", "__float__", "__index__", "__complex__", "item", "tolist", "cpu"})
+    READS = frozenset(
+        {"__bool__", "__int__", "__float__", "__index__", "__complex__", "item", "tolist", "cpu"}
+    )
 
     def __init__(self):
         super().__init__()
@@ -248,7 +381,9 @@ class HostReads(torch.overrides.TorchFunctionMode):
         if name in self.READS:
             import traceback
 
-            self.reads.append(f"{name} at " + "".join(traceback.format_stack(limit=4)[:-1]).strip().replace("\n", " | "))
+            self.reads.append(
+                f"{name} at " + "".join(traceback.format_stack(limit=4)[:-1]).strip().replace("\n", " | ")
+            )
         return func(*args, **(kwargs or {}))
 
 
@@ -265,7 +400,17 @@ def test_a_training_step_reads_nothing_back_from_the_device(tmp_path, tokenizer_
         elif state.step == steps - 1:
             mode.__exit__(None, None, None)
 
-    cfg = tiny(tmp_path, tokenizer_dir, max_steps=steps, log_every=10**6, max_bad_steps=10**6, keep_checkpoints=0,
-               final_eval=False, save_model=False, attn_implementation=attn, batch_size=4)
+    cfg = tiny(
+        tmp_path,
+        tokenizer_dir,
+        max_steps=steps,
+        log_every=10**6,
+        max_bad_steps=10**6,
+        keep_checkpoints=0,
+        final_eval=False,
+        save_model=False,
+        attn_implementation=attn,
+        batch_size=4,
+    )
     assert run(cfg, on_step=record_inside_steps)["steps"] == steps
     assert mode.reads == []

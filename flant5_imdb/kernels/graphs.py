@@ -44,5 +44,7 @@ def recorded_cuda_graphs() -> int | None:
             stack += [child for children in node.children.values() for child in children]
         return count
     except Exception:
-        logger.warning("could not read inductor's CUDA graph tree; whether graphs ran is unknown", exc_info=True)
+        logger.warning(
+            "could not read inductor's CUDA graph tree; whether graphs ran is unknown", exc_info=True
+        )
         return None

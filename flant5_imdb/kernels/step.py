@@ -50,10 +50,14 @@ class CompiledStep:
             allocate_grads(model)
 
     def prepare(self, batch: dict[str, torch.Tensor]) -> None:
-        """Before each micro-batch: the length marked dynamic; for graphs, the previous replay's outputs released."""
+        """Before each micro-batch: the length marked dynamic; for graphs, the previous replay's outputs
+        released.
+        """
         if self.compiled:
             mark_length_dynamic(batch)
-        if self.graphed:  # outputs of the previous replay are no longer needed: the graphs may reuse their memory
+        if (
+            self.graphed
+        ):  # outputs of the previous replay are no longer needed: the graphs may reuse their memory
             torch.compiler.cudagraph_mark_step_begin()
 
     def zero_grad(self, optimizer) -> None:
@@ -61,12 +65,18 @@ class CompiledStep:
         optimizer.zero_grad(set_to_none=not self.graphed)
 
     def graphs(self) -> tuple[int | None, int]:
-        """(CUDA graphs recorded, graphs inductor declined to record) for this step; call while the model is alive."""
+        """(CUDA graphs recorded, graphs inductor declined to record) for this step; call while the model is
+        alive.
+        """
         if not self.graphed:
             return 0, 0
         recorded, skipped = recorded_cuda_graphs(), cudagraph_skips() - self._skips_before
         if recorded == 0:
-            logger.warning("--cuda-graphs: no CUDA graph was recorded (%d skipped); the compiled step ran without graphs", skipped)
+            logger.warning(
+                "--cuda-graphs: no CUDA graph was recorded (%d skipped); the compiled step ran without "
+                "graphs",
+                skipped,
+            )
         return recorded, skipped
 
 
@@ -94,7 +104,9 @@ def mark_length_dynamic(batch: dict[str, torch.Tensor]) -> None:
     `maybe_`: a graph that needs a fixed length recompiles instead of failing.
     """
     torch._dynamo.maybe_mark_dynamic(batch["input_ids"], 1)
-    torch._dynamo.maybe_mark_dynamic(batch["attention_mask"], batch["attention_mask"].dim() - 1)  # 2D or source_mask's 4D
+    torch._dynamo.maybe_mark_dynamic(
+        batch["attention_mask"], batch["attention_mask"].dim() - 1
+    )  # 2D or source_mask's 4D
 
 
 def allocate_grads(model) -> None:

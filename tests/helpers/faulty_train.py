@@ -1,7 +1,7 @@
 """scripts/train.py with a fault injected, for the checkpoint tests.
 
-    python tests/helpers/faulty_train.py crash-after-step N  [train.py options]   # exit 3 after step N
-    python tests/helpers/faulty_train.py kill-in-save N      [train.py options]   # SIGKILL while saving step-N
+python tests/helpers/faulty_train.py crash-after-step N  [train.py options]   # exit 3 after step N
+python tests/helpers/faulty_train.py kill-in-save N      [train.py options]   # SIGKILL while saving step-N
 """
 
 import functools
@@ -18,6 +18,7 @@ mode, n, *argv = sys.argv[1:]
 n = int(n)
 
 if mode == "crash-after-step":
+
     def crash(state, step, model):
         if state.step == n:
             os._exit(3)  # like a crash: no cleanup, nothing flushed beyond what is on disk

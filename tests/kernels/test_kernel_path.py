@@ -16,14 +16,28 @@ KERNEL_FLAGS = {k: v for k, v in PRESETS["kernels"].items() if k != "output_dir"
 
 
 def per_step_losses(out) -> list[float]:
-    return [r["loss"] for r in map(json.loads, (Path(out) / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    return [
+        r["loss"]
+        for r in map(json.loads, (Path(out) / "metrics.jsonl").read_text().splitlines())
+        if "loss" in r
+    ]
 
 
 def compare(tmp_path, tokenizer_dir, steps=50, kernel_extra=None, **kw):
     """Eager vs the kernel flags (buckets of 32 here: sources are at most 64 tokens); dropout off, so
     the bias kernel's missing attention dropout is no difference."""
-    base = dict(tokenizer=str(tokenizer_dir), data="synthetic:400", dropout=0.0, max_steps=steps, log_every=1, max_source_length=64,
-                final_eval=False, save_model=False, keep_checkpoints=0, **kw)
+    base = dict(
+        tokenizer=str(tokenizer_dir),
+        data="synthetic:400",
+        dropout=0.0,
+        max_steps=steps,
+        log_every=1,
+        max_source_length=64,
+        final_eval=False,
+        save_model=False,
+        keep_checkpoints=0,
+        **kw,
+    )
     run(preset("smoke", output_dir=str(tmp_path / "eager"), **base))
     flags = KERNEL_FLAGS | {"bucket_multiple": 32} | (kernel_extra or {})
     kernels = run(preset("smoke", output_dir=str(tmp_path / "kernels"), **flags, **base))
@@ -57,16 +71,30 @@ def test_traced_graphed_loop_matches_eager(tmp_path, tokenizer_dir, monkeypatch,
     activation checkpointing (the `kernels-8bit-ckpt` bench row's extra flag)."""
     if torch.cuda.is_available():
         pytest.skip("the GPU test runs the real compiled path")
-    monkeypatch.setattr(step_module, "maybe_compile",
-                        functools.partial(step_module.maybe_compile, backend=counting_backend, on_cpu=True))
+    monkeypatch.setattr(
+        step_module,
+        "maybe_compile",
+        functools.partial(step_module.maybe_compile, backend=counting_backend, on_cpu=True),
+    )
     allocated, allocate = [], step_module.allocate_grads
-    monkeypatch.setattr(step_module, "allocate_grads", lambda model: allocated.append(model) or allocate(model))
-    a, b, kernels, worst = compare(tmp_path, tokenizer_dir, steps=12, kernel_extra=dict(activation_checkpointing=True),
-                                   precision="fp32", batch_size=4, grad_accum=4)
+    monkeypatch.setattr(
+        step_module, "allocate_grads", lambda model: allocated.append(model) or allocate(model)
+    )
+    a, b, kernels, worst = compare(
+        tmp_path,
+        tokenizer_dir,
+        steps=12,
+        kernel_extra=dict(activation_checkpointing=True),
+        precision="fp32",
+        batch_size=4,
+        grad_accum=4,
+    )
     assert kernels["compiled"] is True and len(allocated) == 1
     # Graphs were asked for and the loop ran their branch, but nothing recorded one: the summary says so.
     assert kernels["cuda_graphs"] is False and kernels["cuda_graphs_recorded"] == 0
-    assert len(counting_backend.graphs) == 1  # no graph break, and one graph for both source lengths (32 and 64)
+    assert (
+        len(counting_backend.graphs) == 1
+    )  # no graph break, and one graph for both source lengths (32 and 64)
     assert b[0] == pytest.approx(a[0], rel=1e-5)
     assert worst < 1e-3
 
@@ -86,7 +114,9 @@ def test_cuda_graphs_with_gradient_accumulation_on_gpu(tmp_path, tokenizer_dir):
     this when .grad adopts graph memory): fp32, tiny model, so the tolerance is rounding's, 1e-3."""
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
-    a, b, kernels, worst = compare(tmp_path, tokenizer_dir, steps=20, precision="fp32", batch_size=4, grad_accum=4)
+    a, b, kernels, worst = compare(
+        tmp_path, tokenizer_dir, steps=20, precision="fp32", batch_size=4, grad_accum=4
+    )
     assert kernels["compiled"] is True and kernels["cuda_graphs"] is True
     assert worst < 1e-3
 
@@ -102,7 +132,9 @@ def test_kernel_path_matches_eager_on_gpu_in_bf16(tmp_path, tokenizer_dir):
     0.02 (one run learning and the other not would differ by far more)."""
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
-    a, b, kernels, _ = compare(tmp_path, tokenizer_dir, precision="bf16", model_config="flan-t5-base", batch_size=8, lr=3e-4)
+    a, b, kernels, _ = compare(
+        tmp_path, tokenizer_dir, precision="bf16", model_config="flan-t5-base", batch_size=8, lr=3e-4
+    )
     assert kernels["compiled"] is True and kernels["cuda_graphs"] is True
     assert b[0] == pytest.approx(a[0], rel=2e-2)
     eager, fast = sum(a[-10:]) / 10, sum(b[-10:]) / 10
@@ -123,9 +155,19 @@ def test_no_host_sync_inside_the_step_on_gpu(tmp_path, tokenizer_dir):
     def strict_after_warmup(state, step, model):
         torch.cuda.set_sync_debug_mode("error" if 2 <= state.step < steps else "default")
 
-    cfg = preset("smoke", tokenizer=str(tokenizer_dir), data="synthetic:400", max_steps=steps, log_every=10_000,
-                 max_bad_steps=10_000, precision="bf16", final_eval=False, save_model=False, keep_checkpoints=0,
-                 output_dir=str(tmp_path / "nosync"))
+    cfg = preset(
+        "smoke",
+        tokenizer=str(tokenizer_dir),
+        data="synthetic:400",
+        max_steps=steps,
+        log_every=10_000,
+        max_bad_steps=10_000,
+        precision="bf16",
+        final_eval=False,
+        save_model=False,
+        keep_checkpoints=0,
+        output_dir=str(tmp_path / "nosync"),
+    )
     try:
         assert run(cfg, on_step=strict_after_warmup)["steps"] == steps
     finally:

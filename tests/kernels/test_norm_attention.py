@@ -31,7 +31,9 @@ def rel_err(out, ref):
 def test_bucket_function_matches_transformers(bidirectional):
     rel = torch.arange(-300, 300)[None, :]
     ours = relative_position_bucket(rel, bidirectional, 32, 128)
-    theirs = T5Attention._relative_position_bucket(rel, bidirectional=bidirectional, num_buckets=32, max_distance=128)
+    theirs = T5Attention._relative_position_bucket(
+        rel, bidirectional=bidirectional, num_buckets=32, max_distance=128
+    )
     assert torch.equal(ours, theirs)
 
 
@@ -46,7 +48,9 @@ def test_bias_matches_t5_compute_bias():
 def attention_inputs(dtype, device, bidirectional, requires_grad):
     torch.manual_seed(0)
     b, h, lq, lk, d = 2, 4, 24, (40 if bidirectional else 24), 16
-    q, k, v = (torch.randn(b, h, n, d, dtype=dtype, device=device, requires_grad=requires_grad) for n in (lq, lk, lk))
+    q, k, v = (
+        torch.randn(b, h, n, d, dtype=dtype, device=device, requires_grad=requires_grad) for n in (lq, lk, lk)
+    )
     table = torch.randn(32, h, device=device, requires_grad=requires_grad)
     key_mask = torch.ones(b, lk, dtype=torch.bool, device=device)
     key_mask[1, (30 if bidirectional else 20) :] = False  # padding in the second row
@@ -78,7 +82,9 @@ def test_both_bias_lookups_match_reference_forward_and_backward(lookup, bidirect
     q, k, v, table, key_mask = attention_inputs(torch.float32, "cpu", bidirectional, requires_grad=True)
     kw = dict(bidirectional=bidirectional, max_distance=128)
     out = attention_flex(q, k, v, table, key_mask, lookup=lookup, **kw)
-    assert gathers == ([(q.shape[-2], k.shape[-2])] if lookup == "gathered" else [])  # the [H, q, k] bias, once
+    assert gathers == (
+        [(q.shape[-2], k.shape[-2])] if lookup == "gathered" else []
+    )  # the [H, q, k] bias, once
     ref = attention_reference(q, k, v, table, key_mask, **kw)
     assert rel_err(out, ref) < 1e-5
     grad = torch.randn_like(ref)
@@ -123,7 +129,11 @@ def test_rms_norm_matches_t5_layer_norm(dtype, tol):
     assert out.dtype == ref.dtype and rel_err(out, ref) < tol
     torch.testing.assert_close(rms_norm_reference(x, layer.weight, 1e-6), ref)
     g = torch.randn_like(ref)
-    for a, b in zip(torch.autograd.grad(out, (x, layer.weight), g), torch.autograd.grad(ref, (x, layer.weight), g), strict=True):
+    for a, b in zip(
+        torch.autograd.grad(out, (x, layer.weight), g),
+        torch.autograd.grad(ref, (x, layer.weight), g),
+        strict=True,
+    ):
         assert rel_err(a, b) < tol * 5
 
 
@@ -137,7 +147,11 @@ def test_fused_rms_norm_on_gpu():
     out, ref = rms_norm(x, layer.weight, 1e-6), layer(x)
     assert rel_err(out, ref) < 1e-2
     g = torch.randn_like(ref)
-    for a, b in zip(torch.autograd.grad(out, (x, layer.weight), g), torch.autograd.grad(ref, (x, layer.weight), g), strict=True):
+    for a, b in zip(
+        torch.autograd.grad(out, (x, layer.weight), g),
+        torch.autograd.grad(ref, (x, layer.weight), g),
+        strict=True,
+    ):
         assert not a.isnan().any() and rel_err(a, b) < 2e-2
 
 
@@ -145,7 +159,9 @@ def test_fuse_norms_swaps_every_norm_and_keeps_the_output():
     model = build_model("x", model_config="tiny", vocab_size=100, dropout=0.0)
     x, y = torch.randint(3, 100, (2, 9)), torch.randint(3, 100, (2, 3))
     before = model(input_ids=x, labels=y).logits
-    assert fuse_norms(model) == (2 * 2 + 1) + (2 * 3 + 1)  # encoder: 2 per layer + final; decoder: 3 per layer + final
+    assert fuse_norms(model) == (2 * 2 + 1) + (
+        2 * 3 + 1
+    )  # encoder: 2 per layer + final; decoder: 3 per layer + final
     torch.testing.assert_close(model(input_ids=x, labels=y).logits, before)
 
 
@@ -167,7 +183,9 @@ def test_bias_kernel_in_t5_matches_t5_forward_and_backward(impl, padded, monkeyp
     patched = copy.deepcopy(model)
     calls = []
     real = attention_module.relative_bias_attention
-    monkeypatch.setattr(attention_module, "relative_bias_attention", lambda *a, **kw: calls.append(a[4]) or real(*a, **kw))
+    monkeypatch.setattr(
+        attention_module, "relative_bias_attention", lambda *a, **kw: calls.append(a[4]) or real(*a, **kw)
+    )
     assert use_bias_kernel(patched) == 2
     batch = padded_batch()
     if not padded:
@@ -175,7 +193,9 @@ def test_bias_kernel_in_t5_matches_t5_forward_and_backward(impl, padded, monkeyp
     ref, out = model(**batch), patched(**batch)
     assert len(calls) == 2  # both encoder layers, no decoder layer
     if padded:
-        assert calls[0].tolist() == batch["attention_mask"].bool().tolist()  # the key mask as read from T5's 4-D mask
+        assert (
+            calls[0].tolist() == batch["attention_mask"].bool().tolist()
+        )  # the key mask as read from T5's 4-D mask
     torch.testing.assert_close(out.logits, ref.logits, rtol=1e-5, atol=1e-6)
     ref.loss.backward()
     out.loss.backward()
@@ -204,7 +224,9 @@ def test_bias_kernel_traces_as_one_graph_with_dynamic_shapes(counting_backend):
 
 def test_bias_kernel_refuses_flex_attention_masks():
     model = build_model("x", model_config="tiny", vocab_size=100, attn_implementation="flex_attention")
-    with pytest.raises(ValueError, match="--bias-kernel works with --attn-implementation eager or sdpa, not 'flex_attention'"):
+    with pytest.raises(
+        ValueError, match="--bias-kernel works with --attn-implementation eager or sdpa, not 'flex_attention'"
+    ):
         use_bias_kernel(model)
 
 
@@ -229,7 +251,10 @@ def test_bias_kernel_in_t5_on_gpu_in_bf16(lookup):
     ref.loss.backward()
     out.loss.backward()
     grads = dict(model.named_parameters())
-    for name in ("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
-                 "encoder.block.5.layer.0.SelfAttention.q.weight", "shared.weight"):
+    for name in (
+        "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+        "encoder.block.5.layer.0.SelfAttention.q.weight",
+        "shared.weight",
+    ):
         g, w = patched.get_parameter(name).grad, grads[name].grad
         assert not g.isnan().any() and rel_err(g, w) < 5e-2, (name, rel_err(g, w))
