@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The prepared GPU run: one command, one device call of at most 10 minutes.
 #
-#   bash ../shared/gpu/prepare.sh        # on the dev machine: fills the git-ignored .device/ (wheels, IMDB train set, tokenizer)
-#   device run, carry [".device"], timeout_s 600:
-#     source .device/setup.sh; bash bench/gpu_run.sh
+#   DATA=folder-with-train.parquet TOKENIZER=t5-tokenizer-folder bash bench/gpu_run.sh
+#   (defaults: .device/data/imdb and .device/data/tokenizer/imdb-unigram-32k, the folder this
+#   project's prepared GPU sessions carry; `source .device/setup.sh` first installs its wheels)
 #   CPU rehearsal (tiny model, generated data; the GPU checks skip):
 #     BUDGET=150 bash bench/gpu_run.sh --rehearse
 #
@@ -14,13 +14,14 @@
 # sends SIGTERM (the bench finishes its training step, records where it stopped and exits; the
 # results stay), then SIGKILL 10 s later. So a slow part costs the parts after it, never the lease.
 #   1. env       nvidia-smi; every module the run imports, with versions (bench/env_check.py, seconds)
-#   2. bench     seed-trainer, fast, kernels, evaluation timing (score, generate, score on the kernel
+#   2. bench     hf-trainer, hf-trainer-tuned (bf16, group_by_length, padding to 8, fused AdamW),
+#                fast, kernels, evaluation timing (score, generate, score on the kernel
 #                path), kernels-8bit-ckpt, kernels-throughput, kernels-gathered; each row under its own
 #                limit; a failing kernel row is retried without CUDA graphs, then without the bias kernel
 #   3. checks    on the GPU: CUDA graphs with gradient accumulation vs eager (first: a known PyTorch bug
 #                lives there), the kernel path vs eager over 50 flan-t5-base steps in bf16, no host sync
 #                inside a step, then each kernel against its reference
-#   4. extras    the eager rows: seed-loop, bf16, bf16-8bit, throughput (added to the same results)
+#   4. extras    the eager rows: baseline-loop, bf16, bf16-8bit, throughput (added to the same results)
 #   5. profile   bench/step_profile.py on `kernels` (its compilation comes from inductor's cache)
 #
 # $OUT receives at most six files, flat: run.log (every part's output, as it is printed),
@@ -44,8 +45,8 @@ if [ "${1:-}" = "--rehearse" ]; then
   bench=(--warmup 1 --steps "${REHEARSE_STEPS:-3}" --compiled-warmup 1 --eval-samples 32)
   profile=(--warmup 2 --steps 2)
 else
-  # The .device data has no test split (carry limit): evaluation timing reads train reviews.
-  src=(--data .device/data/imdb --tokenizer .device/data/tokenizer/imdb-unigram-32k --reviews 6000)
+  # DATA may hold train.parquet only: evaluation timing then reads train reviews.
+  src=(--data "${DATA:-.device/data/imdb}" --tokenizer "${TOKENIZER:-.device/data/tokenizer/imdb-unigram-32k}" --reviews 6000)
   bench=(--warmup 5 --steps 20 --compiled-warmup 40 --eval-samples 1000)
   profile=(--warmup 40 --steps 5)
 fi
@@ -76,14 +77,14 @@ part() {  # part NAME LIMIT CMD...: CMD under min(LIMIT, what is left) seconds, 
 
 part env "${LIMIT_ENV:-45}" bash -c 'timeout -k 5 15 nvidia-smi || echo "nvidia-smi: not available"; python3 bench/env_check.py'
 part bench "${LIMIT_BENCH:-300}" python3 -u bench/profile.py "${src[@]}" "${bench[@]}" --row-limit "${ROW_LIMIT:-150}" --out "$OUT" \
-  --configs seed-trainer,fast,kernels,kernels-8bit-ckpt,kernels-throughput,kernels-gathered
+  --configs hf-trainer,hf-trainer-tuned,fast,kernels,kernels-8bit-ckpt,kernels-throughput,kernels-gathered
 part checks "${LIMIT_CHECKS:-150}" python3 -u -m pytest -q -s -m gpu -p no:cacheprovider \
   tests/kernels/test_kernel_path.py::test_cuda_graphs_with_gradient_accumulation_on_gpu \
   tests/kernels/test_kernel_path.py::test_kernel_path_matches_eager_on_gpu_in_bf16 \
   tests/kernels/test_kernel_path.py::test_no_host_sync_inside_the_step_on_gpu \
   tests/kernels/test_norm_attention.py
 part extras "${LIMIT_EXTRAS:-90}" python3 -u bench/profile.py "${src[@]}" "${bench[@]}" --eval-samples 0 --row-limit 40 --out "$OUT" \
-  --append --configs seed-loop,bf16,bf16-8bit,throughput
+  --append --configs baseline-loop,bf16,bf16-8bit,throughput
 if [ "$(left)" -ge 60 ]; then
   part profile "${LIMIT_PROFILE:-90}" python3 -u bench/step_profile.py --config kernels "${src[@]}" "${profile[@]}" --out "$OUT/step_profile.txt"
 else

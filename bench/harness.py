@@ -1,8 +1,8 @@
 """The bench's measuring parts: data, configurations, one row per configuration, clocks, memory.
 
 A row is W warm-up and N timed optimizer steps of the real training code (`flant5_imdb.train.run`,
-batches drawn by the real sampler from the real length distribution); `seed-trainer` runs
-`transformers.Seq2SeqTrainer` itself with the seed recipe. `bench/profile.py` runs the rows in
+batches drawn by the real sampler from the real length distribution); `hf-trainer` runs
+`transformers.Seq2SeqTrainer` itself with the baseline recipe. `bench/profile.py` runs the rows in
 order and `bench/report.py` turns them into tables; `bench/step_profile.py` reuses the same rows
 under torch.profiler.
 
@@ -46,18 +46,21 @@ logger = logging.getLogger("bench")
 ROOT = Path(__file__).resolve().parents[1]
 
 SEED_JOB_SAMPLES = 50_000  # 2 epochs x 25,000 reviews
-# name -> (preset, overrides). `seed-trainer` is the HF Trainer, not our loop.
+# name -> (preset, overrides). `hf-trainer` is the HF Trainer, not our loop.
 CONFIGS = {
-    "seed-trainer": ("seed", {}),
+    "hf-trainer": ("baseline", {}),
+    # The same Trainer as a user who reads its docs would run it: bf16, length-grouped batches,
+    # dynamic padding to a multiple of 8, fused AdamW (measure_trainer sets these on the Trainer).
+    "hf-trainer-tuned": ("baseline", dict(precision="bf16", group_by_length=True, pad_to_max_length=False)),
     "fast": ("fast", {}),
     # The kernel path (the `kernels` preset: buckets of 64, fused RMSNorm, flex bias attention,
-    # torch.compile with CUDA graphs; eager off CUDA): the seed's batch; 8-bit AdamW with activation
+    # torch.compile with CUDA graphs; eager off CUDA): the baseline's batch; 8-bit AdamW with activation
     # checkpointing, for the smallest memory; large batches; the other way of reading T5's bias.
     "kernels": ("kernels", {}),
     "kernels-8bit-ckpt": ("kernels", dict(optim="adamw8bit", activation_checkpointing=True)),
     "kernels-throughput": ("kernels", {}),  # batch as for `throughput`
     "kernels-gathered": ("kernels", dict(bias_lookup="gathered")),
-    "seed-loop": ("seed", {}),
+    "baseline-loop": ("baseline", {}),
     "bf16": ("fast", dict(precision="bf16", batch_size=8, group_by_length=True, optim="adamw")),
     "bf16-8bit": ("fast", dict(precision="bf16", batch_size=8, group_by_length=True, optim="adamw8bit")),
     "throughput": ("fast", dict(group_by_length=True)),  # batch: --throughput-batch, or the largest that fits
@@ -65,14 +68,15 @@ CONFIGS = {
 EVAL = "eval"  # the evaluation timing's place in PLAN
 # The order of a whole run, most valuable first, so that a run cut short loses the least.
 PLAN = (
-    "seed-trainer",
+    "hf-trainer",
+    "hf-trainer-tuned",
     "fast",
     "kernels",
     EVAL,
     "kernels-8bit-ckpt",
     "kernels-throughput",
     "kernels-gathered",
-    "seed-loop",
+    "baseline-loop",
     "bf16",
     "bf16-8bit",
     "throughput",
@@ -228,8 +232,8 @@ def measure_row(name: str, args, data: BenchData, peak, out_dir: Path) -> dict:
 
 
 def measure(name: str, args, data: BenchData, peak, out_dir: Path, **change) -> dict:
-    if name == "seed-trainer":
-        return measure_trainer(args, data, peak, out_dir)
+    if name.startswith("hf-trainer"):
+        return measure_trainer(args, data, peak, out_dir, tuned=name == "hf-trainer-tuned")
     if name not in THROUGHPUT_ROWS:
         return measure_loop(name, train_config(name, args, data, out_dir, **change), args, data, peak)
     sizes = (
@@ -298,22 +302,29 @@ def measure_loop(name, cfg, args, data: BenchData, peak) -> dict:
     return row
 
 
-def measure_trainer(args, data: BenchData, peak, out_dir: Path) -> dict:
-    """The seed recipe in transformers.Seq2SeqTrainer: fp32, batch 8, padded to 512, random sampler."""
-    from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
+def measure_trainer(args, data: BenchData, peak, out_dir: Path, tuned: bool = False) -> dict:
+    """transformers.Seq2SeqTrainer itself, with the baseline recipe: fp32, batch 8, padded to 512,
+    random sampler. `tuned`: what its documentation offers a user without code of their own, the
+    math unchanged: bf16, length-grouped sampling, DataCollatorForSeq2Seq(pad_to_multiple_of=8) and
+    fused AdamW."""
+    from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
     from transformers.trainer_utils import set_seed
 
-    cfg = train_config("seed-trainer", args, data, out_dir)
+    name = "hf-trainer-tuned" if tuned else "hf-trainer"
+    cfg = train_config(name, args, data, out_dir)
     started = time.perf_counter()
     set_seed(cfg.seed)
     model = build_model(cfg.model, model_config=cfg.model_config, vocab_size=len(data.tokenizer))
     arch = model.config
     clock, examples, tokens, flops, pending = StepClock(), [], [], [], []
-    collate = Collator(pad_token_id=data.tokenizer.pad_token_id, max_length=cfg.max_source_length)
+    if tuned:
+        collate = DataCollatorForSeq2Seq(
+            data.tokenizer, model=model, pad_to_multiple_of=8, label_pad_token_id=-100
+        )
+    else:
+        collate = Collator(pad_token_id=data.tokenizer.pad_token_id, max_length=cfg.max_source_length)
 
-    def collator(rows):
-        pending.append([len(r["input_ids"]) for r in rows])  # the Trainer fetches one batch per step here
-        return collate(rows)
+    collator = CountingCollator(collate, pending)
 
     class Timer(TrainerCallback):
         def on_step_end(self, a, state, control, **kw):
@@ -324,24 +335,16 @@ def measure_trainer(args, data: BenchData, peak, out_dir: Path) -> dict:
             flops.append(sum(train_flops(arch, n, data.target_len) for n in lens))
 
     targs = Seq2SeqTrainingArguments(
-        output_dir=str(out_dir),
-        per_device_train_batch_size=cfg.batch_size,
-        learning_rate=cfg.lr,
+        output_dir=str(out_dir), per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.lr,
         seed=cfg.seed,
-        adam_beta1=cfg.adam_beta1,
-        adam_beta2=cfg.adam_beta2,
-        adam_epsilon=cfg.adam_eps,
-        weight_decay=0.0,
-        lr_scheduler_type="linear",
-        warmup_steps=0,
-        num_train_epochs=cfg.epochs,
-        max_steps=-1 if args.full else args.warmup + args.steps,
-        logging_steps=10**9,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=not torch.cuda.is_available(),
-        disable_tqdm=True,
-    )
+        adam_beta1=cfg.adam_beta1, adam_beta2=cfg.adam_beta2, adam_epsilon=cfg.adam_eps, weight_decay=0.0,
+        lr_scheduler_type="linear", warmup_steps=0, num_train_epochs=cfg.epochs,
+        max_steps=-1 if args.full else args.warmup + args.steps, logging_steps=10**9, save_strategy="no",
+        report_to="none", use_cpu=not torch.cuda.is_available(), disable_tqdm=True,
+        # transformers 5 spells group_by_length=True as train_sampling_strategy="group_by_length".
+        **(dict(bf16=True, train_sampling_strategy="group_by_length", optim="adamw_torch_fused")
+           if tuned else {}),
+    )  # fmt: skip
     train = data.splits["train"].select_columns(["input_ids", "labels"])
     with PeakMemory() as mem:
         trainer = Seq2SeqTrainer(
@@ -350,12 +353,38 @@ def measure_trainer(args, data: BenchData, peak, out_dir: Path) -> dict:
         train_started = time.perf_counter()
         trainer.train()
         full_seconds = time.perf_counter() - train_started
-    row = timing_row("seed-trainer", cfg, clock.seconds(), examples, tokens, flops, args.warmup, peak)
-    row.update(mem.report(), warmup_steps=args.warmup, warmup_seconds=clock.host_mark - started)
+    row = timing_row(name, cfg, clock.seconds(), examples, tokens, flops, args.warmup, peak)
+    row.update(mem.report(), warmup_steps=args.warmup, warmup_seconds=clock.host_mark - started,
+               trainer_args=trainer_settings(trainer))  # fmt: skip
     if args.full:
         row["full_minutes"] = full_seconds / 60
     del trainer, model
     return row
+
+
+class CountingCollator:
+    """The Trainer's collator, noting each batch's source lengths (the Trainer fetches one batch per step)."""
+
+    def __init__(self, inner, pending: list):
+        self.inner, self.pending = inner, pending
+
+    def __call__(self, rows):
+        self.pending.append([len(r["input_ids"]) for r in rows])
+        return self.inner([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
+
+
+def trainer_settings(trainer) -> dict:
+    """What the Trainer actually ran with, read back from it (not from what was asked)."""
+    a, inner = trainer.args, trainer.data_collator.inner
+    return dict(
+        bf16=a.bf16, sampling=str(getattr(a.train_sampling_strategy, "value", a.train_sampling_strategy)),
+        optim=str(getattr(a.optim, "value", a.optim)),
+        per_device_train_batch_size=a.per_device_train_batch_size, learning_rate=a.learning_rate,
+        lr_scheduler_type=str(getattr(a.lr_scheduler_type, "value", a.lr_scheduler_type)), seed=a.seed,
+        warmup_steps=a.warmup_steps, weight_decay=a.weight_decay, collator=type(inner).__name__,
+        pad_to_multiple_of=getattr(inner, "pad_to_multiple_of", None),
+        pad_to=getattr(inner, "max_length", None),
+    )  # fmt: skip
 
 
 def timing_row(name, cfg, marks, examples, tokens, flops, warmup, peak) -> dict:

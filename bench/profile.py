@@ -1,22 +1,22 @@
-"""Throughput and memory of each training configuration, side by side with the seed's Trainer.
+"""Throughput and memory of each training configuration, side by side with the baseline's Trainer.
 
     python bench/profile.py                                    # all configurations, flan-t5-base, one GPU
-    python bench/profile.py --configs seed-trainer,fast --steps 50
+    python bench/profile.py --configs hf-trainer,fast --steps 50
     python bench/profile.py --model-config tiny --data synthetic:400 --tokenizer word-level   # CPU, < 1
     minute
 
 Every configuration runs in this one process, one after another, in the bench's order of value
-(seed-trainer, fast, kernels, the evaluation timing, the other kernel-path rows, then the eager
-extras), for W warm-up and N timed optimizer steps of the real training code; `seed-trainer`
-runs `transformers.Seq2SeqTrainer` itself with the seed recipe. Weights are random unless --model
+(hf-trainer, fast, kernels, the evaluation timing, the other kernel-path rows, then the eager
+extras), for W warm-up and N timed optimizer steps of the real training code; `hf-trainer`
+runs `transformers.Seq2SeqTrainer` itself with the baseline recipe. Weights are random unless --model
 names real ones: time and memory do not depend on weight values (generation length does: see the
 eval note in the output).
 
 Reported per configuration: ms per optimizer step (median, 10th-90th percentile), samples/s, real
 (non-padding) source tokens/s, model TFLOP/s and MFU against --peak-tflops (formula in
-bench/flops.py), the projected time of the seed's job (2 epochs x 25,000 = 50,000 samples), the
+bench/flops.py), the projected time of the baseline's job (2 epochs x 25,000 = 50,000 samples), the
 seconds of set-up and warm-up (compilation included), peak GPU memory (allocated, reserved, and
-the process's usage as the driver reports it), and ratios to `seed-trainer` measured in the same
+the process's usage as the driver reports it), and ratios to `hf-trainer` measured in the same
 run and to the documented 26 minutes / 11500 MiB.
 
 results.json and results.md are rewritten after every row, each atomically, so a run stopped at
@@ -74,7 +74,8 @@ def main(argv=None) -> dict:
     peak = args.peak_tflops
     if peak is None:
         peak = next((v for k, v in PEAK_TFLOPS.items() if k in device), None)
-    out = Path(args.out or ROOT / "bench" / "results" / f"{slug(device)}-{dt.date.today().isoformat()}")
+    # A local run goes where git ignores it; a GPU run worth keeping is copied into bench/results/.
+    out = Path(args.out or ROOT / "runs" / "bench" / f"{slug(device)}-{dt.date.today().isoformat()}")
     out.mkdir(parents=True, exist_ok=True)
     result = start_results(args, out, device, peak)
     command = "python bench/profile.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -115,7 +116,7 @@ def start_results(args, out: Path, device: str, peak) -> dict:
     return dict(device=device, date=now, versions=versions(), weights=weights, data=args.data,
                 reviews=args.reviews, tokenizer=args.tokenizer, model_config=args.model_config,
                 warmup_steps=args.warmup, timed_steps=args.steps, peak_tflops=peak,
-                seed_job_samples=SEED_JOB_SAMPLES, documented_seed=DOCUMENTED,
+                seed_job_samples=SEED_JOB_SAMPLES, documented_baseline=DOCUMENTED,
                 runs=[], rows=[], eval=[])  # fmt: skip
 
 
@@ -156,7 +157,7 @@ OPTIONS = [
     ("--row-limit", float, None, "seconds one configuration (or one evaluation mode) may take, retries "
      "included, before it is recorded as timed out (default: none)"),
     ("--peak-tflops", float, None, "peak for MFU (default: the card's dense bf16 peak, if known)"),
-    ("--out", str, None, "results folder (default bench/results/<device>-<date>/)"),
+    ("--out", str, None, "results folder (default runs/bench/<device>-<date>/)"),
 ]  # fmt: skip
 
 

@@ -108,7 +108,7 @@ def parse(argv):
     p = argparse.ArgumentParser(
         description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--config", default="kernels", choices=[c for c in CONFIGS if c != "seed-trainer"])
+    p.add_argument("--config", default="kernels", choices=[c for c in CONFIGS if c != "hf-trainer"])
     add_source_args(p)
     p.add_argument("--batch-size", type=int, default=None, help="override the configuration's batch")
     p.add_argument(

@@ -37,7 +37,7 @@ HUB_IMDB = ("stanfordnlp/imdb", "imdb")
 
 def _front_matter(summary: dict, repo: str | None) -> list[str]:
     cfg = summary["config"]
-    base = cfg["model"] if not cfg.get("model_config") else f"{cfg['model_config']} architecture, random init"
+    base = summary["model"]
     imdb = (
         cfg["data"] in HUB_IMDB
     )  # a local file may hold anything: the card names no dataset it cannot vouch for

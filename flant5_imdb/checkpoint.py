@@ -143,6 +143,17 @@ def save_checkpoint(
     return final
 
 
+def store_tied_once(models, weights: list[dict], output_dir) -> None:
+    """accelerate's save-state hook: each tied weight once, under its source name (as save_pretrained does).
+
+    T5's encoder and decoder embeddings are the shared embedding: left in, the state dict holds one
+    tensor under three names, which accelerate then drops with a warning on every save.
+    """
+    for model, state in zip(models, weights, strict=True):
+        for alias in getattr(getattr(model, "module", model), "all_tied_weights_keys", {}):
+            state.pop(alias, None)
+
+
 def _commit(tmp: Path, final: Path) -> None:
     """The atomic step: a rename. An existing `final` (same step, written by an earlier run) is replaced
     whole.

@@ -52,7 +52,7 @@ DEFAULT_SOURCE = "stanfordnlp/imdb"
 SPLITS = ("train", "test", "validation")
 LABEL_VALUES = {"0": 0, "1": 1, "neg": 0, "pos": 1, "negative": 0, "positive": 1}
 ALLOWED_LABELS = "0/1/neg/pos/negative/positive"
-# Targets the model learns to emit for label 0 and label 1. `digits` is the seed recipe's.
+# Targets the model learns to emit for label 0 and label 1. `digits` is the baseline recipe's.
 VERBALIZERS = {"digits": ("0", "1"), "words": ("negative", "positive")}
 # Named prompt templates; anything else containing `{text}` is used as given.
 PROMPTS = {
@@ -599,7 +599,7 @@ class Collator:
     """Pads a list of tokenized examples into a batch of tensors.
 
     Sources are padded to the longest in the batch rounded up to `pad_to_multiple_of`, or to the
-    smallest of `buckets` that fits, or (`max_length`) always to that length, as the seed recipe
+    smallest of `buckets` that fits, or (`max_length`) always to that length, as the baseline recipe
     did with 512. Labels are padded with -100, which the loss ignores; `mask_labels` sets them all
     to -100 (a filler micro-batch that contributes nothing to the gradient).
     """

@@ -7,7 +7,7 @@ start token whatever the label). Otherwise every label's whole target is scored.
 prediction is the label with the higher log-likelihood; for single-token labels this is the
 decision greedy decoding makes whenever the model's top token is a label token.
 
-`generate`: greedy decoding, as the seed did; an output that is no label's text counts as wrong
+`generate`: greedy decoding, as the baseline did; an output that is no label's text counts as wrong
 and is reported as `unparseable`.
 """
 
@@ -160,7 +160,7 @@ def evaluate(
 
 
 def metrics(y_true: list[int], y_pred: list[int]) -> dict:
-    """Accuracy, macro-F1 (the seed's "F1"), per-class report, confusion matrix; -1 predictions count as
+    """Accuracy, macro-F1 (the baseline's "F1"), per-class report, confusion matrix; -1 predictions count as
     wrong.
     """
     labels = [0, 1]

@@ -12,8 +12,9 @@ import logging
 from pathlib import Path
 
 import torch
+import transformers
 from accelerate.utils import extract_model_from_parallel
-from transformers import T5Config, T5ForConditionalGeneration
+from transformers import T5Config
 from transformers.models.t5.modeling_t5 import T5Attention
 
 from flant5_imdb.reader import looks_like_path
@@ -43,6 +44,24 @@ def architecture_config(name: str, vocab_size: int, **overrides) -> T5Config:
     return T5Config(**kw)
 
 
+class T5ForConditionalGeneration(transformers.T5ForConditionalGeneration):
+    """transformers' T5 with lm_head a weight of its own, as every FLAN-T5 (T5 v1.1) checkpoint has it.
+
+    transformers 5 ties lm_head to the shared embedding in every T5 (T5Config forces
+    tie_word_embeddings=True, so no saved config can say otherwise), and on loading a checkpoint that
+    holds both it unties them again with a warning. Declaring only the embeddings' ties (encoder and
+    decoder share `shared`) gives the same weights, no warning, and a random-init model that matches
+    flan-t5's parameter count. The class keeps transformers' name: what it saves is a standard T5.
+    A checkpoint without an lm_head (an original, tied T5) gets it tied to the embedding on load.
+    """
+
+    _tied_weights_keys = {
+        k: v
+        for k, v in transformers.T5ForConditionalGeneration._tied_weights_keys.items()
+        if k != "lm_head.weight"
+    }
+
+
 def build_model(
     model: str,
     *,
@@ -66,14 +85,18 @@ def build_model(
         cfg = architecture_config(model_config, vocab_size, **extra)
         cfg._attn_implementation = attn_implementation
         m = T5ForConditionalGeneration(cfg)
-        if not ARCHITECTURES[model_config]["tie_word_embeddings"]:
-            _untie_lm_head(m)
+        # T5's own init for an untied head (its init follows the forced tie flag): normal, std 1.
+        m.lm_head.weight.data.normal_(0.0, m.config.initializer_factor)
         return m
     if looks_like_path(model) and not Path(model).expanduser().exists():
         raise ValueError(f"--model {model}: no such folder")
     try:
-        m = T5ForConditionalGeneration.from_pretrained(
-            model, attn_implementation=attn_implementation, dtype=torch.float32, **extra
+        m, info = T5ForConditionalGeneration.from_pretrained(
+            model,
+            attn_implementation=attn_implementation,
+            dtype=torch.float32,
+            output_loading_info=True,
+            **extra,
         )
     except OSError as e:
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
@@ -81,6 +104,8 @@ def build_model(
             f"cannot load model '{model}' ({first}); offline, pass a local folder with --model"
             + (", or --model-config flan-t5-base for random init" if random_init_hint else "")
         ) from e
+    if "lm_head.weight" in info["missing_keys"]:  # an original T5: its head is the embedding
+        m.lm_head.weight = m.shared.weight
     if vocab_size is not None and vocab_size > m.config.vocab_size:
         raise ValueError(
             f"the tokenizer has {vocab_size} tokens but model '{model}' only {m.config.vocab_size} embeddings"
@@ -129,19 +154,6 @@ def checkpoint_activations(model: T5ForConditionalGeneration) -> None:
     for module in model.modules():
         if isinstance(module, T5Attention):
             module.gradient_checkpointing = False
-
-
-def _untie_lm_head(model: T5ForConditionalGeneration) -> None:
-    """Give lm_head its own weights, as flan-t5 has.
-
-    transformers 5 builds every T5 with lm_head tied to the shared embedding (the pretrained
-    flan-t5 checkpoints untie it on load, since they hold both). A random-init flan-t5-base must
-    match the real one's parameter count and optimizer memory, so it is untied here, with T5's
-    own init for an untied head (normal, std = initializer_factor).
-    """
-    w = torch.empty_like(model.shared.weight).normal_(0.0, model.config.initializer_factor)
-    model.lm_head.weight = torch.nn.Parameter(w)
-    model.all_tied_weights_keys.pop("lm_head.weight", None)
 
 
 SETTINGS_FILE = "flant5_imdb.json"  # beside a saved model: how its inputs and targets were made

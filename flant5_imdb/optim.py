@@ -58,7 +58,7 @@ def build_optimizer(
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, schedule: str, warmup_steps: int, total_steps: int):
-    """`linear`: decay to 0 at `total_steps` (the seed's), or `constant`; both after `warmup_steps`."""
+    """`linear`: decay to 0 at `total_steps` (the baseline's), or `constant`; both after `warmup_steps`."""
     if schedule == "linear":
         return get_linear_schedule_with_warmup(optimizer, warmup_steps, total_steps)
     return get_constant_schedule_with_warmup(optimizer, warmup_steps)

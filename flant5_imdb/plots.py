@@ -42,15 +42,16 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     if evals:
         title += f" (last eval accuracy {evals[-1]['eval_accuracy']:.4f} at step {evals[-1]['step']})"
     ax.set_title(title)
-    fig.legend(loc="upper right", fontsize=8)
+    ax.legend(handles=ax.get_lines() + lr_ax.get_lines(), loc="upper right", fontsize=8)  # inside the axes
     fig.tight_layout()
     written.append(_save(fig, run_dir / "loss_lr.png", plt))
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.plot(steps, [train[s]["samples_per_s"] for s in steps], color="#27ae60")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("samples/s (cumulative)")
-    ax.set_title("training throughput")
+    ax.set_ylabel("samples/s")
+    ax.set_title("training throughput (each point: the steps since the previous log line)")
+    ax.set_ylim(bottom=0)
     fig.tight_layout()
     written.append(_save(fig, run_dir / "throughput.png", plt))
 
@@ -59,10 +60,13 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         ev = json.loads(eval_file.read_text())
         cm = ev["confusion_matrix"]
         fig, ax = plt.subplots(figsize=(4.2, 3.8))
-        ax.imshow(cm, cmap="Blues")
+        image = ax.imshow(cm, cmap="Blues", vmin=0)
+        threshold = max(max(row) for row in cm) / 2
         for i in range(2):
-            for j in range(2):
-                ax.text(j, i, str(cm[i][j]), ha="center", va="center", color="black", fontsize=12)
+            for j in range(2):  # white on dark cells, black on light ones
+                color = "white" if cm[i][j] > threshold else "black"
+                ax.text(j, i, f"{cm[i][j]:,}", ha="center", va="center", color=color, fontsize=12)
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
         ax.set_xticks([0, 1], ["negative", "positive"])
         ax.set_yticks([0, 1], ["negative", "positive"])
         ax.set_xlabel("predicted")

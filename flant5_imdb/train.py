@@ -45,6 +45,7 @@ from flant5_imdb.checkpoint import (
     read_checkpoint,
     resolve_resume,
     save_checkpoint,
+    store_tied_once,
 )
 from flant5_imdb.config import ConfigError, TrainConfig
 from flant5_imdb.data import (
@@ -160,33 +161,19 @@ def setup(cfg: TrainConfig) -> Job:
     # registered, so that save_state/load_state carry it.
     scheduler = build_scheduler(optimizer, cfg.schedule, cfg.warmup_steps, total_steps)
     accelerator.register_for_checkpointing(scheduler)
+    accelerator.register_save_state_pre_hook(store_tied_once)
     resume_from = resolve_resume(cfg.resume, out)
     if resume_from is not None:
         saved = read_checkpoint(resume_from)
         check_compatible(saved, cfg.to_dict(), accelerator.num_processes, cfg.force_resume)
     job = Job(
-        cfg=cfg,
-        accelerator=accelerator,
-        out=out,
-        lock=None,
-        tokenizer=tokenizer,
-        train_ds=train_ds,
-        eval_ds=eval_ds,
-        eval_source=eval_source,
-        targets=target_ids(tokenizer, cfg.verbalizer),
-        skipped_rows=len(skipped),
-        model=model,
-        optimizer=optimizer,
-        raw_optimizer=raw_optimizer,
-        scheduler=scheduler,
-        step=step,
-        sampler=sampler,
-        collate=make_collator(cfg, tokenizer),
-        state=TrainState(),
-        resume_from=resume_from,
-        total_steps=total_steps,
-        started=started,
-    )
+        cfg=cfg, accelerator=accelerator, out=out, lock=None, started=started,
+        tokenizer=tokenizer, train_ds=train_ds, eval_ds=eval_ds, eval_source=eval_source,
+        targets=target_ids(tokenizer, cfg.verbalizer), skipped_rows=len(skipped),
+        model=model, optimizer=optimizer, raw_optimizer=raw_optimizer, scheduler=scheduler, step=step,
+        sampler=sampler, collate=make_collator(cfg, tokenizer), total_steps=total_steps,
+        state=TrainState(), resume_from=resume_from,
+    )  # fmt: skip
     # Everything checked: from here on the run writes into its folder.
     job.lock = claim_output(job)
     write_run_files(job, skipped)
@@ -224,14 +211,10 @@ def build_trainable(cfg: TrainConfig, accelerator: Accelerator, vocab_size: int)
 def build_sampler(cfg: TrainConfig, accelerator: Accelerator, train_ds: Dataset) -> StepSampler:
     # The sampler shards the data itself (identical plan on every rank), so no dataloader is prepared.
     return StepSampler(
-        train_ds["length"],
-        batch_size=cfg.batch_size,
-        grad_accum=cfg.grad_accum,
-        num_replicas=accelerator.num_processes,
-        rank=accelerator.process_index,
-        seed=cfg.seed,
+        train_ds["length"], batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, seed=cfg.seed,
+        num_replicas=accelerator.num_processes, rank=accelerator.process_index,
         group_by_length=cfg.group_by_length,
-    )
+    )  # fmt: skip
 
 
 def make_collator(cfg: TrainConfig, tokenizer) -> Collator:
@@ -723,6 +706,7 @@ def finish(job: Job) -> dict:
     if cfg.save_model:
         save_final(acc, job.model, out / "final", functools.partial(export, job))
     summary = dict(
+        model=f"{cfg.model_config} architecture, random init" if cfg.model_config else cfg.model,
         steps=state.step,
         samples_seen=state.samples_seen,
         epochs=state.samples_seen / len(job.train_ds),

@@ -1,9 +1,10 @@
-"""Fine-tune FLAN-T5 on IMDB: `accelerate launch scripts/train.py [--preset fast|seed|smoke] [options]`.
+"""Fine-tune FLAN-T5 on IMDB: `accelerate launch scripts/train.py [--preset NAME] [options]`.
 
 Also runs under plain `python`. `--help` lists every option.
 """
 
 import logging
+import os
 import sys
 
 from accelerate import PartialState
@@ -17,7 +18,11 @@ from flant5_imdb.train import run
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # One process speaks: the others log warnings and errors only (a launcher sets RANK).
+    speaker = int(os.environ.get("RANK", "0")) == 0
+    logging.basicConfig(level=logging.INFO if speaker else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # five lines per checkpoint otherwise
     try:
         cfg = parse_args(argv)
         summary = run(cfg)

@@ -28,6 +28,15 @@ IMDB_DIR = SHARED_DATA / "imdb"
 IMDB_TOKENIZER = SHARED_DATA / "tokenizer" / "imdb-unigram-32k"
 
 
+def run_script(name: str, *args, timeout: float = 120, **kwargs):
+    """`python scripts/NAME.py ARGS...` from this checkout, its output captured as text."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / f"{name}.py"), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, **kwargs)  # fmt: skip
+
+
 def flags(**options) -> list[str]:
     """Command-line flags from keyword arguments: `max_steps=3` -> `--max-steps 3`; True -> the bare flag."""
     out = []

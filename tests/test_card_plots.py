@@ -1,6 +1,7 @@
 import json
 
 from flant5_imdb.card import model_card, publish
+from tests.conftest import run_script
 
 
 def test_run_writes_plots_and_a_card_with_real_numbers(smoke_run):
@@ -29,25 +30,62 @@ def test_model_card_only_writes_locally_and_names_the_repo(smoke_run, tmp_path):
 
 
 def test_plot_script_on_a_run_dir(smoke_run, tmp_path):
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT
-
     out, _ = smoke_run
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "plot.py"), str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_script("plot", out)
     assert proc.returncode == 0 and proc.stdout.split() == [
         str(out / n) for n in ("loss_lr.png", "throughput.png", "confusion_matrix.png")
     ]
-    bad = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "plot.py"), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    bad = run_script("plot", tmp_path)
     assert bad.returncode == 2 and "no metrics.jsonl" in bad.stderr
+
+
+def test_the_card_and_summary_say_what_was_trained_on_what(smoke_run):
+    """The smoke model: a tiny random-init T5 on generated reviews, and the card claims no more."""
+    out, summary = smoke_run
+    card = (out / "final" / "README.md").read_text()
+    assert summary["model"] == "tiny architecture, random init"
+    assert "datasets:" not in card and "IMDB sentiment classifier" not in card
+    assert (
+        "Sentiment classifier (trained on `synthetic:2000`), fine-tuned from "
+        "**tiny architecture, random init**" in card
+    )
+    imdb = {
+        **summary,
+        "model": "google/flan-t5-base",
+        "config": {**summary["config"], "data": "stanfordnlp/imdb"},
+    }
+    card = model_card(imdb)
+    assert (
+        "datasets:\n- stanfordnlp/imdb" in card
+        and "IMDB sentiment classifier, fine-tuned from **google/flan-t5-base**" in card
+    )
+
+
+def test_plots_are_readable(smoke_run):
+    """Cell numbers in a colour that contrasts with their cell; throughput per log window, not a mean."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from flant5_imdb import plots
+
+    out, _ = smoke_run
+    figures = []
+    real_save = plots._save
+    plots._save = lambda fig, path, plt_: figures.append((path.name, fig)) or real_save(fig, path, plt_)
+    try:
+        plots.plot_run(out)
+    finally:
+        plots._save = real_save
+    cm = dict(figures)["confusion_matrix.png"].axes[0]
+    colours = {t.get_text(): t.get_color() for t in cm.texts}
+    matrix = json.loads((out / "eval.json").read_text())["confusion_matrix"]
+    assert (
+        colours[f"{matrix[0][0]:,}"] == "white" and colours[f"{matrix[0][1]:,}"] == "black"
+    )  # dark diagonal
+    throughput = dict(figures)["throughput.png"].axes[0]
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert list(throughput.lines[0].get_ydata()) == [r["samples_per_s"] for r in rows if "loss" in r]
+    assert throughput.get_ylabel() == "samples/s"
+    plt.close("all")

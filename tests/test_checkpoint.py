@@ -28,19 +28,17 @@ STEPS, PER_EPOCH = 12, 10
 
 def cfg_for(tmp_path, tokenizer_dir, name, **kw):
     """Tiny model, fp32, dropout on (so RNG restoration matters), a checkpoint every 5 steps."""
-    base = dict(
-        tokenizer=str(tokenizer_dir),
-        data="synthetic:160",
-        dropout=0.1,
-        max_source_length=64,
-        log_every=1,
-        max_eval_samples=32,
-        max_steps=STEPS,
-        save_every=5,
-        keep_checkpoints=5,
-        output_dir=str(tmp_path / name),
-    )
+    base = dict(tokenizer=str(tokenizer_dir), data="synthetic:160", dropout=0.1, max_source_length=64,
+                log_every=1, max_eval_samples=32, max_steps=STEPS, save_every=5, keep_checkpoints=5,
+                output_dir=str(tmp_path / name))  # fmt: skip
     return preset("smoke", **{**base, **kw})
+
+
+def wait_for_metrics(out: Path, lines: int, seconds: float) -> None:
+    """Until a run in another process has logged `lines` metrics lines (or `seconds` have passed)."""
+    deadline = time.time() + seconds
+    while time.time() < deadline and not ((out / "metrics.jsonl").exists() and len(metrics(out)) >= lines):
+        time.sleep(0.05)
 
 
 def metrics(out) -> list[dict]:
@@ -178,14 +176,9 @@ def test_sigterm_finishes_the_step_checkpoints_and_exits_143(tmp_path, tokenizer
     args[args.index("--max-steps") + 1] = "150"
     args[args.index("--save-every") + 1] = "1000"
     proc = subprocess.Popen(
-        [sys.executable, *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        [sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    deadline = time.time() + 120
-    while time.time() < deadline and not ((out / "metrics.jsonl").exists() and len(metrics(out)) >= 3):
-        time.sleep(0.05)
+    wait_for_metrics(out, lines=3, seconds=120)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err[-2000:]
@@ -240,9 +233,7 @@ def start_two_process_run(tokenizer_dir, out: Path, max_steps: int):
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.time() + 180
-    while time.time() < deadline and not ((out / "metrics.jsonl").exists() and len(metrics(out)) >= 3):
-        time.sleep(0.05)
+    wait_for_metrics(out, lines=3, seconds=180)
     pids = worker_pids(out)
     assert sorted(pids) == [0, 1]
     return proc, pids

@@ -29,8 +29,8 @@ def test_stable_flags_exist():
         assert flag in help_text, flag
 
 
-def test_seed_preset_is_the_documented_recipe():
-    c = parse_args(["--preset", "seed"])
+def test_baseline_preset_is_the_documented_recipe():
+    c = parse_args(["--preset", "baseline"])
     assert (c.lr, c.batch_size, c.grad_accum, c.seed, c.epochs) == (3e-4, 8, 1, 42, 2)
     assert (c.adam_beta1, c.adam_beta2, c.adam_eps, c.weight_decay) == (0.9, 0.999, 1e-8, 0.0)
     assert (c.schedule, c.warmup_steps, c.precision, c.max_grad_norm) == ("linear", 0, "fp32", 1.0)

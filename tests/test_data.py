@@ -197,7 +197,7 @@ def test_subset_is_random_not_first_rows():
 
 @pytest.mark.slow  # 40 s: tokenizes all 25,000 reviews
 def test_real_imdb_length_grouping_pads_under_10_percent():
-    """Padding of length-grouped batches of 8 vs the seed's padding to 512, on the real training set."""
+    """Padding of length-grouped batches of 8 vs the baseline's padding to 512, on the real training set."""
     from transformers import AutoTokenizer
 
     data_dir, tok_dir = real_data_or_skip()
@@ -213,10 +213,10 @@ def test_real_imdb_length_grouping_pads_under_10_percent():
         collate.source_length(int(lengths[b].max())) * len(b) for s in sampler for b in s.micro_batches
     )
     grouped_pad = 1 - real / padded
-    seed_pad = 1 - real / (512 * len(lengths))
+    baseline_pad = 1 - real / (512 * len(lengths))
     print(
         f"\nIMDB train, {len(lengths)} reviews, mean {lengths.mean():.0f} tokens: padding fraction "
-        f"length-grouped batches of 8 = {grouped_pad:.2%}, padded to 512 = {seed_pad:.2%}"
+        f"length-grouped batches of 8 = {grouped_pad:.2%}, padded to 512 = {baseline_pad:.2%}"
     )
     assert grouped_pad < 0.10
-    assert seed_pad > 0.40
+    assert baseline_pad > 0.40

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,20 +17,13 @@ from flant5_imdb.modeling import build_model
 from flant5_imdb.optim import optimizer_from
 from flant5_imdb.tokenizer import load_tokenizer
 from flant5_imdb.train import run
-from tests.conftest import ROOT, accelerate_launch, flags, real_data_or_skip
+from tests.conftest import ROOT, accelerate_launch, flags, real_data_or_skip, run_script
 
 
 def tiny(tmp_path, tokenizer_dir, name="run", **kw):
     """The smoke preset on a small synthetic set, dropout off so that runs can be compared exactly."""
-    base = dict(
-        tokenizer=str(tokenizer_dir),
-        data="synthetic:160",
-        dropout=0.0,
-        log_every=1,
-        max_eval_samples=32,
-        output_dir=str(tmp_path / name),
-        max_source_length=64,
-    )
+    base = dict(tokenizer=str(tokenizer_dir), data="synthetic:160", dropout=0.0, log_every=1,
+                max_eval_samples=32, output_dir=str(tmp_path / name), max_source_length=64)  # fmt: skip
     return preset("smoke", **{**base, **kw})
 
 
@@ -46,13 +40,13 @@ def final_params(out_dir) -> dict[str, torch.Tensor]:
 
 
 def test_matches_seq2seq_trainer_step_for_step(tmp_path, tokenizer_dir):
-    """The seed recipe in our loop and in transformers.Seq2SeqTrainer: same init, same batches, same math."""
+    """The baseline recipe in our loop and in transformers.Seq2SeqTrainer: same init, batches, math."""
     from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
     from transformers.trainer_utils import set_seed
 
     steps = 20
     cfg = preset(
-        "seed",
+        "baseline",
         model_config="tiny",
         tokenizer=str(tokenizer_dir),
         data="synthetic:240",
@@ -235,12 +229,7 @@ def test_script_reports_user_errors_in_one_line(tmp_path):
         .splitlines()[-1]
         .startswith(f"error: {bad}: 1 bad row(s): {bad} line 3: empty text")
     )
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "train.py"), "--precision", "fp16"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_script("train", "--precision", "fp16")
     assert proc.returncode == 2 and "fp16 is refused" in proc.stderr
 
 
@@ -264,9 +253,9 @@ def test_two_processes_match_one(tmp_path, tokenizer_dir):
     two = tmp_path / "two"
     proc = subprocess.run(
         [
-            *accelerate_launch("--config_file", str(ROOT / "configs" / "multi_gpu.yaml")),
-            "--num_processes",
-            "2",
+            *accelerate_launch(
+                "--config_file", str(ROOT / "configs" / "multi_gpu.yaml"), "--num_processes", "2"
+            ),
             str(ROOT / "scripts" / "train.py"),
             *common,
             "--batch-size",
@@ -293,6 +282,9 @@ def test_two_processes_match_one(tmp_path, tokenizer_dir):
     run(one)
     summary = json.loads((two / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["distributed_type"] == "DistributedType.MULTI_CPU"
+    # One process speaks, and a checkpoint is one line, not accelerate's five.
+    assert len(re.findall(r"INFO flant5_imdb.train: training 6 steps", proc.stderr)) == 1, proc.stderr[-3000:]
+    assert "Saving current state" not in proc.stderr and proc.stderr.count("checkpoint saved:") == 1
     a, b = summary["rank_param_checksums"]
     assert a == b  # DDP kept the ranks identical
     assert losses(two) == pytest.approx(losses(one.output_dir), rel=1e-5)
@@ -334,9 +326,7 @@ def test_fsdp_config_starts_a_two_process_cpu_run(tmp_path, tokenizer_dir):
     out = tmp_path / "fsdp"
     proc = subprocess.run(
         [
-            *accelerate_launch("--config_file", str(ROOT / "configs" / "fsdp.yaml")),
-            "--num_processes",
-            "2",
+            *accelerate_launch("--config_file", str(ROOT / "configs" / "fsdp.yaml"), "--num_processes", "2"),
             str(ROOT / "scripts" / "train.py"),
             "--preset",
             "smoke",
