@@ -100,7 +100,9 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
         help="real weights (Hub id or folder); default: random init of --model-config",
     )
     p.add_argument(
-        "--model-config", default="flan-t5-base", help="architecture for random init (flan-t5-base, tiny)"
+        "--model-config",
+        default="flan-t5-base",
+        help="architecture for random init (flan-t5-small, ..., -xl, tiny)",
     )
     p.add_argument(
         "--data", default=str(shared / "imdb") if (shared / "imdb").is_dir() else "stanfordnlp/imdb"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from flant5_imdb.data import verbalize
+from flant5_imdb.labels import IMDB, verbalize
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def _front_matter(summary: dict, repo: str | None) -> list[str]:
         f"# {repo or 'flant5_imdb model'}",
         "",
         f"{what}, fine-tuned from **{base}** with flant5_imdb (a hand-written Accelerate loop), as "
-        f"text-to-text classification: the model writes {_targets(cfg['verbalizer'])}.",
+        f"text-to-text classification: the model writes {_targets(summary)}.",
         "",
     ]
 
@@ -81,10 +81,11 @@ def _evaluation(summary: dict) -> list[str]:
         *[
             f"| {c} | {r[c]['precision']:.4f} | {r[c]['recall']:.4f} | {r[c]['f1-score']:.4f} | "
             f"{int(r[c]['support'])} |"
-            for c in ("negative", "positive")
+            for c in ev.get("names", IMDB.names)
         ],
         "",
-        f"Confusion matrix (rows true, columns predicted; negative, positive): `{ev['confusion_matrix']}`.",
+        f"Confusion matrix (rows true, columns predicted; {', '.join(ev.get('names', IMDB.names))}): "
+        f"`{ev['confusion_matrix']}`.",
         "",
     ]
 
@@ -128,9 +129,12 @@ def _cost(summary: dict) -> list[str]:
     ]
 
 
-def _targets(verbalizer: str) -> str:
-    neg, pos = verbalize(verbalizer)
-    return f"`{neg}` for negative and `{pos}` for positive"
+def _targets(summary: dict) -> str:
+    """ "`0` for negative and `1` for positive": each class's target text, from the summary."""
+    names = summary.get("labels") or list(IMDB.names)
+    targets = summary.get("targets") or verbalize(summary["config"]["verbalizer"])
+    pairs = [f"`{t}` for {n}" for t, n in zip(targets, names, strict=True)]
+    return ", ".join(pairs[:-1]) + " and " + pairs[-1]
 
 
 def _gib(x) -> str:

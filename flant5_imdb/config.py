@@ -39,7 +39,7 @@ class TrainConfig:
     model_config: str | None = _opt(
         None,
         "named architecture with random init instead of --model weights",
-        ("flan-t5-base", "tiny"),
+        ("flan-t5-small", "flan-t5-base", "flan-t5-large", "flan-t5-xl", "tiny"),
         resume=FIXED,
     )
     tokenizer: str | None = _opt(
@@ -54,14 +54,22 @@ class TrainConfig:
         "stanfordnlp/imdb",
         "Hub id, parquet/csv/jsonl file or folder, train=PATH,test=PATH, aclImdb/, or synthetic[:N]",
     )
+    data_config: str | None = _opt(
+        None, "the configuration of a Hub dataset (load_dataset's second argument)"
+    )
+    text_column: str = _opt("text", "the column holding the texts")
+    label_column: str = _opt("label", "the column holding the labels")
+    train_split: str = _opt("train", "the split to train on")
+    labels: str | None = _opt(None, "the classes, in order, as the label column writes them ('a,b,c'); "
+                              "any other label is then an error (default: taken from the training "
+                              "split)")  # fmt: skip
     skip_bad_rows: bool = _opt(
         False, "drop (and report) invalid rows instead of stopping with an error", resume=FREE
     )
-    verbalizer: str = _opt(
-        "digits",
-        "target texts for labels 0/1: digits = '0'/'1' (the baseline's), words = 'negative'/'positive', or "
-        "'NEG,POS'",
-    )
+    verbalizer: str = _opt("auto", "the text the model writes for each class: auto = digits for IMDB and "
+                           "integer labels, the label names otherwise; digits ('0'/'1' for IMDB, the "
+                           "baseline's); words ('negative'/'positive' for IMDB, the names otherwise); or "
+                           "'T1,T2,...'")  # fmt: skip
     prompt: str | None = _opt(None, "prompt: 'none', 'flan', or a template containing {text}")
     max_source_length: int = _opt(512, "truncate reviews to this many tokens")
     pad_to_max_length: bool = _opt(False, "pad every source to --max-source-length (the baseline's padding)")

@@ -32,9 +32,14 @@ import numpy as np
 import torch
 from datasets import Dataset, DatasetDict
 
+from flant5_imdb.labels import IMDB, LabelSpace, infer_labels, verbalize
 from flant5_imdb.reader import BadRow, DataError, file_format, read_table, text_problem
 
 __all__ = [
+    "Columns",
+    "Loaded",
+    "load_labelled",
+    "verbalize",
     "BadRow",
     "Collator",
     "DataError",
@@ -50,10 +55,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_SOURCE = "stanfordnlp/imdb"
 SPLITS = ("train", "test", "validation")
-LABEL_VALUES = {"0": 0, "1": 1, "neg": 0, "pos": 1, "negative": 0, "positive": 1}
-ALLOWED_LABELS = "0/1/neg/pos/negative/positive"
-# Targets the model learns to emit for label 0 and label 1. `digits` is the baseline recipe's.
-VERBALIZERS = {"digits": ("0", "1"), "words": ("negative", "positive")}
 # Named prompt templates; anything else containing `{text}` is used as given.
 PROMPTS = {
     "none": "{text}",
@@ -67,34 +68,89 @@ SYNTHETIC_MIN = 10
 # Loading
 
 
-def load_imdb(
-    source: str = DEFAULT_SOURCE, *, skip_bad_rows: bool = False, splits: Iterable[str] | None = None
-) -> tuple[DatasetDict, list[BadRow]]:
-    """Load `source` into a validated `DatasetDict(text, label)`; only `splits`, if given.
+@dataclass
+class Loaded:
+    """A source's validated splits (`text`, `label` = class index), its label space, the rows dropped."""
 
-    Returns the data and the rows dropped (always empty unless `skip_bad_rows`).
+    splits: DatasetDict
+    labels: LabelSpace
+    skipped: list[BadRow]
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Where a source keeps its texts and labels, and (for a Hub dataset) which configuration."""
+
+    text: str = "text"
+    label: str = "label"
+    config: str | None = None
+
+
+def load_labelled(
+    source: str = DEFAULT_SOURCE,
+    *,
+    skip_bad_rows: bool = False,
+    splits: Iterable[str] | None = None,
+    labels: LabelSpace | None = None,
+    label_order: Iterable[str] | None = None,
+    columns: Columns = Columns(),
+    train_split: str = "train",
+) -> Loaded:
+    """Load `source` (only `splits`, if given) into validated splits with class-index labels.
+
+    The label space is `labels` (a saved model's), or taken from the `train_split`'s labels
+    (`label_order`: the classes by name, in order; see `labels.infer_labels`).
 
     Raises:
         DataError: the source is missing, unreadable or malformed (`--data` syntax), a split lacks a
-            column, or a row is bad (empty text, a label outside 0/1/neg/pos/negative/positive, a
-            record the reader cannot take) and `skip_bad_rows` is off.
+            column, or a row is bad (empty text, a label outside the label space, a record the
+            reader cannot take) and `skip_bad_rows` is off.
     """
+    raws = _read_source(source, None if splits is None else set(splits), columns)
+    if labels is None:
+        first = raws.get(train_split) or next(iter(raws.values()), None)
+        labels = infer_labels(first.ds["label"] if first is not None else [], label_order)
     out, dropped = {}, []
-    wanted = None if splits is None else set(splits)
-    for split, raw in _read_source(source, wanted).items():
-        ds, rows = _validate(raw, skip_bad_rows, split)
+    for split, raw in raws.items():
+        ds, rows = _validate(raw, skip_bad_rows, split, labels)
         out[split], dropped = ds, dropped + rows
     if dropped:
         shown = "; ".join(str(r) for r in dropped[:MAX_REPORTED_ROWS])
         more = f" (and {len(dropped) - MAX_REPORTED_ROWS} more)" if len(dropped) > MAX_REPORTED_ROWS else ""
         logger.warning("--skip-bad-rows: dropped %d bad row(s): %s%s", len(dropped), shown, more)
-    if "train" in out and len(set(out["train"]["label"])) == 1:
+    if train_split in out:
+        _warn_about_classes(source, out[train_split]["label"], labels)
+    return Loaded(DatasetDict(out), labels, dropped)
+
+
+def load_imdb(
+    source: str = DEFAULT_SOURCE, *, skip_bad_rows: bool = False, splits: Iterable[str] | None = None
+) -> tuple[DatasetDict, list[BadRow]]:
+    """`load_labelled` for a source whose label space is its own: (splits, rows dropped)."""
+    loaded = load_labelled(source, skip_bad_rows=skip_bad_rows, splits=splits)
+    return loaded.splits, loaded.skipped
+
+
+def _warn_about_classes(source: str, labels: list[int], space: LabelSpace) -> None:
+    """One class only, or a class so rare it may be a typo: worth a warning, not an error."""
+    counts = [0] * len(space)
+    for y in labels:
+        counts[y] += 1
+    present = [i for i, c in enumerate(counts) if c]
+    if len(present) == 1:
         logger.warning(
-            "%s: every training example has label %d: a classifier cannot learn from one class",
+            "%s: every training example has label %s: a classifier cannot learn from one class",
             source,
-            out["train"][0]["label"],
+            space.values[present[0]] if space.kind != "imdb" else present[0],
         )
-    return DatasetDict(out), dropped
+    rare = [space.values[i] for i, c in enumerate(counts) if 0 < c <= 3 and c < 0.01 * len(labels)]
+    if rare and space.kind != "imdb":
+        logger.warning(
+            "%s: class(es) %s have 3 training examples or fewer: a typo? Name the classes with --labels "
+            "to make any other value an error",
+            source,
+            ", ".join(repr(r) for r in rare),
+        )
 
 
 def source_splits(source: str) -> list[str] | None:
@@ -130,7 +186,7 @@ class _RawSplit:
     )
 
 
-def _read_source(source: str, wanted: set[str] | None) -> dict[str, _RawSplit]:
+def _read_source(source: str, wanted: set[str] | None, columns: Columns = Columns()) -> dict[str, _RawSplit]:
     """Dispatch on the kind of source; read only the `wanted` splits (all if None)."""
     keep = (lambda split: True) if wanted is None else (lambda split: split in wanted)
     if _is_synthetic(source):
@@ -141,18 +197,41 @@ def _read_source(source: str, wanted: set[str] | None) -> dict[str, _RawSplit]:
             if keep(k)
         }
     if _is_mapping(source):
-        return _read_files({k: v for k, v in _parse_mapping(source).items() if keep(k)})
+        return _read_files({k: v for k, v in _parse_mapping(source).items() if keep(k)}, columns)
     path = Path(source).expanduser()
     if path.is_dir():
         if _is_aclimdb(path):
             return _read_aclimdb(path, keep)
-        return _read_files({k: v for k, v in _split_files(path).items() if keep(k)})
+        return _read_files({k: v for k, v in _split_files(path).items() if keep(k)}, columns)
     if path.is_file():
         split = _split_of(path)
-        return _read_files({split: path} if keep(split) else {})
+        return _read_files({split: path} if keep(split) else {}, columns)
     if _looks_like_path(source):
         raise DataError(f"--data {source}: no such file or folder")
-    return {k: _RawSplit(v, f"{source}[{k}]", []) for k, v in _read_hub(source).items() if keep(k)}
+    hub = _read_hub(source, columns.config)
+    # IMDB on the Hub also has an unlabelled `unsupervised` split (label -1): only named splits are read.
+    named = set(SPLITS) if wanted is None else wanted
+    return {
+        k: _RawSplit(_renamed(v, f"{source}[{k}]", columns), f"{source}[{k}]", [])
+        for k, v in hub.items()
+        if k in named
+    }
+
+
+def _renamed(ds: Dataset, where: str, columns: Columns) -> Dataset:
+    """The source's text and label columns under the names this project reads (`text`, `label`)."""
+    missing = [c for c in (columns.text, columns.label) if c not in ds.column_names]
+    if missing:
+        flags = " / ".join(
+            f for f, c in (("--text-column", columns.text), ("--label-column", columns.label)) if c in missing
+        )
+        raise DataError(
+            f"{where}: no {' or '.join(repr(c) for c in missing)} column "
+            f"(found: {', '.join(ds.column_names)}); name yours with {flags}"
+        )
+    names = {columns.text: "text", columns.label: "label"}
+    ds = ds.remove_columns([c for c in ("text", "label") if c in ds.column_names and c not in names])
+    return ds.rename_columns({k: v for k, v in names.items() if k != v})
 
 
 def _is_synthetic(source: str) -> bool:
@@ -231,18 +310,17 @@ def _looks_like_path(source: str) -> bool:
     )
 
 
-def _read_hub(name: str) -> dict[str, Dataset]:
+def _read_hub(name: str, config: str | None = None) -> dict[str, Dataset]:
     try:
         with _quiet_datasets():
-            dsd = datasets.load_dataset(name)
+            dsd = datasets.load_dataset(name, config)
     except Exception as e:  # the Hub raises many types; all mean "cannot use this source"
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise DataError(
             f"cannot load '{name}' from the Hugging Face Hub ({type(e).__name__}: {first[:200]}); "
             "offline, pass --data with a local folder or file (parquet, csv, jsonl, or aclImdb/)"
         ) from e
-    # IMDB on the Hub also has an unlabelled `unsupervised` split (label -1): not for training here.
-    return {k: v for k, v in dsd.items() if k in SPLITS}
+    return dict(dsd)
 
 
 @contextlib.contextmanager
@@ -256,7 +334,7 @@ def _quiet_datasets():
         datasets.logging.set_verbosity(verbosity)
 
 
-def _read_files(files: dict[str, Path]) -> dict[str, _RawSplit]:
+def _read_files(files: dict[str, Path], columns: Columns = Columns()) -> dict[str, _RawSplit]:
     out = {}
     for split, path in files.items():
         if not path.is_file():
@@ -267,11 +345,11 @@ def _read_files(files: dict[str, Path]) -> dict[str, _RawSplit]:
                 f"{path}: unsupported file type '{''.join(path.suffixes) or path.name}' "
                 "(use parquet, csv, jsonl or json, optionally .gz)"
             )
-        out[split] = _read_parquet(path) if kind == "parquet" else _read_text_file(path)
+        out[split] = _read_parquet(path, columns) if kind == "parquet" else _read_text_file(path, columns)
     return out
 
 
-def _read_parquet(path: Path) -> _RawSplit:
+def _read_parquet(path: Path, columns: Columns = Columns()) -> _RawSplit:
     """Through `datasets` (cached, so tokenization is too); checked with pyarrow first for a clear error."""
     import pyarrow.parquet as pq
 
@@ -283,15 +361,22 @@ def _read_parquet(path: Path) -> _RawSplit:
         raise DataError(
             f"{path}: cannot be read as parquet ({type(e).__name__}: {str(e).strip()[:200]})"
         ) from None
-    return _RawSplit(ds, str(path), [])
+    return _RawSplit(_renamed(ds, str(path), columns), str(path), [])
 
 
-def _read_text_file(path: Path) -> _RawSplit:
+def _read_text_file(path: Path, columns: Columns = Columns()) -> _RawSplit:
     """csv / jsonl / json (+ .gz) through the project's reader: values stay the text they are."""
-    table = read_table(path, ("text", "label"))
+    try:
+        table = read_table(path, (columns.text, columns.label))
+    except DataError as e:
+        if "column" in str(e) and (columns.text, columns.label) == ("text", "label"):
+            raise DataError(f"{e}; name yours with --text-column / --label-column") from None
+        raise
     bad = list(table.bad)
     texts, labels, lines = [], [], []
-    for text, label, line in zip(table.columns["text"], table.columns["label"], table.lines, strict=True):
+    for text, label, line in zip(
+        table.columns[columns.text], table.columns[columns.label], table.lines, strict=True
+    ):
         problem = text_problem(text)
         if problem and problem != "empty text":  # not a string at all: the reader's to report
             bad.append(BadRow(str(path), line, problem, "line"))
@@ -361,8 +446,10 @@ def _file_id(path: Path) -> tuple[int, str]:
 # Validation
 
 
-def _validate(raw: _RawSplit, skip: bool, split: str) -> tuple[Dataset, list[BadRow]]:
-    """Check columns and every row; normalize labels to int 0/1 and keep only text and label."""
+def _validate(
+    raw: _RawSplit, skip: bool, split: str, space: LabelSpace = IMDB
+) -> tuple[Dataset, list[BadRow]]:
+    """Check columns and every row; labels become class indices in `space`; only text and label are kept."""
     ds, where = raw.ds, raw.where
     missing = [c for c in ("text", "label") if c not in ds.column_names]
     if missing:
@@ -374,13 +461,13 @@ def _validate(raw: _RawSplit, skip: bool, split: str) -> tuple[Dataset, list[Bad
     texts, raw_labels = ds["text"], ds["label"]
     labels, bad, good = [], [], []
     for i, (text, value) in enumerate(zip(texts, raw_labels, strict=True)):
-        label = _parse_label(value)
+        label = space.index(value)
         place = lines[i] if lines is not None else i + 1
         problem = text_problem(text)
         if problem:
             bad.append(BadRow(where, place, problem, raw.unit))
         elif label is None:
-            bad.append(BadRow(where, place, f"label {value!r} is not one of {ALLOWED_LABELS}", raw.unit))
+            bad.append(BadRow(where, place, f"label {value!r} is not one of {space.describe()}", raw.unit))
         else:
             good.append(i)
             labels.append(label)
@@ -398,16 +485,6 @@ def _validate(raw: _RawSplit, skip: bool, split: str) -> tuple[Dataset, list[Bad
     if getattr(ds.features["label"], "dtype", None) != "int64" or list(ds["label"]) != labels:
         ds = ds.remove_columns("label").add_column("label", labels)
     return ds.cast_column("label", datasets.Value("int64")), bad
-
-
-def _parse_label(raw) -> int | None:
-    if isinstance(raw, bool):
-        return None
-    if isinstance(raw, int | float) and raw in (0, 1):
-        return int(raw)
-    if isinstance(raw, str):
-        return LABEL_VALUES.get(raw.strip().lower())
-    return None
 
 
 def hold_out(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
@@ -505,6 +582,38 @@ def make_synthetic(n_train: int = 2000, n_test: int = 500, seed: int = 0) -> Dat
     return DatasetDict({"train": split(n_train), "test": split(n_test)})
 
 
+# Support tickets for three teams: the README's "your own data" example.
+TICKETS = {
+    "billing": ["invoice", "charged", "refund", "payment", "billed", "card", "receipt", "price"],
+    "bug": ["crash", "crashes", "error", "broken", "freezes", "fails", "bug", "exception"],
+    "feature": ["add", "wish", "request", "support", "option", "would", "love", "suggest"],
+}
+_FILLER = ["the", "app", "my", "account", "i", "it", "when", "this", "month", "please", "again", "today",
+           "team", "with", "on", "after", "login", "page", "and", "a", "to", "is", "for", "was"]  # fmt: skip
+
+
+def make_topics(
+    topics: dict[str, list[str]], n_train: int = 600, n_test: int = 150, seed: int = 0
+) -> DatasetDict:
+    """Texts of shared filler with two to four words of their class's own vocabulary; labels are the
+    class names, balanced (any number of classes: the tests' and the README's N-class data)."""
+    rng = random.Random(seed)
+    names = list(topics)
+
+    def split(n: int) -> Dataset:
+        labels = [names[i % len(names)] for i in range(n)]
+        rng.shuffle(labels)
+        texts = []
+        for y in labels:
+            words = rng.choices(_FILLER, k=rng.randint(5, 25))
+            for w in rng.choices(topics[y], k=rng.randint(2, 4)):
+                words.insert(rng.randrange(len(words) + 1), w)
+            texts.append(" ".join(words))
+        return Dataset.from_dict({"text": texts, "label": labels})
+
+    return DatasetDict({"train": split(n_train), "test": split(n_test)})
+
+
 # --------------------------------------------------------------------------------------------
 # Verbalizer, prompt, tokenization
 
@@ -525,25 +634,21 @@ def prompt_template(prompt: str | None) -> str:
     return template
 
 
-def verbalize(verbalizer: str) -> tuple[str, str]:
-    """Target texts of labels 0 and 1: a named verbalizer, or `NEGATIVE,POSITIVE` given as is."""
-    if verbalizer in VERBALIZERS:
-        return VERBALIZERS[verbalizer]
-    parts = [p.strip() for p in verbalizer.split(",")]
-    if len(parts) != 2 or not all(parts) or parts[0] == parts[1]:
-        raise DataError(
-            f"verbalizer {verbalizer!r}: use {', '.join(VERBALIZERS)} or two different texts 'NEG,POS'"
-        )
-    return parts[0], parts[1]
+def target_ids(tokenizer, verbalizer: str, space: LabelSpace = IMDB) -> list[list[int]]:
+    """Token ids (with EOS) of each class's target text, index = class.
 
-
-def target_ids(tokenizer, verbalizer: str) -> list[list[int]]:
-    """Token ids (with EOS) of each label's target text, index = label."""
-    ids = [tokenizer(t).input_ids for t in verbalize(verbalizer)]
-    if ids[0] == ids[1]:
-        raise DataError(
-            f"the tokenizer maps both targets of verbalizer {verbalizer!r} to the same ids {ids[0]}"
-        )
+    Raises:
+        DataError: two classes' targets tokenize alike (the tokenizer cannot tell them apart).
+    """
+    texts = verbalize(verbalizer, space)
+    ids = [tokenizer(t).input_ids for t in texts]
+    seen: dict[tuple, str] = {}
+    for text, i in zip(texts, ids, strict=True):
+        if tuple(i) in seen:
+            raise DataError(
+                f"the tokenizer maps the targets {seen[tuple(i)]!r} and {text!r} to the same ids {i}"
+            )
+        seen[tuple(i)] = text
     return ids
 
 
@@ -554,13 +659,15 @@ def tokenize(
     verbalizer: str = "digits",
     prompt: str | None = None,
     max_source_length: int = 512,
+    space: LabelSpace = IMDB,
 ) -> DatasetDict:
     """Tokenize every split with `datasets.map` (batched, cached where the source is on disk).
 
-    Sources longer than `max_source_length` are truncated (EOS kept); the count is logged.
+    `labels` are the target ids of each row's class (`verbalizer` over `space`). Sources longer than
+    `max_source_length` are truncated (EOS kept); the count is logged.
     """
     template = prompt_template(prompt)
-    targets = target_ids(tokenizer, verbalizer)
+    targets = target_ids(tokenizer, verbalizer, space)
 
     def encode(batch: dict, idx: list[int]) -> dict:
         texts = batch["text"] if template == "{text}" else [template.format(text=t) for t in batch["text"]]

@@ -1,11 +1,13 @@
 """Evaluation: label scoring or greedy generation, then the metrics.
 
 `score`: one encoder pass and one teacher-forced decoder pass over the true targets (2-3 tokens).
-When the labels' first target tokens differ, the decoder's first position already holds the
-decision: the log-probability of each label's first token (the first position's input is the
-start token whatever the label). Otherwise every label's whole target is scored. Either way the
-prediction is the label with the higher log-likelihood; for single-token labels this is the
-decision greedy decoding makes whenever the model's top token is a label token.
+When the classes' first target tokens differ, the decoder's first position already holds the
+decision: the log-probability of each class's first token (the first position's input is the
+start token whatever the class). Otherwise (targets that share a first token, of any lengths)
+every class's whole target is scored, all N of them in one more decoder pass over N copies of the
+encoder's output. Either way the prediction is the class with the highest log-likelihood; for
+single-token targets this is the decision greedy decoding makes whenever the model's top token
+is a target token.
 
 `generate`: greedy decoding, as the baseline did; an output that is no label's text counts as wrong
 and is reported as `unparseable`.
@@ -26,10 +28,20 @@ from accelerate.utils import gather_object
 from datasets import Dataset
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
 from tqdm.auto import tqdm
+from transformers.modeling_outputs import BaseModelOutput
 
 from flant5_imdb import hub
 from flant5_imdb.accel import make_accelerator
-from flant5_imdb.data import Collator, DataError, load_imdb, source_splits, subset, target_ids, tokenize
+from flant5_imdb.data import (
+    Collator,
+    Columns,
+    DataError,
+    load_labelled,
+    source_splits,
+    subset,
+    target_ids,
+    tokenize,
+)
 from flant5_imdb.modeling import load_trained, source_mask
 
 logger = logging.getLogger(__name__)
@@ -71,16 +83,29 @@ def score_batch(model, batch: dict[str, torch.Tensor], targets: list[list[int]])
     first = [t[0] for t in targets]
     if len(set(first)) == len(first):
         return logp[:, 0, first], loss_sum, n_tokens
-    scores = []
-    for t in targets:  # labels share a first token: score each whole target
-        tgt = torch.tensor(t, device=logits.device).expand(len(logits), -1)
-        lg = model(
-            encoder_outputs=enc,
-            attention_mask=mask,
-            decoder_input_ids=model.prepare_decoder_input_ids_from_labels(tgt),
-        ).logits.float()
-        scores.append(F.log_softmax(lg, dim=-1).gather(-1, tgt.unsqueeze(-1)).squeeze(-1).sum(-1))
-    return torch.stack(scores, dim=1), loss_sum, n_tokens
+    return whole_target_scores(model, enc.last_hidden_state, mask, targets), loss_sum, n_tokens
+
+
+def whole_target_scores(
+    model, hidden: torch.Tensor, mask: torch.Tensor, targets: list[list[int]]
+) -> torch.Tensor:
+    """[B, N]: the summed log-probability of each of the N targets (any lengths), in one decoder pass.
+
+    Row b * N + n of the pass is example b with target n, under example b's encoder output.
+    """
+    batch, n = hidden.shape[0], len(targets)
+    width = max(len(t) for t in targets)
+    table = torch.full((n, width), -100, dtype=torch.long, device=hidden.device)
+    for i, t in enumerate(targets):
+        table[i, : len(t)] = torch.tensor(t, device=hidden.device)
+    labels = table.repeat(batch, 1)
+    logits = model(
+        encoder_outputs=BaseModelOutput(last_hidden_state=hidden.repeat_interleave(n, dim=0)),
+        attention_mask=mask.repeat_interleave(n, dim=0),
+        decoder_input_ids=model.prepare_decoder_input_ids_from_labels(labels),
+    ).logits.float()
+    token_logp = F.log_softmax(logits, dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return token_logp.masked_fill(labels == -100, 0.0).sum(-1).reshape(batch, n)
 
 
 @torch.no_grad()
@@ -110,11 +135,13 @@ def evaluate(
     batch_size: int = 64,
     tokenizer=None,
     collator: Collator | None = None,
+    names: tuple[str, ...] = CLASS_NAMES,
 ) -> dict:
     """Evaluate on `ds` (tokenized, with `label` and `id`), sharded over the processes.
 
-    Returns the metrics (see `metrics`) plus `predictions` (id, label, pred, prob_positive),
-    `eval_seconds` and `reviews_per_s`. Every process returns the same dict.
+    Returns the metrics (see `metrics`) plus `predictions` (id, label, pred, and `probs`, the
+    probability of each class by name; `prob_positive` for IMDB's two classes), `eval_seconds` and
+    `reviews_per_s`. Every process returns the same dict.
     """
     collator = collator or Collator()
     unwrapped = accelerator.unwrap_model(model)
@@ -133,20 +160,20 @@ def evaluate(
             if mode == "score":
                 scores, ls, nt = score_batch(unwrapped, batch, targets)
                 pred = scores.argmax(-1).cpu()
-                prob = torch.softmax(scores, -1)[:, 1].cpu()
+                probs = torch.softmax(scores, -1).cpu()
                 loss_sum, n_tok = loss_sum + ls.item(), n_tok + int(nt)
-            else:
+            else:  # greedy decoding gives no distribution: all of it on what was written
                 pred = generate_batch(unwrapped, batch, targets, tokenizer)
-                prob = pred.clamp(min=0).float()
+                probs = F.one_hot(pred.clamp(min=0), len(targets)).float() * (pred >= 0).float()[:, None]
         rows += [
-            dict(id=int(i), label=int(y), pred=int(p), prob_positive=float(q))
-            for i, y, p, q in zip(ex["id"], ex["label"], pred.tolist(), prob.tolist(), strict=True)
+            prediction_row(int(i), int(y), int(p), q, names)
+            for i, y, p, q in zip(ex["id"], ex["label"], pred.tolist(), probs.tolist(), strict=True)
         ]
     rows = sorted(gather_object(rows), key=lambda r: r["id"])
     seconds = time.perf_counter() - start
     losses = gather_object([(loss_sum, n_tok)])
     total_tok = sum(n for _, n in losses)
-    result = metrics([r["label"] for r in rows], [r["pred"] for r in rows])
+    result = metrics([r["label"] for r in rows], [r["pred"] for r in rows], names)
     result.update(
         mode=mode,
         eval_loss=sum(s for s, _ in losses) / total_tok if total_tok else None,
@@ -159,18 +186,27 @@ def evaluate(
     return result
 
 
-def metrics(y_true: list[int], y_pred: list[int]) -> dict:
-    """Accuracy, macro-F1 (the baseline's "F1"), per-class report, confusion matrix; -1 predictions count as
-    wrong.
-    """
-    labels = [0, 1]
+def prediction_row(example: int, label: int, pred: int, probs: list[float], names: tuple[str, ...]) -> dict:
+    row = dict(
+        id=example, label=label, pred=pred, probs={n: float(p) for n, p in zip(names, probs, strict=True)}
+    )
+    if tuple(names) == CLASS_NAMES:
+        row["prob_positive"] = float(probs[1])
+    return row
+
+
+def metrics(y_true: list[int], y_pred: list[int], names: tuple[str, ...] = CLASS_NAMES) -> dict:
+    """Accuracy, macro-F1 (the baseline's "F1"), per-class report, N x N confusion matrix; -1
+    predictions (generated text that is no class's target) count as wrong."""
+    labels = list(range(len(names)))
     return dict(
+        names=list(names),
         n=len(y_true),
         accuracy=float(accuracy_score(y_true, y_pred)),
         macro_f1=float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
         unparseable=int(sum(p == -1 for p in y_pred)),
         report=classification_report(
-            y_true, y_pred, labels=labels, target_names=CLASS_NAMES, output_dict=True, zero_division=0
+            y_true, y_pred, labels=labels, target_names=list(names), output_dict=True, zero_division=0
         ),
         confusion_matrix=confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     )
@@ -180,23 +216,24 @@ def format_report(result: dict) -> str:
     """A plain-text table of the metrics, for the terminal and for eval.txt."""
     r = result["report"]
     lines = [
-        f"{result['n']} reviews, mode={result.get('mode')}: accuracy {result['accuracy']:.4f}, macro-F1 "
+        f"{result['n']} examples, mode={result.get('mode')}: accuracy {result['accuracy']:.4f}, macro-F1 "
         f"{result['macro_f1']:.4f}"
         + (f", eval loss {result['eval_loss']:.4f}" if result.get("eval_loss") is not None else "")
         + (f", unparseable {result['unparseable']}" if result["unparseable"] else ""),
-        f"{'':>10} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>9}",
     ]
-    for name in CLASS_NAMES:
+    names = result.get("names", list(CLASS_NAMES))
+    width = max(10, *(len(n) for n in names))
+    lines.append(f"{'':>{width}} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>9}")
+    for name in names:
         c = r[name]
-        lines.append(
-            f"{name:>10} {c['precision']:9.4f} {c['recall']:9.4f} {c['f1-score']:9.4f} {int(c['support']):9d}"
-        )
+        scores = f"{c['precision']:9.4f} {c['recall']:9.4f} {c['f1-score']:9.4f}"
+        lines.append(f"{name:>{width}} {scores} {int(c['support']):9d}")
     cm = result["confusion_matrix"]
+    cell = max(7, *(len(n[:12]) for n in names))
+    lines.append("confusion (rows true, cols predicted):")
+    lines.append(f"{'':>{width}} " + " ".join(f"{n[:12]:>{cell}}" for n in names))
     lines += [
-        "confusion (rows true, cols predicted):",
-        f"{'':>10} {'neg':>7} {'pos':>7}",
-        f"{'negative':>10} {cm[0][0]:7d} {cm[0][1]:7d}",
-        f"{'positive':>10} {cm[1][0]:7d} {cm[1][1]:7d}",
+        f"{n:>{width}} " + " ".join(f"{v:{cell}d}" for v in row) for n, row in zip(names, cm, strict=True)
     ]
     return "\n".join(lines)
 
@@ -227,6 +264,7 @@ def evaluate_saved(
     output_dir: str | Path | None = None,
     seed: int = 42,
     skip_bad_rows: bool = False,
+    columns: Columns = Columns(),
 ) -> dict:
     """Evaluate a saved model (final/, a checkpoint, or a Hub id such as google/flan-t5-base zero-shot).
 
@@ -245,25 +283,26 @@ def evaluate_saved(
     if known is not None and split not in known:
         raise DataError(f"--split {split!r}: {data} has only {', '.join(known)}")
     model, tokenizer, settings = load_trained(model_path, verbalizer=verbalizer, prompt=prompt)
-    verbalizer, prompt = settings["verbalizer"], settings["prompt"]
-    raw, skipped = load_imdb(data, splits=[split], skip_bad_rows=skip_bad_rows)
+    verbalizer, prompt, space = settings["verbalizer"], settings["prompt"], settings["labels"]
+    loaded = load_labelled(data, splits=[split], skip_bad_rows=skip_bad_rows, labels=space, columns=columns)
+    raw, skipped = loaded.splits, loaded.skipped
     if split not in raw:
         raise DataError(f"--split {split!r}: {data} has no such split")
-    ds = tokenize(
-        raw, tokenizer, verbalizer=verbalizer, prompt=prompt, max_source_length=settings["max_source_length"]
-    )[split]
+    ds = tokenize(raw, tokenizer, verbalizer=verbalizer, prompt=prompt,
+                  max_source_length=settings["max_source_length"], space=space)[split]  # fmt: skip
     ds = subset(ds, max_samples, seed)
     accelerator = make_accelerator(precision)
     model = model.to(accelerator.device)
     result = evaluate(
         model,
         ds,
-        targets=target_ids(tokenizer, verbalizer),
+        targets=target_ids(tokenizer, verbalizer, space),
         accelerator=accelerator,
         mode=mode,
         batch_size=batch_size,
         tokenizer=tokenizer,
         collator=Collator(tokenizer.pad_token_id),
+        names=space.names,
     )
     result.update(
         model=model_path,

@@ -17,6 +17,7 @@ from accelerate.utils import extract_model_from_parallel
 from transformers import T5Config
 from transformers.models.t5.modeling_t5 import T5Attention
 
+from flant5_imdb.labels import IMDB, LabelSpace, verbalize
 from flant5_imdb.reader import looks_like_path
 from flant5_imdb.tokenizer import load_tokenizer
 
@@ -27,8 +28,15 @@ _T5 = dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False, relative_a
            relative_attention_max_distance=128, dropout_rate=0.1, layer_norm_epsilon=1e-6,
            is_encoder_decoder=True)  # fmt: skip
 ARCHITECTURES = {
+    # google/flan-t5-{small,base,large,xl}'s configs: 77 M, 248 M, 783 M and 2.85 B parameters.
+    "flan-t5-small": dict(_T5, d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_decoder_layers=8,
+                          num_heads=6, vocab_size=32128),
     "flan-t5-base": dict(_T5, d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_decoder_layers=12,
                          num_heads=12, vocab_size=32128),
+    "flan-t5-large": dict(_T5, d_model=1024, d_kv=64, d_ff=2816, num_layers=24, num_decoder_layers=24,
+                          num_heads=16, vocab_size=32128),
+    "flan-t5-xl": dict(_T5, d_model=2048, d_kv=64, d_ff=5120, num_layers=24, num_decoder_layers=24,
+                       num_heads=32, vocab_size=32128),
     "tiny": dict(_T5, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4),
 }  # fmt: skip
 # T5 conventions, shared with every tokenizer this project builds.
@@ -159,12 +167,12 @@ def checkpoint_activations(model: T5ForConditionalGeneration) -> None:
 SETTINGS_FILE = "flant5_imdb.json"  # beside a saved model: how its inputs and targets were made
 
 
-def save_settings(path: str | Path, *, verbalizer: str, prompt: str | None, max_source_length: int) -> None:
-    Path(path, SETTINGS_FILE).write_text(
-        json.dumps(
-            {"verbalizer": verbalizer, "prompt": prompt, "max_source_length": max_source_length}, indent=2
-        )
-    )
+def save_settings(path: str | Path, *, verbalizer: str, prompt: str | None, max_source_length: int,
+                  labels: LabelSpace = IMDB) -> None:  # fmt: skip
+    """How a model's inputs and targets were made, saved beside its weights for evaluation and prediction."""
+    settings = dict(verbalizer=verbalizer, prompt=prompt, max_source_length=max_source_length,
+                    labels=labels.to_dict(), targets=verbalize(verbalizer, labels))  # fmt: skip
+    Path(path, SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
 
 
 def load_trained(
@@ -178,7 +186,8 @@ def load_trained(
 
     The settings are the ones it was trained with (`flant5_imdb.json` beside it), each replaced by
     the argument where one is given, and the defaults where neither is (a Hub model has none):
-    `{"verbalizer", "prompt", "max_source_length"}`.
+    `{"verbalizer", "prompt", "max_source_length", "labels"}`, `labels` a LabelSpace (IMDB's for a
+    model saved without one).
 
     Raises:
         ValueError: the model or tokenizer cannot be loaded.
@@ -191,5 +200,6 @@ def load_trained(
         "verbalizer": verbalizer or saved.get("verbalizer", "digits"),
         "prompt": prompt if prompt is not None else saved.get("prompt"),
         "max_source_length": max_source_length or saved.get("max_source_length", 512),
+        "labels": LabelSpace.from_dict(saved.get("labels")),
     }
     return model, tokenizer, settings

@@ -59,16 +59,21 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     if eval_file.is_file():
         ev = json.loads(eval_file.read_text())
         cm = ev["confusion_matrix"]
-        fig, ax = plt.subplots(figsize=(4.2, 3.8))
+        names = ev.get("names", ["negative", "positive"])
+        n = len(names)
+        # Grows with the classes; numbers shrink with the cells (readable at 20 classes).
+        side = max(4.2, 0.45 * n + 2.5)
+        fig, ax = plt.subplots(figsize=(side, side * 0.9))
         image = ax.imshow(cm, cmap="Blues", vmin=0)
         threshold = max(max(row) for row in cm) / 2
-        for i in range(2):
-            for j in range(2):  # white on dark cells, black on light ones
+        size = 12 if n <= 4 else max(6, 14 - n // 2)
+        for i in range(n):
+            for j in range(n):  # white on dark cells, black on light ones
                 color = "white" if cm[i][j] > threshold else "black"
-                ax.text(j, i, f"{cm[i][j]:,}", ha="center", va="center", color=color, fontsize=12)
+                ax.text(j, i, f"{cm[i][j]:,}", ha="center", va="center", color=color, fontsize=size)
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-        ax.set_xticks([0, 1], ["negative", "positive"])
-        ax.set_yticks([0, 1], ["negative", "positive"])
+        ax.set_xticks(range(n), names, rotation=45 if n > 4 else 0, ha="right" if n > 4 else "center")
+        ax.set_yticks(range(n), names)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         ax.set_title(f"accuracy {ev['accuracy']:.4f}, macro-F1 {ev['macro_f1']:.4f}")

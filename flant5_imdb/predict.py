@@ -1,8 +1,8 @@
 """Inference on new text: `Classifier(model_dir).predict(texts)`.
 
-Reviews are length-sorted into batches and scored as in `evaluate`'s `score` mode: the label with
-the higher log-likelihood wins; `prob_positive` is the softmax over the two labels' scores.
-The verbalizer, prompt and truncation are those the model was trained with (read from the
+Texts are length-sorted into batches and scored as in `evaluate`'s `score` mode: the class with
+the highest log-likelihood wins; `probs` is the softmax over the classes' scores. The classes,
+verbalizer, prompt and truncation are those the model was trained with (read from the
 `flant5_imdb.json` saved beside it) unless given.
 """
 
@@ -15,7 +15,7 @@ import torch
 
 from flant5_imdb import hub
 from flant5_imdb.data import Collator, prompt_template, target_ids
-from flant5_imdb.evaluate import CLASS_NAMES, score_batch
+from flant5_imdb.evaluate import score_batch
 from flant5_imdb.modeling import load_trained
 from flant5_imdb.reader import BadRow, DataError, read_table, text_problem
 
@@ -26,9 +26,19 @@ class InputError(ValueError):
 
 @dataclass(frozen=True)
 class Prediction:
-    label: int
+    label: int  # the class's index
     label_name: str
-    prob_positive: float
+    probs: dict[str, float]  # every class's probability, by name
+
+    @property
+    def prob(self) -> float:
+        """The probability of the predicted class."""
+        return self.probs[self.label_name]
+
+    @property
+    def prob_positive(self) -> float | None:
+        """IMDB's `positive` probability (None for other classes)."""
+        return self.probs.get("positive")
 
 
 class Classifier:
@@ -50,7 +60,8 @@ class Classifier:
         )
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model.to(self.device).eval()
-        self.targets = target_ids(self.tokenizer, settings["verbalizer"])
+        self.labels = settings["labels"]
+        self.targets = target_ids(self.tokenizer, settings["verbalizer"], self.labels)
         self.template = prompt_template(settings["prompt"])
         self.max_source_length = settings["max_source_length"]
         self.batch_size = batch_size
@@ -79,14 +90,19 @@ class Classifier:
             batch = self.collate([{"input_ids": enc["input_ids"][i], "labels": [0]} for i in idx])
             batch = {k: v.to(self.device) for k, v in batch.items() if k != "labels"}
             scores, _, _ = score_batch(self.model, batch, self.targets)
-            probs = torch.softmax(scores, -1)[:, 1].tolist()
+            probs = torch.softmax(scores.float(), -1).tolist()
+            names = self.labels.names
             for i, p, y in zip(idx, probs, scores.argmax(-1).tolist(), strict=True):
-                out[i] = Prediction(label=y, label_name=CLASS_NAMES[y], prob_positive=p)
+                out[i] = Prediction(label=y, label_name=names[y], probs=dict(zip(names, p, strict=True)))
         return out
 
 
 def read_texts(
-    path: str | None, lines: Iterable[str] | None = None, *, skip_bad_rows: bool = False
+    path: str | None,
+    lines: Iterable[str] | None = None,
+    *,
+    skip_bad_rows: bool = False,
+    text_column: str = "text",
 ) -> tuple[list[str], list[BadRow]]:
     """Reviews from a file (.txt one a line, .csv / .jsonl / .json with a `text` column, any of them
     gzipped) or from `lines` (stdin, one a line), through the same reader as the training data;
@@ -105,11 +121,11 @@ def read_texts(
         bad: list[BadRow] = []
     else:
         try:
-            table = read_table(path, ("text",), optional=("label",))
+            table = read_table(path, (text_column,))
         except DataError as e:
             raise InputError(str(e)) from None
         table_path, unit, bad = table.path, table.unit, list(table.bad)
-        texts_lines = list(zip(table.lines, table.columns["text"], strict=True))
+        texts_lines = list(zip(table.lines, table.columns[text_column], strict=True))
     texts = []
     for number, text in texts_lines:
         problem = text_problem(text)

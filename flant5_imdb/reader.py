@@ -265,15 +265,15 @@ def _drop_absent_optional(table: Table, optional) -> Table:
 
 
 def _read_txt(path: Path, text: str, columns, optional) -> Table:
-    if tuple(columns) != ("text",):
+    if len(columns) != 1:
         raise DataError(
             f"{path}: a .txt file holds reviews only, one a line; labelled data needs .csv, .jsonl or "
             ".parquet"
         )
-    table = Table(str(path), {"text": []})
+    table = Table(str(path), {columns[0]: []})  # one column: whatever the caller calls the texts
     for number, line in enumerate(text.splitlines(), start=1):
         if line.strip():
-            table.columns["text"].append(line)
+            table.columns[columns[0]].append(line)
             table.lines.append(number)
     return table
 

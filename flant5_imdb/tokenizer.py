@@ -13,7 +13,6 @@ from pathlib import Path
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from flant5_imdb.data import VERBALIZERS
 from flant5_imdb.reader import looks_like_path
 
 TRAIN_HERE = "word-level"  # --tokenizer value that trains a word-level tokenizer on the training texts
@@ -31,14 +30,17 @@ def load_tokenizer(name_or_path: str, hint: str = ""):
         raise ValueError(f"cannot load tokenizer '{name_or_path}' ({type(e).__name__}: {first}){hint}") from e
 
 
-def train_word_tokenizer(texts: Iterable[str], vocab_size: int = 2000) -> PreTrainedTokenizerFast:
-    """A lower-cased word-level tokenizer with T5's special ids; both verbalizers' words are kept."""
+def train_word_tokenizer(
+    texts: Iterable[str], vocab_size: int = 2000, targets: Iterable[str] = ()
+) -> PreTrainedTokenizerFast:
+    """A lower-cased word-level tokenizer with T5's special ids; IMDB's and `targets`' words are kept."""
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     # The verbalizers' words must be ordinary vocabulary (a special token would be stripped when
     # generated text is decoded), so they are fed in often enough to survive the vocabulary cut.
-    label_line = " ".join(sorted({w for pair in VERBALIZERS.values() for w in pair}))
+    words = {"0", "1", "negative", "positive", *(w for t in targets for w in t.split())}
+    label_line = " ".join(sorted(words))
     trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=SPECIALS)
     tok.train_from_iterator(itertools.chain(texts, [label_line] * 10_000), trainer=trainer)
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])

@@ -50,18 +50,19 @@ from flant5_imdb.checkpoint import (
 from flant5_imdb.config import ConfigError, TrainConfig
 from flant5_imdb.data import (
     Collator,
+    Columns,
     DataError,
     hold_out,
-    load_imdb,
+    load_labelled,
     source_splits,
     subset,
     target_ids,
-    texts_of,
     tokenize,
 )
 from flant5_imdb.evaluate import evaluate, format_report, write_report
 from flant5_imdb.guards import Preempted, StepCounters, StopSignal, oom_hint
 from flant5_imdb.kernels.step import CompiledStep, apply_kernels, length_buckets
+from flant5_imdb.labels import LabelSpace, verbalize
 from flant5_imdb.modeling import build_model, save_settings, source_mask
 from flant5_imdb.optim import build_scheduler, optimizer_from
 from flant5_imdb.plots import plot_run
@@ -110,6 +111,7 @@ class Job:
     train_ds: Dataset
     eval_ds: Dataset | None
     eval_source: str | None  # the split evaluated on, or how it was held out of train
+    labels: LabelSpace
     targets: list[list[int]]
     skipped_rows: int
     model: torch.nn.Module  # as accelerate prepared it
@@ -153,7 +155,8 @@ def setup(cfg: TrainConfig) -> Job:
             model_instead="a local folder, or --model-config flan-t5-base for random init",
         )
     )
-    tokenizer, train_ds, eval_ds, eval_source, skipped = load_data(cfg, accelerator)
+    data = load_data(cfg, accelerator)
+    tokenizer, train_ds = data.tokenizer, data.train
     model, raw_optimizer, optimizer, step = build_trainable(cfg, accelerator, len(tokenizer))
     sampler = build_sampler(cfg, accelerator, train_ds)
     total_steps = cfg.max_steps or cfg.epochs * sampler.steps_per_epoch
@@ -168,15 +171,16 @@ def setup(cfg: TrainConfig) -> Job:
         check_compatible(saved, cfg.to_dict(), accelerator.num_processes, cfg.force_resume)
     job = Job(
         cfg=cfg, accelerator=accelerator, out=out, lock=None, started=started,
-        tokenizer=tokenizer, train_ds=train_ds, eval_ds=eval_ds, eval_source=eval_source,
-        targets=target_ids(tokenizer, cfg.verbalizer), skipped_rows=len(skipped),
+        tokenizer=tokenizer, train_ds=train_ds, eval_ds=data.eval, eval_source=data.eval_source,
+        labels=data.labels, targets=target_ids(tokenizer, cfg.verbalizer, data.labels),
+        skipped_rows=len(data.skipped),
         model=model, optimizer=optimizer, raw_optimizer=raw_optimizer, scheduler=scheduler, step=step,
         sampler=sampler, collate=make_collator(cfg, tokenizer), total_steps=total_steps,
         state=TrainState(), resume_from=resume_from,
     )  # fmt: skip
     # Everything checked: from here on the run writes into its folder.
     job.lock = claim_output(job)
-    write_run_files(job, skipped)
+    write_run_files(job, data.skipped)
     restore(job)
     logger.info(
         "training %d steps (%d per epoch), effective batch %d, %d examples",
@@ -243,44 +247,58 @@ def write_run_files(job: Job, skipped: list) -> None:
         job.accelerator.init_trackers("flant5_imdb", config=flat)
 
 
-def load_data(cfg: TrainConfig, accelerator: Accelerator):
-    """(tokenizer, train split, eval split or None, where the eval split comes from, skipped rows),
-    tokenized; every process builds the same."""
+@dataclass
+class Data:
+    """The tokenized splits a run trains and evaluates on, and what came with them."""
+
+    tokenizer: object
+    train: Dataset
+    eval: Dataset | None
+    eval_source: str | None  # the split evaluated on, or how it was held out of train
+    labels: LabelSpace
+    skipped: list
+
+
+def load_data(cfg: TrainConfig, accelerator: Accelerator) -> Data:
+    """The source read, validated and tokenized; every process builds the same."""
     known = source_splits(cfg.data)  # before anything is read: a split that is not there fails now
-    if cfg.eval_split and known is not None and cfg.eval_split not in known:
-        raise DataError(_no_such_split(cfg, known))
+    for flag, split in (("--train-split", cfg.train_split), ("--eval-split", cfg.eval_split)):
+        if split and known is not None and split not in known:
+            raise DataError(_no_such_split(cfg, flag, split, known))
+    standard = cfg.train_split == "train" and cfg.eval_split in (None, "test", "validation")
+    wanted = (
+        None if standard else {cfg.train_split, *(s for s in (cfg.eval_split, "test", "validation") if s)}
+    )
+    columns = Columns(cfg.text_column, cfg.label_column, cfg.data_config)
+    order = cfg.labels.split(",") if cfg.labels else None
     with accelerator.main_process_first():  # the main process fills the datasets cache first
-        raw, skipped = load_imdb(cfg.data, skip_bad_rows=cfg.skip_bad_rows)
-        tokenizer = (
-            train_word_tokenizer(texts_of({"train": raw["train"]}))
-            if cfg.tokenizer == TRAIN_HERE
-            else load_tokenizer(
-                cfg.tokenizer or cfg.model,
-                hint="; offline, pass --tokenizer with a local folder (or --tokenizer word-level)",
-            )
-        )
-        tokenized = tokenize(
-            raw,
-            tokenizer,
-            verbalizer=cfg.verbalizer,
-            prompt=cfg.prompt,
-            max_source_length=cfg.max_source_length,
-        )
-    if "train" not in tokenized:
-        raise DataError(f"{cfg.data}: no 'train' split (found: {', '.join(tokenized)})")
+        loaded = load_labelled(cfg.data, skip_bad_rows=cfg.skip_bad_rows, splits=wanted, label_order=order,
+                               columns=columns, train_split=cfg.train_split)  # fmt: skip
+        if cfg.train_split not in loaded.splits:
+            raise DataError(_no_such_split(cfg, "--train-split", cfg.train_split, list(loaded.splits)))
+        targets = verbalize(cfg.verbalizer, loaded.labels)
+        if cfg.tokenizer == TRAIN_HERE:
+            tokenizer = train_word_tokenizer(loaded.splits[cfg.train_split]["text"], targets=targets)
+        else:
+            hint = "; offline, pass --tokenizer with a local folder (or --tokenizer word-level)"
+            tokenizer = load_tokenizer(cfg.tokenizer or cfg.model, hint=hint)
+        tokenized = tokenize(loaded.splits, tokenizer, verbalizer=cfg.verbalizer, prompt=cfg.prompt,
+                             max_source_length=cfg.max_source_length, space=loaded.labels)  # fmt: skip
     train_ds, eval_ds, eval_source = choose_eval(cfg, tokenized)
-    return tokenizer, subset(train_ds, cfg.max_train_samples, cfg.seed), eval_ds, eval_source, skipped
+    train_ds = subset(train_ds, cfg.max_train_samples, cfg.seed)
+    return Data(tokenizer, train_ds, eval_ds, eval_source, loaded.labels, loaded.skipped)
 
 
 def choose_eval(cfg: TrainConfig, tokenized) -> tuple[Dataset, Dataset | None, str | None]:
     """(train, eval split or None, its description): --eval-split, else test, else validation, else a
     --validation-split of train held out (seeded, stratified by label)."""
-    train_ds = tokenized["train"]
+    train_ds = tokenized[cfg.train_split]
     if not (cfg.final_eval or cfg.eval_every):
         return train_ds, None, None
     if cfg.eval_split and cfg.eval_split not in tokenized:
-        raise DataError(_no_such_split(cfg, list(tokenized)))
-    split = cfg.eval_split or next((s for s in ("test", "validation") if s in tokenized), None)
+        raise DataError(_no_such_split(cfg, "--eval-split", cfg.eval_split, list(tokenized)))
+    others = [s for s in ("test", "validation") if s in tokenized and s != cfg.train_split]
+    split = cfg.eval_split or next(iter(others), None)
     if split:
         return train_ds, subset(tokenized[split], cfg.max_eval_samples, cfg.seed), split
     if not cfg.validation_split:
@@ -302,12 +320,14 @@ def choose_eval(cfg: TrainConfig, tokenized) -> tuple[Dataset, Dataset | None, s
     return train_ds, subset(held, cfg.max_eval_samples, cfg.seed), source
 
 
-def _no_such_split(cfg: TrainConfig, found: list[str]) -> str:
-    return (
-        f"--eval-split {cfg.eval_split!r}: {cfg.data} has only {', '.join(found)}; name one of these, add "
-        "the split "
-        "to --data (train=PATH,test=PATH), or leave --eval-split out to hold out --validation-split of train"
+def _no_such_split(cfg: TrainConfig, flag: str, split: str, found: list[str]) -> str:
+    advice = "name one of these" + (
+        ", add the split to --data (train=PATH,test=PATH), or leave --eval-split out to hold out "
+        "--validation-split of train"
+        if flag == "--eval-split"
+        else ""
     )
+    return f"{flag} {split!r}: {cfg.data} has only {', '.join(found)}; {advice}"
 
 
 def claim_output(job: Job) -> RunLock | None:
@@ -677,6 +697,7 @@ def evaluate_now(job: Job) -> dict:
         batch_size=job.cfg.eval_batch_size,
         tokenizer=job.tokenizer,
         collator=Collator(job.tokenizer.pad_token_id),
+        names=job.labels.names,
     )
 
 
@@ -689,6 +710,7 @@ def export(job: Job, path: Path) -> None:
         verbalizer=job.cfg.verbalizer,
         prompt=job.cfg.prompt,
         max_source_length=job.cfg.max_source_length,
+        labels=job.labels,
     )
 
 
@@ -707,6 +729,8 @@ def finish(job: Job) -> dict:
         save_final(acc, job.model, out / "final", functools.partial(export, job))
     summary = dict(
         model=f"{cfg.model_config} architecture, random init" if cfg.model_config else cfg.model,
+        labels=list(job.labels.names),
+        targets=verbalize(cfg.verbalizer, job.labels),
         steps=state.step,
         samples_seen=state.samples_seen,
         epochs=state.samples_seen / len(job.train_ds),

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from flant5_imdb.config import positive_int
-from flant5_imdb.data import DataError
+from flant5_imdb.data import Columns, DataError
 from flant5_imdb.evaluate import evaluate_saved, format_report
 
 
@@ -20,6 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", required=True, help="a run's final/ folder, a checkpoint folder, or a Hub id")
     p.add_argument("--data", default="stanfordnlp/imdb", help="any --data source train.py takes")
     p.add_argument("--split", default="test", help="the split to evaluate; only it is read (default: test)")
+    p.add_argument("--data-config", default=None, help="the configuration of a Hub dataset")
+    p.add_argument("--text-column", default="text", help="the column holding the texts (default: text)")
+    p.add_argument("--label-column", default="label", help="the column holding the labels (default: label)")
     p.add_argument(
         "--skip-bad-rows", action="store_true", help="drop (and list) invalid rows instead of stopping"
     )
@@ -58,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             precision=args.precision,
             output_dir=out,
             skip_bad_rows=args.skip_bad_rows,
+            columns=Columns(args.text_column, args.label_column, args.data_config),
         )
     except (DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

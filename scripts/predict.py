@@ -25,6 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--jsonl", action="store_true", help="JSON lines instead of a table")
     p.add_argument(
+        "--text-column",
+        default="text",
+        help="with --file (csv, jsonl): the column of the texts (default: text)",
+    )
+    p.add_argument(
         "--batch-size", type=positive_int, default=32, help="reviews per forward pass (default: 32)"
     )
     p.add_argument(
@@ -44,8 +49,9 @@ def main(argv: list[str] | None = None) -> int:
             if problems:
                 raise InputError(problems[0])
         else:
+            source = None if args.file else sys.stdin
             texts, skipped = read_texts(
-                args.file, None if args.file else sys.stdin, skip_bad_rows=args.skip_bad_rows
+                args.file, source, skip_bad_rows=args.skip_bad_rows, text_column=args.text_column
             )
         for row in skipped:
             print(f"skipped {row}", file=sys.stderr)
@@ -59,20 +65,16 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    width = max(8, *(len(p.label_name) for p in preds))
     for text, pred in zip(texts, preds, strict=True):
         if args.jsonl:
             print(
                 json.dumps(
-                    {
-                        "text": text,
-                        "label": pred.label,
-                        "label_name": pred.label_name,
-                        "prob_positive": pred.prob_positive,
-                    }
+                    {"text": text, "label": pred.label, "label_name": pred.label_name, "probs": pred.probs}
                 )
             )
         else:
-            print(f"{pred.label_name:<8}  {pred.prob_positive:6.4f}  {text[:100]}")
+            print(f"{pred.label_name:<{width}}  {pred.prob:6.4f}  {text[:100]}")
     return 0
 
 

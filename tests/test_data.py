@@ -8,6 +8,7 @@ from flant5_imdb.data import (
     Collator,
     DataError,
     load_imdb,
+    load_labelled,
     make_synthetic,
     prompt_template,
     subset,
@@ -98,20 +99,23 @@ def test_aclimdb_invalid_utf8_names_the_file(tmp_path):
             [("ok", 1), ("fine", 0), ("   \n", 1)],
             r"train\.csv line 4: empty text",
         ),  # the line where the record starts
-        ([("ok", 1), ("bad label", 5)], r"line 3: label '5' is not one of 0/1/neg/pos/negative/positive"),
-        ([("ok", "pos"), ("bad label", "maybe")], r"line 3: label 'maybe' is not one of"),
+        ([("ok", 1), ("bad label", 5)], r"line 3: label '5' is not one of 0, 1"),
+        ([("ok", "pos"), ("bad label", "maybe")], r"line 3: label 'maybe' is not one of neg, pos"),
     ],
 )
 def test_bad_rows_are_errors_naming_file_and_row(tmp_path, rows, message):
+    """With the classes named (--labels), any other label is a bad row."""
     path = write(tmp_path / "train.csv", rows, "csv")
+    order = ("neg", "pos") if isinstance(rows[0][1], str) else ("0", "1")
     with pytest.raises(DataError, match=message):
-        load_imdb(str(path))
+        load_labelled(str(path), label_order=order)
 
 
 def test_skip_bad_rows_reports_which(tmp_path):
     rows = [("ok", 1), ("", 0), ("fine", 0), ("x", "maybe"), ("good", 1)]
     path = write(tmp_path / "train.jsonl", rows, "jsonl")
-    dsd, skipped = load_imdb(str(path), skip_bad_rows=True)
+    loaded = load_labelled(str(path), skip_bad_rows=True, label_order=("0", "1"))
+    dsd, skipped = loaded.splits, loaded.skipped
     assert dsd["train"]["text"] == ["ok", "fine", "good"]
     assert [(s.row, s.reason.split(" ")[0]) for s in skipped] == [(2, "empty"), (4, "label")]
 
@@ -220,3 +224,54 @@ def test_real_imdb_length_grouping_pads_under_10_percent():
     )
     assert grouped_pad < 0.10
     assert baseline_pad > 0.40
+
+
+@pytest.mark.parametrize(
+    "labels, kind, values, names",
+    [
+        ([1, 0, "pos", "negative"], "imdb", ("0", "1"), ("negative", "positive")),  # IMDB's spellings, mixed
+        ([3, 10, 2, 3], "int", ("2", "3", "10"), ("2", "3", "10")),  # integers ascending, not as text
+        (
+            ["bug", "billing", "other", "bug"],
+            "name",
+            ("billing", "bug", "other"),
+            ("billing", "bug", "other"),
+        ),
+    ],
+)
+def test_the_label_space_comes_from_the_training_split(tmp_path, labels, kind, values, names):
+    path = write(tmp_path / "train.csv", [(f"text {i}", y) for i, y in enumerate(labels)], "csv")
+    loaded = load_labelled(str(path))
+    assert (loaded.labels.kind, loaded.labels.values, loaded.labels.names) == (kind, values, names)
+    assert [loaded.labels.values[y] for y in loaded.splits["train"]["label"]][-1] == (
+        "0" if kind == "imdb" else str(labels[-1])  # IMDB's "negative" is class 0
+    )
+
+
+def test_named_classes_keep_the_given_order_and_test_labels_must_be_known(tmp_path):
+    write(tmp_path / "train.csv", [("a", "low"), ("b", "high"), ("c", "mid")], "csv")
+    write(tmp_path / "test.csv", [("d", "mid"), ("e", "huge")], "csv")
+    with pytest.raises(DataError, match=r"test\.csv line 3: label 'huge' is not one of low, mid, high"):
+        load_labelled(str(tmp_path), label_order=("low", "mid", "high"))
+    (tmp_path / "test.csv").unlink()
+    loaded = load_labelled(str(tmp_path), label_order=("low", "mid", "high"))
+    assert loaded.splits["train"]["label"] == [0, 2, 1]
+
+
+def test_verbalizers_for_n_classes():
+    from flant5_imdb.labels import IMDB, LabelSpace, verbalize
+
+    names = LabelSpace(("billing", "bug", "other"), ("billing", "bug", "other"), "name")
+    ints = LabelSpace(("2", "3", "10"), ("2", "3", "10"), "int")
+    assert verbalize("auto", IMDB) == verbalize("digits", IMDB) == ["0", "1"]
+    assert verbalize("words", IMDB) == ["negative", "positive"]
+    assert verbalize("auto", names) == ["billing", "bug", "other"] and verbalize("digits", names) == [
+        "0",
+        "1",
+        "2",
+    ]
+    assert verbalize("auto", ints) == ["2", "3", "10"] and verbalize("x,y,z", names) == ["x", "y", "z"]
+    with pytest.raises(
+        DataError, match=r"3 different texts 'T1,...,T3', one per class \(billing, bug, other\)"
+    ):
+        verbalize("x,y", names)

@@ -74,7 +74,12 @@ BAD_TRAINING_FILES = [
     ),
     ("train.csv", "", "error: {path}: empty file"),
     ("train.csv", "text,label\n", "error: {path}: no records (only a header)"),
-    ("train.csv", "review,label\nx,1\n", "error: {path}: no 'text' column (found: review, label)"),
+    (
+        "train.csv",
+        "review,label\nx,1\n",
+        "error: {path}: no 'text' column (found: review, label); "
+        "name yours with --text-column / --label-column",
+    ),
     (
         "train.csv",
         'text,label\n"an unclosed quote,1\nfine,0\n',
@@ -228,16 +233,16 @@ def test_skipped_rows_are_listed_with_split_file_and_line(train_main, tmp_path, 
 
 
 def test_when_every_row_is_bad_the_reasons_are_shown(tmp_path):
-    from flant5_imdb.data import DataError
+    from flant5_imdb.data import DataError, load_labelled
 
     f = tmp_path / "train.csv"
-    f.write_text("text,label\n,1\nfine,maybe\n")
+    f.write_text("text,label\n,pos\nfine,maybe\n")
     with pytest.raises(
         DataError,
         match=rf"^{f}: no usable rows \(every row is bad: {f} line 2: empty text; "
-        rf"{f} line 3: label 'maybe' is not one of 0/1/neg/pos/negative/positive\)$",
+        rf"{f} line 3: label 'maybe' is not one of neg, pos\)$",
     ):
-        load_imdb(str(f), skip_bad_rows=True)
+        load_labelled(str(f), skip_bad_rows=True, label_order=("neg", "pos"))
 
 
 def test_an_empty_aclimdb_file_is_named_by_its_path(tmp_path):

@@ -46,7 +46,9 @@ def test_missing_weights_give_a_clear_error(tmp_path):
         ValueError, match=r"cannot load model .*empty.*with --model$"
     ):  # evaluate/predict have no --model-config
         build_model(str(tmp_path / "empty"))
-    with pytest.raises(ValueError, match="choose from flan-t5-base, tiny"):
+    with pytest.raises(
+        ValueError, match="choose from flan-t5-small, flan-t5-base, flan-t5-large, flan-t5-xl, tiny"
+    ):
         build_model("x", model_config="huge", vocab_size=10)
 
 

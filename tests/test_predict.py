@@ -145,5 +145,5 @@ def test_evaluate_script_writes_the_report(final, tmp_path):
         timeout=180,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "100 reviews, mode=score: accuracy" in proc.stdout
+    assert "100 examples, mode=score: accuracy" in proc.stdout
     assert json.loads((tmp_path / "eval.json").read_text())["n"] == 100

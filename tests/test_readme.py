@@ -11,33 +11,32 @@ import pytest
 from tests.conftest import ROOT
 
 
-def walkthrough() -> list[str]:
-    """The commands of the README's offline walkthrough, as printed."""
+def readme_commands(marker: str) -> list[str]:
+    """The commands of the README block after `<!-- marker -->`, as printed."""
     text = (ROOT / "README.md").read_text()
-    block = re.search(r"<!-- offline-walkthrough -->\n```bash\n(.*?)```", text, re.S)
+    block = re.search(rf"<!-- {marker} -->\n```bash\n(.*?)```", text, re.S)
     return [line for line in block.group(1).splitlines() if line.strip()]
+
+
+def run_as_printed(commands: list[str], cwd) -> list[str]:
+    """Each command run in `cwd` as typed there (the scripts from this checkout); their outputs."""
+    outputs = []
+    for command in commands:
+        argv = [sys.executable if a == "python" else str(ROOT / a) if a.startswith("scripts/") else a
+                for a in shlex.split(command)]  # fmt: skip
+        proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, (command, proc.stderr[-2000:])
+        assert "Traceback" not in proc.stderr and "WARNING" not in proc.stderr, (command, proc.stderr[-2000:])
+        outputs.append(proc.stdout)
+    return outputs
 
 
 def test_the_readme_walkthrough_runs_as_printed(tmp_path):
     """Each command in a fresh folder, as a newcomer would type it (the scripts from this checkout)."""
-    commands = walkthrough()
-    assert [c.split()[1] for c in commands] == [
-        "scripts/train.py",
-        "scripts/evaluate.py",
-        "scripts/predict.py",
-        "scripts/plot.py",
-    ]
-    outputs = []
-    for command in commands:
-        argv = [
-            sys.executable if a == "python" else str(ROOT / a) if a.startswith("scripts/") else a
-            for a in shlex.split(command)
-        ]
-        proc = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, (command, proc.stderr[-2000:])
-        assert "Traceback" not in proc.stderr and "WARNING" not in proc.stderr, (command, proc.stderr[-2000:])
-        outputs.append(proc.stdout)
-    train, evaluate, predict, plot = outputs
+    commands = readme_commands("offline-walkthrough")
+    scripts = ["scripts/train.py", "scripts/evaluate.py", "scripts/predict.py", "scripts/plot.py"]
+    assert [c.split()[1] for c in commands] == scripts
+    train, evaluate, predict, plot = run_as_printed(commands, tmp_path)
     accuracy = re.search(r"accuracy (\d\.\d+)", train).group(1)
     assert float(accuracy) >= 0.95 and f"accuracy {accuracy}" in evaluate  # the same model, the same test set
     assert [line.split()[0] for line in predict.splitlines()] == ["positive", "negative"]
@@ -47,6 +46,18 @@ def test_the_readme_walkthrough_runs_as_printed(tmp_path):
         "confusion_matrix.png",
     }
     assert (tmp_path / "runs" / "smoke" / "final" / "eval.txt").is_file()
+
+
+def test_your_own_data_runs_as_printed(tmp_path):
+    """A CSV with three string labels in `message`/`team` columns: file to predictions, four commands."""
+    commands = readme_commands("own-data")
+    scripts = ["scripts/example_data.py", "scripts/train.py", "scripts/evaluate.py", "scripts/predict.py"]
+    assert [c.split()[1] for c in commands] == scripts
+    _, train, evaluate, predict = run_as_printed(commands, tmp_path)
+    accuracy = re.search(r"accuracy (\d\.\d+)", train).group(1)
+    assert float(accuracy) >= 0.95 and f"accuracy {accuracy}" in evaluate
+    assert "billing" in evaluate and "feature" in evaluate
+    assert [line.split()[0] for line in predict.splitlines()] == ["billing", "bug"]
 
 
 def test_save_and_load_say_nothing_alarming(tmp_path, caplog):

@@ -1,0 +1,151 @@
+"""Beyond IMDB: any text and label columns, any number of classes, any FLAN-T5 size."""
+
+import json
+
+import pytest
+import torch
+
+from flant5_imdb.config import preset
+from flant5_imdb.data import TICKETS, load_labelled, make_topics
+from flant5_imdb.modeling import architecture_config
+from flant5_imdb.train import run
+
+FOUR = {
+    "sports": ["goal", "match", "team", "coach", "league", "score"],
+    "science": ["atom", "cell", "theory", "lab", "physics", "gene"],
+    "music": ["song", "album", "guitar", "concert", "band", "melody"],
+    "food": ["recipe", "bread", "spicy", "dinner", "kitchen", "soup"],
+}
+
+
+def test_four_generated_classes_train_to_high_accuracy(tmp_path):
+    """Distinct vocabulary per class, the smoke model, on the CPU: at least 0.95 on the test split."""
+    for split, ds in make_topics(FOUR, n_train=800, n_test=200).items():
+        ds.to_csv(str(tmp_path / f"{split}.csv"), index=False)
+    summary = run(
+        preset("smoke", data=str(tmp_path), output_dir=str(tmp_path / "out"), epochs=3, save_model=False)
+    )
+    ev = summary["eval"]
+    print(f"\n4 classes: accuracy {ev['accuracy']:.4f}, macro-F1 {ev['macro_f1']:.4f}")
+    assert (
+        summary["labels"] == ["food", "music", "science", "sports"]
+        and summary["targets"] == summary["labels"]
+    )
+    assert ev["accuracy"] >= 0.95 and len(ev["confusion_matrix"]) == 4 and ev["names"] == summary["labels"]
+
+
+def test_three_string_labels_with_custom_columns_round_trip(tmp_path):
+    """train -> evaluate -> predict on a CSV with `message`/`team` columns: the classes go with the model."""
+    from flant5_imdb import Classifier
+    from flant5_imdb.data import Columns
+    from flant5_imdb.evaluate import evaluate_saved
+
+    for split, ds in make_topics(TICKETS).items():
+        ds.rename_columns({"text": "message", "label": "team"}).to_csv(
+            str(tmp_path / f"{split}.csv"), index=False
+        )
+    out = tmp_path / "out"
+    summary = run(
+        preset("smoke", data=str(tmp_path), text_column="message", label_column="team", output_dir=str(out))
+    )
+    settings = json.loads((out / "final" / "flant5_imdb.json").read_text())
+    assert (
+        settings["labels"]["values"] == ["billing", "bug", "feature"]
+        and settings["targets"] == settings["labels"]["names"]
+    )
+    result = evaluate_saved(str(out / "final"), str(tmp_path), columns=Columns("message", "team"))
+    assert result["accuracy"] == summary["eval"]["accuracy"] and result["names"] == [
+        "billing",
+        "bug",
+        "feature",
+    ]
+    preds = Classifier(str(out / "final")).predict(
+        ["I was charged twice, please refund", "the app crashes with an error"]
+    )
+    assert [p.label_name for p in preds] == ["billing", "bug"]
+    assert set(preds[0].probs) == {"billing", "bug", "feature"} and sum(
+        preds[0].probs.values()
+    ) == pytest.approx(1.0)
+    card = (out / "final" / "README.md").read_text()
+    assert "`billing` for billing, `bug` for bug and `feature` for feature" in card
+
+
+def test_targets_sharing_a_first_token_are_scored_whole_in_one_pass():
+    """Targets of different lengths with a common first token: one decoder pass over B x N rows gives
+    each target's summed log-probability, equal to scoring each target on its own."""
+    from flant5_imdb.evaluate import whole_target_scores
+    from flant5_imdb.modeling import build_model, source_mask
+
+    torch.manual_seed(0)
+    model = build_model("x", model_config="tiny", vocab_size=100).eval()
+    ids, mask = torch.randint(3, 100, (3, 9)), torch.ones(3, 9, dtype=torch.long)
+    targets = [[7, 1], [7, 8, 1], [9, 8, 5, 1]]
+    with torch.no_grad():
+        m = source_mask(model, mask)
+        hidden = model.get_encoder()(input_ids=ids, attention_mask=m).last_hidden_state
+        got = whole_target_scores(model, hidden, m, targets)
+        for n, t in enumerate(targets):
+            tgt = torch.tensor(t).repeat(3, 1)
+            logits = model(input_ids=ids, attention_mask=mask, labels=tgt).logits.log_softmax(-1)
+            alone = logits.gather(-1, tgt.unsqueeze(-1)).squeeze(-1).sum(-1)
+            torch.testing.assert_close(got[:, n], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_column_and_split_options_name_what_is_there(tmp_path):
+    from flant5_imdb.data import Columns, DataError
+
+    (tmp_path / "train.csv").write_text("message,team\nhello,a\nbye,b\n")
+    with pytest.raises(
+        DataError,
+        match=r"no 'text' or 'label' column \(found: message, team\); name yours with --text-column",
+    ):
+        load_labelled(str(tmp_path))
+    assert load_labelled(str(tmp_path), columns=Columns("message", "team")).labels.values == ("a", "b")
+    cfg = preset("smoke", data=str(tmp_path), train_split="dev", output_dir=str(tmp_path / "o"))
+    with pytest.raises(DataError, match=r"--train-split 'dev': .* has only train; name one of these$"):
+        run(cfg)
+    assert not (tmp_path / "o").exists()
+
+
+SIZES = [("flan-t5-small", 76_961_152), ("flan-t5-base", 247_577_856), ("flan-t5-large", 783_150_080),
+         ("flan-t5-xl", 2_849_757_184)]  # fmt: skip
+
+
+@pytest.mark.parametrize("name, params", SIZES)
+def test_every_flan_t5_size_has_the_real_models_parameter_count(name, params):
+    from bench.flops import parameters
+
+    assert parameters(architecture_config(name, 32100)) == params
+
+
+def test_the_floors_table_in_the_readme_is_the_one_the_script_prints():
+    from bench.flops import floors_table
+    from tests.conftest import ROOT
+
+    assert floors_table() in (ROOT / "README.md").read_text()
+
+
+def test_a_twenty_class_confusion_matrix_stays_readable(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from flant5_imdb import plots
+
+    names = [f"class-{i:02d}" for i in range(20)]
+    cm = [[(37 if i == j else i % 3) for j in range(20)] for i in range(20)]
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0, "lr": 0.1, "samples_per_s": 5.0}\n')
+    (tmp_path / "eval.json").write_text(
+        json.dumps({"confusion_matrix": cm, "names": names, "accuracy": 0.9, "macro_f1": 0.9})
+    )
+    figures = {}
+    real = plots._save
+    plots._save = lambda fig, path, plt: (
+        figures.setdefault(path.name, (fig.get_size_inches(), fig.axes[0])) and real(fig, path, plt)
+    )
+    try:
+        plots.plot_run(tmp_path)
+    finally:
+        plots._save = real
+    size, ax = figures["confusion_matrix.png"]
+    assert size[0] >= 10 and len(ax.texts) == 400 and min(t.get_fontsize() for t in ax.texts) >= 6
+    assert [t.get_text() for t in ax.get_xticklabels()] == names
