@@ -283,11 +283,14 @@ def check_compatible(saved: dict, config: dict, num_processes: int, force: bool)
         for k, v in config.items()
         if k in before and resume_kind(k) != FREE and before.get(k) != v
     }
+    # A checkpoint from before label spaces held IMDB, where the `auto` verbalizer (the new default)
+    # writes the `digits` it was trained with: the same targets, not a change.
+    if "label_column" not in saved["config"] and set(changed.get("verbalizer", ())) == {"digits", "auto"}:
+        del changed["verbalizer"]
     fixed = [k for k in changed if resume_kind(k) == FIXED]
     old_wd, new_wd = changed.get("weight_decay", (0, 0))
-    if bool(old_wd) != bool(
-        new_wd
-    ):  # one parameter group without decay, two with: another optimizer state layout
+    # One parameter group without decay, two with: another optimizer state layout.
+    if bool(old_wd) != bool(new_wd):
         fixed.append("weight_decay")
     if fixed:
         raise CheckpointError(

@@ -332,6 +332,20 @@ def test_kernel_path_flags_may_change_on_resume_and_new_options_count_as_default
     assert check_compatible(older, TrainConfig().to_dict(), 1, force=False) == []
 
 
+def test_a_checkpoint_from_before_label_spaces_resumes_with_the_new_default_verbalizer():
+    """It held IMDB, trained on the `digits` targets that `auto` now gives IMDB: no difference to refuse."""
+    old = {k: v for k, v in preset("smoke", verbalizer="digits").to_dict().items()
+           if k not in ("label_column", "text_column", "labels", "train_split", "data_config")}  # fmt: skip
+    assert (
+        check_compatible({"config": old, "num_processes": 1}, preset("smoke").to_dict(), 1, force=False) == []
+    )
+    new = {"config": preset("smoke", verbalizer="digits").to_dict(), "num_processes": 1}
+    with pytest.raises(
+        CheckpointError, match=r"--verbalizer 'digits' -> 'auto'"
+    ):  # a new one may hold any labels
+        check_compatible(new, preset("smoke").to_dict(), 1, force=False)
+
+
 def test_resume_auto_without_checkpoint_starts_fresh_and_bad_paths_fail(tmp_path, tokenizer_dir):
     assert run(cfg_for(tmp_path, tokenizer_dir, "fresh", max_steps=3, resume="auto"))["resumed_from"] is None
     with pytest.raises(CheckpointError, match="not a complete checkpoint"):
