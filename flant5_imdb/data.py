@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from datasets import Dataset, DatasetDict
 
-from flant5_imdb.labels import IMDB, LabelSpace, infer_labels, verbalize
+from flant5_imdb.labels import IMDB, LabelSpace, infer_labels, label_text, verbalize
 from flant5_imdb.reader import BadRow, DataError, file_format, read_table, text_problem
 
 __all__ = [
@@ -394,12 +394,12 @@ def _read_text_file(path: Path, columns: Columns = Columns()) -> _RawSplit:
 
 
 def _label_text(value) -> str:
-    """A label as the text it is: JSON's 1 and 1.0 become "1"; anything else keeps a readable form."""
+    """A JSON label for a string column: `labels.label_text` where it is a label (1 and 1.0 are "1"),
+    else a readable form of what it is, for the bad-row message."""
     if isinstance(value, str):
         return value
-    if isinstance(value, int | float) and not isinstance(value, bool) and float(value).is_integer():
-        return str(int(value))
-    return json.dumps(value)
+    text = label_text(value)
+    return text if text is not None else json.dumps(value)
 
 
 def _read_aclimdb(root: Path, keep) -> dict[str, _RawSplit]:

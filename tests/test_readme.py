@@ -18,8 +18,11 @@ def readme_commands(marker: str) -> list[str]:
     return [line for line in block.group(1).splitlines() if line.strip()]
 
 
-def run_as_printed(commands: list[str], cwd) -> list[str]:
-    """Each command run in `cwd` as typed there (the scripts from this checkout); their outputs."""
+def run_as_printed(marker: str, scripts: list[str], cwd) -> list[str]:
+    """The README block's commands (which must run `scripts`, in order), each run in `cwd` as typed
+    there (the scripts from this checkout); their outputs."""
+    commands = readme_commands(marker)
+    assert [c.split()[1] for c in commands] == scripts
     outputs = []
     for command in commands:
         argv = [sys.executable if a == "python" else str(ROOT / a) if a.startswith("scripts/") else a
@@ -31,14 +34,17 @@ def run_as_printed(commands: list[str], cwd) -> list[str]:
     return outputs
 
 
+def assert_evaluation_repeats_training(train: str, evaluate: str) -> None:
+    """The trained model reached 0.95, and evaluate.py, on the same test set, says the same accuracy."""
+    accuracy = re.search(r"accuracy (\d\.\d+)", train).group(1)
+    assert float(accuracy) >= 0.95 and f"accuracy {accuracy}" in evaluate
+
+
 def test_the_readme_walkthrough_runs_as_printed(tmp_path):
     """Each command in a fresh folder, as a newcomer would type it (the scripts from this checkout)."""
-    commands = readme_commands("offline-walkthrough")
     scripts = ["scripts/train.py", "scripts/evaluate.py", "scripts/predict.py", "scripts/plot.py"]
-    assert [c.split()[1] for c in commands] == scripts
-    train, evaluate, predict, plot = run_as_printed(commands, tmp_path)
-    accuracy = re.search(r"accuracy (\d\.\d+)", train).group(1)
-    assert float(accuracy) >= 0.95 and f"accuracy {accuracy}" in evaluate  # the same model, the same test set
+    train, evaluate, predict, plot = run_as_printed("offline-walkthrough", scripts, tmp_path)
+    assert_evaluation_repeats_training(train, evaluate)
     assert [line.split()[0] for line in predict.splitlines()] == ["positive", "negative"]
     assert {p.name for p in (tmp_path / "runs" / "smoke").glob("*.png")} == {
         "loss_lr.png",
@@ -50,12 +56,9 @@ def test_the_readme_walkthrough_runs_as_printed(tmp_path):
 
 def test_your_own_data_runs_as_printed(tmp_path):
     """A CSV with three string labels in `message`/`team` columns: file to predictions, four commands."""
-    commands = readme_commands("own-data")
     scripts = ["scripts/example_data.py", "scripts/train.py", "scripts/evaluate.py", "scripts/predict.py"]
-    assert [c.split()[1] for c in commands] == scripts
-    _, train, evaluate, predict = run_as_printed(commands, tmp_path)
-    accuracy = re.search(r"accuracy (\d\.\d+)", train).group(1)
-    assert float(accuracy) >= 0.95 and f"accuracy {accuracy}" in evaluate
+    _, train, evaluate, predict = run_as_printed("own-data", scripts, tmp_path)
+    assert_evaluation_repeats_training(train, evaluate)
     assert "billing" in evaluate and "feature" in evaluate
     assert [line.split()[0] for line in predict.splitlines()] == ["billing", "bug"]
 
