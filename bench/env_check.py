@@ -2,10 +2,12 @@
 
     python3 bench/env_check.py
 
-Every module the bench, the training loop and the GPU checks import is imported here, so that an
-environment problem (a missing wheel, a pyarrow too old for datasets) shows up at once with its
-own message, before any part spends time, instead of minutes later as a failed row. Exit status
-1 if anything is missing.
+Its first two lines are the card and the versions that decide what the run can do (torch,
+transformers, accelerate, datasets, pyarrow, fsspec, bitsandbytes): the end of a cut-short log may
+be lost, its start is not. Every module the bench, the training loop and the GPU checks import is
+imported here, so that an environment problem (a missing wheel, a pyarrow too old for datasets)
+shows up at once with its own message, before any part spends time, instead of minutes later as a
+failed row. Exit status 1 if anything is missing.
 """
 
 from __future__ import annotations
@@ -46,8 +48,43 @@ MODULES = (
 )
 
 
+# The versions on the second line, in this order.
+KEY_VERSIONS = ("torch", "transformers", "accelerate", "datasets", "pyarrow", "fsspec", "bitsandbytes")
+
+
+def card() -> str:
+    """The first line: the card, or why there is none."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return f"card: none (no CUDA device; the GPU checks will skip), torch {torch.__version__}"
+        p = torch.cuda.get_device_properties(0)
+        return (
+            f"card: {p.name}, {p.total_memory / 2**30:.0f} GiB, {p.multi_processor_count} SMs, "
+            f"compute capability {p.major}.{p.minor}, CUDA {torch.version.cuda}"
+        )
+    except Exception as e:
+        return f"card: unknown ({type(e).__name__}: {e})"
+
+
+def key_versions() -> str:
+    """The second line: each key package's installed version, read without importing it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def one(name):
+        try:
+            return f"{name} {version(name)}"
+        except PackageNotFoundError:
+            return f"{name} MISSING"
+
+    return "versions: " + ", ".join(one(n) for n in KEY_VERSIONS) + f", python {platform.python_version()}"
+
+
 def main() -> int:
     started = time.perf_counter()
+    print(card(), flush=True)
+    print(key_versions(), flush=True)
     print(f"python {platform.python_version()} ({sys.executable})", flush=True)
     failed = []
     for name in MODULES:
@@ -59,20 +96,6 @@ def main() -> int:
             failed.append(name)
             print(f"{name}: IMPORT FAILED: {type(e).__name__}: {e}", flush=True)
             traceback.print_exc(limit=3)
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            p = torch.cuda.get_device_properties(0)
-            print(
-                f"cuda {torch.version.cuda}: {p.name}, {p.total_memory / 2**30:.0f} GiB, "
-                f"{p.multi_processor_count} SMs",
-                flush=True,
-            )
-        else:
-            print("no CUDA device: the GPU checks will skip", flush=True)
-    except Exception as e:
-        print(f"torch.cuda: {type(e).__name__}: {e}", flush=True)
     print(
         f"environment check: {len(MODULES) - len(failed)}/{len(MODULES)} modules in "
         f"{time.perf_counter() - started:.1f} s" + (f"; missing: {', '.join(failed)}" if failed else ""),

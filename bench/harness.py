@@ -37,10 +37,12 @@ from flant5_imdb.config import preset
 from flant5_imdb.data import Collator, load_imdb, target_ids, tokenize
 from flant5_imdb.evaluate import evaluate
 from flant5_imdb.guards import OutOfMemory, Preempted
+from flant5_imdb.kernels.graphs import recorded_cuda_graphs
 from flant5_imdb.kernels.step import apply_kernels
 from flant5_imdb.modeling import build_model
+from flant5_imdb.sampler import StepSampler
 from flant5_imdb.tokenizer import TRAIN_HERE, load_tokenizer, train_word_tokenizer
-from flant5_imdb.train import run
+from flant5_imdb.train import make_collator, run
 
 logger = logging.getLogger("bench")
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,30 +67,60 @@ CONFIGS = {
     "bf16-8bit": ("fast", dict(precision="bf16", batch_size=8, group_by_length=True, optim="adamw8bit")),
     "throughput": ("fast", dict(group_by_length=True)),  # batch: --throughput-batch, or the largest that fits
 }
-EVAL = "eval"  # the evaluation timing's place in PLAN
-# The order of a whole run, most valuable first, so that a run cut short loses the least.
+EVAL, EVAL_KERNELS = "eval", "eval-kernels"  # the evaluation timings' places in PLAN
+# mode, batch, kernel path: the eager timings, then the kernel path's (what a `kernels` run evaluates with)
+EVAL_MODES = {
+    EVAL: (("score", 64, False), ("generate", 64, False)),
+    EVAL_KERNELS: (("score", 256, True),),
+}
+# The order of a whole run: every eager row (and the eager evaluation timing) before the first
+# compilation, since one cold compile can take minutes; within each group, most valuable first, so
+# that a run cut short loses the least.
 PLAN = (
     "hf-trainer",
     "hf-trainer-tuned",
     "fast",
-    "kernels",
-    EVAL,
-    "kernels-8bit-ckpt",
-    "kernels-throughput",
-    "kernels-gathered",
     "baseline-loop",
     "bf16",
     "bf16-8bit",
     "throughput",
+    EVAL,
+    "kernels",
+    EVAL_KERNELS,
+    "kernels-gathered",
+    "kernels-8bit-ckpt",
+    "kernels-throughput",
 )
 THROUGHPUT_ROWS = ("throughput", "kernels-throughput")
+# How many steps past --compiled-warmup a compiled row may warm up to meet every shape its timed steps use.
+MAX_EXTRA_WARMUP = 200
 # What a failing kernel-path row is tried again with, in order (each from the row's own config).
 FALLBACKS = (("no CUDA graphs", dict(cuda_graphs=False)), ("no bias kernel", dict(bias_kernel=False)))
-EVAL_MODES = (("score", 64, False), ("generate", 64, False), ("score", 256, True))  # mode, batch, kernel path
 
 
 class RowTimeout(Exception):
     """A row ran past --row-limit."""
+
+
+def compiles(name: str) -> bool:
+    """Whether a PLAN entry compiles on CUDA (torch.compile, or the compiled flex bias kernel)."""
+    if name in EVAL_MODES:
+        return any(kernels for _, _, kernels in EVAL_MODES[name])
+    base, overrides = CONFIGS[name]
+    cfg = preset(base, **overrides)
+    return cfg.compile or cfg.bias_kernel
+
+
+def compiles_here(cfg) -> bool:
+    """Whether this row's training step is compiled on this machine (on CUDA only; eager elsewhere)."""
+    return bool(cfg.compile) and torch.cuda.is_available()
+
+
+def graphs_compiled() -> int:
+    """Graphs dynamo has compiled in this process so far (a recompile counts as one more)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
 
 
 def add_source_args(p: argparse.ArgumentParser) -> None:
@@ -203,10 +235,13 @@ def first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
 
 
-def measure_row(name: str, args, data: BenchData, peak, out_dir: Path) -> dict:
+def measure_row(name: str, args, data: BenchData, peak, out_dir: Path, progress=None) -> dict:
     """One configuration, contained: a measured row, or one that names what failed.
 
-    Preempted (the time guard's SIGTERM arrived mid-step) is not contained: the caller stops.
+    `progress(**fields)` is called the moment a row gets somewhere worth keeping should it be cut
+    short (its first step done, compilation included; a CUDA graph recorded; the timed steps begun):
+    the caller writes it out at once. Preempted (the time guard's SIGTERM arrived mid-step) is not
+    contained: the caller stops.
     """
     _, overrides = CONFIGS[name]
     base = train_config(name, args, data, out_dir)
@@ -218,7 +253,7 @@ def measure_row(name: str, args, data: BenchData, peak, out_dir: Path) -> dict:
     for variant, change in variants:
         try:
             with time_limit(args.row_limit, name):
-                row = measure(name, args, data, peak, out_dir / slug(variant), **change)
+                row = measure(name, args, data, peak, out_dir / slug(variant), progress=progress, **change)
             return {**row, "variant": variant, **({"errors": errors} if errors else {})}
         except Preempted:
             raise
@@ -233,11 +268,12 @@ def measure_row(name: str, args, data: BenchData, peak, out_dir: Path) -> dict:
     return dict(name=name, error="; ".join(errors), errors=errors)
 
 
-def measure(name: str, args, data: BenchData, peak, out_dir: Path, **change) -> dict:
+def measure(name: str, args, data: BenchData, peak, out_dir: Path, progress=None, **change) -> dict:
     if name.startswith("hf-trainer"):
         return measure_trainer(args, data, peak, out_dir, tuned=name == "hf-trainer-tuned")
     if name not in THROUGHPUT_ROWS:
-        return measure_loop(name, train_config(name, args, data, out_dir, **change), args, data, peak)
+        cfg = train_config(name, args, data, out_dir, **change)
+        return measure_loop(name, cfg, args, data, peak, progress)
     sizes = (
         [args.throughput_batch]
         if args.throughput_batch
@@ -251,6 +287,7 @@ def measure(name: str, args, data: BenchData, peak, out_dir: Path, **change) -> 
                 args,
                 data,
                 peak,
+                progress,
             )
         except OutOfMemory:
             print(f"{name}: batch {bs} does not fit, trying a smaller one", flush=True)
@@ -258,25 +295,31 @@ def measure(name: str, args, data: BenchData, peak, out_dir: Path, **change) -> 
     raise RuntimeError(f"{name}: no batch size of {sizes} fits")
 
 
-def measure_loop(name, cfg, args, data: BenchData, peak) -> dict:
+def measure_loop(name, cfg, args, data: BenchData, peak, progress=None) -> dict:
     clock, examples, tokens, flops = StepClock(), [], [], []
-    # Compiled rows warm up longer on a GPU: the first step compiles, and each length bucket records
-    # its CUDA graph the first time it comes up; none of that is steady state.
-    warmup = (
-        max(args.warmup, args.compiled_warmup) if cfg.compile and torch.cuda.is_available() else args.warmup
-    )
+    progress = progress or (lambda **fields: None)
+    warmup, unseen = warmup_steps(cfg, args, data)
     cfg = dataclasses.replace(cfg, max_steps=cfg.max_steps and warmup + args.steps)
-    first_step = []
+    first_step, window, graphs = [], {}, [0]
 
     def on_step(state, step, model):
         if not len(clock):  # set-up and the first step, compilation included
             sync()
             first_step.append(time.perf_counter() - started)
+            progress(steps_done=1, compiled_after_s=first_step[0] if compiles_here(cfg) else None)
         clock.mark(host_too=len(clock) + 1 == warmup)
         idx = [i for mb in step.micro_batches for i in mb]
         examples.append(step.global_examples)
         tokens.append(step.global_tokens)
         flops.append(sum(train_flops(model_config(model), data.lengths[i], data.target_len) for i in idx))
+        if cfg.cuda_graphs and compiles_here(cfg) and (recorded := recorded_cuda_graphs()) != graphs[0]:
+            graphs[0] = recorded  # a new graph was recorded: worth keeping should the row be cut short
+            progress(steps_done=len(clock), cuda_graphs_recorded=recorded)
+        # The timed window: what compiles or records in it would be timed as if it were a training step.
+        if len(clock) in (warmup, warmup + args.steps):
+            window[len(clock)] = (graphs_compiled(), recorded_cuda_graphs())
+            if len(clock) == warmup:
+                progress(steps_done=warmup, timed_steps_begun_after_s=clock.host_mark - started)
 
     with PeakMemory() as mem:
         started = time.perf_counter()
@@ -284,6 +327,7 @@ def measure_loop(name, cfg, args, data: BenchData, peak) -> dict:
     row = timing_row(name, cfg, clock.seconds(), examples, tokens, flops, warmup, peak)
     # Set-up (model build, data from the cache) and warm-up, compilation and graph recording included.
     warm_s = clock.host_mark - started
+    (c0, g0), (c1, g1) = window[warmup], window.get(warmup + args.steps, window[warmup])
     row.update(
         mem.report(),
         compiled=summary["compiled"],
@@ -298,10 +342,61 @@ def measure_loop(name, cfg, args, data: BenchData, peak) -> dict:
             warm_s + (SEED_JOB_SAMPLES - sum(examples[:warmup])) / row["samples_per_s"]
         )
         / 60,
+        new_shapes_in_timed_window=unseen,
+        compiles_in_timed_window=c1 - c0,
+        cuda_graphs_recorded_in_timed_window=None if None in (g0, g1) else g1 - g0,
     )
     if args.full:
         row["full_minutes"] = summary["train_seconds"] / 60
     return row
+
+
+def warmup_steps(cfg, args, data: BenchData) -> tuple[int, int]:
+    """(warm-up steps, batch shapes the timed steps meet that warm-up did not).
+
+    A compiled row warms up for --compiled-warmup steps (its first step compiles), and then for as
+    many more as it takes for every batch shape its timed steps will use to have come up once:
+    CUDA graphs are recorded per shape, and a shape met first inside the timed window would be
+    timed as a recording (or, for a static dimension, a recompilation). The data order is known in
+    advance: it is the sampler's plan, which depends only on the seed and the lengths.
+    """
+    if not compiles_here(cfg):
+        return args.warmup, 0
+    base = max(args.warmup, args.compiled_warmup)
+    if args.full:
+        return base, 0
+    plan = step_shapes(cfg, data, base + MAX_EXTRA_WARMUP + args.steps)
+    best = (base, None)
+    for w in range(base, base + MAX_EXTRA_WARMUP + 1):
+        seen = set().union(*plan[:w])
+        unseen = len(set().union(*plan[w : w + args.steps]) - seen)
+        if not unseen:
+            return w, 0
+        if best[1] is None or unseen < best[1]:
+            best = (w, unseen)
+    return best
+
+
+def step_shapes(cfg, data: BenchData, steps: int) -> list[set[tuple[int, int]]]:
+    """The (rows, padded source length) of each micro-batch of the first `steps` optimizer steps, as
+    `run(cfg)` on one process will collate them (an empty slot is a one-row filler of row 0)."""
+    sampler = StepSampler(
+        data.lengths, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, seed=cfg.seed,
+        group_by_length=cfg.group_by_length,
+    )  # fmt: skip
+    collate = make_collator(cfg, data.tokenizer)
+    shapes, epoch = [], 0
+    while len(shapes) < steps:
+        sampler.set_epoch(epoch)
+        for step in sampler:
+            batches = [mb or [0] for mb in step.micro_batches]
+            shapes.append(
+                {(len(mb), collate.source_length(max(data.lengths[i] for i in mb))) for mb in batches}
+            )
+            if len(shapes) == steps:
+                break
+        epoch += 1
+    return shapes
 
 
 def measure_trainer(args, data: BenchData, peak, out_dir: Path, tuned: bool = False) -> dict:
@@ -431,9 +526,13 @@ def padding(cfg) -> str:
     return f"length-grouped, {size}" if cfg.group_by_length else size
 
 
-def measure_eval(args, data: BenchData, on_row=None) -> list[dict]:
-    """Reviews/s of `score` and `generate` on the first --eval-samples test reviews, bf16 on a GPU.
+def measure_eval(args, data: BenchData, group: str = EVAL, on_row=None) -> list[dict]:
+    """Reviews/s of each of `group`'s modes (EVAL_MODES) on the first --eval-samples test reviews,
+    bf16 on a GPU.
 
+    Each mode first runs once over the same reviews untimed: every batch shape the timed pass will
+    meet (the partial last batch too) has then been compiled, so no compilation is timed. The row
+    says how many graphs were compiled inside the timed pass all the same (0 expected).
     Each mode is contained like a row: one that fails or runs past --row-limit is recorded as such.
     `on_row(rows)` is called after each mode (the caller saves the results).
     """
@@ -448,25 +547,19 @@ def measure_eval(args, data: BenchData, on_row=None) -> list[dict]:
         model = build_model("x", model_config=args.model_config, vocab_size=len(data.tokenizer))
     model = model.to(acc.device)
     targets = target_ids(data.tokenizer, "digits")
-    note = (
-        ""
-        if args.model
-        else " (random weights never emit EOS: generate runs its full max_new_tokens, an upper bound)"
-    )
-    note = dict(note="length-sorted batches" + note)
     rows = []
-    # The last mode runs the kernel path's attention and norms (what a `kernels` run evaluates with).
-    for mode, batch, kernels in EVAL_MODES:
+    for mode, batch, kernels in EVAL_MODES[group]:
         what = dict(mode=mode, batch_size=batch, kernels=kernels, split=split, reviews=len(ds))
         try:
             with time_limit(args.row_limit, f"eval {mode}"):
-                if kernels:
+                if kernels:  # the kernel path's attention and norms: what a `kernels` run evaluates with
                     apply_kernels(model, preset("kernels"))
                 kw = dict(
                     targets=targets, accelerator=acc, mode=mode, batch_size=batch, tokenizer=data.tokenizer
                 )
-                evaluate(model, ds.select(range(min(2 * batch, len(ds)))), **kw)  # warm-up (and compilation)
+                evaluate(model, ds, **kw)  # warm-up: every shape of the timed pass, compiled where it is
                 sync()
+                compiled_before = graphs_compiled()
                 r = evaluate(model, ds, **kw)
             rows.append(
                 {
@@ -474,6 +567,7 @@ def measure_eval(args, data: BenchData, on_row=None) -> list[dict]:
                     "seconds": r["eval_seconds"],
                     "reviews_per_s": r["reviews_per_s"],
                     "projected_25k_seconds": 25_000 / r["reviews_per_s"],
+                    "compiles_in_timed_window": graphs_compiled() - compiled_before,
                 }
             )
         except (Exception, SystemExit) as e:
@@ -481,10 +575,16 @@ def measure_eval(args, data: BenchData, on_row=None) -> list[dict]:
             rows.append({**what, "error": first_line(e)})
         print(rows[-1], flush=True)
         if on_row:
-            on_row(rows + [note])
+            on_row(rows)
     del model
     release_memory()
-    return rows + [note]
+    return rows
+
+
+EVAL_NOTE = "length-sorted batches, each mode timed on its second pass over the same reviews"
+RANDOM_WEIGHTS_NOTE = (
+    " (random weights never emit EOS: generate runs its full max_new_tokens, an upper bound)"
+)
 
 
 def model_config(model):

@@ -5,9 +5,10 @@
     python bench/profile.py --model-config tiny --data synthetic:400 --tokenizer word-level   # CPU, < 1
     minute
 
-Every configuration runs in this one process, one after another, in the bench's order of value
-(hf-trainer, fast, kernels, the evaluation timing, the other kernel-path rows, then the eager
-extras), for W warm-up and N timed optimizer steps of the real training code; `hf-trainer`
+Every configuration runs in this one process, one after another, in the bench's order: every
+eager row and the eager evaluation timing first (hf-trainer, hf-trainer-tuned, fast, ..., eval),
+then the compiled ones (kernels, eval-kernels, ...), since one cold compilation can take minutes;
+each for W warm-up and N timed optimizer steps of the real training code; `hf-trainer`
 runs `transformers.Seq2SeqTrainer` itself with the baseline recipe. Weights are random unless --model
 names real ones: time and memory do not depend on weight values (generation length does: see the
 eval note in the output).
@@ -45,8 +46,10 @@ import tempfile
 
 from bench.harness import (
     CONFIGS,
-    EVAL,
+    EVAL_MODES,
+    EVAL_NOTE,
     PLAN,
+    RANDOM_WEIGHTS_NOTE,
     SEED_JOB_SAMPLES,
     BenchData,
     add_source_args,
@@ -121,23 +124,51 @@ def start_results(args, out: Path, device: str, peak) -> dict:
 
 
 def measure_plan(args, data: BenchData, peak, result: dict, out: Path) -> None:
-    """Each selected row (and the evaluation timing) in the bench's order, results saved after each."""
-    for name in [n for n in PLAN if n in args.configs or (n == EVAL and args.eval_samples)]:
+    """Each selected row (and evaluation timing) in the bench's order, results saved after each."""
+    for name in [n for n in PLAN if n in args.configs and (n not in EVAL_MODES or args.eval_samples)]:
         print(f"--- {name}", flush=True)
-        if name == EVAL:
-            result["eval"] = measure_eval(args, data, on_row=lambda rows: save(result, rows, out))
-            continue
-        try:
-            row = measure_row(name, args, data, peak, Path(tempfile.mkdtemp(prefix=f"bench-{name}-")))
-        except Preempted as e:  # SIGTERM inside a training step: the step finished, the run stopped
-            result["rows"].append(dict(name=name, error=f"stopped by the time guard after step {e.step}"))
-            raise
-        except Stopped:
-            result["rows"].append(dict(name=name, error="stopped by the time guard before it finished"))
-            raise
-        result["rows"].append(row)
-        print(json.dumps(row), flush=True)
-        write_results(result, out)  # after every row: a run stopped by its time guard keeps what it measured
+        if name in EVAL_MODES:
+            measure_evals(name, args, data, result, out)
+        else:
+            measure_one(name, args, data, peak, result, out)
+
+
+def measure_evals(group: str, args, data: BenchData, result: dict, out: Path) -> None:
+    """One group of evaluation timings, added to those already in the results."""
+    earlier = [e for e in result["eval"] if "mode" in e]
+    note = dict(note=EVAL_NOTE + ("" if args.model else RANDOM_WEIGHTS_NOTE))
+    rows = measure_eval(args, data, group, on_row=lambda rows: save(result, earlier + rows + [note], out))
+    result["eval"] = earlier + rows + [note]
+
+
+def measure_one(name: str, args, data: BenchData, peak, result: dict, out: Path) -> None:
+    """One row. It is in results.json from the moment it starts (`running`), with how far it got as
+    it gets there: a row cut short by a guard's SIGKILL still says so."""
+    live = dict(name=name, running=True)
+    result["rows"].append(live)
+    write_results(result, out, with_chart=False)
+
+    def progress(**fields):
+        live.update(fields)
+        write_results(result, out, with_chart=False)
+
+    try:
+        row = measure_row(name, args, data, peak, Path(tempfile.mkdtemp(prefix=f"bench-{name}-")), progress)
+    except Preempted as e:  # SIGTERM inside a training step: the step finished, the run stopped
+        finish_row(live, dict(error=f"stopped by the time guard after step {e.step}"))
+        raise
+    except Stopped:
+        finish_row(live, dict(error="stopped by the time guard before it finished"))
+        raise
+    finish_row(live, row)
+    print(json.dumps(live), flush=True)
+    write_results(result, out)  # after every row: a run stopped by its time guard keeps what it measured
+
+
+def finish_row(live: dict, row: dict) -> None:
+    """The row as measured (or failed), keeping how far it got (steps, compile time, graphs) beside it."""
+    live.pop("running")
+    live.update(row)
 
 
 def save(result: dict, eval_rows: list[dict], out: Path) -> None:
@@ -165,11 +196,11 @@ def parse(argv):
     p = argparse.ArgumentParser(
         description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    names = [n for n in PLAN if n != EVAL]
     p.add_argument(
         "--configs",
-        default=",".join(names),
-        help=f"comma-separated, from: {', '.join(names)} (run in that order)",
+        default=",".join(PLAN),
+        help=f"comma-separated, from: {', '.join(PLAN)} (run in that order; `eval` and `eval-kernels` "
+        "are the evaluation timings)",
     )
     add_source_args(p)
     for flag, kind, default, text in OPTIONS:
@@ -184,9 +215,9 @@ def parse(argv):
     if args.warmup < 1 or args.steps < 1:
         p.error("--warmup and --steps must be at least 1")
     args.configs = [c for c in args.configs.split(",") if c]
-    unknown = [n for n in args.configs if n not in CONFIGS]
+    unknown = [n for n in args.configs if n not in CONFIGS and n not in EVAL_MODES]
     if unknown:
-        p.error(f"--configs: unknown {', '.join(unknown)} (choose from {', '.join(names)})")
+        p.error(f"--configs: unknown {', '.join(unknown)} (choose from {', '.join(PLAN)})")
     return args
 
 

@@ -32,8 +32,20 @@ PEAK_TFLOPS = {
 
 
 def measured(rows: list[dict]) -> list[dict]:
-    """The rows that did not fail."""
-    return [r for r in rows if "error" not in r]
+    """The rows that finished and did not fail."""
+    return [r for r in rows if "error" not in r and not r.get("running")]
+
+
+def how_far(r: dict) -> str:
+    """How far a row that failed, or never finished, got: steps, compilation, CUDA graphs."""
+    parts = [f"{r['steps_done']} steps done"] if r.get("steps_done") else []
+    if r.get("compiled_after_s") is not None:
+        parts.append(f"compiled after {r['compiled_after_s']:.0f} s")
+    if r.get("cuda_graphs_recorded"):
+        parts.append(f"CUDA graphs recorded: {r['cuda_graphs_recorded']}")
+    if r.get("timed_steps_begun_after_s") is not None:
+        parts.append(f"timed steps begun after {r['timed_steps_begun_after_s']:.0f} s")
+    return "; ".join(parts)
 
 
 def add_ratios(rows: list[dict], documented: bool = True) -> None:
@@ -104,8 +116,11 @@ def markdown(result: dict) -> str:
         "|" + " --- |" * 15,
     ]
     for r in result["rows"]:
-        if "error" in r:
-            lines.append(f"| {r['name']} | failed: {r['error'].replace('|', '/')} |" + " |" * 13)
+        if r.get("running") or "error" in r:
+            what = "running, or killed" if r.get("running") else f"failed: {r['error']}"
+            got = how_far(r)
+            what = f"{what} ({got})" if got else what
+            lines.append(f"| {r['name']} | {what.replace('|', '/')} |" + " |" * 13)
             continue
         full = f" (full run {r['full_minutes']:.1f} min)" if r.get("full_minutes") else ""
         variant = f" ({r['variant']})" if r.get("variant", "as configured") != "as configured" else ""
@@ -120,7 +135,19 @@ def markdown(result: dict) -> str:
             f"{fmt(r['peak_allocated_gib'], '.2f')} | {fmt(r['peak_driver_mib'], 'd')} | "
             f"{fmt(r['ratio_vs_hf_trainer'], '.2f')} | {fmt(r.get('ratio_vs_tuned_trainer'), '.2f')} |"
         )
-    retried = [r for r in result["rows"] if r.get("errors") and "error" not in r]
+    timed_compiles = [
+        f"{r['name']} {r['compiles_in_timed_window']} compile(s), "
+        f"{r.get('cuda_graphs_recorded_in_timed_window') or 0} graph recording(s), "
+        f"{r.get('new_shapes_in_timed_window') or 0} new batch shape(s)"
+        for r in measured(result["rows"])
+        if r.get("compiles_in_timed_window")
+        or r.get("cuda_graphs_recorded_in_timed_window")
+        or r.get("new_shapes_in_timed_window")
+    ]
+    if timed_compiles:
+        lines += ["", "**Timed windows that compiled or recorded** (their ms/step include it): " +
+                  "; ".join(timed_compiles)]  # fmt: skip
+    retried = [r for r in measured(result["rows"]) if r.get("errors")]
     lines += [f"\n{r['name']} ran as '{r['variant']}' after: {'; '.join(r['errors'])}" for r in retried]
     doc = result["documented_baseline"]
     lines += [
@@ -155,6 +182,11 @@ def markdown(result: dict) -> str:
                     f"failed: {e['error'].replace('|', '/')} | |"
                     if "error" in e
                     else f"{e['reviews_per_s']:.1f} | {e['projected_25k_seconds']:.0f} s |"
+                    + (
+                        f" {e['compiles_in_timed_window']} compile(s) timed"
+                        if e.get("compiles_in_timed_window")
+                        else ""
+                    )
                 )
             )
         lines += ["", next((e["note"] for e in result["eval"] if "note" in e), "")]

@@ -1,4 +1,5 @@
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -32,7 +33,7 @@ def test_suite_runs_on_cpu_and_reports_every_configuration(tmp_path):
     result = profile.main([*TINY, "--steps", "2", "--eval-samples", "32", "--out", str(out)])
     saved = json.loads((out / "results.json").read_text())
     assert saved == json.loads(json.dumps(result))
-    assert [r["name"] for r in saved["rows"]] == [n for n in harness.PLAN if n != "eval"]
+    assert [r["name"] for r in saved["rows"]] == [n for n in harness.PLAN if n not in harness.EVAL_MODES]
     assert saved["runs"][0]["complete"] is True and saved["runs"][0]["stopped"] is None
     assert saved["device"].startswith("CPU") and saved["versions"]["torch"] == torch.__version__
     trainer = saved["rows"][0]
@@ -43,6 +44,7 @@ def test_suite_runs_on_cpu_and_reports_every_configuration(tmp_path):
         assert r["ratio_vs_hf_trainer"] == pytest.approx(r["samples_per_s"] / trainer["samples_per_s"])
         assert r["projected_minutes"] == pytest.approx(50_000 / r["samples_per_s"] / 60)
         assert r["peak_allocated_gib"] is None  # no GPU here: no memory figure is made up
+        assert "running" not in r and r.get("compiles_in_timed_window", 0) == 0
     by_name = {r["name"]: r for r in saved["rows"]}
     assert by_name["baseline-loop"]["padding"] == "to 512" and by_name["bf16-8bit"]["optim"] == "adamw8bit"
     assert by_name["throughput"]["batch_size"] == by_name["kernels-throughput"]["batch_size"] == 16
@@ -66,6 +68,7 @@ def test_suite_runs_on_cpu_and_reports_every_configuration(tmp_path):
         ("generate", 64, False),
         ("score", 256, True),
     ]
+    assert all(e["compiles_in_timed_window"] == 0 for e in saved["eval"] if "mode" in e)
     md = (out / "results.md").read_text()
     assert "| hf-trainer | 8 | fp32 |" in md
     # A CPU run is measured, not graded: no GPU targets, no comparison with the documented GPU job.
@@ -129,7 +132,8 @@ def test_a_failing_configuration_is_reported_and_the_others_still_run(tmp_path, 
     monkeypatch.setattr(harness, "measure_loop", failing)
     monkeypatch.setattr(harness, "evaluate", mode_fails)
     out = tmp_path / "bench"
-    profile.main(["--configs", "baseline-loop,fast", *TINY, "--eval-samples", "16", "--out", str(out)])
+    configs = "baseline-loop,fast,eval,eval-kernels"
+    profile.main(["--configs", configs, *TINY, "--eval-samples", "16", "--out", str(out)])
     saved = json.loads((out / "results.json").read_text())
     assert [r["name"] for r in saved["rows"]] == [
         "fast",
@@ -199,12 +203,22 @@ def test_a_row_past_its_time_limit_is_recorded_and_the_next_one_runs(tmp_path, m
     out = tmp_path / "bench"
     started = time.perf_counter()
     profile.main(
-        ["--configs", "kernels,bf16", *TINY, "--eval-samples", "0", "--row-limit", "1.5", "--out", str(out)]
+        [
+            "--configs",
+            "kernels,kernels-gathered",
+            *TINY,
+            "--eval-samples",
+            "0",
+            "--row-limit",
+            "1.5",
+            "--out",
+            str(out),
+        ]  # fmt: skip
     )
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert rows[0]["name"] == "kernels" and rows[0]["error"] == "kernels: stopped by its time limit of 1.5 s"
     assert len(rows[0]["errors"]) == 1  # a row that hung is not tried again
-    assert rows[1]["name"] == "bf16" and rows[1]["samples_per_s"] > 0
+    assert rows[1]["name"] == "kernels-gathered" and rows[1]["samples_per_s"] > 0
     assert time.perf_counter() - started < 25
 
 
@@ -297,7 +311,7 @@ def test_gpu_run_rehearsal_keeps_results_when_a_guard_fires_mid_bench(tmp_path):
         os.environ,
         OUT=str(out),
         BUDGET="45",
-        LIMIT_BENCH="15",
+        LIMIT_EAGER="15",
         REHEARSE_STEPS="30",
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     )
@@ -317,12 +331,14 @@ def test_gpu_run_rehearsal_keeps_results_when_a_guard_fires_mid_bench(tmp_path):
     assert set(files) <= {"run.log", "results.json", "results.md", "chart.png", "step_profile.txt"}
     assert {"run.log", "results.json", "results.md"} <= set(files)
     log = (out / "run.log").read_text()
-    assert "== bench: time guard fired (exit 124)" in log
+    assert "== eager: time guard fired (exit 124)" in log
+    env = log.split("== env: ", 1)[1].splitlines()
+    assert env[1].startswith("card: ") and env[2].startswith("versions: torch ")  # first, whatever follows
     assert log.rstrip().endswith(
         (out / "results.md").read_text().rstrip()
     )  # the summary ends with the results table
     assert log.index("== summary") > log.index("== profile: skipped")
-    assert "extras: skipped (budget spent)" in log and "profile: skipped" in log
+    assert "profile: skipped (under 90 s left)" in log
     saved = json.loads((out / "results.json").read_text())
     assert saved["runs"][0]["complete"] is False
     assert proc.stdout == log  # everything printed reached run.log
@@ -365,3 +381,116 @@ def test_the_tuned_trainer_row_runs_the_real_trainer_as_its_docs_offer(tmp_path)
     assert rows["hf-trainer-tuned"]["padding"] == "length-grouped, multiple of 8"
     md = (out / "results.md").read_text()
     assert "× hf-trainer | × hf-trainer-tuned |" in md and "| hf-trainer-tuned | 8 | bf16 |" in md
+
+
+def test_a_row_says_how_far_it_got_the_moment_it_gets_there(tmp_path, monkeypatch):
+    """results.json holds a row from its start: its first step (compilation included) and each CUDA
+    graph recorded are written as they happen, so a row cut short (here by its time limit; a SIGKILL
+    alike) still says how far it got. Compiling and recording are stood in for on the CPU."""
+    out = tmp_path / "bench"
+    on_disk, recorded = [], [0]
+
+    def fake_recorded():  # one more graph every other step, and what the file said just before
+        recorded[0] += 1
+        rows = json.loads((out / "results.json").read_text())["rows"]
+        on_disk.append(dict(rows[-1]))
+        time.sleep(0.15)
+        return recorded[0] // 2
+
+    monkeypatch.setattr(harness, "compiles_here", lambda cfg: bool(cfg.compile))
+    monkeypatch.setattr(harness, "recorded_cuda_graphs", fake_recorded)
+    profile.main(
+        [
+            "--configs",
+            "kernels",
+            *SOURCES,
+            "--warmup",
+            "1",
+            "--steps",
+            "2",
+            "--compiled-warmup",
+            "30",
+            "--eval-samples",
+            "0",
+            "--row-limit",
+            "3",
+            "--out",
+            str(out),
+        ]  # fmt: skip
+    )
+    assert on_disk[0]["running"] is True and on_disk[0]["steps_done"] == 1
+    assert on_disk[0]["compiled_after_s"] > 0  # written before the next step began
+    assert any(r.get("cuda_graphs_recorded") == 2 for r in on_disk)
+    row = json.loads((out / "results.json").read_text())["rows"][0]
+    assert row["error"] == "kernels: stopped by its time limit of 3 s" and "running" not in row
+    assert row["steps_done"] >= 3 and row["cuda_graphs_recorded"] >= 1 and row["compiled_after_s"] > 0
+    md = (out / "results.md").read_text()
+    assert re.search(r"\| kernels \| failed: kernels: stopped by its time limit of 3 s \(\d+ steps done; "
+                     r"compiled after \d+ s; CUDA graphs recorded: \d+\) \|", md)  # fmt: skip
+
+
+def test_a_row_killed_while_running_is_reported_as_such():
+    result = dict(device="CPU x", weights="w", timed_steps=2, warmup_steps=1, peak_tflops=None,
+                  runs=[dict(command="c", complete=False, stopped=None)], eval=[],
+                  documented_baseline=report.DOCUMENTED,
+                  rows=[dict(name="kernels", running=True, steps_done=12, compiled_after_s=95.2,
+                             cuda_graphs_recorded=5)])  # fmt: skip
+    md = report.markdown(result)
+    assert (
+        "| kernels | running, or killed (12 steps done; compiled after 95 s; CUDA graphs recorded: 5) |" in md
+    )
+    assert report.measured(result["rows"]) == []
+
+
+def test_compiled_rows_warm_up_every_batch_shape_their_timed_steps_use(
+    tmp_path, monkeypatch, counting_backend
+):
+    """The real compiled step (dynamo + AOTAutograd on the CPU), 204 reviews in batches of 8: the
+    26th step of each epoch is the short one (4 reviews), a shape of its own, which compiles a
+    second graph (the source length is dynamic; the batch is not). --compiled-warmup 24 would time
+    it; the warm-up runs until it has come up once, and nothing compiles inside the timed steps."""
+    import functools
+
+    from flant5_imdb.kernels import step as step_module
+
+    monkeypatch.setattr(
+        step_module,
+        "maybe_compile",
+        functools.partial(step_module.maybe_compile, backend=counting_backend, on_cpu=True),
+    )
+    monkeypatch.setattr(harness, "compiles_here", lambda cfg: bool(cfg.compile))
+    args = profile.parse([*SOURCES[:2], "--data", "synthetic:204", *SOURCES[4:], "--warmup", "1", "--steps",
+                          "3", "--compiled-warmup", "24", "--eval-samples", "0"])  # fmt: skip
+    data = harness.BenchData(args)
+    cfg = harness.train_config("kernels", args, data, tmp_path / "k")
+    shapes = harness.step_shapes(cfg, data, 30)
+    assert len(shapes) == 30 and shapes[25] == {(4, 64)}
+    assert all(len(s) == 1 and next(iter(s))[0] == 8 for i, s in enumerate(shapes) if i != 25)
+    assert {(8, 64), (8, 128)} <= set().union(*shapes[:24])  # lengths vary too: one graph for all (dynamic)
+    assert harness.warmup_steps(cfg, args, data) == (26, 0)  # 24 would leave step 26 (the short one) timed
+    row = harness.measure_loop("kernels", cfg, args, data, peak=None)
+    assert row["warmup_steps"] == 26 and row["timed_steps"] == 3
+    assert row["compiles_in_timed_window"] == 0 and row["new_shapes_in_timed_window"] == 0
+    assert len(counting_backend.graphs) == 2  # the short step did compile: in the warm-up
+
+
+def test_the_kernel_evaluation_compiles_nothing_inside_its_timed_pass(
+    tmp_path, monkeypatch, counting_backend
+):
+    """The flex attention of the kernel path, compiled as on CUDA (dynamic=None) but by the CPU's
+    tracing backend: batches of 16 of 50 reviews have several lengths and a short last batch, each a
+    compilation the first time. The warm-up pass meets them all; the timed pass compiles nothing."""
+    from flant5_imdb.kernels import attention as attention_module
+
+    compiled = torch.compile(attention_module.attention_flex, backend=counting_backend, dynamic=None)
+    monkeypatch.setattr(
+        attention_module,
+        "relative_bias_attention",
+        lambda q, k, v, table, key_mask=None, **kw: compiled(q, k, v, table, key_mask, **kw),
+    )
+    monkeypatch.setitem(harness.EVAL_MODES, harness.EVAL_KERNELS, (("score", 16, True),))
+    args = profile.parse([*TINY, "--eval-samples", "50"])
+    rows = harness.measure_eval(args, harness.BenchData(args), harness.EVAL_KERNELS)
+    assert [(r["mode"], r["kernels"], r["reviews"]) for r in rows] == [("score", True, 50)]
+    assert len(counting_backend.graphs) >= 2  # it did compile more than once: in the warm-up pass
+    assert rows[0]["compiles_in_timed_window"] == 0

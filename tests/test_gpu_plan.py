@@ -1,0 +1,150 @@
+"""The GPU run's time plan and order (bench/gpu_run.sh), and what its call carries (bench/device_carry.py)."""
+
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from bench import device_carry, harness
+from tests.conftest import ROOT
+
+SCRIPT = (ROOT / "bench" / "gpu_run.sh").read_text()
+BUDGET, MARGIN = 470, 40
+
+
+def plan() -> dict[int, list[tuple[str, int | None, int]]]:
+    """shot -> [(part, expected seconds or None outside the plan, guard)] from the script's header."""
+    shots: dict[int, list] = {}
+    for shot, name, expect, guard in re.findall(r"^# plan: (\d)\s+(\w+)\s+(\d+|-)\s+(\d+)\s", SCRIPT, re.M):
+        shots.setdefault(int(shot), []).append((name, None if expect == "-" else int(expect), int(guard)))
+    return shots
+
+
+def script_parts(shot: int) -> list[tuple[str, int, list[str]]]:
+    """[(part, guard, bench configs it runs)] in the order shot N's function calls them."""
+    body = re.search(rf"^shot{shot}\(\) \{{\n(.*?)^\}}", SCRIPT, re.M | re.S).group(1)
+    parts = []
+    for line in body.splitlines():
+        m = re.match(r'\s*(?:part|extra) (\w+) "\$\{LIMIT_\w+:-(\d+)\}"(.*)', line)
+        assert m, f"shot {shot}: a line that runs no part: {line!r}"
+        configs = re.search(r"--configs (\S+)", m.group(3))
+        parts.append((m.group(1), int(m.group(2)), configs.group(1).split(",") if configs else []))
+    return parts
+
+
+def test_every_shot_fits_the_budget_with_a_margin():
+    shots = plan()
+    assert sorted(shots) == [1, 2, 3] and f"BUDGET=${{BUDGET:-{BUDGET}}}" in SCRIPT
+    for shot, parts in shots.items():
+        planned = [expect for _, expect, _ in parts if expect is not None]
+        assert sum(planned) <= BUDGET - MARGIN, (shot, sum(planned))
+        # a part outside the plan comes after every planned one
+        outside = [i for i, (_, expect, _) in enumerate(parts) if expect is None]
+        assert all(i > max(j for j, p in enumerate(parts) if p[1] is not None) for i in outside)
+        for name, expect, guard in parts:
+            assert expect is None or expect <= guard, (shot, name)
+
+
+def test_the_script_runs_the_plan_in_its_order_with_its_guards():
+    for shot, parts in plan().items():
+        assert [(n, g) for n, _, g in parts] == [(n, g) for n, g, _ in script_parts(shot)], shot
+
+
+def test_no_compiled_row_comes_before_an_eager_one():
+    """Within a shot, and in the bench's own order: one cold compile can take minutes."""
+    for shot in plan():
+        configs = [c for _, _, cs in script_parts(shot) for c in cs]
+        kinds = [harness.compiles(c) for c in configs]
+        assert kinds == sorted(kinds), (shot, configs)  # every False (eager) before every True
+    kinds = [harness.compiles(n) for n in harness.PLAN]
+    assert kinds == sorted(kinds) and kinds.count(False) == 8
+    assert {c for shot in plan() for _, _, cs in script_parts(shot) for c in cs} == set(harness.PLAN)
+
+
+def test_the_compiled_rows_are_the_kernel_path_and_its_evaluation():
+    compiled = {n for n in harness.PLAN if harness.compiles(n)}
+    assert compiled == {
+        "kernels",
+        "eval-kernels",
+        "kernels-gathered",
+        "kernels-8bit-ckpt",
+        "kernels-throughput",
+    }
+
+
+def test_every_gpu_check_named_by_the_script_exists():
+    """A renamed test would make its part fail at once on the GPU, after the machine had started."""
+    listed = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "gpu", "tests/kernels"],
+        cwd=ROOT, capture_output=True, text=True,
+    ).stdout.split()  # fmt: skip
+    flex = re.search(r"^FLEX=\$NA::(\w+)$", SCRIPT, re.M).group(1)
+    flex = f"tests/kernels/test_norm_attention.py::{flex}"
+    calls = "\n".join(line for line in SCRIPT.splitlines() if not re.match(r"(KP|NA|FLEX)=", line))
+    named = {
+        n.replace("$KP", "tests/kernels/test_kernel_path.py")
+        .replace("$NA", "tests/kernels/test_norm_attention.py")
+        .replace("$FLEX", flex)
+        .strip('"')
+        for n in re.findall(r'"?\$(?:KP|NA|FLEX)[^\s"]*"?', calls)
+    }
+    assert len(named) == 10 and named == {n for n in listed if "::" in n}  # every GPU check, once
+
+
+def fake_wheel(path: Path) -> Path:
+    libs = ["cpu", "cuda128", "cuda130", "cuda132", "rocm64", "xpu2026"]
+    wheel = path / "bitsandbytes-0.50.2-py3-none-manylinux_2_24_x86_64.whl"
+    files = {"bitsandbytes/__init__.py": b"__version__ = '0.50.2'\n"}
+    files |= {f"bitsandbytes/libbitsandbytes_{lib}.so": lib.encode() * 1000 for lib in libs}
+    meta = "bitsandbytes-0.50.2.dist-info"
+    files[f"{meta}/METADATA"] = b"Metadata-Version: 2.1\nName: bitsandbytes\nVersion: 0.50.2\n"
+    files[f"{meta}/WHEEL"] = (
+        b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: false\nTag: py3-none-any\n"
+    )
+    record = "".join(f"{name},,\n" for name in files) + f"{meta}/RECORD,,\n"
+    with zipfile.ZipFile(wheel, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+        z.writestr(f"{meta}/RECORD", record)
+    return wheel
+
+
+def test_the_bitsandbytes_wheel_keeps_one_cuda_build_and_still_installs(tmp_path):
+    wheel = fake_wheel(tmp_path)
+    assert device_carry.main(["slim", str(tmp_path), "--cuda", "130"]) == 0
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        record = z.read("bitsandbytes-0.50.2.dist-info/RECORD").decode()
+    libs = sorted(n.rsplit("/", 1)[1] for n in names if n.endswith(".so"))
+    assert libs == ["libbitsandbytes_cpu.so", "libbitsandbytes_cuda130.so"]
+    assert {line.split(",")[0] for line in record.splitlines()} == names  # RECORD lists what is there
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--target", str(target),
+         str(wheel)], check=True, capture_output=True,
+    )  # fmt: skip
+    assert sorted(p.name for p in (target / "bitsandbytes").glob("*.so")) == libs
+    assert device_carry.main(["slim", str(tmp_path), "--cuda", "130"]) == 0  # once cut, again is a no-op
+
+
+def test_a_cuda_build_the_wheel_lacks_is_named(tmp_path):
+    fake_wheel(tmp_path)
+    with pytest.raises(SystemExit, match=r"no libbitsandbytes_cuda999.so; its builds: cpu|cuda128, cuda130"):
+        device_carry.main(["slim", str(tmp_path), "--cuda", "999"])
+
+
+def test_a_carry_over_64_mib_stops_with_one_line(tmp_path, capsys):
+    device = tmp_path / ".device"
+    device.mkdir()
+    with open(device / "data.parquet", "wb") as f:
+        f.truncate(63 * 2**20)  # sparse: what counts is what the call sends, the file's size
+    assert device_carry.main(["check", str(device), "--root", str(ROOT)]) == 0
+    assert capsys.readouterr().out.startswith("carry: 6")
+    with open(device / "test.parquet", "wb") as f:
+        f.truncate(2 * 2**20)
+    assert device_carry.main(["check", str(device), "--root", str(ROOT)]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "over its 64 MiB limit" in err and ".device 65.0 MiB" in err
