@@ -17,7 +17,8 @@ logger = logging.getLogger(__name__)
 
 def model_card(summary: dict, repo: str | None = None) -> str:
     """The card's markdown: front matter, evaluation, training, cost, use; every figure from `summary`."""
-    lines = _front_matter(summary, repo) + _evaluation(summary) + _training(summary) + _cost(summary)
+    lines = _front_matter(summary, repo) + _classes(summary) + _evaluation(summary) + _training(summary)
+    lines += _cost(summary)
     lines += [
         "## Use",
         "",
@@ -60,6 +61,20 @@ def _front_matter(summary: dict, repo: str | None) -> list[str]:
     ]
 
 
+def _classes(summary: dict) -> list[str]:
+    classes = summary.get("classes")
+    if not classes:
+        return []
+    return [
+        "## Classes",
+        "",
+        "| class | the model writes | training examples |",
+        "| --- | --- | --- |",
+        *[f"| {c['name']} | `{c['target']}` | {c['train_examples']:,} |" for c in classes],
+        "",
+    ]
+
+
 def _evaluation(summary: dict) -> list[str]:
     ev = summary.get("eval")
     if not ev:
@@ -82,12 +97,31 @@ def _evaluation(summary: dict) -> list[str]:
             f"| {c} | {r[c]['precision']:.4f} | {r[c]['recall']:.4f} | {r[c]['f1-score']:.4f} | "
             f"{int(r[c]['support'])} |"
             for c in ev.get("names", IMDB.names)
+            if c in r
         ],
         "",
-        f"Confusion matrix (rows true, columns predicted; {', '.join(ev.get('names', IMDB.names))}): "
-        f"`{ev['confusion_matrix']}`.",
+        *_confusions(ev),
         "",
     ]
+
+
+def _confusions(ev: dict) -> list[str]:
+    """The confusion matrix inline, or (many classes) the top confusions; classes not in the data."""
+    lines = []
+    if ev.get("classes_not_in_data"):
+        lines += [
+            f"Classes not in the evaluation data (not in macro-F1): {', '.join(ev['classes_not_in_data'])}.",
+            "",
+        ]
+    if ev.get("confusion_matrix") is not None:
+        return lines + [
+            f"Confusion matrix (rows true, columns predicted; {', '.join(ev.get('names', IMDB.names))}): "
+            f"`{ev['confusion_matrix']}`."
+        ]
+    top = ", ".join(
+        f"{c['true']} -> {c['predicted']} ({c['count']})" for c in ev.get("top_confusions", [])[:10]
+    )
+    return lines + [f"Most frequent confusions (true -> predicted): {top or 'none'}."]
 
 
 def _training(summary: dict) -> list[str]:

@@ -39,6 +39,8 @@ import torch
 from accelerate import Accelerator
 
 from flant5_imdb.config import FIXED, FREE, TrainConfig, flag, resume_kind
+from flant5_imdb.labels import LabelSpace, verbalize
+from flant5_imdb.modeling import SETTINGS_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -310,6 +312,39 @@ def check_compatible(saved: dict, config: dict, num_processes: int, force: bool)
     if diffs:
         logger.warning("resuming with a changed config (--force-resume applies it): %s", "; ".join(diffs))
     return diffs
+
+
+def check_same_classes(path: Path, labels: LabelSpace, targets: list[str]) -> None:
+    """The classes, their order and the texts the model writes for them are what a checkpoint learned:
+    a resume with others is refused, --force-resume or not (the learned "0" would mean another class).
+
+    Raises:
+        CheckpointError: naming each difference.
+    """
+    settings_file = path / SETTINGS_FILE
+    saved = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
+    before = LabelSpace.from_dict(saved.get("labels"))  # a checkpoint from before label spaces: IMDB's
+    before_targets = saved.get("targets") or verbalize(saved.get("verbalizer", "digits"), before)
+    diffs = []
+    old, new = before.values, labels.values
+    if set(old) != set(new):
+        added, gone = [v for v in new if v not in old], [v for v in old if v not in new]
+        if added:
+            diffs.append(f"the data has class(es) the checkpoint does not: {', '.join(map(repr, added))}")
+        if gone:
+            diffs.append(f"the checkpoint has class(es) the data does not: {', '.join(map(repr, gone))}")
+    elif old != new or before.kind != labels.kind:
+        diffs.append(f"the classes' order changed: {', '.join(before.names)} -> {', '.join(labels.names)}")
+    if before_targets != targets and not diffs:
+        diffs.append(
+            f"the texts the model writes changed: {', '.join(map(repr, before_targets))} -> "
+            f"{', '.join(map(repr, targets))}"
+        )
+    if diffs:
+        raise CheckpointError(
+            f"cannot resume from {path}: {'; '.join(diffs)}. The model learned the checkpoint's classes "
+            "(--force-resume cannot change that): start a new run in another --output-dir"
+        )
 
 
 def apply_hyperparameters(optimizer: torch.optim.Optimizer, scheduler, cfg: TrainConfig) -> None:

@@ -28,8 +28,16 @@ MATH = "math"  # it changes the math: refused unless --force-resume, which then 
 FIXED = "fixed"
 
 
-def _opt(default, help: str, choices: tuple | None = None, resume: str = MATH):
-    return field(default=default, metadata={"help": help, "choices": choices, "resume": resume})
+def _opt(default, help: str, choices: tuple | None = None, resume: str = MATH, none_is_a_value: bool = False):
+    """A field with its --help text, accepted choices and resume rule. On the command line 'none' sets an
+    optional field to None (its default behaviour), unless `none_is_a_value` (then it is the text 'none')."""
+    return field(
+        default=default,
+        metadata={"help": help, "choices": choices, "resume": resume, "none_is_a_value": none_is_a_value},
+    )
+
+
+NO_EVAL = "none"  # --eval-split none: no evaluation at all
 
 
 @dataclass(frozen=True)
@@ -60,9 +68,9 @@ class TrainConfig:
     text_column: str = _opt("text", "the column holding the texts")
     label_column: str = _opt("label", "the column holding the labels")
     train_split: str = _opt("train", "the split to train on")
-    labels: str | None = _opt(None, "the classes, in order, as the label column writes them ('a,b,c'); "
-                              "any other label is then an error (default: taken from the training "
-                              "split)")  # fmt: skip
+    labels: str | None = _opt(None, "the classes, in order, as the label column writes them ('a,b,c'; a "
+                              "comma inside a name is written \\,); any other label is then an error "
+                              "(default: taken from the training split)")  # fmt: skip
     skip_bad_rows: bool = _opt(
         False, "drop (and report) invalid rows instead of stopping with an error", resume=FREE
     )
@@ -81,8 +89,10 @@ class TrainConfig:
     max_eval_samples: int | None = _opt(None, "evaluate on a random subset of this many reviews", resume=FREE)
     eval_split: str | None = _opt(
         None,
-        "split to evaluate on (default: test, else validation, else --validation-split of train)",
+        "split to evaluate on, one the data has (default: test, else validation, else "
+        "--validation-split of train); 'none': no evaluation",
         resume=FREE,
+        none_is_a_value=True,
     )
     validation_split: float = _opt(
         0.1,
@@ -369,7 +379,8 @@ def build_parser(defaults: TrainConfig | None = None) -> argparse.ArgumentParser
         if f.metadata.get("choices"):
             # Shown, not enforced here: TrainConfig refuses other values with a reason (fp16 with why).
             kw["metavar"] = "{" + ",".join(f.metadata["choices"]) + "}"
-        p.add_argument(f"--{flag(f.name)}", type=_parse_optional(base) if optional else base, **kw)
+        none_is_none = optional and not f.metadata.get("none_is_a_value")
+        p.add_argument(f"--{flag(f.name)}", type=_parse_optional(base) if none_is_none else base, **kw)
     return p
 
 

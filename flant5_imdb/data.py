@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import random
@@ -32,7 +31,7 @@ import numpy as np
 import torch
 from datasets import Dataset, DatasetDict
 
-from flant5_imdb.labels import IMDB, LabelSpace, infer_labels, label_text, verbalize
+from flant5_imdb.labels import IMDB, LabelSpace, infer_labels, label_problem, label_text, verbalize
 from flant5_imdb.reader import BadRow, DataError, file_format, read_table, text_problem
 
 __all__ = [
@@ -85,6 +84,13 @@ class Columns:
     label: str = "label"
     config: str | None = None
 
+    def __post_init__(self):
+        if self.text == self.label:
+            raise DataError(
+                f"--text-column and --label-column both name {self.text!r}: the texts and the labels must "
+                "be two different columns"
+            )
+
 
 def load_labelled(
     source: str = DEFAULT_SOURCE,
@@ -119,7 +125,7 @@ def load_labelled(
         more = f" (and {len(dropped) - MAX_REPORTED_ROWS} more)" if len(dropped) > MAX_REPORTED_ROWS else ""
         logger.warning("--skip-bad-rows: dropped %d bad row(s): %s%s", len(dropped), shown, more)
     if train_split in out:
-        _warn_about_classes(source, out[train_split]["label"], labels)
+        _warn_about_classes(source, out[train_split], labels, columns)
     return Loaded(DatasetDict(out), labels, dropped)
 
 
@@ -131,8 +137,11 @@ def load_imdb(
     return loaded.splits, loaded.skipped
 
 
-def _warn_about_classes(source: str, labels: list[int], space: LabelSpace) -> None:
-    """One class only, or a class so rare it may be a typo: worth a warning, not an error."""
+def _warn_about_classes(source: str, ds: Dataset, space: LabelSpace, columns: Columns) -> None:
+    """What a label space may get wrong without being an error, warned about by name at any data size:
+    one class only; a class so rare beside another that it may be a typo; a class named by --labels
+    that training never shows; columns that look swapped."""
+    labels = ds["label"]
     counts = [0] * len(space)
     for y in labels:
         counts[y] += 1
@@ -143,14 +152,43 @@ def _warn_about_classes(source: str, labels: list[int], space: LabelSpace) -> No
             source,
             space.values[present[0]] if space.kind != "imdb" else present[0],
         )
-    rare = [space.values[i] for i, c in enumerate(counts) if 0 < c <= 3 and c < 0.01 * len(labels)]
+    most = max(counts, default=0)
+    rare = [f"{space.values[i]!r} ({c})" for i, c in enumerate(counts) if 0 < c <= 3 and most >= 10 * c]
     if rare and space.kind != "imdb":
         logger.warning(
-            "%s: class(es) %s have 3 training examples or fewer: a typo? Name the classes with --labels "
-            "to make any other value an error",
+            "%s: class(es) %s have 3 training examples or fewer beside one with %d: a typo? Name the classes "
+            "with --labels to make any other value an error",
             source,
-            ", ".join(repr(r) for r in rare),
+            ", ".join(rare),
+            most,
         )
+    absent = [space.values[i] for i, c in enumerate(counts) if not c]
+    if absent and space.kind == "name" and len(present) > 1:
+        logger.warning(
+            "%s: class(es) %s (from --labels) have no training example: the model cannot learn them",
+            source,
+            ", ".join(map(repr, absent)),
+        )
+    if len(labels) >= 10 and len(present) >= 0.9 * len(labels):
+        logger.warning(
+            "%s: %d of %d training rows have a label of their own: is --label-column %r a text column? "
+            "(name the columns with --text-column and --label-column)",
+            source,
+            len(present),
+            len(labels),
+            columns.label,
+        )
+    if len(labels) >= 20:
+        texts = set(ds["text"])
+        if len(texts) <= 10 and max(map(len, texts)) <= 20:
+            logger.warning(
+                "%s: --text-column %r holds only %d distinct short values (%s): is it a label column? "
+                "(name the columns with --text-column and --label-column)",
+                source,
+                columns.text,
+                len(texts),
+                ", ".join(map(repr, sorted(texts)[:5])),
+            )
 
 
 def source_splits(source: str) -> list[str] | None:
@@ -381,8 +419,13 @@ def _read_text_file(path: Path, columns: Columns = Columns()) -> _RawSplit:
         if problem and problem != "empty text":  # not a string at all: the reader's to report
             bad.append(BadRow(str(path), line, problem, "line"))
             continue
+        problem = label_problem(label)  # null, a list, an object, empty: a bad row, never a class
+        if problem:
+            bad.append(BadRow(str(path), line, problem, table.unit))
+            continue
         texts.append(text)
-        labels.append(_label_text(label))
+        # Kept as written (messages quote it); JSON's numbers as text: 1.0 is "1", as a CSV's "1.0" will be.
+        labels.append(label if isinstance(label, str) else label_text(label))
         lines.append(line)
     ds = Dataset.from_dict(
         {"text": texts, "label": labels, "_line": lines},
@@ -391,15 +434,6 @@ def _read_text_file(path: Path, columns: Columns = Columns()) -> _RawSplit:
         ),
     )
     return _RawSplit(ds, str(path), bad, table.unit)
-
-
-def _label_text(value) -> str:
-    """A JSON label for a string column: `labels.label_text` where it is a label (1 and 1.0 are "1"),
-    else a readable form of what it is, for the bad-row message."""
-    if isinstance(value, str):
-        return value
-    text = label_text(value)
-    return text if text is not None else json.dumps(value)
 
 
 def _read_aclimdb(root: Path, keep) -> dict[str, _RawSplit]:
@@ -461,13 +495,13 @@ def _validate(
     texts, raw_labels = ds["text"], ds["label"]
     labels, bad, good = [], [], []
     for i, (text, value) in enumerate(zip(texts, raw_labels, strict=True)):
-        label = space.index(value)
         place = lines[i] if lines is not None else i + 1
-        problem = text_problem(text)
+        problem = text_problem(text) or label_problem(value)
+        label = None if problem else space.index(value)
         if problem:
             bad.append(BadRow(where, place, problem, raw.unit))
         elif label is None:
-            bad.append(BadRow(where, place, f"label {value!r} is not one of {space.describe()}", raw.unit))
+            bad.append(BadRow(where, place, not_a_class(value, space), raw.unit))
         else:
             good.append(i)
             labels.append(label)
@@ -487,6 +521,17 @@ def _validate(
     return ds.cast_column("label", datasets.Value("int64")), bad
 
 
+def not_a_class(value, space: LabelSpace) -> str:
+    """Why a readable label is none of the classes (with a hint for a name holding a comma)."""
+    shown = label_text(value)
+    text = f"label {shown!r} is not one of {space.describe()}"
+    if shown != value and isinstance(value, str) and value.strip() != shown:
+        text += f" (written {value!r})"
+    if "," in (shown or "") and space.kind == "name":
+        text += "; a class whose name holds a comma is written with \\, in --labels ('a\\, b,c')"
+    return text
+
+
 def hold_out(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
     """(train, validation): a seeded, label-stratified `fraction` of `ds` held out for evaluation."""
     rng = random.Random(seed)
@@ -495,11 +540,21 @@ def hold_out(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]
     for label in sorted(set(labels)):
         rows = [i for i, y in enumerate(labels) if y == label]
         rng.shuffle(rows)
-        held += rows[: max(1, round(fraction * len(rows)))] if len(rows) > 1 else []
+        # At least one of each class held out, and at least one left to train on: a class moved wholly
+        # into the validation set would be a class the model never sees.
+        held += rows[: min(len(rows) - 1, max(1, round(fraction * len(rows))))]
     held_set = set(held)
     if not held or len(held_set) == len(ds):
+        singletons = len(set(labels)) == len(ds)
+        hint = (
+            f"; every one of its {len(ds)} labels is a class of its own: are --text-column and "
+            "--label-column swapped?"
+            if singletons and len(ds) >= 10
+            else ""
+        )
         raise DataError(
-            f"--validation-split {fraction}: {len(ds)} training rows are too few to hold out a validation set"
+            f"--validation-split {fraction}: {len(ds)} training rows are too few to hold out a validation "
+            f"set{hint}"
         )
     return ds.select([i for i in range(len(ds)) if i not in held_set]), ds.select(sorted(held))
 

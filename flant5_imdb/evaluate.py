@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -140,7 +141,8 @@ def evaluate(
     """Evaluate on `ds` (tokenized, with `label` and `id`), sharded over the processes.
 
     Returns the metrics (see `metrics`) plus `predictions` (id, label, pred, and `probs`, the
-    probability of each class by name; `prob_positive` for IMDB's two classes), `eval_seconds` and
+    probability of each class by name, or beyond 30 classes `top_probs`, the 10 most probable;
+    `prob_positive` for IMDB's two classes), `eval_seconds` and
     `reviews_per_s`. Every process returns the same dict.
     """
     collator = collator or Collator()
@@ -186,7 +188,16 @@ def evaluate(
     return result
 
 
+TOP_PROBS = 10  # with more than MAX_MATRIX_CLASSES classes, a prediction row keeps the 10 most probable
+
+
 def prediction_row(example: int, label: int, pred: int, probs: list[float], names: tuple[str, ...]) -> dict:
+    """One evaluated example: `probs` holds every class's probability, or, with more than
+    MAX_MATRIX_CLASSES classes, `top_probs` the TOP_PROBS most probable (25,000 rows x 1,000 classes
+    would be gigabytes of predictions)."""
+    if len(names) > MAX_MATRIX_CLASSES:
+        top = sorted(range(len(names)), key=lambda i: -probs[i])[:TOP_PROBS]
+        return dict(id=example, label=label, pred=pred, top_probs={names[i]: float(probs[i]) for i in top})
     row = dict(
         id=example, label=label, pred=pred, probs={n: float(p) for n, p in zip(names, probs, strict=True)}
     )
@@ -195,21 +206,46 @@ def prediction_row(example: int, label: int, pred: int, probs: list[float], name
     return row
 
 
+MAX_MATRIX_CLASSES = (
+    30  # beyond this, a confusion matrix is summarised: its nonzero cells, the top confusions
+)
+
+
 def metrics(y_true: list[int], y_pred: list[int], names: tuple[str, ...] = CLASS_NAMES) -> dict:
-    """Accuracy, macro-F1 (the baseline's "F1"), per-class report, N x N confusion matrix; -1
-    predictions (generated text that is no class's target) count as wrong."""
-    labels = list(range(len(names)))
+    """Accuracy, macro-F1 (the baseline's "F1"), per-class report and confusion counts; -1
+    predictions (generated text that is no class's target) count as wrong.
+
+    Per-class scores and macro-F1 are over the classes present: in the true labels or in the
+    predictions. A class of the model that the evaluation data never holds (and the model never
+    predicts) has no F1 to average: it is named in `classes_not_in_data`, not counted as 0.
+    The N x N `confusion_matrix` is kept up to MAX_MATRIX_CLASSES classes; beyond that it is None,
+    and `confusion_counts` ([true, predicted, count] for every nonzero cell) and `top_confusions`
+    say the same in a size that grows with the examples, not with N squared.
+    """
+    in_data = set(y_true)
+    present = sorted(in_data | {p for p in y_pred if p >= 0})
+    counts = Counter((t, p) for t, p in zip(y_true, y_pred, strict=True) if p >= 0)
+    confusions = sorted(
+        ((n, t, p) for (t, p), n in counts.items() if t != p), key=lambda c: (-c[0], c[1], c[2])
+    )
+    matrix = None
+    if len(names) <= MAX_MATRIX_CLASSES:
+        matrix = confusion_matrix(y_true, y_pred, labels=list(range(len(names)))).tolist()
     return dict(
         names=list(names),
         n=len(y_true),
         accuracy=float(accuracy_score(y_true, y_pred)),
-        macro_f1=float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        macro_f1=float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
         unparseable=int(sum(p == -1 for p in y_pred)),
+        classes_not_in_data=[names[i] for i in range(len(names)) if i not in in_data],
         report=classification_report(
-            y_true, y_pred, labels=labels, target_names=list(names), output_dict=True, zero_division=0
+            y_true, y_pred, labels=present, target_names=[names[i] for i in present], output_dict=True,
+            zero_division=0,
         ),
-        confusion_matrix=confusion_matrix(y_true, y_pred, labels=labels).tolist(),
-    )
+        confusion_matrix=matrix,
+        confusion_counts=[[t, p, n] for (t, p), n in sorted(counts.items())],
+        top_confusions=[dict(true=names[t], predicted=names[p], count=n) for n, t, p in confusions[:20]],
+    )  # fmt: skip
 
 
 def format_report(result: dict) -> str:
@@ -221,14 +257,27 @@ def format_report(result: dict) -> str:
         + (f", eval loss {result['eval_loss']:.4f}" if result.get("eval_loss") is not None else "")
         + (f", unparseable {result['unparseable']}" if result["unparseable"] else ""),
     ]
+    absent = result.get("classes_not_in_data") or []
+    if absent:
+        shown = ", ".join(absent[:10]) + (f" and {len(absent) - 10} more" if len(absent) > 10 else "")
+        lines.append(
+            f"note: {len(absent)} class(es) of the model are not in this data and not in macro-F1: {shown}"
+        )
     names = result.get("names", list(CLASS_NAMES))
-    width = max(10, *(len(n) for n in names))
+    reported = [n for n in names if n in r]
+    width = max(10, *(len(n) for n in reported))
     lines.append(f"{'':>{width}} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>9}")
-    for name in names:
+    for name in reported:
         c = r[name]
         scores = f"{c['precision']:9.4f} {c['recall']:9.4f} {c['f1-score']:9.4f}"
         lines.append(f"{name:>{width}} {scores} {int(c['support']):9d}")
-    cm = result["confusion_matrix"]
+    cm = result.get("confusion_matrix")
+    if cm is None:
+        lines.append(f"{len(names)} classes: the most frequent confusions (true -> predicted: count):")
+        lines += [
+            f"  {c['true']} -> {c['predicted']}: {c['count']}" for c in result.get("top_confusions", [])
+        ]
+        return "\n".join(lines)
     cell = max(7, *(len(n[:12]) for n in names))
     lines.append("confusion (rows true, cols predicted):")
     lines.append(f"{'':>{width}} " + " ".join(f"{n[:12]:>{cell}}" for n in names))

@@ -1,5 +1,12 @@
 """The classes of a run, and the texts the model writes for them.
 
+Every label value has one canonical text, the same whichever format it came in (`label_text`):
+surrounding space stripped, Unicode NFC, invisible characters (zero-width spaces, joiners,
+byte-order marks: Unicode's format characters) removed; a number in any spelling (`1`, `1.0`,
+`01`, `+1`, another script's digits) is its shortest decimal text, so an integral one is that
+integer's digits. A value that is no single label (null, an empty text, a list, an object) is a
+bad row, never a class (`label_problem`).
+
 A `LabelSpace` is taken from the training split's labels, in a stable order:
   * IMDB: every label is one of 0/1/neg/pos/negative/positive (as numbers or text): two classes,
     0 = negative, 1 = positive, whichever spelling a file uses;
@@ -15,10 +22,17 @@ texts themselves, `t1,t2,...`, one per class in order.
 
 from __future__ import annotations
 
+import logging
+import math
+import re
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
+from decimal import Decimal
 
 from flant5_imdb.reader import DataError
+
+logger = logging.getLogger(__name__)
 
 IMDB_SPELLINGS = {"0": 0, "1": 1, "neg": 0, "pos": 1, "negative": 0, "positive": 1}
 VERBALIZERS = ("auto", "digits", "words")
@@ -41,9 +55,9 @@ class LabelSpace:
         if text is None:
             return None
         if self.kind == "imdb":
-            return IMDB_SPELLINGS.get(text.strip().lower())
+            return IMDB_SPELLINGS.get(text.lower())
         try:
-            return self.values.index(text.strip() if self.kind == "int" else text)
+            return self.values.index(text)
         except ValueError:
             return None
 
@@ -60,54 +74,130 @@ class LabelSpace:
         """A saved label space; IMDB's for a model saved without one (an older run, or a Hub model)."""
         if not d:
             return IMDB
-        return cls(tuple(d["values"]), tuple(d["names"]), d["kind"])
+        # Values saved before labels had one canonical text are read as the data now is.
+        return cls(tuple(label_text(v) or v for v in d["values"]), tuple(d["names"]), d["kind"])
 
 
 IMDB = LabelSpace(("0", "1"), ("negative", "positive"), "imdb")
 
 
+_NUMBER = re.compile(r"[+-]?\d+(?:\.\d*)?|[+-]?\.\d+")  # \d: a decimal digit of any script
+
+
 def label_text(raw) -> str | None:
-    """A label as the text it is: 1 and 1.0 are "1"; booleans, lists and missing values are no label."""
-    if isinstance(raw, bool) or raw is None:
+    """A label value's canonical text (see the module's doc); None where it is no label (`label_problem`)."""
+    if label_problem(raw):
         return None
+    if isinstance(raw, bool):
+        return "true" if raw else "false"
     if isinstance(raw, int):
         return str(raw)
     if isinstance(raw, float):
-        return str(int(raw)) if raw.is_integer() else None
-    if isinstance(raw, str):
-        return raw if raw.strip() else None
-    return None
+        return _number_text(raw)
+    text = _clean(raw)
+    if not _NUMBER.fullmatch(text):
+        return text
+    ascii_digits = "".join(str(unicodedata.decimal(c)) if c.isdecimal() else c for c in text)
+    number = Decimal(ascii_digits)  # exact: a long integer label keeps every digit
+    if number == number.to_integral_value():
+        return str(int(number))
+    return format(number.normalize(), "f")
+
+
+def label_problem(raw) -> str | None:
+    """Why a value is no label (a bad row, never a class), or None when it is one."""
+    if raw is None:
+        return "no label (null or missing)"
+    if isinstance(raw, float) and not math.isfinite(raw):
+        return f"no label ({raw})"
+    if isinstance(raw, list | tuple):
+        return "the label is a list, not a single value"
+    if isinstance(raw, dict):
+        return "the label is an object, not a single value"
+    if isinstance(raw, bool | int | float):
+        return None
+    if not isinstance(raw, str):
+        return f"the label is a {type(raw).__name__}, not a single value"
+    return None if _clean(raw) else "empty label"
+
+
+def _clean(text: str) -> str:
+    """NFC, without invisible (format) characters, stripped."""
+    text = unicodedata.normalize("NFC", text)
+    return "".join(c for c in text if unicodedata.category(c) != "Cf").strip()
+
+
+def _number_text(value: float) -> str:
+    """An integral number as its integer's digits ("1", "-3"); any other as its shortest decimal ("0.5")."""
+    if value.is_integer():
+        return str(int(value))
+    return format(Decimal(repr(value)).normalize(), "f")
+
+
+def parse_label_names(text: str) -> list[str]:
+    """`--labels a,b,c` as names; a comma inside a name is written `\\,` (`--labels 'x\\, y,z'`)."""
+    names = [part.replace("\\,", ",") for part in re.split(r"(?<!\\),", text)]
+    return names
 
 
 def infer_labels(raw_labels: Iterable, explicit: Iterable[str] | None = None) -> LabelSpace:
     """The label space of a training split's raw labels (see the module's doc).
 
     A split with one class, or none (every label unreadable), gives a space all the same: the rows
-    are then judged (and reported) one by one, and a single class is warned about.
+    are then judged (and reported) one by one, and a single class is warned about. Classes whose
+    names differ only by case, and integers mixed with words, are warned about by name.
 
     Raises:
-        DataError: `explicit` names a class twice, or an empty one.
+        DataError: `explicit` names a class twice (after canonicalisation), or an empty one.
     """
     if explicit:
-        values = tuple(v.strip() for v in explicit)
-        if len(set(values)) != len(values) or not all(values):
-            raise DataError(f"--labels {','.join(values)}: each class once, none empty")
+        given = list(explicit)
+        values = tuple(label_text(v) or "" for v in given)
+        repeated = sorted({v for v in values if values.count(v) > 1})
+        if repeated or not all(values):
+            what = f"{', '.join(map(repr, repeated))} more than once" if repeated else "an empty class"
+            raise DataError(
+                f"--labels {','.join(given)}: {what}; name each class once (a comma inside a name is "
+                "written \\,)"
+            )
         return LabelSpace(values, values, "name")
     texts = {t for t in map(label_text, raw_labels) if t is not None}
-    if all(t.strip().lower() in IMDB_SPELLINGS for t in texts):  # IMDB's, or none at all
+    if all(t.lower() in IMDB_SPELLINGS for t in texts):  # IMDB's, or none at all
         return IMDB
-    if texts and all(_is_int(t) for t in texts):
-        values = tuple(str(v) for v in sorted({int(t) for t in texts}))
+    ints = sorted((t for t in texts if _is_int(t)), key=int)
+    if texts and len(ints) == len(texts):
+        values = tuple(ints)
         space = LabelSpace(values, values, "int")
     else:
         values = tuple(sorted(texts))
         space = LabelSpace(values, values, "name")
+        if ints:
+            logger.warning(
+                "the labels mix integers (%s) and words (%s): one class each, named as written; if the "
+                "integers are codes for the words, write every label one way",
+                ", ".join(ints[:5]),
+                ", ".join(sorted(t for t in texts if not _is_int(t))[:5]),
+            )
+    _warn_case_twins(space.values)
     return space
 
 
+def _warn_case_twins(values: Iterable[str]) -> None:
+    """Classes that differ only by case (`Spam`, `spam`) are two classes: say so, by name."""
+    groups: dict[str, list[str]] = {}
+    for v in values:
+        groups.setdefault(v.casefold(), []).append(v)
+    for twins in (g for g in groups.values() if len(g) > 1):
+        logger.warning(
+            "labels %s differ only by case: they are %d different classes; if they are one, write them "
+            "alike (or name the classes with --labels to make any other spelling an error)",
+            " and ".join(repr(t) for t in twins),
+            len(twins),
+        )
+
+
 def _is_int(text: str) -> bool:
-    t = text.strip()
-    return t.lstrip("-").isdigit()
+    return re.fullmatch(r"-?[0-9]+", text) is not None
 
 
 def verbalize(verbalizer: str, space: LabelSpace = IMDB) -> list[str]:

@@ -58,8 +58,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     eval_file = run_dir / "eval.json"
     if eval_file.is_file():
         ev = json.loads(eval_file.read_text())
-        cm = ev["confusion_matrix"]
-        names = ev.get("names", ["negative", "positive"])
+        cm, names, title = _drawn_confusions(ev)
         n = len(names)
         # Grows with the classes; numbers shrink with the cells (readable at 20 classes).
         side = max(4.2, 0.45 * n + 2.5)
@@ -76,10 +75,37 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         ax.set_yticks(range(n), names)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
-        ax.set_title(f"accuracy {ev['accuracy']:.4f}, macro-F1 {ev['macro_f1']:.4f}")
+        ax.set_title(f"accuracy {ev['accuracy']:.4f}, macro-F1 {ev['macro_f1']:.4f}{title}")
         fig.tight_layout()
         written.append(_save(fig, run_dir / "confusion_matrix.png", plt))
     return written
+
+
+DRAWN_CLASSES = 30  # a matrix of more classes is unreadable (and slow to draw): the most confused are drawn
+
+
+def _drawn_confusions(ev: dict) -> tuple[list[list[int]], list[str], str]:
+    """(matrix, class names, title suffix): every class up to DRAWN_CLASSES, else the DRAWN_CLASSES classes
+    most involved in confusions (then in support), from the nonzero cells."""
+    names = ev.get("names", ["negative", "positive"])
+    if ev.get("confusion_matrix") is not None and len(names) <= DRAWN_CLASSES:
+        return ev["confusion_matrix"], names, ""
+    cells = ev.get("confusion_counts") or [  # an eval.json from before the counts: its dense matrix
+        [t, p, c] for t, row in enumerate(ev["confusion_matrix"]) for p, c in enumerate(row) if c
+    ]
+    errors, support = [0] * len(names), [0] * len(names)
+    for t, p, count in cells:
+        support[t] += count
+        if t != p:
+            errors[t] += count
+            errors[p] += count
+    keep = sorted(sorted(range(len(names)), key=lambda i: (-errors[i], -support[i], i))[:DRAWN_CLASSES])
+    where = {c: k for k, c in enumerate(keep)}
+    matrix = [[0] * len(keep) for _ in keep]
+    for t, p, count in cells:
+        if t in where and p in where:
+            matrix[where[t]][where[p]] += count
+    return matrix, [names[i] for i in keep], f"\nthe {len(keep)} of {len(names)} classes most often confused"
 
 
 def _save(fig, path: Path, plt) -> Path:

@@ -143,6 +143,15 @@ def _read_csv(path: Path, text: str, columns, optional) -> Table:
         reader = csv.reader(io.StringIO(text, newline=""))
         header = _next_record(reader, path)
         names = [h.strip() for h in header]
+        twice = sorted({n for n in names if n and names.count(n) > 1})
+        if twice:
+            where = "; ".join(
+                f"{n!r} in columns {', '.join(str(i + 1) for i, m in enumerate(names) if m == n)}"
+                for n in twice
+            )
+            raise DataError(
+                f"{path}: the header names a column twice ({where}); give each column its own name"
+            )
         wanted = _columns_present(path, names, columns, optional)
         index = {c: names.index(c) for c in wanted}
         table.columns = {c: [] for c in wanted}
@@ -197,7 +206,7 @@ def _read_jsonl(path: Path, text: str, columns, optional) -> Table:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = json.loads(line, object_pairs_hook=_Object)
         except json.JSONDecodeError as e:
             table.bad.append(BadRow(str(path), number, f"invalid JSON ({e.msg} at column {e.colno})", "line"))
             continue
@@ -209,7 +218,7 @@ def _read_json(path: Path, text: str, columns, optional) -> Table:
     if not text.lstrip().startswith("["):
         return _read_jsonl(path, text, columns, optional)
     try:
-        records = json.loads(text)
+        records = json.loads(text, object_pairs_hook=_Object)
     except json.JSONDecodeError as e:
         raise DataError(f"{path} line {e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
     if not isinstance(records, list):
@@ -234,6 +243,10 @@ def _add_record(table: Table, record, number: int, columns, optional, unit: str 
             )
         )
         return
+    if record.repeated:  # json.loads would keep the last of them, silently
+        fields = ", ".join(repr(k) for k in record.repeated)
+        table.bad.append(BadRow(table.path, number, f"the field(s) {fields} appear more than once", unit))
+        return
     missing = [c for c in columns if c not in record]
     if missing:
         table.bad.append(
@@ -248,6 +261,15 @@ def _add_record(table: Table, record, number: int, columns, optional, unit: str 
     for c in (*columns, *optional):
         table.columns[c].append(record.get(c, _ABSENT))
     table.lines.append(number)
+
+
+class _Object(dict):
+    """A JSON object that remembers the keys it was given more than once (a plain dict keeps the last)."""
+
+    def __init__(self, pairs):
+        super().__init__(pairs)
+        keys = [k for k, _ in pairs]
+        self.repeated = sorted({k for k in keys if keys.count(k) > 1})
 
 
 _ABSENT = object()  # an optional column a record does not have

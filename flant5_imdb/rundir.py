@@ -55,9 +55,16 @@ class RunLock:
             os.close(fd)
 
     def acquire(self) -> None:
-        """Create the folder if need be and hold the lock until `release` (or the process's end)."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        """Create the folder if need be and hold the lock until `release` (or the process's end).
+
+        Raises:
+            ConfigError: the folder cannot be created or written, or another training holds it.
+        """
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise ConfigError(unwritable(self.folder, e)) from None
         try:
             self._try_lock(fd)
         except BaseException:
@@ -81,6 +88,25 @@ class RunLock:
                 f"--output-dir {self.folder} is in use by another training (pid {holder}); "
                 "wait for it to end, or choose another --output-dir"
             ) from None
+
+
+def unwritable(folder: Path, error: OSError) -> str:
+    return (
+        f"--output-dir {folder}: cannot create or write it ({error.strerror or error}); choose another folder"
+    )
+
+
+def check_writable(folder: str | Path) -> None:
+    """Raise now, before any data is read, if `folder` (or the nearest folder above it that exists)
+    cannot be written: the run would fail only after loading data and model otherwise.
+
+    Raises:
+        ConfigError: naming the folder.
+    """
+    folder = Path(folder).absolute()
+    existing = next((f for f in (folder, *folder.parents) if f.exists()), None)
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(unwritable(folder, PermissionError(13, f"{existing} is not writable")))
 
 
 def held_run(folder: str | Path) -> list[str]:

@@ -15,6 +15,7 @@ multiplied back by both before it is divided by the global token count.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import logging
@@ -40,6 +41,7 @@ from flant5_imdb.checkpoint import (
     TrainState,
     apply_hyperparameters,
     check_compatible,
+    check_same_classes,
     latest_complete,
     load_checkpoint,
     read_checkpoint,
@@ -47,7 +49,7 @@ from flant5_imdb.checkpoint import (
     save_checkpoint,
     store_tied_once,
 )
-from flant5_imdb.config import ConfigError, TrainConfig
+from flant5_imdb.config import NO_EVAL, ConfigError, TrainConfig
 from flant5_imdb.data import (
     Collator,
     Columns,
@@ -62,11 +64,11 @@ from flant5_imdb.data import (
 from flant5_imdb.evaluate import evaluate, format_report, write_report
 from flant5_imdb.guards import Preempted, StepCounters, StopSignal, oom_hint
 from flant5_imdb.kernels.step import CompiledStep, apply_kernels, length_buckets
-from flant5_imdb.labels import LabelSpace, verbalize
+from flant5_imdb.labels import LabelSpace, parse_label_names, verbalize
 from flant5_imdb.modeling import build_model, save_settings, source_mask
 from flant5_imdb.optim import build_scheduler, optimizer_from
 from flant5_imdb.plots import plot_run
-from flant5_imdb.rundir import METRICS, RunLock, claim, truncate_metrics
+from flant5_imdb.rundir import METRICS, RunLock, check_writable, claim, truncate_metrics
 from flant5_imdb.sampler import Step, StepSampler
 from flant5_imdb.tokenizer import TRAIN_HERE, load_tokenizer, train_word_tokenizer
 
@@ -113,6 +115,7 @@ class Job:
     eval_source: str | None  # the split evaluated on, or how it was held out of train
     labels: LabelSpace
     targets: list[list[int]]
+    class_counts: list[int]  # training examples of each class
     skipped_rows: int
     model: torch.nn.Module  # as accelerate prepared it
     optimizer: torch.optim.Optimizer  # accelerate's wrapper
@@ -145,8 +148,9 @@ def setup(cfg: TrainConfig) -> Job:
         project_dir=cfg.output_dir,
     )
     out = Path(cfg.output_dir)
-    if accelerator.is_main_process:
-        RunLock(out).check()  # another training there: stop now, not after loading the data
+    if accelerator.is_main_process:  # stop now, not after loading the data
+        check_writable(out)
+        RunLock(out).check()  # another training there
     hub.preflight(
         hub.needs(
             model=None if cfg.model_config else cfg.model,
@@ -155,7 +159,9 @@ def setup(cfg: TrainConfig) -> Job:
             model_instead="a local folder, or --model-config flan-t5-base for random init",
         )
     )
-    data = load_data(cfg, accelerator)
+    # Read-only: the data may need the checkpoint's tokenizer, and a resume is checked before any write.
+    resume_from = resolve_resume(cfg.resume, out)
+    data = load_data(cfg, accelerator, resume_from)
     tokenizer, train_ds = data.tokenizer, data.train
     model, raw_optimizer, optimizer, step = build_trainable(cfg, accelerator, len(tokenizer))
     sampler = build_sampler(cfg, accelerator, train_ds)
@@ -165,14 +171,19 @@ def setup(cfg: TrainConfig) -> Job:
     scheduler = build_scheduler(optimizer, cfg.schedule, cfg.warmup_steps, total_steps)
     accelerator.register_for_checkpointing(scheduler)
     accelerator.register_save_state_pre_hook(store_tied_once)
-    resume_from = resolve_resume(cfg.resume, out)
     if resume_from is not None:
         saved = read_checkpoint(resume_from)
         check_compatible(saved, cfg.to_dict(), accelerator.num_processes, cfg.force_resume)
+        if not cfg.force_resume:  # the data order: refused here, before a byte is written
+            try:
+                copy.deepcopy(sampler).load_state_dict(saved["state"]["sampler"])
+            except ValueError as e:
+                raise CheckpointError(f"cannot resume the data order: {e}") from e
     job = Job(
         cfg=cfg, accelerator=accelerator, out=out, lock=None, started=started,
         tokenizer=tokenizer, train_ds=train_ds, eval_ds=data.eval, eval_source=data.eval_source,
         labels=data.labels, targets=target_ids(tokenizer, cfg.verbalizer, data.labels),
+        class_counts=data.class_counts,
         skipped_rows=len(data.skipped),
         model=model, optimizer=optimizer, raw_optimizer=raw_optimizer, scheduler=scheduler, step=step,
         sampler=sampler, collate=make_collator(cfg, tokenizer), total_steps=total_steps,
@@ -257,27 +268,37 @@ class Data:
     eval_source: str | None  # the split evaluated on, or how it was held out of train
     labels: LabelSpace
     skipped: list
+    class_counts: list[int]  # training examples of each class, after any hold-out and subset
 
 
-def load_data(cfg: TrainConfig, accelerator: Accelerator) -> Data:
-    """The source read, validated and tokenized; every process builds the same."""
+def load_data(cfg: TrainConfig, accelerator: Accelerator, resume_from: Path | None = None) -> Data:
+    """The source read, validated and tokenized; every process builds the same.
+
+    A resumed run with `--tokenizer word-level` takes the checkpoint's tokenizer: one built anew
+    from the data would give the restored embeddings other words.
+    """
     known = source_splits(cfg.data)  # before anything is read: a split that is not there fails now
+    no_eval = cfg.eval_split == NO_EVAL
     for flag, split in (("--train-split", cfg.train_split), ("--eval-split", cfg.eval_split)):
-        if split and known is not None and split not in known:
+        if split and not (flag == "--eval-split" and no_eval) and known is not None and split not in known:
             raise DataError(_no_such_split(cfg, flag, split, known))
     standard = cfg.train_split == "train" and cfg.eval_split in (None, "test", "validation")
-    wanted = (
-        None if standard else {cfg.train_split, *(s for s in (cfg.eval_split, "test", "validation") if s)}
-    )
+    others = () if no_eval else (cfg.eval_split, "test", "validation")
+    wanted = None if standard else {cfg.train_split, *(s for s in others if s)}
     columns = Columns(cfg.text_column, cfg.label_column, cfg.data_config)
-    order = cfg.labels.split(",") if cfg.labels else None
+    order = parse_label_names(cfg.labels) if cfg.labels else None
     with accelerator.main_process_first():  # the main process fills the datasets cache first
         loaded = load_labelled(cfg.data, skip_bad_rows=cfg.skip_bad_rows, splits=wanted, label_order=order,
                                columns=columns, train_split=cfg.train_split)  # fmt: skip
         if cfg.train_split not in loaded.splits:
             raise DataError(_no_such_split(cfg, "--train-split", cfg.train_split, list(loaded.splits)))
         targets = verbalize(cfg.verbalizer, loaded.labels)
-        if cfg.tokenizer == TRAIN_HERE:
+        if resume_from is not None:  # first: --force-resume cannot help here
+            check_same_classes(resume_from, loaded.labels, targets)
+        if cfg.tokenizer == TRAIN_HERE and resume_from is not None:
+            tokenizer = load_tokenizer(str(resume_from))
+            logger.info("--tokenizer word-level: resuming with the tokenizer built for %s", resume_from)
+        elif cfg.tokenizer == TRAIN_HERE:
             tokenizer = train_word_tokenizer(loaded.splits[cfg.train_split]["text"], targets=targets)
         else:
             hint = "; offline, pass --tokenizer with a local folder (or --tokenizer word-level)"
@@ -286,14 +307,37 @@ def load_data(cfg: TrainConfig, accelerator: Accelerator) -> Data:
                              max_source_length=cfg.max_source_length, space=loaded.labels)  # fmt: skip
     train_ds, eval_ds, eval_source = choose_eval(cfg, tokenized)
     train_ds = subset(train_ds, cfg.max_train_samples, cfg.seed)
-    return Data(tokenizer, train_ds, eval_ds, eval_source, loaded.labels, loaded.skipped)
+    counts = np.bincount(np.asarray(train_ds["label"], dtype=np.int64), minlength=len(loaded.labels)).tolist()
+    log_classes(loaded.labels, targets, counts)
+    return Data(tokenizer, train_ds, eval_ds, eval_source, loaded.labels, loaded.skipped, counts)
+
+
+def log_classes(space: LabelSpace, targets: list[str], counts: list[int]) -> None:
+    """The classes with their training examples, in the log; a class left with none is warned about."""
+    shown = [
+        f"{n} ({c:,})" + (f" -> {t!r}" if t != n else "")
+        for n, t, c in zip(space.names, targets, counts, strict=True)
+    ]
+    more = f", and {len(shown) - 50} more (summary.json lists every one)" if len(shown) > 50 else ""
+    logger.info(
+        "%d classes (training examples; -> the text the model writes, where not the name): %s%s",
+        len(shown),
+        ", ".join(shown[:50]),
+        more,
+    )
+    empty = [n for n, c in zip(space.names, counts, strict=True) if not c]
+    if empty and len(empty) < len(counts):
+        logger.warning(
+            "class(es) %s have no training example left: the model cannot learn them",
+            ", ".join(map(repr, empty)),
+        )
 
 
 def choose_eval(cfg: TrainConfig, tokenized) -> tuple[Dataset, Dataset | None, str | None]:
     """(train, eval split or None, its description): --eval-split, else test, else validation, else a
     --validation-split of train held out (seeded, stratified by label)."""
     train_ds = tokenized[cfg.train_split]
-    if not (cfg.final_eval or cfg.eval_every):
+    if not (cfg.final_eval or cfg.eval_every) or cfg.eval_split == NO_EVAL:
         return train_ds, None, None
     if cfg.eval_split and cfg.eval_split not in tokenized:
         raise DataError(_no_such_split(cfg, "--eval-split", cfg.eval_split, list(tokenized)))
@@ -731,6 +775,16 @@ def finish(job: Job) -> dict:
         model=f"{cfg.model_config} architecture, random init" if cfg.model_config else cfg.model,
         labels=list(job.labels.names),
         targets=verbalize(cfg.verbalizer, job.labels),
+        classes=[
+            dict(name=n, label=v, target=t, train_examples=c)
+            for n, v, t, c in zip(
+                job.labels.names,
+                job.labels.values,
+                verbalize(cfg.verbalizer, job.labels),
+                job.class_counts,
+                strict=True,
+            )
+        ],  # fmt: skip
         steps=state.step,
         samples_seen=state.samples_seen,
         epochs=state.samples_seen / len(job.train_ds),
