@@ -556,6 +556,16 @@ def hold_out(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]
             f"--validation-split {fraction}: {len(ds)} training rows are too few to hold out a validation "
             f"set{hint}"
         )
+    if len(held) > 2 * fraction * len(ds) + 1:
+        logger.warning(
+            "--validation-split %g held out %d of %d training rows (%.0f%%): every class gives at least one "
+            "and keeps one; with classes this small, name an evaluation split (--eval-split) or pass "
+            "--validation-split 0",
+            fraction,
+            len(held),
+            len(ds),
+            100 * len(held) / len(ds),
+        )
     return ds.select([i for i in range(len(ds)) if i not in held_set]), ds.select(sorted(held))
 
 

@@ -166,6 +166,17 @@ def test_the_hold_out_leaves_every_class_in_training(tmp_path):
     assert list(train["label"]).count(1) == 1
 
 
+def test_a_hold_out_far_larger_than_asked_is_warned_about(caplog):
+    """500 classes of 2: one of each held out is half the data, not the 10% asked for."""
+    from datasets import Dataset
+
+    ds = Dataset.from_dict({"text": [f"t{i}" for i in range(1000)], "label": [i // 2 for i in range(1000)]})
+    with caplog.at_level(logging.WARNING):
+        train, held = hold_out(ds, 0.1, seed=0)
+    assert len(train) == len(held) == 500
+    assert "--validation-split 0.1 held out 500 of 1000 training rows (50%)" in caplog.text
+
+
 def test_columns_must_differ_and_a_header_names_each_column_once(tmp_path):
     with pytest.raises(DataError, match="--text-column and --label-column both name 'label'"):
         Columns("label", "label")
