@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from datasets import Dataset, DatasetDict
 
-from flant5_imdb.labels import IMDB, LabelSpace, infer_labels, label_problem, label_text, verbalize
+from flant5_imdb.labels import IMDB, LabelSpace, canonical, infer_labels, verbalize
 from flant5_imdb.reader import BadRow, DataError, file_format, read_table, text_problem
 
 __all__ = [
@@ -419,13 +419,13 @@ def _read_text_file(path: Path, columns: Columns = Columns()) -> _RawSplit:
         if problem and problem != "empty text":  # not a string at all: the reader's to report
             bad.append(BadRow(str(path), line, problem, "line"))
             continue
-        problem = label_problem(label)  # null, a list, an object, empty: a bad row, never a class
+        as_text, problem = canonical(label)  # null, a list, an object, empty: a bad row, never a class
         if problem:
             bad.append(BadRow(str(path), line, problem, table.unit))
             continue
         texts.append(text)
         # Kept as written (messages quote it); JSON's numbers as text: 1.0 is "1", as a CSV's "1.0" will be.
-        labels.append(label if isinstance(label, str) else label_text(label))
+        labels.append(label if isinstance(label, str) else as_text)
         lines.append(line)
     ds = Dataset.from_dict(
         {"text": texts, "label": labels, "_line": lines},
@@ -496,12 +496,13 @@ def _validate(
     labels, bad, good = [], [], []
     for i, (text, value) in enumerate(zip(texts, raw_labels, strict=True)):
         place = lines[i] if lines is not None else i + 1
-        problem = text_problem(text) or label_problem(value)
-        label = None if problem else space.index(value)
+        canonical_label, label_issue = canonical(value)
+        problem = text_problem(text) or label_issue
+        label = None if problem else space.index_of(canonical_label)
         if problem:
             bad.append(BadRow(where, place, problem, raw.unit))
         elif label is None:
-            bad.append(BadRow(where, place, not_a_class(value, space), raw.unit))
+            bad.append(BadRow(where, place, not_a_class(value, canonical_label, space), raw.unit))
         else:
             good.append(i)
             labels.append(label)
@@ -521,13 +522,13 @@ def _validate(
     return ds.cast_column("label", datasets.Value("int64")), bad
 
 
-def not_a_class(value, space: LabelSpace) -> str:
-    """Why a readable label is none of the classes (with a hint for a name holding a comma)."""
-    shown = label_text(value)
+def not_a_class(value, shown: str, space: LabelSpace) -> str:
+    """Why a label (`value`, canonical text `shown`) is none of the classes (with a hint for a name
+    holding a comma)."""
     text = f"label {shown!r} is not one of {space.describe()}"
     if shown != value and isinstance(value, str) and value.strip() != shown:
         text += f" (written {value!r})"
-    if "," in (shown or "") and space.kind == "name":
+    if "," in shown and space.kind == "name":
         text += "; a class whose name holds a comma is written with \\, in --labels ('a\\, b,c')"
     return text
 

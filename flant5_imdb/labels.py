@@ -51,7 +51,10 @@ class LabelSpace:
 
     def index(self, raw) -> int | None:
         """The class of a raw label (a number or a text), or None if it is none of them."""
-        text = label_text(raw)
+        return self.index_of(label_text(raw))
+
+    def index_of(self, text: str | None) -> int | None:
+        """The class of a canonical label text (`canonical`), or None."""
         if text is None:
             return None
         if self.kind == "imdb":
@@ -84,41 +87,43 @@ IMDB = LabelSpace(("0", "1"), ("negative", "positive"), "imdb")
 _NUMBER = re.compile(r"[+-]?\d+(?:\.\d*)?|[+-]?\.\d+")  # \d: a decimal digit of any script
 
 
-def label_text(raw) -> str | None:
-    """A label value's canonical text (see the module's doc); None where it is no label (`label_problem`)."""
-    if label_problem(raw):
-        return None
+def canonical(raw) -> tuple[str | None, str | None]:
+    """(a label value's canonical text, None) where it is a label (see the module's doc); (None, why)
+    where it is none: a bad row, never a class."""
+    if raw is None:
+        return None, "no label (null or missing)"
     if isinstance(raw, bool):
-        return "true" if raw else "false"
+        return ("true" if raw else "false"), None
     if isinstance(raw, int):
-        return str(raw)
+        return str(raw), None
     if isinstance(raw, float):
-        return _number_text(raw)
+        return (_number_text(raw), None) if math.isfinite(raw) else (None, f"no label ({raw})")
+    if isinstance(raw, list | tuple):
+        return None, "the label is a list, not a single value"
+    if isinstance(raw, dict):
+        return None, "the label is an object, not a single value"
+    if not isinstance(raw, str):
+        return None, f"the label is a {type(raw).__name__}, not a single value"
     text = _clean(raw)
+    if not text:
+        return None, "empty label"
     if not _NUMBER.fullmatch(text):
-        return text
+        return text, None
     ascii_digits = "".join(str(unicodedata.decimal(c)) if c.isdecimal() else c for c in text)
     number = Decimal(ascii_digits)  # exact: a long integer label keeps every digit
     if number == number.to_integral_value():
-        return str(int(number))
-    return format(number.normalize(), "f")
+        return str(int(number)), None
+    return format(number.normalize(), "f"), None
+
+
+def label_text(raw) -> str | None:
+    """A label value's canonical text; None where it is no label (`label_problem` says why)."""
+    return canonical(raw)[0]
 
 
 def label_problem(raw) -> str | None:
     """Why a value is no label (a bad row, never a class), or None when it is one."""
-    if raw is None:
-        return "no label (null or missing)"
-    if isinstance(raw, float) and not math.isfinite(raw):
-        return f"no label ({raw})"
-    if isinstance(raw, list | tuple):
-        return "the label is a list, not a single value"
-    if isinstance(raw, dict):
-        return "the label is an object, not a single value"
-    if isinstance(raw, bool | int | float):
-        return None
-    if not isinstance(raw, str):
-        return f"the label is a {type(raw).__name__}, not a single value"
-    return None if _clean(raw) else "empty label"
+    return canonical(raw)[1]
 
 
 def _clean(text: str) -> str:
@@ -136,8 +141,7 @@ def _number_text(value: float) -> str:
 
 def parse_label_names(text: str) -> list[str]:
     """`--labels a,b,c` as names; a comma inside a name is written `\\,` (`--labels 'x\\, y,z'`)."""
-    names = [part.replace("\\,", ",") for part in re.split(r"(?<!\\),", text)]
-    return names
+    return [part.replace("\\,", ",") for part in re.split(r"(?<!\\),", text)]
 
 
 def infer_labels(raw_labels: Iterable, explicit: Iterable[str] | None = None) -> LabelSpace:
