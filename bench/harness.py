@@ -312,8 +312,11 @@ def measure_loop(name, cfg, args, data: BenchData, peak, progress=None) -> dict:
         examples.append(step.global_examples)
         tokens.append(step.global_tokens)
         flops.append(sum(train_flops(model_config(model), data.lengths[i], data.target_len) for i in idx))
-        if cfg.cuda_graphs and compiles_here(cfg) and (recorded := recorded_cuda_graphs()) != graphs[0]:
-            graphs[0] = recorded  # a new graph was recorded: worth keeping should the row be cut short
+        # During warm-up only (the timed steps are not to pay for a look at the graph tree; what they
+        # record is counted at their end): a new graph recorded is worth keeping should the row be cut short.
+        graphed = cfg.cuda_graphs and compiles_here(cfg) and len(clock) <= warmup
+        if graphed and (recorded := recorded_cuda_graphs()) != graphs[0]:
+            graphs[0] = recorded
             progress(steps_done=len(clock), cuda_graphs_recorded=recorded)
         # The timed window: what compiles or records in it would be timed as if it were a training step.
         if len(clock) in (warmup, warmup + args.steps):
