@@ -1,11 +1,11 @@
 """The classes of a run, and the texts the model writes for them.
 
 Every label value has one canonical text, the same whichever format it came in (`label_text`):
-surrounding space stripped, Unicode NFC, invisible characters (zero-width spaces, joiners,
-byte-order marks: Unicode's format characters) removed; a number in any spelling (`1`, `1.0`,
-`01`, `+1`, another script's digits) is its shortest decimal text, so an integral one is that
-integer's digits. A value that is no single label (null, an empty text, a list, an object) is a
-bad row, never a class (`label_problem`).
+surrounding space stripped and each run of white space inside one space, Unicode NFC, invisible
+characters (zero-width spaces, joiners, byte-order marks: Unicode's format characters) removed;
+a number in any spelling (`1`, `1.0`, `01`, `+1`, another script's digits) is its shortest
+decimal text, so an integral one is that integer's digits. A value that is no single label (null,
+an empty text, a list, an object) is a bad row, never a class (`label_problem`).
 
 A `LabelSpace` is taken from the training split's labels, in a stable order:
   * IMDB: every label is one of 0/1/neg/pos/negative/positive (as numbers or text): two classes,
@@ -127,9 +127,9 @@ def label_problem(raw) -> str | None:
 
 
 def _clean(text: str) -> str:
-    """NFC, without invisible (format) characters, stripped."""
+    """NFC, without invisible (format) characters, each run of white space one space, stripped."""
     text = unicodedata.normalize("NFC", text)
-    return "".join(c for c in text if unicodedata.category(c) != "Cf").strip()
+    return " ".join("".join(c for c in text if unicodedata.category(c) != "Cf").split())
 
 
 def _number_text(value: float) -> str:

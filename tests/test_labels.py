@@ -44,7 +44,8 @@ def labelled(labels: list, text="a fine text number {i}") -> list[dict]:
     "raw, text",
     [(1, "1"), (1.0, "1"), ("1.0", "1"), ("01", "1"), (" +1 ", "1"), ("-0", "0"), ("\u0661", "1"),
      ("\u0660\u0661", "1"), (0.5, "0.5"), ("0.50", "0.5"), ("12345678901234567890", "12345678901234567890"),
-     ("pos\u200b", "pos"), ("\ufeffneg", "neg"), ("cafe\u0301", "caf\u00e9"), (" spam ", "spam"),
+     ("pos\u200b", "pos"), ("very  good\t", "very good"), ("a\u00a0b", "a b"),
+     ("\ufeffneg", "neg"), ("cafe\u0301", "caf\u00e9"), (" spam ", "spam"),
      ("\u00b2", "\u00b2"), ("1e3", "1e3"), (True, "true")],
 )  # fmt: skip
 def test_one_canonical_text_per_label(raw, text):
