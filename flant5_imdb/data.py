@@ -141,7 +141,7 @@ def _warn_about_classes(source: str, ds: Dataset, space: LabelSpace, columns: Co
     """What a label space may get wrong without being an error, warned about by name at any data size:
     one class only; a class so rare beside another that it may be a typo; a class named by --labels
     that training never shows; columns that look swapped."""
-    labels = ds["label"]
+    labels = list(ds["label"])  # a plain list: a datasets Column re-reads Arrow on every pass
     counts = [0] * len(space)
     for y in labels:
         counts[y] += 1
@@ -491,8 +491,9 @@ def _validate(
             f"{where}: missing column {', '.join(repr(c) for c in missing)} (found: "
             f"{', '.join(ds.column_names)})"
         )
-    lines = ds["_line"] if "_line" in ds.column_names else None
-    texts, raw_labels = ds["text"], ds["label"]
+    # Plain lists: a datasets Column formats a row per item read, and every row is read here.
+    lines = list(ds["_line"]) if "_line" in ds.column_names else None
+    texts, raw_labels = list(ds["text"]), list(ds["label"])
     labels, bad, good = [], [], []
     for i, (text, value) in enumerate(zip(texts, raw_labels, strict=True)):
         place = lines[i] if lines is not None else i + 1
@@ -536,7 +537,7 @@ def not_a_class(value, shown: str, space: LabelSpace) -> str:
 def hold_out(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
     """(train, validation): a seeded, label-stratified `fraction` of `ds` held out for evaluation."""
     rng = random.Random(seed)
-    labels = ds["label"]
+    labels = list(ds["label"])  # a plain list: a datasets Column re-reads Arrow on every pass
     held = []
     for label in sorted(set(labels)):
         rows = [i for i, y in enumerate(labels) if y == label]

@@ -75,12 +75,24 @@ def test_the_compiled_rows_are_the_kernel_path_and_its_evaluation():
     }
 
 
-def test_every_gpu_check_named_by_the_script_exists():
-    """A renamed test would make its part fail at once on the GPU, after the machine had started."""
-    listed = subprocess.run(
-        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "gpu", "tests/kernels"],
-        cwd=ROOT, capture_output=True, text=True,
-    ).stdout.split()  # fmt: skip
+class Collected:
+    """A pytest plugin that keeps the node ids a session collects."""
+
+    def __init__(self):
+        self.ids: list[str] = []
+
+    def pytest_collection_finish(self, session):
+        self.ids = [item.nodeid for item in session.items]
+
+
+def test_every_gpu_check_named_by_the_script_exists(monkeypatch):
+    """A renamed test would make its part fail at once on the GPU, after the machine had started.
+    (Collected in this process: a second one would spend its time importing torch again.)"""
+    monkeypatch.chdir(ROOT)
+    collected = Collected()
+    args = ["--collect-only", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests/kernels"]
+    assert pytest.main(args, plugins=[collected]) == 0
+    listed = collected.ids
     flex = re.search(r"^FLEX=\$NA::(\w+)$", SCRIPT, re.M).group(1)
     flex = f"tests/kernels/test_norm_attention.py::{flex}"
     calls = "\n".join(line for line in SCRIPT.splitlines() if not re.match(r"(KP|NA|FLEX)=", line))
