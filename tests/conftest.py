@@ -28,6 +28,16 @@ IMDB_DIR = SHARED_DATA / "imdb"
 IMDB_TOKENIZER = SHARED_DATA / "tokenizer" / "imdb-unigram-32k"
 
 
+def load_script(name: str):
+    """scripts/NAME.py as a module, to call its `main(argv)` in this process (no second torch import)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"scripts_{name}", ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_script(name: str, *args, timeout: float = 120, **kwargs):
     """`python scripts/NAME.py ARGS...` from this checkout, its output captured as text."""
     import subprocess

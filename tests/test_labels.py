@@ -377,14 +377,11 @@ def test_eval_split_none_turns_evaluation_off_and_other_names_must_exist(tmp_pat
 
 
 def test_an_output_folder_that_cannot_be_written_is_one_line(tmp_path, monkeypatch, capsys):
-    import importlib.util
     import os
 
-    from tests.conftest import ROOT
+    from tests.conftest import load_script
 
-    spec = importlib.util.spec_from_file_location("train_script", ROOT / "scripts" / "train.py")
-    train_script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_script)
+    train_script = load_script("train")
 
     real_access = os.access
     monkeypatch.setattr(

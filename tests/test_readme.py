@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, load_script
 
 
 def readme_commands(marker: str) -> list[str]:
@@ -96,17 +96,20 @@ def test_save_and_load_say_nothing_alarming(tmp_path, caplog):
         transformers.logging.disable_propagation()
 
 
-def test_help_texts_show_each_default_once_and_only_accepted_choices():
-    help_text = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "train.py"), "--help"], capture_output=True, text=True
-    ).stdout
-    flat = " ".join(help_text.split())
+def script_help(name: str, capsys) -> str:
+    """What `python scripts/NAME.py --help` prints (run in this process)."""
+    with pytest.raises(SystemExit) as stopped:
+        load_script(name).main(["--help"])
+    assert stopped.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_help_texts_show_each_default_once_and_only_accepted_choices(capsys):
+    flat = " ".join(script_help("train", capsys).split())
     assert "(default: None)" not in flat and "fp16}" not in flat and "{bf16,fp32}" in flat
     assert "(default: the model's own, 0.1 for flan-t5)" in flat and "0.1 for flan-t5) (default" not in flat
     for script in ("evaluate", "predict"):
-        text = subprocess.run(
-            [sys.executable, str(ROOT / "scripts" / f"{script}.py"), "--help"], capture_output=True, text=True
-        ).stdout
+        text = script_help(script, capsys)
         assert "--batch-size" in text and "(default: " in " ".join(text.split())
 
 
