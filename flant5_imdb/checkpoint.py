@@ -40,7 +40,7 @@ from accelerate import Accelerator
 
 from flant5_imdb.config import FIXED, FREE, TrainConfig, flag, resume_kind
 from flant5_imdb.labels import LabelSpace, verbalize
-from flant5_imdb.modeling import SETTINGS_FILE
+from flant5_imdb.modeling import saved_settings
 
 logger = logging.getLogger(__name__)
 
@@ -321,8 +321,7 @@ def check_same_classes(path: Path, labels: LabelSpace, targets: list[str]) -> No
     Raises:
         CheckpointError: naming each difference.
     """
-    settings_file = path / SETTINGS_FILE
-    saved = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
+    saved = saved_settings(path)
     before = LabelSpace.from_dict(saved.get("labels"))  # a checkpoint from before label spaces: IMDB's
     before_targets = saved.get("targets") or verbalize(saved.get("verbalizer", "digits"), before)
     diffs = []

@@ -142,9 +142,7 @@ def _warn_about_classes(source: str, ds: Dataset, space: LabelSpace, columns: Co
     one class only; a class so rare beside another that it may be a typo; a class named by --labels
     that training never shows; columns that look swapped."""
     labels = list(ds["label"])  # a plain list: a datasets Column re-reads Arrow on every pass
-    counts = [0] * len(space)
-    for y in labels:
-        counts[y] += 1
+    counts = class_counts(labels, len(space))
     present = [i for i, c in enumerate(counts) if c]
     if len(present) == 1:
         logger.warning(
@@ -189,6 +187,11 @@ def _warn_about_classes(source: str, ds: Dataset, space: LabelSpace, columns: Co
                 len(texts),
                 ", ".join(map(repr, sorted(texts)[:5])),
             )
+
+
+def class_counts(labels, n_classes: int) -> list[int]:
+    """Examples of each class index 0..n_classes-1."""
+    return np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_classes).tolist()
 
 
 def source_splits(source: str) -> list[str] | None:

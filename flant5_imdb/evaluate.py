@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 from datasets import Dataset
-from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
+from sklearn.metrics import accuracy_score, classification_report, f1_score
 from tqdm.auto import tqdm
 from transformers.modeling_outputs import BaseModelOutput
 
@@ -206,9 +206,8 @@ def prediction_row(example: int, label: int, pred: int, probs: list[float], name
     return row
 
 
-MAX_MATRIX_CLASSES = (
-    30  # beyond this, a confusion matrix is summarised: its nonzero cells, the top confusions
-)
+# Beyond this many classes a confusion matrix is summarised: its nonzero cells, the top confusions.
+MAX_MATRIX_CLASSES = 30
 
 
 def metrics(y_true: list[int], y_pred: list[int], names: tuple[str, ...] = CLASS_NAMES) -> dict:
@@ -229,8 +228,8 @@ def metrics(y_true: list[int], y_pred: list[int], names: tuple[str, ...] = CLASS
         ((n, t, p) for (t, p), n in counts.items() if t != p), key=lambda c: (-c[0], c[1], c[2])
     )
     matrix = None
-    if len(names) <= MAX_MATRIX_CLASSES:
-        matrix = confusion_matrix(y_true, y_pred, labels=list(range(len(names)))).tolist()
+    if len(names) <= MAX_MATRIX_CLASSES:  # from the same counts: a -1 prediction is in no cell
+        matrix = [[counts[t, p] for p in range(len(names))] for t in range(len(names))]
     return dict(
         names=list(names),
         n=len(y_true),

@@ -175,6 +175,12 @@ def save_settings(path: str | Path, *, verbalizer: str, prompt: str | None, max_
     Path(path, SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
 
 
+def saved_settings(path: str | Path) -> dict:
+    """What `save_settings` wrote beside a model or checkpoint; {} where nothing was (a Hub model)."""
+    settings_file = Path(path, SETTINGS_FILE)
+    return json.loads(settings_file.read_text()) if settings_file.is_file() else {}
+
+
 def load_trained(
     path: str,
     *,
@@ -194,8 +200,7 @@ def load_trained(
     """
     model = build_model(path)
     tokenizer = load_tokenizer(path)
-    settings_file = Path(path, SETTINGS_FILE)
-    saved = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
+    saved = saved_settings(path)
     settings = {
         "verbalizer": verbalizer or saved.get("verbalizer", "digits"),
         "prompt": prompt if prompt is not None else saved.get("prompt"),

@@ -54,6 +54,7 @@ from flant5_imdb.data import (
     Collator,
     Columns,
     DataError,
+    class_counts,
     hold_out,
     load_labelled,
     source_splits,
@@ -307,7 +308,7 @@ def load_data(cfg: TrainConfig, accelerator: Accelerator, resume_from: Path | No
                              max_source_length=cfg.max_source_length, space=loaded.labels)  # fmt: skip
     train_ds, eval_ds, eval_source = choose_eval(cfg, tokenized)
     train_ds = subset(train_ds, cfg.max_train_samples, cfg.seed)
-    counts = np.bincount(np.asarray(train_ds["label"], dtype=np.int64), minlength=len(loaded.labels)).tolist()
+    counts = class_counts(train_ds["label"], len(loaded.labels))
     log_classes(loaded.labels, targets, counts)
     return Data(tokenizer, train_ds, eval_ds, eval_source, loaded.labels, loaded.skipped, counts)
 
