@@ -39,7 +39,7 @@ import torch
 from accelerate import Accelerator
 
 from flant5_imdb.config import FIXED, FREE, TrainConfig, flag, resume_kind
-from flant5_imdb.labels import LabelSpace, verbalize
+from flant5_imdb.data.labels import LabelSpace, verbalize
 from flant5_imdb.modeling import saved_settings
 
 logger = logging.getLogger(__name__)
@@ -395,3 +395,22 @@ def load_checkpoint(accelerator: Accelerator, path: Path) -> TrainState:
         ):
             raise CheckpointError(f"{path}: the CUDA RNG state was not restored from {rng_file.name}")
     return TrainState(**read_checkpoint(path)["state"])
+
+
+def save_final(accelerator: Accelerator, model, path: Path, export_to: Callable[[Path], None]) -> None:
+    """save_pretrained of the unwrapped model (no DDP `module.` or compile `_orig_mod.` prefixes), tokenizer,
+    settings.
+    """
+    accelerator.wait_for_everyone()
+    state_dict = accelerator.get_state_dict(
+        model
+    )  # gathered from the shards under FSDP; a plain state dict otherwise
+    unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
+    unwrapped.save_pretrained(
+        path,
+        is_main_process=accelerator.is_main_process,
+        save_function=accelerator.save,
+        state_dict=state_dict,
+    )
+    if accelerator.is_main_process:
+        export_to(path)

@@ -15,6 +15,7 @@ and is reported as `unparseable`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -33,20 +34,10 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from flant5_imdb import hub
 from flant5_imdb.accel import make_accelerator
-from flant5_imdb.data import (
-    Collator,
-    Columns,
-    DataError,
-    load_labelled,
-    source_splits,
-    subset,
-    target_ids,
-    tokenize,
-)
+from flant5_imdb.data import IMDB, Collator, Columns, DataSpec, check_splits, prepare, write_skipped
 from flant5_imdb.modeling import load_trained, source_mask
 
 logger = logging.getLogger(__name__)
-CLASS_NAMES = ("negative", "positive")
 
 
 def _batches(ds: Dataset, batch_size: int, rank: int = 0, world: int = 1) -> list[list[int]]:
@@ -136,14 +127,13 @@ def evaluate(
     batch_size: int = 64,
     tokenizer=None,
     collator: Collator | None = None,
-    names: tuple[str, ...] = CLASS_NAMES,
+    names: tuple[str, ...] = IMDB.names,
 ) -> dict:
     """Evaluate on `ds` (tokenized, with `label` and `id`), sharded over the processes.
 
     Returns the metrics (see `metrics`) plus `predictions` (id, label, pred, and `probs`, the
-    probability of each class by name, or beyond 30 classes `top_probs`, the 10 most probable;
-    `prob_positive` for IMDB's two classes), `eval_seconds` and
-    `reviews_per_s`. Every process returns the same dict.
+    probability of each class by name, or beyond 30 classes `top_probs`, the 10 most probable),
+    `eval_seconds` and `examples_per_s`. Every process returns the same dict.
     """
     collator = collator or Collator()
     unwrapped = accelerator.unwrap_model(model)
@@ -180,7 +170,7 @@ def evaluate(
         mode=mode,
         eval_loss=sum(s for s, _ in losses) / total_tok if total_tok else None,
         eval_seconds=seconds,
-        reviews_per_s=len(rows) / seconds,
+        examples_per_s=len(rows) / seconds,
         predictions=rows,
     )
     if was_training:
@@ -198,19 +188,16 @@ def prediction_row(example: int, label: int, pred: int, probs: list[float], name
     if len(names) > MAX_MATRIX_CLASSES:
         top = sorted(range(len(names)), key=lambda i: -probs[i])[:TOP_PROBS]
         return dict(id=example, label=label, pred=pred, top_probs={names[i]: float(probs[i]) for i in top})
-    row = dict(
+    return dict(
         id=example, label=label, pred=pred, probs={n: float(p) for n, p in zip(names, probs, strict=True)}
     )
-    if tuple(names) == CLASS_NAMES:
-        row["prob_positive"] = float(probs[1])
-    return row
 
 
 # Beyond this many classes a confusion matrix is summarised: its nonzero cells, the top confusions.
 MAX_MATRIX_CLASSES = 30
 
 
-def metrics(y_true: list[int], y_pred: list[int], names: tuple[str, ...] = CLASS_NAMES) -> dict:
+def metrics(y_true: list[int], y_pred: list[int], names: tuple[str, ...] = IMDB.names) -> dict:
     """Accuracy, macro-F1 (the baseline's "F1"), per-class report and confusion counts; -1
     predictions (generated text that is no class's target) count as wrong.
 
@@ -262,7 +249,7 @@ def format_report(result: dict) -> str:
         lines.append(
             f"note: {len(absent)} class(es) of the model are not in this data and not in macro-F1: {shown}"
         )
-    names = result.get("names", list(CLASS_NAMES))
+    names = result.get("names", list(IMDB.names))
     reported = [n for n in names if n in r]
     width = max(10, *(len(n) for n in reported))
     lines.append(f"{'':>{width}} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>9}")
@@ -326,25 +313,22 @@ def evaluate_saved(
     for name, value in (("batch_size", batch_size), ("max_samples", max_samples)):
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    known = source_splits(data)  # only the split evaluated is read (and checked)
+    spec = DataSpec(data, columns, train_split=None, eval_split=split, eval_flag="--split",
+                    skip_bad_rows=skip_bad_rows, max_eval_samples=max_samples, seed=seed)  # fmt: skip
+    check_splits(spec)  # before the model is loaded: a split that is not there fails now
     hub.preflight(hub.needs(model=model_path, data=data))
-    if known is not None and split not in known:
-        raise DataError(f"--split {split!r}: {data} has only {', '.join(known)}")
     model, tokenizer, settings = load_trained(model_path, verbalizer=verbalizer, prompt=prompt)
-    verbalizer, prompt, space = settings["verbalizer"], settings["prompt"], settings["labels"]
-    loaded = load_labelled(data, splits=[split], skip_bad_rows=skip_bad_rows, labels=space, columns=columns)
-    raw, skipped = loaded.splits, loaded.skipped
-    if split not in raw:
-        raise DataError(f"--split {split!r}: {data} has no such split")
-    ds = tokenize(raw, tokenizer, verbalizer=verbalizer, prompt=prompt,
-                  max_source_length=settings["max_source_length"], space=space)[split]  # fmt: skip
-    ds = subset(ds, max_samples, seed)
+    spec = dataclasses.replace(spec, verbalizer=settings["verbalizer"], prompt=settings["prompt"],
+                               max_source_length=settings["max_source_length"])  # fmt: skip
+    # Only the split evaluated is read, in the model's label space.
+    prepared = prepare(spec, lambda *_: tokenizer, labels=settings["labels"])
+    ds, space, skipped = prepared.eval, prepared.labels, prepared.skipped
     accelerator = make_accelerator(precision)
     model = model.to(accelerator.device)
     result = evaluate(
         model,
         ds,
-        targets=target_ids(tokenizer, verbalizer, space),
+        targets=prepared.targets,
         accelerator=accelerator,
         mode=mode,
         batch_size=batch_size,
@@ -356,18 +340,11 @@ def evaluate_saved(
         model=model_path,
         data=data,
         split=split,
-        verbalizer=verbalizer,
-        prompt=prompt,
+        verbalizer=spec.verbalizer,
+        prompt=spec.prompt,
         skipped_rows=len(skipped),
     )
     if output_dir is not None and accelerator.is_main_process:
         write_report(result, Path(output_dir))
-        if skipped:
-            with open(Path(output_dir) / "skipped_rows.jsonl", "w") as f:
-                f.writelines(json.dumps(r.to_dict()) + "\n" for r in skipped)
-            logger.warning(
-                "--skip-bad-rows: %d bad row(s) left out, each listed in %s",
-                len(skipped),
-                Path(output_dir) / "skipped_rows.jsonl",
-            )
+        write_skipped(skipped, Path(output_dir))
     return result

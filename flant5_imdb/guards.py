@@ -18,14 +18,18 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 
 from flant5_imdb.checkpoint import TrainState
+
+logger = logging.getLogger(__name__)
 
 
 class Preempted(RuntimeError):
@@ -116,7 +120,8 @@ class StepCounters:
         self.worst_streak = torch.maximum(self.worst_streak, self.streak)
         return bad
 
-    def sync(self, state: TrainState) -> None:
+    def sync_and_check(self, state: TrainState) -> None:
+        """Copy the counters to `state` (a host sync); raise after `max_bad_steps` bad updates in a row."""
         state.target_tokens_seen = int(self.tokens.item())
         state.skipped_steps = int(self.skipped.item())
         if self.max_bad_steps and self.worst_streak.item() >= self.max_bad_steps:
@@ -147,3 +152,16 @@ class oom_hint:  # noqa: N801 - used as a context manager, like torch.no_grad
                 f"for the same effective batch try --batch-size {smaller} --grad-accum {acc * bs // smaller}"
             ) from exc
         return False
+
+
+def rank_param_checksums(accelerator: Accelerator, model) -> list[float]:
+    """The float64 sum of every parameter, one per process: equal on all ranks unless DDP went wrong."""
+    params = accelerator.unwrap_model(model).parameters()
+    # FSDP shards are DTensors: sum the full tensor, which every rank then holds alike.
+    local = sum(
+        float((p.full_tensor() if hasattr(p, "full_tensor") else p).detach().double().sum()) for p in params
+    )
+    sums = gather_object([local])
+    if len(set(sums)) > 1:
+        logger.warning("parameters differ across processes after training: checksums %s", sums)
+    return sums

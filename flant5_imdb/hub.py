@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from flant5_imdb.data import source_splits
-from flant5_imdb.reader import looks_like_path
+from flant5_imdb.data import looks_like_path, parse_source
 from flant5_imdb.tokenizer import TRAIN_HERE
 
 logger = logging.getLogger(__name__)
@@ -121,7 +120,7 @@ def needs(
         found.append(Need("--model", model, "model", model_instead))
     if tokenizer not in (None, TRAIN_HERE, model) and hub_id(tokenizer):
         found.append(Need("--tokenizer", tokenizer, "model", "a local folder, or --tokenizer word-level"))
-    if data is not None and source_splits(data) is None:
+    if data is not None and parse_source(data).hub_id:
         found.append(
             Need("--data", data, "dataset", "a local file or folder: parquet, csv, jsonl, or aclImdb/")
         )

@@ -17,8 +17,8 @@ from accelerate.utils import extract_model_from_parallel
 from transformers import T5Config
 from transformers.models.t5.modeling_t5 import T5Attention
 
-from flant5_imdb.labels import IMDB, LabelSpace, verbalize
-from flant5_imdb.reader import looks_like_path
+from flant5_imdb.data.labels import IMDB, LabelSpace, verbalize
+from flant5_imdb.data.source import looks_like_path
 from flant5_imdb.tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)

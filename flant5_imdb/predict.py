@@ -8,16 +8,14 @@ verbalizer, prompt and truncation are those the model was trained with (read fro
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 
 from flant5_imdb import hub
-from flant5_imdb.data import Collator, prompt_template, target_ids
+from flant5_imdb.data import Collator, prompt_template, target_ids, text_problem
 from flant5_imdb.evaluate import score_batch
 from flant5_imdb.modeling import load_trained
-from flant5_imdb.reader import BadRow, DataError, read_table, text_problem
 
 
 class InputError(ValueError):
@@ -34,11 +32,6 @@ class Prediction:
     def prob(self) -> float:
         """The probability of the predicted class."""
         return self.probs[self.label_name]
-
-    @property
-    def prob_positive(self) -> float | None:
-        """IMDB's `positive` probability (None for other classes)."""
-        return self.probs.get("positive")
 
 
 class Classifier:
@@ -95,46 +88,3 @@ class Classifier:
             for i, p, y in zip(idx, probs, scores.argmax(-1).tolist(), strict=True):
                 out[i] = Prediction(label=y, label_name=names[y], probs=dict(zip(names, p, strict=True)))
         return out
-
-
-def read_texts(
-    path: str | None,
-    lines: Iterable[str] | None = None,
-    *,
-    skip_bad_rows: bool = False,
-    text_column: str = "text",
-) -> tuple[list[str], list[BadRow]]:
-    """Reviews from a file (.txt one a line, .csv / .jsonl / .json with a `text` column, any of them
-    gzipped) or from `lines` (stdin, one a line), through the same reader as the training data;
-    blank lines are no reviews and are passed over. Returns (texts, records skipped).
-
-    Everything is read and checked before anything is predicted, so a bad input produces no output.
-
-    Raises:
-        InputError: naming the file and line of the first problem (unless `skip_bad_rows`, for
-            records that are no usable text).
-    """
-    if path is None:
-        records = [(i, line.rstrip("\r\n")) for i, line in enumerate(lines or [], start=1)]
-        table_path, unit = "<stdin>", "line"
-        texts_lines = [(n, t) for n, t in records if t.strip()]
-        bad: list[BadRow] = []
-    else:
-        try:
-            table = read_table(path, (text_column,))
-        except DataError as e:
-            raise InputError(str(e)) from None
-        table_path, unit, bad = table.path, table.unit, list(table.bad)
-        texts_lines = list(zip(table.lines, table.columns[text_column], strict=True))
-    texts = []
-    for number, text in texts_lines:
-        problem = text_problem(text)
-        if problem:
-            bad.append(BadRow(table_path, number, problem, unit))
-        else:
-            texts.append(text)
-    bad.sort(key=lambda r: r.row or 0)
-    if bad and not skip_bad_rows:
-        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        raise InputError(f"{bad[0]}{more}; pass --skip-bad-rows to leave such records out")
-    return texts, bad

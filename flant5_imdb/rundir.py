@@ -147,6 +147,29 @@ def claim(folder: str | Path, *, resuming: bool, resume_asked: bool, overwrite: 
     return lock
 
 
+def claim_on_main(accelerator, folder: Path, **claim_args) -> RunLock | None:
+    """The main process claims `folder` (`claim`); every process learns whether it could, and raises alike.
+
+    Raises:
+        ConfigError: as `claim`, on every process.
+    """
+    error, lock = None, None
+    if accelerator.is_main_process:
+        try:
+            lock = claim(folder, **claim_args)
+        except ConfigError as e:
+            error = str(e)
+    if accelerator.num_processes > 1:
+        import torch.distributed
+
+        box = [error]
+        torch.distributed.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error:
+        raise ConfigError(error)
+    return lock
+
+
 def truncate_metrics(folder: str | Path, step: int) -> int:
     """Keep the metrics.jsonl lines of steps up to `step` (what a resumed run has not redone); returns
     how many lines were dropped. Rewritten atomically: a crash leaves the old file or the new one."""

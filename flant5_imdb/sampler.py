@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Step:
+class StepPlan:
     """One optimizer step for one rank."""
 
     micro_batches: list[list[int]]  # len == grad_accum; a list may be empty (see module doc)
@@ -96,7 +96,7 @@ class StepSampler:
             steps = [steps[i] for i in perm] + steps[full:]
         return steps
 
-    def split_step(self, step: np.ndarray) -> Step:
+    def split_step(self, step: np.ndarray) -> StepPlan:
         """This rank's micro-batches of one global step: slot j goes to rank j % world, micro j // world."""
         slots = self.num_replicas * self.grad_accum
         if len(step) == self.global_batch:
@@ -106,9 +106,9 @@ class StepSampler:
             bounds = np.concatenate([[0], np.cumsum(sizes)])
         micro = [step[bounds[j] : bounds[j + 1]].tolist() for j in range(slots)]
         mine = [micro[m * self.num_replicas + self.rank] for m in range(self.grad_accum)]
-        return Step(mine, len(step), int(self.lengths[step].sum()))
+        return StepPlan(mine, len(step), int(self.lengths[step].sum()))
 
-    def __iter__(self) -> Iterator[Step]:
+    def __iter__(self) -> Iterator[StepPlan]:
         plan = self.epoch_plan(self.epoch)
         while self.position < len(plan):
             step = plan[self.position]

@@ -13,7 +13,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from flant5_imdb.reader import looks_like_path
+from flant5_imdb.data.source import looks_like_path
 
 TRAIN_HERE = "word-level"  # --tokenizer value that trains a word-level tokenizer on the training texts
 SPECIALS = ["<pad>", "</s>", "<unk>"]

@@ -78,17 +78,16 @@ def real_data_or_skip() -> tuple[Path, Path]:
 
 @pytest.fixture(scope="session")
 def synthetic():
-    from flant5_imdb.data import make_synthetic
+    from flant5_imdb.data.synthetic import make_synthetic
 
     return make_synthetic(n_train=400, n_test=100, seed=0)
 
 
 @pytest.fixture(scope="session")
 def word_tokenizer(synthetic):
-    from flant5_imdb.data import texts_of
     from flant5_imdb.tokenizer import train_word_tokenizer
 
-    return train_word_tokenizer(texts_of(synthetic))
+    return train_word_tokenizer(text for ds in synthetic.values() for text in ds["text"])
 
 
 @pytest.fixture(scope="session")

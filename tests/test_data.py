@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -7,16 +8,16 @@ import pytest
 from flant5_imdb.data import (
     Collator,
     DataError,
-    load_imdb,
     load_labelled,
-    make_synthetic,
     prompt_template,
     subset,
     target_ids,
     tokenize,
 )
+from flant5_imdb.data.synthetic import make_synthetic
 from flant5_imdb.sampler import StepSampler
 from tests.conftest import real_data_or_skip
+from tests.helpers import load_splits
 
 ROWS = [("a fine film", 1), ("dull and long", 0), ("loved it", 1)]
 
@@ -36,7 +37,7 @@ def write(path, rows, fmt, columns=("text", "label")):
 def test_folder_of_split_files(tmp_path, fmt):
     write(tmp_path / f"train.{fmt}", ROWS, fmt)
     write(tmp_path / f"test.{fmt}", ROWS[:2], fmt)
-    dsd, skipped = load_imdb(str(tmp_path))
+    dsd, skipped = load_splits(str(tmp_path))
     assert set(dsd) == {"train", "test"} and skipped == []
     assert dsd["train"]["text"] == [r[0] for r in ROWS]
     assert dsd["train"]["label"] == [1, 0, 1]
@@ -47,15 +48,15 @@ def test_folder_of_split_files(tmp_path, fmt):
 def test_file_per_split_mapping_and_single_file(tmp_path):
     a = write(tmp_path / "a.csv", ROWS, "csv")
     b = write(tmp_path / "b.jsonl", ROWS[1:], "jsonl")
-    dsd, _ = load_imdb(f"train={a},test={b}")
+    dsd, _ = load_splits(f"train={a},test={b}")
     assert dsd["train"].num_rows == 3 and dsd["test"]["label"] == [0, 1]
-    single, _ = load_imdb(str(a))
+    single, _ = load_splits(str(a))
     assert list(single) == ["train"]
 
 
 def test_string_labels_are_normalized(tmp_path):
     rows = [("good", "pos"), ("bad", "Negative"), ("fine", "positive"), ("meh", "neg")]
-    dsd, _ = load_imdb(str(write(tmp_path / "train.csv", rows, "csv")))
+    dsd, _ = load_splits(str(write(tmp_path / "train.csv", rows, "csv")))
     assert dsd["train"]["label"] == [1, 0, 1, 0]
     assert dsd["train"].features["label"].dtype == "int64"
 
@@ -75,7 +76,7 @@ def make_aclimdb(root, bad_bytes=False):
 
 
 def test_aclimdb_layout(tmp_path):
-    dsd, _ = load_imdb(str(make_aclimdb(tmp_path / "aclImdb")))
+    dsd, _ = load_splits(str(make_aclimdb(tmp_path / "aclImdb")))
     # Ordered by label, then by numeric file id (4 before 10), unsup ignored.
     assert dsd["train"]["text"] == ["boring 1", "awful 0", "fine 2", "superb 1", "great 0"]
     assert dsd["train"]["label"] == [0, 0, 1, 1, 1]
@@ -85,8 +86,8 @@ def test_aclimdb_layout(tmp_path):
 def test_aclimdb_invalid_utf8_names_the_file(tmp_path):
     root = make_aclimdb(tmp_path / "aclImdb", bad_bytes=True)
     with pytest.raises(DataError, match=r"99_9\.txt: not valid UTF-8 \(byte 0xe9 at offset 3\)"):
-        load_imdb(str(root))
-    dsd, skipped = load_imdb(str(root), skip_bad_rows=True)
+        load_splits(str(root))
+    dsd, skipped = load_splits(str(root), skip_bad_rows=True)
     assert [s.where.endswith("99_9.txt") for s in skipped] == [True]
     assert dsd["train"].num_rows == 5
 
@@ -123,28 +124,28 @@ def test_skip_bad_rows_reports_which(tmp_path):
 def test_first_five_bad_rows_listed(tmp_path):
     rows = [("", 1)] * 7 + [("ok", 0)]
     with pytest.raises(DataError, match=r"7 bad row\(s\): .*row 5: empty text; pass --skip-bad-rows") as e:
-        load_imdb(str(write(tmp_path / "train.parquet", rows, "parquet")))
+        load_splits(str(write(tmp_path / "train.parquet", rows, "parquet")))
     assert "row 6" not in str(e.value)
 
 
 def test_missing_column(tmp_path):
     path = write(tmp_path / "train.csv", [("x", 1)], "csv", columns=("review", "label"))
     with pytest.raises(DataError, match=r"train\.csv: no 'text' column \(found: review, label\)"):
-        load_imdb(str(path))
+        load_splits(str(path))
 
 
 def test_missing_path_and_unreachable_hub(tmp_path):
     with pytest.raises(DataError, match="no such file or folder"):
-        load_imdb(str(tmp_path / "nope.csv"))
+        load_splits(str(tmp_path / "nope.csv"))
     with pytest.raises(
         DataError, match=r"cannot load 'stanfordnlp/imdb' from the Hugging Face Hub .*pass --data"
     ):
-        load_imdb("stanfordnlp/imdb")  # conftest sets HF_HUB_OFFLINE: the real code path, no network
+        load_splits("stanfordnlp/imdb")  # conftest sets HF_HUB_OFFLINE: the real code path, no network
 
 
 def test_folder_without_data(tmp_path):
     with pytest.raises(DataError, match="no train.* / test.* file"):
-        load_imdb(str(tmp_path))
+        load_splits(str(tmp_path))
 
 
 def test_verbalizers_and_prompt(word_tokenizer, synthetic):
@@ -182,8 +183,8 @@ def test_truncation_keeps_eos_and_records_lengths(word_tokenizer, synthetic):
 
 def test_tokenization_of_files_is_cached(tmp_path, word_tokenizer):
     write(tmp_path / "train.parquet", ROWS * 10, "parquet")
-    first = tokenize(load_imdb(str(tmp_path))[0], word_tokenizer)
-    second = tokenize(load_imdb(str(tmp_path))[0], word_tokenizer)
+    first = tokenize(load_splits(str(tmp_path))[0], word_tokenizer)
+    second = tokenize(load_splits(str(tmp_path))[0], word_tokenizer)
     assert first["train"].cache_files and first["train"].cache_files == second["train"].cache_files
 
 
@@ -206,7 +207,7 @@ def test_real_imdb_length_grouping_pads_under_10_percent():
 
     data_dir, tok_dir = real_data_or_skip()
     tok = AutoTokenizer.from_pretrained(str(tok_dir))
-    dsd, _ = load_imdb(str(data_dir / "train.parquet"))
+    dsd, _ = load_splits(str(data_dir / "train.parquet"))
     ds = tokenize(dsd, tok, max_source_length=512)["train"]
     assert ds.num_rows == 25_000
     lengths = np.asarray(ds["length"])
@@ -259,7 +260,7 @@ def test_named_classes_keep_the_given_order_and_test_labels_must_be_known(tmp_pa
 
 
 def test_verbalizers_for_n_classes():
-    from flant5_imdb.labels import IMDB, LabelSpace, verbalize
+    from flant5_imdb.data.labels import IMDB, LabelSpace, verbalize
 
     names = LabelSpace(("billing", "bug", "other"), ("billing", "bug", "other"), "name")
     ints = LabelSpace(("2", "3", "10"), ("2", "3", "10"), "int")
@@ -275,3 +276,33 @@ def test_verbalizers_for_n_classes():
         DataError, match=r"3 different texts 'T1,...,T3', one per class \(billing, bug, other\)"
     ):
         verbalize("x,y", names)
+
+
+@pytest.mark.parametrize(
+    "name, is_path",
+    [
+        ("google/flan-t5-base", False),
+        ("stanfordnlp/imdb", False),
+        ("org/model-v1.5", False),
+        ("./runs/final", True),
+        ("~/data", True),
+        ("/data/imdb", True),
+        ("data/imdb/train", True),
+        ("data\\imdb", True),
+        ("reviews.csv", True),
+        ("tickets/train.jsonl.gz", True),
+    ],
+)
+def test_one_rule_says_what_is_a_path_for_every_option(name, is_path):
+    """--data, --model and --tokenizer, and the Hub preflight, all ask `looks_like_path`: a missing path is
+    said to be missing, never looked up on the Hub."""
+    from flant5_imdb import hub
+    from flant5_imdb.data import looks_like_path, parse_source
+
+    assert looks_like_path(name) is is_path
+    assert (hub.hub_id(name) is None) is is_path
+    if is_path:
+        with pytest.raises(DataError, match=f"--data {re.escape(name)}: no such file or folder"):
+            parse_source(name)
+    else:
+        assert parse_source(name).kind == "hub" and parse_source(name).hub_id == name

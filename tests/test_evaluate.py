@@ -5,10 +5,11 @@ import torch
 from accelerate import Accelerator
 from transformers import T5ForConditionalGeneration
 
-from flant5_imdb.data import Collator, load_imdb, target_ids, tokenize
+from flant5_imdb.data import Collator, target_ids, tokenize
 from flant5_imdb.evaluate import evaluate, format_report, metrics, score_batch
 from flant5_imdb.modeling import build_model
 from flant5_imdb.tokenizer import load_tokenizer
+from tests.helpers import load_splits
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +17,7 @@ def trained(smoke_run):
     out, summary = smoke_run
     model = T5ForConditionalGeneration.from_pretrained(out / "final")
     tok = load_tokenizer(str(out / "final"))
-    test = tokenize(load_imdb("synthetic:2000")[0], tok, max_source_length=128)["test"]
+    test = tokenize(load_splits("synthetic:2000")[0], tok, max_source_length=128)["test"]
     return model, tok, test, summary
 
 

@@ -8,8 +8,8 @@ import logging
 
 import pytest
 
-from flant5_imdb.data import load_imdb
 from tests.conftest import ROOT
+from tests.helpers import load_splits
 
 SMOKE = [
     "--preset",
@@ -155,11 +155,11 @@ def test_bad_data_syntax_is_said_in_words(train_main, tmp_path, capsys, data, ex
 def test_eval_split_that_is_not_there_fails_before_anything_is_read(
     train_main, tmp_path, capsys, monkeypatch
 ):
-    import flant5_imdb.data as data_module
+    import flant5_imdb.data.labelled as labelled
 
     f = tmp_path / "train.csv"
     f.write_text(csv_text(good_rows()))
-    monkeypatch.setattr(data_module, "_read_source", lambda *a: pytest.fail("the data was read"))
+    monkeypatch.setattr(labelled, "read_splits", lambda *a: pytest.fail("the data was read"))
     code, line = run_cli(
         train_main,
         [*SMOKE, "--data", str(f), "--eval-split", "test", "--output-dir", str(tmp_path / "o")],
@@ -179,7 +179,7 @@ def test_a_file_with_no_test_split_trains_on_a_held_out_validation_split(train_m
     assert (code, line) == (0, None)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["eval"]["n"] == 4 and summary["eval_source"].startswith(
-        "4 reviews held out of train (--validation-split 0.1"
+        "4 examples held out of train (--validation-split 0.1"
     )
     assert summary["samples_seen"] == 16  # one step of 16 from the 36 left for training
     code, _ = run_cli(
@@ -198,18 +198,18 @@ def test_files_that_datasets_would_misread_are_read_as_they_are(tmp_path):
     ]
     big = tmp_path / "train.csv"
     big.write_text(csv_text(rows))
-    dsd, _ = load_imdb(str(big))
+    dsd, _ = load_splits(str(big))
     assert len(dsd["train"]) == 10_400 and dsd["train"]["label"][-2:] == [0, 1]
 
     odd = tmp_path / "odd.csv.gz"
     body = '\ufefftext,label\r\nNA,1\r\nNone,0\r\nnull,1\r\n"two\r\nlines",0\r\n"' + "x" * 200_000 + '",1\r\n'
     odd.write_bytes(gzip.compress(body.encode("utf-8")))
-    texts = load_imdb(str(odd))[0]["train"]["text"]
+    texts = load_splits(str(odd))[0]["train"]["text"]
     assert texts[:4] == ["NA", "None", "null", "two\r\nlines"] and len(texts[4]) == 200_000
 
     jsonl = tmp_path / "train.jsonl"
     jsonl.write_text('\n{"text": "a", "label": 1}\n\n{"text": "b", "label": "neg"}\n\n')
-    assert load_imdb(str(jsonl))[0]["train"]["label"] == [1, 0]
+    assert load_splits(str(jsonl))[0]["train"]["label"] == [1, 0]
 
 
 def test_skipped_rows_are_listed_with_split_file_and_line(train_main, tmp_path, capsys, caplog):
@@ -256,14 +256,14 @@ def test_an_empty_aclimdb_file_is_named_by_its_path(tmp_path):
         Exception,
         match=rf"{root / 'train'}: 1 bad row\(s\): {root / 'train' / 'pos' / '7_9.txt'}: empty text",
     ):
-        load_imdb(str(root))
+        load_splits(str(root))
 
 
 def test_a_single_class_training_set_is_warned_about(tmp_path, caplog):
     f = tmp_path / "train.csv"
     f.write_text(csv_text([(f"film {i}", 1) for i in range(10)]))
     with caplog.at_level(logging.WARNING):
-        load_imdb(str(f))
+        load_splits(str(f))
     assert any("every training example has label 1" in r.getMessage() for r in caplog.records)
 
 

@@ -13,8 +13,8 @@ import pytest
 from flant5_imdb.checkpoint import CheckpointError
 from flant5_imdb.config import preset
 from flant5_imdb.data import Columns, DataError, hold_out, load_labelled
+from flant5_imdb.data.labels import infer_labels, label_problem, label_text, parse_label_names
 from flant5_imdb.evaluate import format_report, metrics, write_report
-from flant5_imdb.labels import infer_labels, label_problem, label_text, parse_label_names
 from flant5_imdb.plots import plot_run
 from flant5_imdb.train import run
 

@@ -7,10 +7,11 @@ import sys
 import pytest
 
 from flant5_imdb import Classifier
-from flant5_imdb.data import load_imdb
+from flant5_imdb.data import DataError, read_texts
 from flant5_imdb.evaluate import evaluate_saved
-from flant5_imdb.predict import InputError, read_texts
+from flant5_imdb.predict import InputError
 from tests.conftest import ROOT
+from tests.helpers import load_splits
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +26,11 @@ def test_evaluate_and_predict_agree_with_the_training_run(final, tmp_path):
     assert result["confusion_matrix"] == summary["eval"]["confusion_matrix"]
     assert json.loads((tmp_path / "eval.json").read_text())["macro_f1"] == summary["eval"]["macro_f1"]
 
-    texts = load_imdb("synthetic:2000")[0]["test"]["text"]
+    texts = load_splits("synthetic:2000")[0]["test"]["text"]
     preds = Classifier(str(model_dir), batch_size=50).predict(texts)
     assert [p.label for p in preds] == [r["pred"] for r in result["predictions"]]
-    by_id = {r["id"]: r["prob_positive"] for r in result["predictions"]}
-    assert all(abs(p.prob_positive - by_id[i]) < 1e-5 for i, p in enumerate(preds))
+    by_id = {r["id"]: r["probs"]["positive"] for r in result["predictions"]}
+    assert all(abs(p.probs["positive"] - by_id[i]) < 1e-5 for i, p in enumerate(preds))
 
 
 def test_a_checkpoint_evaluates_like_a_model(final, tmp_path):
@@ -91,7 +92,7 @@ def test_every_input_form_gives_the_same_predictions(final, tmp_path):
 def test_malformed_input_is_rejected_naming_the_line(tmp_path, name, content, message):
     path = tmp_path / name
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
-    with pytest.raises(InputError, match=message):
+    with pytest.raises(DataError, match=message):
         read_texts(str(path))
 
 

@@ -12,12 +12,13 @@ import torch
 from safetensors.torch import load_file
 
 from flant5_imdb.config import preset
-from flant5_imdb.data import Collator, load_imdb, tokenize
+from flant5_imdb.data import Collator, tokenize
 from flant5_imdb.modeling import build_model
 from flant5_imdb.optim import optimizer_from
 from flant5_imdb.tokenizer import load_tokenizer
 from flant5_imdb.train import run
 from tests.conftest import ROOT, accelerate_launch, flags, real_data_or_skip, run_script
+from tests.helpers import load_splits
 
 
 def tiny(tmp_path, tokenizer_dir, name="run", **kw):
@@ -63,7 +64,7 @@ def test_matches_seq2seq_trainer_step_for_step(tmp_path, tokenizer_dir):
 
     # The Trainer gets the same tokenized rows, in the order our sampler drew them.
     tok = load_tokenizer(str(tokenizer_dir))
-    train = tokenize(load_imdb(cfg.data)[0], tok, max_source_length=cfg.max_source_length)["train"].select(
+    train = tokenize(load_splits(cfg.data)[0], tok, max_source_length=cfg.max_source_length)["train"].select(
         order
     )
     set_seed(cfg.seed)

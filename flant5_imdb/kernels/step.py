@@ -2,16 +2,17 @@
 
 `apply_kernels(model, cfg)` swaps the model's norms and encoder attention for the kernels and turns
 on activation checkpointing, as `cfg` asks; training and the bench's evaluation both use it.
-`CompiledStep` owns what compiling the step asks of the loop (the compile itself, the dynamic
-source length, CUDA graphs and their gradient buffers), so that the loop's step reads the same
-with the kernel path and without it:
+`StepModel` is the model a training step calls: compiled where `cfg` asks and CUDA is there, the
+plain model otherwise. It owns what compiling asks of the loop (the compile itself, the dynamic
+source length, CUDA graphs and their gradient buffers), so that the loop reads the same with the
+kernel path and without it:
 
-    step = CompiledStep(model, cfg)
+    step_model = StepModel(model, cfg)
     for batch in micro_batches:
-        step.prepare(batch)
-        loss = token_loss_sum(step.model, batch)
+        step_model.prepare(batch)
+        loss = token_loss_sum(step_model.model, batch)
         ...
-    step.zero_grad(optimizer)
+    step_model.zero_grad(optimizer)
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def apply_kernels(model: torch.nn.Module, cfg) -> None:
         checkpoint_activations(model)
 
 
-class CompiledStep:
+class StepModel:
     """The model a training step calls, compiled where `cfg` asks and CUDA is there (eager elsewhere)."""
 
     def __init__(self, model: torch.nn.Module, cfg):

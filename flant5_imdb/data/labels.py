@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 
-from flant5_imdb.reader import DataError
+from flant5_imdb.data.reader import DataError
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,160 @@
+"""Texts and classes to model inputs: the prompt, each class's target ids, tokenization and the `Collator`.
+
+`tokenize(...)` gives every split `input_ids`, `labels` (the class's target ids), `length` (source
+tokens, for the length-grouped sampler), `id` (the row in its split) and `label` (the class index).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from datasets import Dataset, DatasetDict
+
+from flant5_imdb.data.labels import IMDB, LabelSpace, verbalize
+from flant5_imdb.data.reader import DataError
+
+logger = logging.getLogger(__name__)
+
+# Named prompt templates; anything else containing `{text}` is used as given.
+PROMPTS = {
+    "none": "{text}",
+    "flan": "{text}\n\nIs the sentiment of this movie review negative or positive?",
+}
+
+
+def prompt_template(prompt: str | None) -> str:
+    """Resolve a prompt name (`none`, `flan`) or a template containing `{text}` exactly once."""
+    template = PROMPTS.get(prompt or "none", prompt)
+    if template.count("{text}") != 1:
+        raise DataError(
+            f"prompt {prompt!r} must contain '{{text}}' exactly once (or be one of {', '.join(PROMPTS)})"
+        )
+    try:
+        template.format(text="")
+    except (KeyError, IndexError, ValueError) as e:
+        raise DataError(
+            f"prompt {prompt!r} has a placeholder other than {{text}} ({e}); double other braces"
+        ) from e
+    return template
+
+
+def target_ids(tokenizer, verbalizer: str, space: LabelSpace = IMDB) -> list[list[int]]:
+    """Token ids (with EOS) of each class's target text, index = class.
+
+    Raises:
+        DataError: two classes' targets tokenize alike (the tokenizer cannot tell them apart).
+    """
+    texts = verbalize(verbalizer, space)
+    ids = [tokenizer(t).input_ids for t in texts]
+    seen: dict[tuple, str] = {}
+    for text, i in zip(texts, ids, strict=True):
+        if tuple(i) in seen:
+            raise DataError(
+                f"the tokenizer maps the targets {seen[tuple(i)]!r} and {text!r} to the same ids {i}"
+            )
+        seen[tuple(i)] = text
+    return ids
+
+
+def tokenize(
+    dsd: DatasetDict,
+    tokenizer,
+    *,
+    verbalizer: str = "digits",
+    prompt: str | None = None,
+    max_source_length: int = 512,
+    space: LabelSpace = IMDB,
+) -> DatasetDict:
+    """Tokenize every split with `datasets.map` (batched, cached where the source is on disk).
+
+    `labels` are the target ids of each row's class (`verbalizer` over `space`). Sources longer than
+    `max_source_length` are truncated (EOS kept); the count is logged.
+    """
+    template = prompt_template(prompt)
+    targets = target_ids(tokenizer, verbalizer, space)
+
+    def encode(batch: dict, idx: list[int]) -> dict:
+        texts = batch["text"] if template == "{text}" else [template.format(text=t) for t in batch["text"]]
+        enc = tokenizer(texts, truncation=True, max_length=max_source_length)
+        return {
+            "input_ids": enc["input_ids"],
+            "labels": [targets[y] for y in batch["label"]],
+            "length": [len(x) for x in enc["input_ids"]],
+            "id": idx,
+        }
+
+    out = dsd.map(encode, batched=True, with_indices=True, remove_columns=["text"], desc="tokenizing")
+    for split, ds in out.items():
+        n_trunc = sum(1 for n in ds["length"] if n >= max_source_length)
+        if n_trunc:
+            logger.info(
+                "%s: %d of %d sources truncated to %d tokens", split, n_trunc, len(ds), max_source_length
+            )
+    return out
+
+
+def subset(ds: Dataset, n: int | None, seed: int) -> Dataset:
+    """A random subset of `n` rows (IMDB files are sorted by label, so never take the first n)."""
+    if n is None or n >= len(ds):
+        return ds
+    return ds.shuffle(seed=seed).select(range(n))
+
+
+@dataclass(frozen=True)
+class Collator:
+    """Pads a list of tokenized examples into a batch of tensors.
+
+    Sources are padded to the longest in the batch rounded up to `pad_to_multiple_of`, or to the
+    smallest of `buckets` that fits, or (`max_length`) always to that length, as the baseline recipe
+    did with 512. Labels are padded with -100, which the loss ignores; `mask_labels` sets them all
+    to -100 (a filler micro-batch that contributes nothing to the gradient).
+    """
+
+    pad_token_id: int = 0
+    pad_to_multiple_of: int | None = 8
+    buckets: tuple[int, ...] | None = None
+    max_length: int | None = None
+
+    def source_length(self, longest: int) -> int:
+        if self.max_length is not None:
+            if longest > self.max_length:
+                raise ValueError(f"a source of {longest} tokens does not fit max_length={self.max_length}")
+            return self.max_length
+        if self.buckets:
+            for b in sorted(self.buckets):
+                if b >= longest:
+                    return b
+            raise ValueError(
+                f"a source of {longest} tokens is longer than the largest bucket {max(self.buckets)}"
+            )
+        m = self.pad_to_multiple_of or 1
+        return -(-longest // m) * m
+
+    def from_columns(self, rows: dict) -> dict[str, torch.Tensor]:
+        """A batch of dataset rows as `ds[indices]` returns them (a dict of columns)."""
+        return self(
+            [{"input_ids": a, "labels": b} for a, b in zip(rows["input_ids"], rows["labels"], strict=True)]
+        )
+
+    def __call__(self, examples: list[dict], mask_labels: bool = False) -> dict[str, torch.Tensor]:
+        src_len = self.source_length(max(len(e["input_ids"]) for e in examples))
+        tgt_len = max(len(e["labels"]) for e in examples)
+        # Filled in numpy, then shared with torch: row assignment from Python lists costs a third of
+        # what torch's per-row indexing does, and this runs on the host once per micro-batch.
+        input_ids = np.full((len(examples), src_len), self.pad_token_id, dtype=np.int64)
+        attention_mask = np.zeros((len(examples), src_len), dtype=np.int64)
+        labels = np.full((len(examples), tgt_len), -100, dtype=np.int64)
+        for i, e in enumerate(examples):
+            n = len(e["input_ids"])
+            input_ids[i, :n] = e["input_ids"]
+            attention_mask[i, :n] = 1
+            if not mask_labels:
+                labels[i, : len(e["labels"])] = e["labels"]
+        return {
+            "input_ids": torch.from_numpy(input_ids),
+            "attention_mask": torch.from_numpy(attention_mask),
+            "labels": torch.from_numpy(labels),
+        }

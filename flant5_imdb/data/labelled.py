@@ -1,0 +1,196 @@
+"""Raw splits to validated ones: every row checked, labels turned into class indices of one label space.
+
+A row is bad when its text is empty or no string, or its label is no label or none of the classes;
+bad rows stop the run with one line naming the first of them, or with `--skip-bad-rows` are dropped
+and listed. What a label space may get wrong without being an error is warned about by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import numpy as np
+from datasets import Dataset, DatasetDict
+
+from flant5_imdb.data.labels import IMDB, LabelSpace, canonical, infer_labels
+from flant5_imdb.data.reader import BadRow, DataError, text_problem
+from flant5_imdb.data.source import Columns, RawSplit, Source, parse_source, read_splits
+
+logger = logging.getLogger(__name__)
+MAX_REPORTED_ROWS = 5
+SKIPPED = "skipped_rows.jsonl"
+
+
+@dataclass
+class Labelled:
+    """A source's validated splits (`text`, `label` = class index), its label space, the rows dropped."""
+
+    splits: DatasetDict
+    labels: LabelSpace
+    skipped: list[BadRow]
+
+
+def load_labelled(
+    source: Source | str,
+    *,
+    skip_bad_rows: bool = False,
+    splits: Iterable[str] | None = None,
+    labels: LabelSpace | None = None,
+    label_order: Iterable[str] | None = None,
+    columns: Columns = Columns(),
+    train_split: str = "train",
+) -> Labelled:
+    """Read `source` (a `Source`, or `--data` as written; only `splits`, if given) and validate every row.
+
+    The label space is `labels` (a saved model's), or taken from the `train_split`'s labels
+    (`label_order`: the classes by name, in order; see `labels.infer_labels`).
+
+    Raises:
+        DataError: the source is missing, unreadable or malformed, a split lacks a column, or a row is
+            bad and `skip_bad_rows` is off.
+    """
+    source = parse_source(source) if isinstance(source, str) else source
+    raws = read_splits(source, None if splits is None else set(splits), columns)
+    if labels is None:
+        first = raws.get(train_split) or next(iter(raws.values()), None)
+        labels = infer_labels(first.ds["label"] if first is not None else [], label_order)
+    out, dropped = {}, []
+    for split, raw in raws.items():
+        out[split], rows = _validate(raw, skip_bad_rows, split, labels)
+        dropped += rows
+    if dropped:
+        logger.warning("--skip-bad-rows: dropped %d bad row(s): %s", len(dropped), _some(dropped))
+    if train_split in out:
+        _warn_about_classes(source.text, out[train_split], labels, columns)
+    return Labelled(DatasetDict(out), labels, dropped)
+
+
+def write_skipped(rows: list[BadRow], folder: Path) -> None:
+    """`folder/skipped_rows.jsonl`: each row `--skip-bad-rows` left out (split, file, line or row, why)."""
+    if rows:
+        path = folder / SKIPPED
+        path.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in rows))
+        logger.warning("--skip-bad-rows: %d bad row(s) left out, each listed in %s", len(rows), path)
+
+
+def _some(rows: list[BadRow], count_the_rest: bool = True) -> str:
+    more = len(rows) - MAX_REPORTED_ROWS if count_the_rest else 0
+    return "; ".join(map(str, rows[:MAX_REPORTED_ROWS])) + (f" (and {more} more)" if more > 0 else "")
+
+
+def _validate(
+    raw: RawSplit, skip: bool, split: str, space: LabelSpace = IMDB
+) -> tuple[Dataset, list[BadRow]]:
+    """Check every row; labels become class indices in `space`; only text and label are kept."""
+    ds, where = raw.ds, raw.where
+    # Plain lists: a datasets Column formats a row per item read, and every row is read here.
+    places = list(ds["_line"]) if "_line" in ds.column_names else range(1, len(ds) + 1)
+    labels, bad, good = [], list(raw.bad), []
+    for i, (text, value, place) in enumerate(zip(list(ds["text"]), list(ds["label"]), places, strict=True)):
+        shown, problem = canonical(value)
+        problem = text_problem(text) or problem
+        label = None if problem else space.index_of(shown)
+        if problem or label is None:
+            bad.append(BadRow(where, place, problem or not_a_class(value, shown, space), raw.unit))
+        else:
+            good.append(i)
+            labels.append(label)
+    bad = [
+        dataclasses.replace(r, split=split) for r in sorted(bad, key=lambda r: (r.row is None, r.row or 0))
+    ]
+    if bad and not skip:
+        raise DataError(
+            f"{where}: {len(bad)} bad row(s): {_some(bad, False)}; pass --skip-bad-rows to drop them"
+        )
+    if not good:
+        raise DataError(
+            f"{where}: no usable rows" + (f" (every row is bad: {_some(bad, False)})" if bad else "")
+        )
+    ds = (ds.select(good) if len(good) != len(ds) else ds).select_columns(["text", "label"])
+    if getattr(ds.features["label"], "dtype", None) != "int64" or list(ds["label"]) != labels:
+        ds = ds.remove_columns("label").add_column("label", labels)
+    return ds.cast_column("label", datasets.Value("int64")), bad
+
+
+def not_a_class(value, shown: str, space: LabelSpace) -> str:
+    """Why a label (`value`, canonical text `shown`) is none of the classes (with a hint for a comma)."""
+    text = f"label {shown!r} is not one of {space.describe()}"
+    if shown != value and isinstance(value, str) and value.strip() != shown:
+        text += f" (written {value!r})"
+    if "," in shown and space.kind == "name":
+        text += "; a class whose name holds a comma is written with \\, in --labels ('a\\, b,c')"
+    return text
+
+
+def class_counts(labels, n_classes: int) -> list[int]:
+    """Examples of each class index 0..n_classes-1."""
+    return np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_classes).tolist()
+
+
+def _warn_about_classes(source: str, ds: Dataset, space: LabelSpace, columns: Columns) -> None:
+    """What a label space may get wrong without being an error, warned about by name at any data size:
+    one class only; a class so rare beside another that it may be a typo; a class named by --labels
+    that training never shows; columns that look swapped."""
+    labels = list(ds["label"])  # a plain list: a datasets Column re-reads Arrow on every pass
+    counts = class_counts(labels, len(space))
+    present = [i for i, c in enumerate(counts) if c]
+    swap = "(name the columns with --text-column and --label-column)"
+    if len(present) == 1:
+        only = space.values[present[0]] if space.kind != "imdb" else present[0]
+        logger.warning("%s: every training example has label %s: a classifier cannot learn from one class",
+                       source, only)  # fmt: skip
+    most = max(counts, default=0)
+    rare = [f"{space.values[i]!r} ({c})" for i, c in enumerate(counts) if 0 < c <= 3 and most >= 10 * c]
+    if rare and space.kind != "imdb":
+        logger.warning(
+            "%s: class(es) %s have 3 training examples or fewer beside one with %d: a typo? Name the classes "
+            "with --labels to make any other value an error", source, ", ".join(rare), most,
+        )  # fmt: skip
+    absent = [space.values[i] for i, c in enumerate(counts) if not c]
+    if absent and space.kind == "name" and len(present) > 1:
+        logger.warning("%s: class(es) %s (from --labels) have no training example: the model cannot learn "
+                       "them", source, ", ".join(map(repr, absent)))  # fmt: skip
+    if len(labels) >= 10 and len(present) >= 0.9 * len(labels):
+        logger.warning("%s: %d of %d training rows have a label of their own: is --label-column %r a text "
+                       "column? %s", source, len(present), len(labels), columns.label, swap)  # fmt: skip
+    texts = set(ds["text"]) if len(labels) >= 20 else set()
+    if texts and len(texts) <= 10 and max(map(len, texts)) <= 20:
+        shown = ", ".join(map(repr, sorted(texts)[:5]))
+        logger.warning("%s: --text-column %r holds only %d distinct short values (%s): is it a label "
+                       "column? %s", source, columns.text, len(texts), shown, swap)  # fmt: skip
+
+
+def hold_out(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """(train, validation): a seeded, label-stratified `fraction` of `ds` held out for evaluation."""
+    rng = random.Random(seed)
+    labels = list(ds["label"])  # a plain list: a datasets Column re-reads Arrow on every pass
+    held = []
+    for label in sorted(set(labels)):
+        rows = [i for i, y in enumerate(labels) if y == label]
+        rng.shuffle(rows)
+        # At least one of each class held out, and at least one left to train on: a class moved wholly
+        # into the validation set would be a class the model never sees.
+        held += rows[: min(len(rows) - 1, max(1, round(fraction * len(rows))))]
+    held_set = set(held)
+    if not held or len(held_set) == len(ds):
+        swapped = len(set(labels)) == len(ds) and len(ds) >= 10
+        hint = (f"; every one of its {len(ds)} labels is a class of its own: are --text-column and "
+                "--label-column swapped?") if swapped else ""  # fmt: skip
+        raise DataError(
+            f"--validation-split {fraction}: {len(ds)} training rows are too few to hold out a validation "
+            f"set{hint}"
+        )
+    if len(held) > 2 * fraction * len(ds) + 1:
+        logger.warning(
+            "--validation-split %g held out %d of %d training rows (%.0f%%): every class gives at least one "
+            "and keeps one; with classes this small, name an evaluation split (--eval-split) or pass "
+            "--validation-split 0", fraction, len(held), len(ds), 100 * len(held) / len(ds),
+        )  # fmt: skip
+    return ds.select([i for i in range(len(ds)) if i not in held_set]), ds.select(sorted(held))

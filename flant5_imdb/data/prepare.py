@@ -1,0 +1,182 @@
+"""`prepare(spec, ...)`: from `--data` to what a run needs, in one call (training, evaluation, the bench).
+
+The splits named are checked before anything is read; the source is read and validated, the
+tokenizer made (it may depend on the classes and the training texts), every split tokenized, and
+the evaluation split chosen: `--eval-split`, else test, else validation, else a seeded,
+label-stratified `--validation-split` of train held out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from datasets import Dataset
+
+from flant5_imdb.config import NO_EVAL
+from flant5_imdb.data.encode import subset, target_ids, tokenize
+from flant5_imdb.data.labelled import Labelled, class_counts, hold_out, load_labelled
+from flant5_imdb.data.labels import LabelSpace, parse_label_names, verbalize
+from flant5_imdb.data.reader import BadRow, DataError
+from flant5_imdb.data.source import Columns, Source, parse_source
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a run asks of its data (the data options of `TrainConfig`, or an evaluation's)."""
+
+    data: str
+    columns: Columns = Columns()
+    train_split: str | None = "train"  # None: evaluation only, in a saved model's label space
+    eval_split: str | None = None  # None: test, else validation, else held out; "none": no evaluation
+    eval_flag: str = "--eval-split"  # the option that named it, for messages
+    validation_split: float = 0.0
+    label_order: tuple[str, ...] | None = None
+    skip_bad_rows: bool = False
+    verbalizer: str = "auto"
+    prompt: str | None = None
+    max_source_length: int = 512
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    seed: int = 42
+    evaluate: bool = True
+
+    @classmethod
+    def from_config(cls, cfg) -> DataSpec:
+        return cls(
+            cfg.data, Columns(cfg.text_column, cfg.label_column, cfg.data_config), cfg.train_split,
+            cfg.eval_split, validation_split=cfg.validation_split,
+            label_order=tuple(parse_label_names(cfg.labels)) if cfg.labels else None,
+            skip_bad_rows=cfg.skip_bad_rows, verbalizer=cfg.verbalizer, prompt=cfg.prompt,
+            max_source_length=cfg.max_source_length, max_train_samples=cfg.max_train_samples,
+            max_eval_samples=cfg.max_eval_samples, seed=cfg.seed,
+            evaluate=bool(cfg.final_eval or cfg.eval_every) and cfg.eval_split != NO_EVAL,
+        )  # fmt: skip
+
+
+@dataclass
+class Prepared:
+    """The tokenized splits a run trains and evaluates on, and what came with them."""
+
+    source: Source
+    tokenizer: object
+    train: Dataset | None
+    eval: Dataset | None
+    eval_source: str | None  # the split evaluated on, or how it was held out of train
+    labels: LabelSpace
+    targets: list[list[int]]  # each class's target token ids
+    skipped: list[BadRow]
+    class_counts: list[int]  # training examples of each class, after any hold-out and subset
+    example_text: str | None  # the first evaluation text (else training text): the model card's example
+
+
+def prepare(
+    spec: DataSpec,
+    make_tokenizer: Callable[[Labelled, list[str]], object],
+    *,
+    labels: LabelSpace | None = None,
+    main_process_first: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> Prepared:
+    """Read, validate and tokenize `spec.data`; every process builds the same.
+
+    `make_tokenizer(labelled, targets)` gives the tokenizer once the classes and their target texts
+    are known; `labels` is a saved model's label space (else it is taken from the training split).
+
+    Raises:
+        DataError: a split named is not in the data, or the data is unusable (see `load_labelled`).
+    """
+    source, asked = check_splits(spec), _asked(spec)
+    wanted = None  # the usual splits: every split read (and cached) as a whole
+    if spec.train_split is None:
+        wanted = {spec.eval_split}
+    elif spec.train_split != "train" or spec.eval_split not in (None, "test", "validation"):
+        others = (spec.eval_split, "test", "validation") if spec.evaluate else ()
+        wanted = {spec.train_split, *(s for s in others if s)}
+    with main_process_first():  # the main process fills the datasets cache first
+        loaded = load_labelled(source, skip_bad_rows=spec.skip_bad_rows, splits=wanted, labels=labels,
+                               label_order=spec.label_order, columns=spec.columns,
+                               train_split=spec.train_split or "train")  # fmt: skip
+        for flag, split in asked:
+            if split and split not in loaded.splits:
+                raise DataError(_no_such_split(spec, flag, split, list(loaded.splits)))
+        targets = verbalize(spec.verbalizer, loaded.labels)
+        tokenizer = make_tokenizer(loaded, targets)
+        tokenized = tokenize(loaded.splits, tokenizer, verbalizer=spec.verbalizer, prompt=spec.prompt,
+                             max_source_length=spec.max_source_length, space=loaded.labels)  # fmt: skip
+    train, evaluated, eval_source, raw_split = _choose_eval(spec, tokenized)
+    train = subset(train, spec.max_train_samples, spec.seed)
+    counts = class_counts(train["label"] if train is not None else [], len(loaded.labels))
+    if train is not None:
+        _log_classes(loaded.labels, targets, counts)
+    ids = target_ids(tokenizer, spec.verbalizer, loaded.labels)
+    first = evaluated if evaluated is not None else train
+    example = loaded.splits[raw_split][int(first[0]["id"])]["text"] if first is not None else None
+    return Prepared(source, tokenizer, train, evaluated, eval_source, loaded.labels, ids, loaded.skipped,
+                    counts, example)  # fmt: skip
+
+
+def _asked(spec: DataSpec) -> list[tuple[str, str | None]]:
+    return [
+        ("--train-split", spec.train_split),
+        (spec.eval_flag, None if spec.eval_split == NO_EVAL else spec.eval_split),
+    ]
+
+
+def check_splits(spec: DataSpec) -> Source:
+    """The source, once the splits `spec` names are known to be in it (a Hub dataset's: once read).
+
+    Raises:
+        DataError: malformed `--data`, a path that does not exist, or a split named that is not there.
+    """
+    source = parse_source(spec.data)
+    for flag, split in _asked(spec):
+        if split and source.splits is not None and split not in source.splits:
+            raise DataError(_no_such_split(spec, flag, split, source.splits))
+    return source
+
+
+def _choose_eval(spec: DataSpec, tokenized) -> tuple[Dataset | None, Dataset | None, str | None, str]:
+    """(train, eval split or None, its description, the split the evaluation rows come from)."""
+    train = tokenized[spec.train_split] if spec.train_split else None
+    if not spec.evaluate:
+        return train, None, None, spec.train_split
+    others = [s for s in ("test", "validation") if s in tokenized and s != spec.train_split]
+    split = spec.eval_split or next(iter(others), None)
+    if split:
+        return train, subset(tokenized[split], spec.max_eval_samples, spec.seed), split, split
+    if not spec.validation_split:
+        logger.warning(
+            "%s has no test or validation split and --validation-split is 0: no evaluation", spec.data
+        )
+        return train, None, None, spec.train_split
+    train, held = hold_out(train, spec.validation_split, spec.seed)
+    how = (f"{len(held)} examples held out of train (--validation-split {spec.validation_split:g}, "
+           f"seed {spec.seed}, stratified by label)")  # fmt: skip
+    logger.info("%s has no test or validation split: evaluating on %s; training on the other %d",
+                spec.data, how, len(train))  # fmt: skip
+    return train, subset(held, spec.max_eval_samples, spec.seed), how, spec.train_split
+
+
+def _no_such_split(spec: DataSpec, flag: str, split: str, found: list[str]) -> str:
+    advice = "name one of these"
+    if flag == "--eval-split":
+        advice += (", add the split to --data (train=PATH,test=PATH), or leave --eval-split out to hold out "
+                   "--validation-split of train")  # fmt: skip
+    return f"{flag} {split!r}: {spec.data} has only {', '.join(found)}; {advice}"
+
+
+def _log_classes(space: LabelSpace, targets: list[str], counts: list[int]) -> None:
+    """The classes with their training examples, in the log; a class left with none is warned about."""
+    shown = [f"{n} ({c:,})" + (f" -> {t!r}" if t != n else "")
+             for n, t, c in zip(space.names, targets, counts, strict=True)]  # fmt: skip
+    more = f", and {len(shown) - 50} more (summary.json lists every one)" if len(shown) > 50 else ""
+    logger.info("%d classes (training examples; -> the text the model writes, where not the name): %s%s",
+                len(shown), ", ".join(shown[:50]), more)  # fmt: skip
+    empty = [n for n, c in zip(space.names, counts, strict=True) if not c]
+    if empty and len(empty) < len(counts):
+        logger.warning("class(es) %s have no training example left: the model cannot learn them",
+                       ", ".join(map(repr, empty)))  # fmt: skip
