@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from flant5_imdb.labels import IMDB, verbalize
+from flant5_imdb.data.labels import IMDB, verbalize
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def model_card(summary: dict, repo: str | None = None) -> str:
         "from flant5_imdb import Classifier",
         "",
         f'clf = Classifier("{repo or "path/to/final"}")',
-        'print(clf.predict(["A wonderful, moving film."]))',
+        f"print(clf.predict([{_example(summary)!r}]))",
         "```",
         "",
     ]
@@ -34,22 +34,33 @@ def model_card(summary: dict, repo: str | None = None) -> str:
 
 
 HUB_IMDB = ("stanfordnlp/imdb", "imdb")
+SENTIMENT_SOURCES = ("aclimdb", "synthetic")  # kinds of data that hold movie reviews whatever their path
+
+
+def _example(summary: dict) -> str:
+    """A text from the run's own data (the first evaluation text), cut to a line's length."""
+    text = " ".join((summary.get("example_text") or "A wonderful, moving film.").split())
+    return text if len(text) <= 120 else text[:117].rstrip() + "..."
 
 
 def _front_matter(summary: dict, repo: str | None) -> list[str]:
     cfg = summary["config"]
     base = summary["model"]
-    imdb = (
-        cfg["data"] in HUB_IMDB
-    )  # a local file may hold anything: the card names no dataset it cannot vouch for
-    what = "IMDB sentiment classifier" if imdb else f"Sentiment classifier (trained on `{cfg['data']}`)"
+    # A local file may hold anything: the card names no dataset, and no task, it cannot vouch for.
+    imdb = cfg["data"] in HUB_IMDB
+    sentiment = imdb or summary.get("data_kind") in SENTIMENT_SOURCES
+    what = (
+        "IMDB sentiment classifier"
+        if imdb
+        else f"{'Sentiment' if sentiment else 'Text'} classifier (trained on `{cfg['data']}`)"
+    )
     return [
         "---",
         "license: apache-2.0",
         "library_name: transformers",
         "pipeline_tag: text2text-generation",
         *([f"datasets:\n- {cfg['data']}"] if imdb else []),
-        "tags:\n- sentiment-analysis\n- flan-t5\n- flant5_imdb",
+        f"tags:\n- {'sentiment-analysis' if sentiment else 'text-classification'}\n- flan-t5\n- flant5_imdb",
         *([f"base_model: {cfg['model']}"] if not cfg.get("model_config") else []),
         "---",
         "",
@@ -83,7 +94,7 @@ def _evaluation(summary: dict) -> list[str]:
     return [
         "## Evaluation",
         "",
-        f"On {ev['n']:,} reviews ({_eval_source(summary)}, `{ev['mode']}` mode):",
+        f"On {ev['n']:,} examples ({_eval_source(summary)}, `{ev['mode']}` mode):",
         "",
         "| metric | value |",
         "| --- | --- |",

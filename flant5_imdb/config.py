@@ -79,14 +79,16 @@ class TrainConfig:
                            "baseline's); words ('negative'/'positive' for IMDB, the names otherwise); or "
                            "'T1,T2,...'")  # fmt: skip
     prompt: str | None = _opt(None, "prompt: 'none', 'flan', or a template containing {text}")
-    max_source_length: int = _opt(512, "truncate reviews to this many tokens")
+    max_source_length: int = _opt(512, "truncate texts to this many tokens")
     pad_to_max_length: bool = _opt(False, "pad every source to --max-source-length (the baseline's padding)")
     pad_to_multiple_of: int = _opt(
         8, "dynamic padding rounds the batch length up to a multiple of this", resume=FREE
     )
     group_by_length: bool = _opt(True, "length-grouped batches (less padding); off = plain shuffle")
-    max_train_samples: int | None = _opt(None, "train on a random subset of this many reviews")
-    max_eval_samples: int | None = _opt(None, "evaluate on a random subset of this many reviews", resume=FREE)
+    max_train_samples: int | None = _opt(None, "train on a random subset of this many examples")
+    max_eval_samples: int | None = _opt(
+        None, "evaluate on a random subset of this many examples", resume=FREE
+    )
     eval_split: str | None = _opt(
         None,
         "split to evaluate on, one the data has (default: test, else validation, else "
@@ -356,7 +358,9 @@ def _parse_optional(kind):
 def build_parser(defaults: TrainConfig | None = None) -> argparse.ArgumentParser:
     """An argparse parser with one --flag per TrainConfig field (and --preset)."""
     defaults = defaults or TrainConfig()
-    p = argparse.ArgumentParser(description="Fine-tune FLAN-T5 on IMDB sentiment.")
+    p = argparse.ArgumentParser(
+        description="Fine-tune FLAN-T5 to classify text (IMDB sentiment by default, or any labelled data)."
+    )
     p.add_argument(
         "--preset",
         choices=tuple(PRESETS),

@@ -15,7 +15,7 @@ from flant5_imdb.evaluate import evaluate_saved, format_report
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        description="Evaluate a model on IMDB: accuracy, macro-F1, per-class report, confusion matrix."
+        description="Evaluate a model on labelled data: accuracy, macro-F1, per-class report, confusions."
     )
     p.add_argument("--model", required=True, help="a run's final/ folder, a checkpoint folder, or a Hub id")
     p.add_argument("--data", default="stanfordnlp/imdb", help="any --data source train.py takes")
@@ -32,11 +32,9 @@ def main(argv: list[str] | None = None) -> int:
         default="score",
         help="score = compare label log-likelihoods; generate = greedy decoding (default: score)",
     )
+    p.add_argument("--batch-size", type=positive_int, default=64, help="texts per forward pass (default: 64)")
     p.add_argument(
-        "--batch-size", type=positive_int, default=64, help="reviews per forward pass (default: 64)"
-    )
-    p.add_argument(
-        "--max-samples", type=positive_int, default=None, help="a random subset of this many reviews"
+        "--max-samples", type=positive_int, default=None, help="a random subset of this many examples"
     )
     p.add_argument("--verbalizer", default=None, help="default: the model's own (digits for a Hub model)")
     p.add_argument("--prompt", default=None, help="default: the model's own (none for a Hub model)")

@@ -1,4 +1,4 @@
-"""Classify reviews with a trained model.
+"""Classify texts with a trained model, into the classes it was trained on.
 
 python scripts/predict.py --model runs/flant5-imdb/final "A wonderful film." "Two hours I will not get back."
 python scripts/predict.py --model runs/flant5-imdb/final --file reviews.csv --jsonl > predictions.jsonl
@@ -10,18 +10,19 @@ import json
 import sys
 
 from flant5_imdb.config import positive_int
-from flant5_imdb.data import DataError
-from flant5_imdb.predict import Classifier, InputError, read_texts
-from flant5_imdb.reader import text_problem
+from flant5_imdb.data import DataError, read_texts, text_problem
+from flant5_imdb.predict import Classifier, InputError
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Classify IMDB-style reviews as negative or positive.")
-    p.add_argument("texts", nargs="*", help="reviews (if none and no --file: one review a line on stdin)")
+    p = argparse.ArgumentParser(
+        description="Classify texts with a trained model, into the classes it was trained on."
+    )
+    p.add_argument("texts", nargs="*", help="texts (if none and no --file: one text a line on stdin)")
     p.add_argument("--model", required=True, help="a run's final/ folder, a checkpoint folder, or a Hub id")
     p.add_argument(
         "--file",
-        help=".txt (one review a line), .csv, .jsonl or .json with a 'text' column (any of them .gz)",
+        help=".txt (one text a line), .csv, .jsonl or .json with a 'text' column (any of them .gz)",
     )
     p.add_argument("--jsonl", action="store_true", help="JSON lines instead of a table")
     p.add_argument(
@@ -29,9 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         default="text",
         help="with --file (csv, jsonl): the column of the texts (default: text)",
     )
-    p.add_argument(
-        "--batch-size", type=positive_int, default=32, help="reviews per forward pass (default: 32)"
-    )
+    p.add_argument("--batch-size", type=positive_int, default=32, help="texts per forward pass (default: 32)")
     p.add_argument(
         "--skip-bad-rows",
         action="store_true",
@@ -42,10 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         if args.texts and args.file:
-            raise InputError("give reviews as arguments or --file, not both")
+            raise InputError("give texts as arguments or --file, not both")
         if args.texts:
             texts, skipped = args.texts, []
-            problems = [f"review {i + 1}: {p}" for i, t in enumerate(texts) if (p := text_problem(t))]
+            problems = [f"text {i + 1}: {p}" for i, t in enumerate(texts) if (p := text_problem(t))]
             if problems:
                 raise InputError(problems[0])
         else:
@@ -57,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skipped {row}", file=sys.stderr)
         if not texts:
             raise InputError(
-                "no reviews given" + (f" (all {len(skipped)} records were skipped)" if skipped else "")
+                "no texts given" + (f" (all {len(skipped)} records were skipped)" if skipped else "")
             )
         preds = Classifier(
             args.model, verbalizer=args.verbalizer, prompt=args.prompt, batch_size=args.batch_size

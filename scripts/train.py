@@ -1,4 +1,4 @@
-"""Fine-tune FLAN-T5 on IMDB: `accelerate launch scripts/train.py [--preset NAME] [options]`.
+"""Fine-tune FLAN-T5 to classify text: `accelerate launch scripts/train.py [--preset NAME] [options]`.
 
 Also runs under plain `python`. `--help` lists every option.
 """

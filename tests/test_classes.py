@@ -2,13 +2,17 @@
 
 import json
 
+import pandas as pd
 import pytest
 import torch
 
 from flant5_imdb.config import preset
-from flant5_imdb.data import TICKETS, load_labelled, make_topics
+from flant5_imdb.data import load_labelled
 from flant5_imdb.modeling import architecture_config
 from flant5_imdb.train import run
+from tests.conftest import load_script
+
+EXAMPLES = load_script("example_data")  # the README's generator of example data
 
 FOUR = {
     "sports": ["goal", "match", "team", "coach", "league", "score"],
@@ -20,7 +24,7 @@ FOUR = {
 
 def test_four_generated_classes_train_to_high_accuracy(tmp_path):
     """Distinct vocabulary per class, the smoke model, on the CPU: at least 0.95 on the test split."""
-    for split, ds in make_topics(FOUR, n_train=800, n_test=200).items():
+    for split, ds in EXAMPLES.make_topics(FOUR, n_train=800, n_test=200).items():
         ds.to_csv(str(tmp_path / f"{split}.csv"), index=False)
     summary = run(
         preset("smoke", data=str(tmp_path), output_dir=str(tmp_path / "out"), epochs=3, save_model=False)
@@ -40,7 +44,7 @@ def test_three_string_labels_with_custom_columns_round_trip(tmp_path):
     from flant5_imdb.data import Columns
     from flant5_imdb.evaluate import evaluate_saved
 
-    for split, ds in make_topics(TICKETS).items():
+    for split, ds in EXAMPLES.make_topics(EXAMPLES.TICKETS).items():
         ds.rename_columns({"text": "message", "label": "team"}).to_csv(
             str(tmp_path / f"{split}.csv"), index=False
         )
@@ -68,6 +72,13 @@ def test_three_string_labels_with_custom_columns_round_trip(tmp_path):
     ) == pytest.approx(1.0)
     card = (out / "final" / "README.md").read_text()
     assert "`billing` for billing, `bug` for bug and `feature` for feature" in card
+    # A support-ticket model's card speaks of text and its own classes, never of sentiment or reviews,
+    # and its usage example is a message from its own evaluation data.
+    assert f"Text classifier (trained on `{tmp_path}`)" in card and "- text-classification" in card
+    assert not any(w in card.lower() for w in ("sentiment", "review", "film", "movie"))
+    first_test_message = " ".join(pd.read_csv(tmp_path / "test.csv")["message"][0].split())
+    assert f"print(clf.predict([{first_test_message!r}]))" in card
+    assert f"On {summary['eval']['n']:,} examples (the `test` split" in card
 
 
 def test_targets_sharing_a_first_token_are_scored_whole_in_one_pass():
