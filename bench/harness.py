@@ -260,6 +260,7 @@ def measure_row(name: str, args, data: BenchData, peak, out_dir: Path, progress=
         try:
             with time_limit(args.row_limit, name):
                 row = measure(name, args, data, peak, out_dir / slug(variant), progress=progress, **change)
+            row.update(predicted_memory(name, base, data, row["batch_size"]))
             return {**row, "variant": variant, **({"errors": errors} if errors else {})}
         except Preempted:
             raise
@@ -271,7 +272,30 @@ def measure_row(name: str, args, data: BenchData, peak, out_dir: Path, progress=
             errors.append(f"{variant}: {first_line(e)}" if len(variants) > 1 else first_line(e))
         finally:
             release_memory()
-    return dict(name=name, error="; ".join(errors), errors=errors)
+    return dict(name=name, error="; ".join(errors), errors=errors, **predicted_memory(name, base, data))
+
+
+def predicted_memory(name: str, cfg, data: BenchData, batch: int | None = None) -> dict:
+    """The row's peak memory as `bench/memory.py` predicts it (at the longest batch of the data), to set
+    beside the measured peak; never a reason for a row to fail."""
+    from bench import memory
+
+    trainer = name.startswith("hf-trainer")
+    longest = max(data.lengths)
+    if name == "hf-trainer":
+        source_len = cfg.max_source_length  # the recipe pads every batch to 512
+    elif name == "hf-trainer-tuned":
+        source_len = -(-longest // 8) * 8  # DataCollatorForSeq2Seq(pad_to_multiple_of=8)
+    else:
+        source_len = make_collator(cfg, data.tokenizer).source_length(longest)
+    try:
+        shape = dict(batch=batch or cfg.batch_size, source_len=source_len, target_len=data.target_len)
+        setup = memory.setup_for(cfg, **shape, vocab_size=len(data.tokenizer), trainer=trainer)
+        got = memory.predicted(setup)
+    except Exception as e:  # a prediction that cannot be made is said, and the row stands
+        return {"predicted_peak_gib": None, "predicted_error": first_line(e)}
+    return {"predicted_peak_gib": got["peak_gib"], "predicted_parts_gib": got["parts_gib"],
+            "predicted_setup": setup.describe(), "predicted_from": got["from"]}  # fmt: skip
 
 
 def measure(name: str, args, data: BenchData, peak, out_dir: Path, progress=None, **change) -> dict:

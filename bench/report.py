@@ -110,17 +110,17 @@ def markdown(result: dict) -> str:
             else []
         ),
         "",
-        "| config | batch | precision | optim | padding | ms/step (p10–p90) | samples/s | tokens/s | MFU | 2 "
-        "epochs (projected) "
-        "| set-up + warm-up s | peak alloc GiB | driver MiB | × hf-trainer | × hf-trainer-tuned |",
-        "|" + " --- |" * 15,
+        "| config | batch | precision | optim | padding | ms/step (p10–p90) | samples/s | tokens/s | MFU "
+        "| 2 epochs (projected) | set-up + warm-up s | peak alloc GiB | predicted GiB | driver MiB "
+        "| × hf-trainer | × hf-trainer-tuned |",
+        "|" + " --- |" * 16,
     ]
     for r in result["rows"]:
         if r.get("running") or "error" in r:
             what = "running, or killed" if r.get("running") else f"failed: {r['error']}"
             got = how_far(r)
             what = f"{what} ({got})" if got else what
-            lines.append(f"| {r['name']} | {what.replace('|', '/')} |" + " |" * 13)
+            lines.append(f"| {r['name']} | {what.replace('|', '/')} |" + " |" * 14)
             continue
         full = f" (full run {r['full_minutes']:.1f} min)" if r.get("full_minutes") else ""
         variant = f" ({r['variant']})" if r.get("variant", "as configured") != "as configured" else ""
@@ -132,7 +132,8 @@ def markdown(result: dict) -> str:
             f"{fmt(r['mfu'] and 100 * r['mfu'], '.1f')}{'%' if r['mfu'] else ''} | "
             f"{r['projected_minutes']:.1f} min{full} | "
             f"{fmt(r.get('warmup_seconds'), '.0f')} | "
-            f"{fmt(r['peak_allocated_gib'], '.2f')} | {fmt(r['peak_driver_mib'], 'd')} | "
+            f"{fmt(r['peak_allocated_gib'], '.2f')} | {fmt(r.get('predicted_peak_gib'), '.2f')} | "
+            f"{fmt(r['peak_driver_mib'], 'd')} | "
             f"{fmt(r['ratio_vs_hf_trainer'], '.2f')} | {fmt(r.get('ratio_vs_tuned_trainer'), '.2f')} |"
         )
     timed_compiles = [

@@ -143,14 +143,15 @@ def source_mask(model, attention_mask: torch.Tensor) -> torch.Tensor:
     return attention_mask
 
 
-def checkpoint_activations(model: T5ForConditionalGeneration) -> None:
+def checkpoint_activations(model: T5ForConditionalGeneration, context_fn=None) -> None:
     """Keep only each T5 block's input for the backward and recompute the rest there.
 
     About a third more compute for a fraction of the activation memory: at batch 8 the GPU is
     mostly idle (host-bound), so the recompute costs little there. Non-reentrant checkpointing
-    replays the RNG state, so dropout masks, and so the results, are unchanged.
+    replays the RNG state, so dropout masks, and so the results, are unchanged. `context_fn`:
+    torch's checkpoint option (the contexts of the forward and of the recompute).
     """
-    kwargs = {"use_reentrant": False}
+    kwargs = {"use_reentrant": False, **({"context_fn": context_fn} if context_fn else {})}
     if hasattr(
         model, "activation_checkpointing_enable"
     ):  # transformers >= 5.2x; the older name is deprecated there

@@ -44,6 +44,8 @@ def test_suite_runs_on_cpu_and_reports_every_configuration(tmp_path):
         assert r["ratio_vs_hf_trainer"] == pytest.approx(r["samples_per_s"] / trainer["samples_per_s"])
         assert r["projected_minutes"] == pytest.approx(50_000 / r["samples_per_s"] / 60)
         assert r["peak_allocated_gib"] is None  # no GPU here: no memory figure is made up
+        # ...but every row carries what bench/memory.py predicts for it on a GPU, for a GPU run to test
+        assert r["predicted_peak_gib"] > 0 and r["predicted_from"] == "computed at run time", r["name"]
         assert "running" not in r and r.get("compiles_in_timed_window", 0) == 0
     by_name = {r["name"]: r for r in saved["rows"]}
     assert by_name["baseline-loop"]["padding"] == "to 512" and by_name["bf16-8bit"]["optim"] == "adamw8bit"
@@ -54,6 +56,14 @@ def test_suite_runs_on_cpu_and_reports_every_configuration(tmp_path):
     )
     assert by_name["kernels"]["cuda_graphs"] is False  # no CUDA here: the flags fell back to eager
     assert by_name["kernels-8bit-ckpt"]["optim"] == "adamw8bit"
+    # The prediction is of the row's own configuration: the Trainer's loss and 512-token padding, the
+    # throughput rows' batch, 8-bit states with activation checkpointing.
+    assert by_name["hf-trainer"]["predicted_setup"].startswith("tiny, batch 8 x 512 tokens, fp32, sdpa")
+    assert "the model's own loss" in by_name["hf-trainer"]["predicted_setup"]
+    assert by_name["throughput"]["predicted_setup"].startswith("tiny, batch 16 x ")
+    assert by_name["kernels-8bit-ckpt"]["predicted_setup"].endswith("adamw8bit, activation checkpointing")
+    assert by_name["baseline-loop"]["predicted_peak_gib"] > by_name["bf16"]["predicted_peak_gib"]
+    assert "| predicted GiB |" in (out / "results.md").read_text()
     k = by_name["kernels"]
     assert k["warmup_steps"] == 1 and 0 < k["seconds_to_first_step"] < k["warmup_seconds"] + 1e-9
     assert k["variant"] == "as configured" and "errors" not in k and k["bias_lookup"] == "table"

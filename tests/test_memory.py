@@ -1,0 +1,90 @@
+"""bench/memory.py: the predictor against a real CPU step, and against the four H200 measurements."""
+
+import pytest
+import torch
+
+from bench import memory
+from bench.memory import ANCHORS, ROUND, LiveBytes, Setup, make_optimizer, predict, run_step
+from flant5_imdb.modeling import build_model
+
+TINY = Setup(model="tiny", batch=4, source_len=48, target_len=3, vocab=256)
+
+
+def blocks(t: torch.Tensor) -> int:
+    return -(-t.untyped_storage().nbytes() // ROUND) * ROUND
+
+
+def real_step(setup: Setup) -> tuple[LiveBytes, dict, int]:
+    """The same step on real tensors (the tiny model on this CPU), counted by the same tracker; and,
+    counted independently, the bytes the autograd graph keeps for the backward."""
+    torch.manual_seed(0)
+    model = build_model("x", model_config=setup.model, vocab_size=setup.vocab,
+                        attn_implementation=setup.attention, dropout=setup.dropout).train()  # fmt: skip
+    optimizer = make_optimizer(model, setup.optim)
+    batch = dict(input_ids=torch.randint(2, setup.vocab, (setup.batch, setup.source_len)),
+                 attention_mask=torch.ones(setup.batch, setup.source_len, dtype=torch.long),
+                 labels=torch.randint(2, setup.vocab, (setup.batch, setup.target_len)))  # fmt: skip
+    saved: dict[int, int] = {}
+    before = {id(t.untyped_storage()) for t in [*model.parameters(), *batch.values()]}
+
+    def pack(t):  # a storage the forward made, kept for the backward
+        if id(t.untyped_storage()) not in before:
+            saved[id(t.untyped_storage())] = blocks(t)
+        return t
+
+    tracker = LiveBytes()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        after_forward = run_step(model, optimizer, batch, setup, tracker, cuda=False)
+    weights = sum(blocks(p) for p in model.parameters())
+    return tracker, after_forward, sum(saved.values()), weights
+
+
+@pytest.mark.parametrize("setup", [TINY, Setup(**{**TINY.__dict__, "loss": "model", "precision": "bf16"})])
+def test_a_fake_step_holds_what_the_real_cpu_step_holds(setup):
+    """Fake tensors hold no data, yet every part at the peak and at the end of the forward is the real
+    step's to the byte; the weights and Adam's two moments are what their sizes say, and what the forward
+    leaves alive is what autograd keeps for the backward (counted by a saved-tensor hook) and the loss."""
+    tracker, after_forward, kept, weights = real_step(setup)
+    predicted = predict(setup, cuda=False)
+    gib = memory.GIB
+    assert predicted["parts_gib"] == pytest.approx({k: v / gib for k, v in tracker.peak.items()}, rel=1e-9)
+    assert predicted["after_forward_gib"] == pytest.approx({k: v / gib for k, v in after_forward.items()})
+    assert predicted["peak_gib"] == pytest.approx(tracker.peak_total / gib)
+    assert tracker.peak["weights"] == weights
+    # Fused AdamW: exp_avg and exp_avg_sq like each weight, and a one-element step per weight.
+    n_params = sum(1 for _ in build_model("x", model_config="tiny", vocab_size=setup.vocab).parameters())
+    assert tracker.peak["optimizer"] == 2 * weights + n_params * ROUND
+    # The saved tensors and the loss, and at most a few small blocks besides (masks and index tensors
+    # of a few hundred bytes the forward makes beside them).
+    assert kept + ROUND <= after_forward["activations"] <= kept + ROUND + 4 * ROUND
+    assert after_forward["gradients"] == after_forward["temporaries"] == 0
+
+
+def test_cuda_rules_keep_what_cuda_keeps():
+    """Under bf16 autocast the forward keeps bf16 copies (smaller activations); CUDA's dropout keeps a
+    one-byte mask where the CPU keeps a float noise; 8-bit Adam holds about a quarter of AdamW's states."""
+    fp32, bf16 = predict(TINY), predict(Setup(**{**TINY.__dict__, "precision": "bf16"}))
+    cpu = predict(TINY, cuda=False)
+    assert bf16["after_forward_gib"]["activations"] < fp32["after_forward_gib"]["activations"]
+    assert fp32["after_forward_gib"]["activations"] < cpu["after_forward_gib"]["activations"]
+    base8 = predict(Setup(model="flan-t5-small", batch=1, source_len=8, optim="adamw8bit"))
+    base32 = predict(Setup(model="flan-t5-small", batch=1, source_len=8))
+    weights = base32["parts_gib"]["weights"]
+    assert base32["parts_gib"]["optimizer"] == pytest.approx(2 * weights, rel=0.01)
+    # 8-bit: one byte per moment element, the embedding and lm_head (2 x 32128 x 512) in 32 bits.
+    embeddings = 2 * 32128 * 512 * 4 / memory.GIB
+    rest = weights - embeddings
+    assert base8["parts_gib"]["optimizer"] == pytest.approx(2 * embeddings + 2 * rest / 4, rel=0.02)
+    paged = predict(Setup(model="flan-t5-small", batch=1, source_len=8, optim="paged_adamw8bit"))
+    assert paged["parts_gib"]["optimizer"] == 0
+    # Activation checkpointing keeps each block's input only: far less at the end of the forward.
+    bf16_ckpt = predict(Setup(**{**TINY.__dict__, "precision": "bf16", "checkpointing": True}))
+    assert bf16_ckpt["after_forward_gib"]["activations"] < 0.5 * bf16["after_forward_gib"]["activations"]
+
+
+@pytest.mark.parametrize("what, setup, measured", ANCHORS, ids=[a[0][:40] for a in ANCHORS])
+def test_the_four_h200_measurements_are_predicted_within_ten_percent(what, setup, measured):
+    """One model for all four (no per-configuration factor): the Trainer in fp32 and bf16, our loop in
+    bf16, and the loop at batch 64 with sdpa, flan-t5-base at the longest batch of 512 tokens."""
+    predicted = predict(setup)["peak_gib"]
+    assert predicted == pytest.approx(measured, rel=0.10), f"{what}: predicted {predicted:.2f} GiB"
