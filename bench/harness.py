@@ -275,12 +275,21 @@ def measure_row(name: str, args, data: BenchData, peak, out_dir: Path, progress=
     return dict(name=name, error="; ".join(errors), errors=errors, **predicted_memory(name, base, data))
 
 
-def predicted_memory(name: str, cfg, data: BenchData, batch: int | None = None) -> dict:
-    """The row's peak memory as `bench/memory.py` predicts it (at the longest batch of the data), to set
-    beside the measured peak; never a reason for a row to fail."""
+def row_setups(args, data: BenchData) -> list:
+    """The memory setups of `args.configs`' rows (each batch a throughput row may try on a GPU), for
+    `bench/profile.py --save-predictions`."""
+    setups = []
+    for name in (n for n in args.configs if n in CONFIGS):
+        cfg = train_config(name, args, data, Path(tempfile.gettempdir()))
+        sizes = throughput_sizes(args, gpu=True) if name in THROUGHPUT_ROWS else [cfg.batch_size]
+        setups += [memory_setup(name, cfg, data, batch) for batch in sizes]
+    return setups
+
+
+def memory_setup(name: str, cfg, data: BenchData, batch: int | None = None):
+    """The row's `bench.memory.Setup`: its configuration at the longest batch of the data."""
     from bench import memory
 
-    trainer = name.startswith("hf-trainer")
     longest = max(data.lengths)
     if name == "hf-trainer":
         source_len = cfg.max_source_length  # the recipe pads every batch to 512
@@ -288,14 +297,31 @@ def predicted_memory(name: str, cfg, data: BenchData, batch: int | None = None) 
         source_len = -(-longest // 8) * 8  # DataCollatorForSeq2Seq(pad_to_multiple_of=8)
     else:
         source_len = make_collator(cfg, data.tokenizer).source_length(longest)
+    shape = dict(batch=batch or cfg.batch_size, source_len=source_len, target_len=data.target_len)
+    return memory.setup_for(
+        cfg, **shape, vocab_size=len(data.tokenizer), trainer=name.startswith("hf-trainer")
+    )
+
+
+def predicted_memory(name: str, cfg, data: BenchData, batch: int | None = None) -> dict:
+    """The row's peak memory as `bench/memory.py` predicts it (at the longest batch of the data), to set
+    beside the measured peak; never a reason for a row to fail."""
+    from bench import memory
+
     try:
-        shape = dict(batch=batch or cfg.batch_size, source_len=source_len, target_len=data.target_len)
-        setup = memory.setup_for(cfg, **shape, vocab_size=len(data.tokenizer), trainer=trainer)
+        setup = memory_setup(name, cfg, data, batch)
         got = memory.predicted(setup)
     except Exception as e:  # a prediction that cannot be made is said, and the row stands
         return {"predicted_peak_gib": None, "predicted_error": first_line(e)}
     return {"predicted_peak_gib": got["peak_gib"], "predicted_parts_gib": got["parts_gib"],
             "predicted_setup": setup.describe(), "predicted_from": got["from"]}  # fmt: skip
+
+
+def throughput_sizes(args, gpu: bool | None = None) -> list[int]:
+    """The batches a throughput row tries, largest first, until one fits (on a GPU, or, by default, here)."""
+    if args.throughput_batch:
+        return [args.throughput_batch]
+    return [128, 96, 64, 32] if (torch.cuda.is_available() if gpu is None else gpu) else [16]
 
 
 def measure(name: str, args, data: BenchData, peak, out_dir: Path, progress=None, **change) -> dict:
@@ -304,12 +330,7 @@ def measure(name: str, args, data: BenchData, peak, out_dir: Path, progress=None
     if name not in THROUGHPUT_ROWS:
         cfg = train_config(name, args, data, out_dir, **change)
         return measure_loop(name, cfg, args, data, peak, progress)
-    sizes = (
-        [args.throughput_batch]
-        if args.throughput_batch
-        else ([128, 96, 64, 32] if torch.cuda.is_available() else [16])
-    )
-    for bs in sizes:
+    for bs in throughput_sizes(args):
         try:
             return measure_loop(
                 name,
@@ -322,7 +343,7 @@ def measure(name: str, args, data: BenchData, peak, out_dir: Path, progress=None
         except OutOfMemory:
             print(f"{name}: batch {bs} does not fit, trying a smaller one", flush=True)
             release_memory()
-    raise RuntimeError(f"{name}: no batch size of {sizes} fits")
+    raise RuntimeError(f"{name}: no batch size of {throughput_sizes(args)} fits")
 
 
 def measure_loop(name, cfg, args, data: BenchData, peak, progress=None) -> dict:

@@ -90,7 +90,12 @@ class Setup:
     dropout: float = 0.1
 
     def describe(self) -> str:
-        extras = [self.attention + " attention", self.optim]
+        fused = (
+            " (fused: no attention matrix kept)"
+            if self.attention == "sdpa" and self.sdpa_kernel == "efficient"
+            else ""
+        )
+        extras = [f"{self.attention} attention{fused}", self.optim]
         extras += ["activation checkpointing"] * self.checkpointing + ["the model's own loss"] * (
             self.loss == "model"
         )
@@ -350,6 +355,16 @@ def optimizer_states(optimizer) -> list[torch.Tensor]:
 PREDICTIONS = ROOT / "bench" / "predicted_memory.json"  # predictions made here, for the GPU run's rows
 
 
+def save_predictions(setups) -> None:
+    """Predict each of `setups` now and keep them in PREDICTIONS (beside what it holds already)."""
+    saved = json.loads(PREDICTIONS.read_text()) if PREDICTIONS.is_file() else {}
+    for setup in setups:
+        r = predict(setup)
+        saved[key(setup)] = {"peak_gib": r["peak_gib"], "parts_gib": r["parts_gib"]}
+        print(f"{setup.describe()}: {r['peak_gib']:.2f} GiB", flush=True)
+    PREDICTIONS.write_text(json.dumps(saved, indent=1, sort_keys=True) + "\n")
+
+
 def key(setup: Setup) -> str:
     return json.dumps(dataclasses.asdict(setup), sort_keys=True)
 
@@ -411,6 +426,29 @@ def anchors_table() -> str:
     return "\n".join(rows)
 
 
+SIZES = ("flan-t5-small", "flan-t5-base", "flan-t5-large", "flan-t5-xl")
+
+
+def fits_table(lengths: tuple[int, ...], batches: tuple[int, ...] = (8, 32)) -> str:
+    """The README's table: each size x optimizer x checkpointing, at each batch and source length, as the
+    `fast` preset trains (bf16 autocast, sdpa attention)."""
+    cols = [(b, n) for b in batches for n in lengths]
+    head = " | ".join(f"batch {b} x {n} tokens (GiB)" for b, n in cols)
+    rows = [f"| size | optimizer | activation checkpointing | {head} |", "|" + " --- |" * (3 + len(cols))]
+    for size in SIZES:
+        for optim in ("adamw", "adamw8bit"):
+            for ckpt in (False, True):
+                like = dict(model=size, precision="bf16", optim=optim, checkpointing=ckpt, attention="sdpa")
+                got = [predict(Setup(**like, batch=b, source_len=n))["peak_gib"] for b, n in cols]
+                rows.append(
+                    f"| {size} | {optim} | {'yes' if ckpt else 'no'} | "
+                    + " | ".join(f"{g:.1f}" for g in got)
+                    + " |"
+                )
+                print(rows[-1], flush=True)
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description="Predict the peak GPU memory of a training step on the CPU (no GPU, weights or data)."
@@ -423,9 +461,15 @@ def main(argv: list[str] | None = None) -> int:
         else:
             p.add_argument(flag, type=type(f.default), default=f.default, help=f"(default: {f.default})")
     p.add_argument("--json", action="store_true", help="the whole prediction as JSON")
+    p.add_argument(
+        "--fits-table", metavar="LENGTHS", help="the README's table at these source lengths (e.g. 208,512)"
+    )
     args = p.parse_args(argv)
     if args.anchors:
         anchors_table()
+        return 0
+    if args.fits_table:
+        fits_table(tuple(int(n) for n in args.fits_table.split(",")))
         return 0
     if args.model not in ARCHITECTURES:
         p.error(f"--model {args.model!r}: choose from {', '.join(ARCHITECTURES)}")

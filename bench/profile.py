@@ -56,6 +56,7 @@ from bench.harness import (
     device_name,
     measure_eval,
     measure_row,
+    row_setups,
     slug,
     versions,
 )
@@ -73,6 +74,11 @@ class Stopped(BaseException):
 def main(argv=None) -> dict:
     args = parse(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.save_predictions:
+        from bench import memory
+
+        memory.save_predictions(row_setups(args, BenchData(args)))
+        return {"runs": [{"complete": True}]}
     device = device_name()
     peak = args.peak_tflops
     if peak is None:
@@ -210,6 +216,12 @@ def parse(argv):
     )
     p.add_argument(
         "--append", action="store_true", help="add to the results.json in --out instead of starting anew"
+    )
+    p.add_argument(
+        "--save-predictions",
+        action="store_true",
+        help="measure nothing: predict the peak memory of every row (bench/memory.py) on this CPU and keep "
+        "it in bench/predicted_memory.json, where a GPU run reads it instead of spending its time on it",
     )
     args = p.parse_args(argv)
     if args.warmup < 1 or args.steps < 1:

@@ -88,3 +88,30 @@ def test_the_four_h200_measurements_are_predicted_within_ten_percent(what, setup
     bf16, and the loop at batch 64 with sdpa, flan-t5-base at the longest batch of 512 tokens."""
     predicted = predict(setup)["peak_gib"]
     assert predicted == pytest.approx(measured, rel=0.10), f"{what}: predicted {predicted:.2f} GiB"
+
+
+def test_the_gpu_runs_rows_find_their_predictions_committed():
+    """bench/predicted_memory.json holds every row of the GPU run (flan-t5-base, IMDB's longest batch of
+    512 tokens, targets of 2 tokens, the 32,100-token tokenizer, each batch a throughput row may try), so
+    the run spends none of its minutes predicting; and what it holds is what the predictor gives now."""
+    import json
+    from types import SimpleNamespace
+
+    from bench import harness, profile
+
+    class Tokenizer:  # the shared 32,100-token tokenizer, as far as the setups look at it
+        pad_token_id = 0
+
+        def __len__(self):
+            return 32100
+
+    args = profile.parse(["--data", "imdb", "--tokenizer", "tok", "--reviews", "6000"])
+    data = SimpleNamespace(
+        lengths=[37, 512, 208], target_len=2, tokenizer=Tokenizer(), tok_dir="tok", data="imdb"
+    )
+    setups = harness.row_setups(args, data)
+    saved = json.loads(memory.PREDICTIONS.read_text())
+    assert len(setups) == len(harness.CONFIGS) + 2 * 3 and all(memory.key(s) in saved for s in setups)
+    kernels_8bit = next(s for s in setups if s.checkpointing)
+    assert memory.predicted(kernels_8bit)["from"] == memory.PREDICTIONS.name
+    assert saved[memory.key(kernels_8bit)]["peak_gib"] == pytest.approx(predict(kernels_8bit)["peak_gib"])
