@@ -37,6 +37,8 @@ def _opt(default, help: str, choices: tuple | None = None, resume: str = MATH, n
     )
 
 
+THREADS_HELP = ("CPU threads per process (CPU runs only): auto = 1 for a small model, else the cores other "
+                "processes leave idle; or a number (default: auto)")  # fmt: skip
 NO_EVAL = "none"  # --eval-split none: no evaluation at all
 
 
@@ -216,6 +218,7 @@ class TrainConfig:
         "stop after this many updates in a row with a non-finite loss or gradient norm (each is skipped)",
         resume=FREE,
     )
+    threads: str = _opt("auto", THREADS_HELP, resume=FREE)
 
     def __post_init__(self):
         if self.precision == "fp16":
@@ -223,6 +226,9 @@ class TrainConfig:
                 "--precision fp16 is refused: T5 overflows in fp16 (transformers #5651, #14189); use bf16 or "
                 "fp32"
             )
+        threads = str(self.threads)
+        if threads != "auto" and not (threads.isdigit() and int(threads) >= 1):
+            raise ConfigError(f"--threads {self.threads!r}: auto, or a whole number of at least 1")
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             value = getattr(self, f.name)

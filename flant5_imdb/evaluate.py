@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from transformers.modeling_outputs import BaseModelOutput
 
 from flant5_imdb import hub
-from flant5_imdb.accel import make_accelerator
+from flant5_imdb.accel import cpu_threads, make_accelerator
 from flant5_imdb.data import IMDB, Collator, Columns, DataSpec, check_splits, prepare, write_skipped
 from flant5_imdb.modeling import load_trained, source_mask
 
@@ -300,6 +300,7 @@ def evaluate_saved(
     seed: int = 42,
     skip_bad_rows: bool = False,
     columns: Columns = Columns(),
+    threads: str = "auto",
 ) -> dict:
     """Evaluate a saved model (final/, a checkpoint, or a Hub id such as google/flan-t5-base zero-shot).
 
@@ -324,6 +325,7 @@ def evaluate_saved(
     prepared = prepare(spec, lambda *_: tokenizer, labels=settings["labels"])
     ds, space, skipped = prepared.eval, prepared.labels, prepared.skipped
     accelerator = make_accelerator(precision)
+    cpu_threads(threads, sum(p.numel() for p in model.parameters()), accelerator.device)
     model = model.to(accelerator.device)
     result = evaluate(
         model,

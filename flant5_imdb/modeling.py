@@ -182,6 +182,32 @@ def saved_settings(path: str | Path) -> dict:
     return json.loads(settings_file.read_text()) if settings_file.is_file() else {}
 
 
+WEIGHTS = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def model_folder(path: str) -> str:
+    """`path`, or, where it is a run's folder (a `final/` inside, no weights of its own), that `final/`.
+
+    Raises:
+        ValueError: a folder that holds no weights and is no run's folder.
+    """
+    folder = Path(path).expanduser()
+    if not folder.is_dir() or any((folder / w).is_file() for w in WEIGHTS):
+        return path
+    if any((folder / "final" / w).is_file() for w in WEIGHTS):
+        logger.info("%s is a run's folder: using its model, %s", path, folder / "final")
+        return str(folder / "final")
+    raise ValueError(
+        f"--model {path}: a folder with no model weights in it; a run keeps its model in final/, a "
+        "checkpoint in checkpoints/step-N/"
+    )
+
+
 def load_trained(
     path: str,
     *,
@@ -199,6 +225,7 @@ def load_trained(
     Raises:
         ValueError: the model or tokenizer cannot be loaded.
     """
+    path = model_folder(path)
     model = build_model(path)
     tokenizer = load_tokenizer(path)
     saved = saved_settings(path)

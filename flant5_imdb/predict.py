@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from flant5_imdb import hub
+from flant5_imdb.accel import cpu_threads
 from flant5_imdb.data import Collator, prompt_template, target_ids, text_problem
 from flant5_imdb.evaluate import score_batch
 from flant5_imdb.modeling import load_trained
@@ -44,6 +45,7 @@ class Classifier:
         max_source_length: int | None = None,
         batch_size: int = 32,
         device: str | None = None,
+        threads: str = "auto",
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -52,6 +54,7 @@ class Classifier:
             model, verbalizer=verbalizer, prompt=prompt, max_source_length=max_source_length
         )
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        cpu_threads(threads, sum(p.numel() for p in self.model.parameters()), self.device)
         self.model.to(self.device).eval()
         self.labels = settings["labels"]
         self.targets = target_ids(self.tokenizer, settings["verbalizer"], self.labels)

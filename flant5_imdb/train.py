@@ -34,7 +34,7 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 from flant5_imdb import hub
-from flant5_imdb.accel import make_accelerator
+from flant5_imdb.accel import cpu_threads, make_accelerator
 from flant5_imdb.card import publish
 from flant5_imdb.checkpoint import (
     CheckpointError,
@@ -150,6 +150,9 @@ def setup(cfg: TrainConfig) -> Job:
                    main_process_first=accelerator.main_process_first)  # fmt: skip
     tokenizer, train_ds = data.tokenizer, data.train
     model, raw_optimizer, optimizer, step_model = build_trainable(cfg, accelerator, len(tokenizer))
+    threads = cpu_threads(cfg.threads, sum(p.numel() for p in model.parameters()), accelerator.device)
+    if threads is not None:
+        logger.info("%d CPU thread(s) per process (--threads %s)", threads, cfg.threads)
     sampler = build_sampler(cfg, accelerator, train_ds)
     total_steps = cfg.max_steps or cfg.epochs * sampler.steps_per_epoch
     # Not prepared by accelerate (a prepared scheduler steps once per process per step), but

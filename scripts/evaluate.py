@@ -8,9 +8,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from flant5_imdb.config import positive_int
+from flant5_imdb.config import THREADS_HELP, positive_int
 from flant5_imdb.data import Columns, DataError
 from flant5_imdb.evaluate import evaluate_saved, format_report
+from flant5_imdb.modeling import model_folder
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,11 +45,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="write eval.json, eval.txt, eval_predictions.jsonl here (default: --model if it is a folder)",
     )
+    p.add_argument("--threads", default="auto", help=THREADS_HELP)
     args = p.parse_args(argv)
-    out = args.output_dir or (args.model if Path(args.model).is_dir() else None)
     try:
+        model = model_folder(args.model)  # a run's folder: its final/
+        out = args.output_dir or (model if Path(model).is_dir() else None)
         result = evaluate_saved(
-            args.model,
+            model,
             args.data,
             split=args.split,
             mode=args.eval_mode,
@@ -60,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             output_dir=out,
             skip_bad_rows=args.skip_bad_rows,
             columns=Columns(args.text_column, args.label_column, args.data_config),
+            threads=args.threads,
         )
     except (DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

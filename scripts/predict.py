@@ -9,8 +9,9 @@ import argparse
 import json
 import sys
 
-from flant5_imdb.config import positive_int
+from flant5_imdb.config import THREADS_HELP, positive_int
 from flant5_imdb.data import DataError, read_texts, text_problem
+from flant5_imdb.modeling import model_folder
 from flant5_imdb.predict import Classifier, InputError
 
 
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--verbalizer", default=None, help="default: the one the model was trained with")
     p.add_argument("--prompt", default=None, help="default: the one the model was trained with")
+    p.add_argument("--threads", default="auto", help=THREADS_HELP)
     args = p.parse_args(argv)
     try:
         if args.texts and args.file:
@@ -58,22 +60,29 @@ def main(argv: list[str] | None = None) -> int:
             raise InputError(
                 "no texts given" + (f" (all {len(skipped)} records were skipped)" if skipped else "")
             )
-        preds = Classifier(
-            args.model, verbalizer=args.verbalizer, prompt=args.prompt, batch_size=args.batch_size
-        ).predict(texts)
+        model = model_folder(args.model)  # a run's folder: its final/
+        clf = Classifier(model, verbalizer=args.verbalizer, prompt=args.prompt, batch_size=args.batch_size,
+                         threads=args.threads)  # fmt: skip
+        preds = clf.predict(texts)
     except (InputError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    width = max(8, *(len(p.label_name) for p in preds))
-    for text, pred in zip(texts, preds, strict=True):
-        if args.jsonl:
+    if args.jsonl:
+        for text, pred in zip(texts, preds, strict=True):
             print(
                 json.dumps(
                     {"text": text, "label": pred.label, "label_name": pred.label_name, "probs": pred.probs}
                 )
             )
-        else:
-            print(f"{pred.label_name:<{width}}  {pred.prob:6.4f}  {text[:100]}")
+        return 0
+    # One line per text: its class, that class's probability, and the text on one line, cut at 100 characters.
+    width = max(len("class"), *(len(p.label_name) for p in preds))
+    print(f"{'class':<{width}}  {'prob':>6}  text")
+    for text, pred in zip(texts, preds, strict=True):
+        line = " ".join(text.split())
+        print(
+            f"{pred.label_name:<{width}}  {pred.prob:6.4f}  {line if len(line) <= 100 else line[:97] + '...'}"
+        )
     return 0
 
 

@@ -67,7 +67,23 @@ def test_every_input_form_gives_the_same_predictions(final, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert [json.loads(line)["label_name"] for line in proc.stdout.splitlines()] == expected
     proc = run_script("--model", str(model_dir), stdin="\n".join(reviews) + "\n")
-    assert [line.split()[0] for line in proc.stdout.splitlines()] == expected
+    header, *lines = proc.stdout.splitlines()
+    assert header.split() == ["class", "prob", "text"] and [line.split()[0] for line in lines] == expected
+    # A run's folder stands for its final/; a text's own line breaks do not break the table; a folder
+    # given as --file is called a folder.
+    multi = tmp_path / "multi.jsonl"
+    multi.write_text(json.dumps({"text": "wonderful\nsuperb\n\ngreat " + "film " * 40}) + "\n")
+    proc = run_script("--model", str(model_dir.parent), "--file", str(multi))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (line,) = proc.stdout.splitlines()[1:]
+    shown = line.split("  ")[-1]
+    assert (
+        shown.startswith("wonderful superb great film film") and shown.endswith("...") and len(shown) == 100
+    )
+    proc = run_script("--model", str(model_dir), "--file", str(tmp_path))
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        f"error: {tmp_path}: a folder, not a file; name a .csv, .jsonl, .json or .txt file in it"
+    )
 
 
 @pytest.mark.parametrize(

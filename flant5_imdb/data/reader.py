@@ -88,6 +88,8 @@ def read_table(path: str | Path, columns: tuple[str, ...]) -> Table:
             a column (a CSV's header; a JSON record without one is a bad row).
     """
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: a folder, not a file; name a .csv, .jsonl, .json or .txt file in it")
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     kind = file_format(path)
