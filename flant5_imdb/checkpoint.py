@@ -249,6 +249,15 @@ def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
             raise CheckpointError(f"--resume {resume}: damaged checkpoint: {problem}")
         return path
     found = complete_checkpoints(output_dir)
+    root = checkpoints_dir(output_dir)
+    unmarked = (
+        sorted(p.name for p in root.iterdir() if _STEP_DIR.match(p.name) and not (p / COMPLETE).is_file())
+        if root.is_dir()
+        else []
+    )
+    if unmarked:  # a save cut short before its last step: never taken, always said
+        logger.warning("--resume auto: skipping %s in %s: no %s marker (a save that did not finish)",
+                       ", ".join(unmarked), root, COMPLETE)  # fmt: skip
     if not found:
         logger.info(
             "--resume auto: no complete checkpoint in %s, starting fresh", checkpoints_dir(output_dir)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -361,10 +363,80 @@ def _parse_optional(kind):
     return parse
 
 
+TRAINER_SPELLINGS = {  # the HF Trainer's names (and a few others') for this project's options
+    "--learning-rate": "--lr",
+    "--per-device-train-batch-size": "--batch-size",
+    "--train-batch-size": "--batch-size",
+    "--per-device-eval-batch-size": "--eval-batch-size",
+    "--num-train-epochs": "--epochs",
+    "--gradient-accumulation-steps": "--grad-accum",
+    "--lr-scheduler-type": "--schedule",
+    "--adam-epsilon": "--adam-eps",
+    "--logging-steps": "--log-every",
+    "--save-steps": "--save-every",
+    "--eval-steps": "--eval-every",
+    "--save-total-limit": "--keep-checkpoints",
+    "--gradient-checkpointing": "--activation-checkpointing",
+    "--resume-from-checkpoint": "--resume",
+    "--model-name-or-path": "--model",
+    "--dataset-name": "--data",
+    "--train-file": "--data",
+    "--max-seq-length": "--max-source-length",
+    "--bf16": "--precision bf16",
+    "--fp16": "--precision bf16 (fp16 overflows in T5)",
+    "--tf32": "nothing: TF32 matmuls are on where the GPU has them",
+}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a one-line error: an unknown option is answered with the option meant (a typo, an
+    underscore for a dash, or the HF Trainer's name for it), any other mistake without the whole usage."""
+
+    def error(self, message: str):
+        unknown = re.match(r"unrecognized arguments: (.*)", message)
+        if unknown:
+            given = next(
+                (a for a in unknown.group(1).split() if a.startswith("-")), unknown.group(1).split()[0]
+            )
+            message = f"unknown option {given}" if given.startswith("-") else f"unexpected argument {given!r}"
+            if given.startswith("-"):
+                message += meant(given.split("=")[0], [s for a in self._actions for s in a.option_strings])
+        self.exit(2, f"error: {message} ({self.prog} --help lists every option)\n")
+
+
+def meant(given: str, known: list[str]) -> str:
+    """'; did you mean --x?' for an unknown option, or '' where nothing is close."""
+    dashed = given.replace("_", "-")
+    if dashed in known:
+        return f"; did you mean {dashed}?"
+    if dashed in TRAINER_SPELLINGS:
+        return f"; this project calls it {TRAINER_SPELLINGS[dashed]}"
+    close = difflib.get_close_matches(dashed, known, n=1, cutoff=0.75)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+# --help's sections, in order: every TrainConfig field is in exactly one (a test checks).
+GROUPS = {
+    "data": ("data", "data_config", "text_column", "label_column", "labels", "train_split", "eval_split",
+             "validation_split", "skip_bad_rows", "max_train_samples", "max_eval_samples"),
+    "model and targets": ("model", "model_config", "tokenizer", "attn_implementation", "dropout",
+                          "verbalizer", "prompt", "max_source_length"),
+    "training": ("batch_size", "grad_accum", "lr", "epochs", "max_steps", "optim", "adam_beta1", "adam_beta2",
+                 "adam_eps", "weight_decay", "schedule", "warmup_steps", "max_grad_norm", "precision", "seed",
+                 "group_by_length", "pad_to_max_length", "pad_to_multiple_of", "max_bad_steps", "threads"),
+    "evaluation": ("eval_mode", "eval_batch_size", "eval_every", "final_eval"),
+    "output and checkpoints": ("output_dir", "log_every", "report_to", "save_model", "save_every",
+                               "keep_checkpoints", "resume", "force_resume", "overwrite_output_dir"),
+    "kernel path (GPU)": ("compile", "cuda_graphs", "bucket_multiple", "fused_norm",
+                          "activation_checkpointing", "bias_kernel", "bias_lookup"),
+    "Hugging Face Hub": ("push_to_hub", "model_card_only"),
+}  # fmt: skip
+
+
 def build_parser(defaults: TrainConfig | None = None) -> argparse.ArgumentParser:
     """An argparse parser with one --flag per TrainConfig field (and --preset)."""
     defaults = defaults or TrainConfig()
-    p = argparse.ArgumentParser(
+    p = Parser(
         description="Fine-tune FLAN-T5 to classify text (IMDB sentiment by default, or any labelled data)."
     )
     p.add_argument(
@@ -374,7 +446,10 @@ def build_parser(defaults: TrainConfig | None = None) -> argparse.ArgumentParser
         help="starting values for every option (default: fast)",
     )
     hints = typing.get_type_hints(TrainConfig)
+    groups = {title: p.add_argument_group(title) for title in GROUPS}
+    sections = {name: groups[title] for title, names in GROUPS.items() for name in names}
     for f in dataclasses.fields(TrainConfig):
+        group = sections[f.name]
         kind = hints[f.name]
         optional = isinstance(kind, types.UnionType) and type(None) in typing.get_args(kind)
         base = next(a for a in typing.get_args(kind) if a is not type(None)) if optional else kind
@@ -384,13 +459,13 @@ def build_parser(defaults: TrainConfig | None = None) -> argparse.ArgumentParser
             text += " (default: %(default)s)"
         kw = dict(default=default, help=text, dest=f.name)
         if base is bool:
-            p.add_argument(f"--{flag(f.name)}", action=argparse.BooleanOptionalAction, **kw)
+            group.add_argument(f"--{flag(f.name)}", action=argparse.BooleanOptionalAction, **kw)
             continue
         if f.metadata.get("choices"):
             # Shown, not enforced here: TrainConfig refuses other values with a reason (fp16 with why).
             kw["metavar"] = "{" + ",".join(f.metadata["choices"]) + "}"
         none_is_none = optional and not f.metadata.get("none_is_a_value")
-        p.add_argument(f"--{flag(f.name)}", type=_parse_optional(base) if none_is_none else base, **kw)
+        group.add_argument(f"--{flag(f.name)}", type=_parse_optional(base) if none_is_none else base, **kw)
     return p
 
 
@@ -400,7 +475,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     Raises:
         ConfigError: a value that cannot work (fp16, an unknown choice, a non-positive size).
     """
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = Parser(add_help=False)
     pre.add_argument("--preset", choices=tuple(PRESETS), default="fast")
     known, _ = pre.parse_known_args(argv)
     defaults = preset(known.preset)

@@ -104,12 +104,24 @@ class MetricsLog:
 
 
 def maybe_log(
-    cfg, state: TrainState, window: Window, counters: StepCounters, log: MetricsLog, bar, *, lr, grad_norm
+    cfg,
+    state: TrainState,
+    window: Window,
+    counters: StepCounters,
+    log: MetricsLog,
+    bar,
+    *,
+    lr,
+    grad_norm,
+    last: bool = False,
 ) -> None:
-    """Every `log_every` steps (and at step 1); the streak of non-finite updates is checked at least every
+    """Every `log_every` steps (and at step 1), and with `last` the steps since the last line (a run's
+    end: the last window, however short); the streak of non-finite updates is checked at least every
     `max_bad_steps`.
     """
-    logging_now = state.step % cfg.log_every == 0 or state.step == 1
+    if last and window.last_step == state.step:
+        return
+    logging_now = last or state.step % cfg.log_every == 0 or state.step == 1
     if not logging_now and state.step % cfg.max_bad_steps:
         return
     skipped_before = state.skipped_steps

@@ -125,6 +125,10 @@ def claim(folder: str | Path, *, resuming: bool, resume_asked: bool, overwrite: 
     Raises:
         ConfigError: another training holds the folder, or a fresh run would mix with an earlier one.
     """
+    if not resuming and not overwrite and not resume_asked and held_run(folder):
+        refuse_earlier_run(
+            folder, held_run(folder)
+        )  # before the lock is touched: a refused start writes nothing
     lock = RunLock(folder)
     lock.acquire()
     try:
@@ -136,11 +140,8 @@ def claim(folder: str | Path, *, resuming: bool, resume_asked: bool, overwrite: 
             for entry in Path(folder).iterdir():
                 if entry.name != LOCK:
                     shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-        elif earlier and not resume_asked:
-            raise ConfigError(
-                f"--output-dir {folder} holds another run ({', '.join(earlier)}); continue it with "
-                "--resume auto, or pass --overwrite-output-dir to delete it and start afresh"
-            )
+        elif earlier and not resume_asked:  # an earlier run that appeared after the check above
+            refuse_earlier_run(folder, earlier)
     except BaseException:
         lock.release()
         raise
@@ -168,6 +169,13 @@ def claim_on_main(accelerator, folder: Path, **claim_args) -> RunLock | None:
     if error:
         raise ConfigError(error)
     return lock
+
+
+def refuse_earlier_run(folder, earlier: list[str]):
+    raise ConfigError(
+        f"--output-dir {folder} holds another run ({', '.join(earlier)}); continue it with "
+        "--resume auto, or pass --overwrite-output-dir to delete it and start afresh"
+    )
 
 
 def truncate_metrics(folder: str | Path, step: int) -> int:

@@ -52,7 +52,7 @@ from flant5_imdb.checkpoint import (
 )
 from flant5_imdb.config import TrainConfig
 from flant5_imdb.data import Collator, DataSpec, Prepared, prepare, verbalize, write_skipped
-from flant5_imdb.evaluate import evaluate, format_report, write_report
+from flant5_imdb.evaluate import evaluate, write_report
 from flant5_imdb.guards import Preempted, StepCounters, StopSignal, oom_hint, rank_param_checksums
 from flant5_imdb.kernels.step import StepModel, apply_kernels, length_buckets
 from flant5_imdb.modeling import build_model, save_settings, source_mask
@@ -293,6 +293,7 @@ def train(job: Job, on_step=None) -> None:
         disable=not job.accelerator.is_local_main_process,
         dynamic_ncols=True,
     )
+    lr = grad_norm = None  # of the last step this process ran
     with StopSignal(job.accelerator) as stop, MetricsLog(job.out / METRICS, job.accelerator) as log, bar:
         while state.step < job.total_steps:
             for plan in sampler:  # this process's examples of one optimizer step
@@ -329,6 +330,8 @@ def train(job: Job, on_step=None) -> None:
             else:  # the epoch is done
                 state.epoch += 1
                 sampler.set_epoch(state.epoch)
+        if grad_norm is not None:  # the steps after the last line, logged too: a short run keeps its end
+            maybe_log(cfg, state, window, counters, log, bar, lr=lr, grad_norm=grad_norm, last=True)
     counters.sync_and_check(state)
     job.train_seconds, job.last_loss = window.this_process_seconds(), window.last_loss
 
@@ -536,9 +539,8 @@ def finish(job: Job) -> dict:
     )
     if acc.is_main_process:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
-        if result:
+        if result:  # the report itself is the caller's to show (scripts/train.py prints it): once
             write_report(result, out)
-            logger.info("evaluation:\n%s", format_report(result))
         plot_run(out)
         if cfg.save_model:
             publish(out / "final", summary, cfg.push_to_hub, upload=not cfg.model_card_only)

@@ -4,18 +4,17 @@ python scripts/evaluate.py --model runs/flant5-imdb/final --data stanfordnlp/imd
 python scripts/evaluate.py --model google/flan-t5-base --verbalizer words --prompt flan --eval-mode generate
 """
 
-import argparse
 import sys
 from pathlib import Path
 
-from flant5_imdb.config import THREADS_HELP, positive_int
+from flant5_imdb.config import THREADS_HELP, Parser, positive_int
 from flant5_imdb.data import Columns, DataError
 from flant5_imdb.evaluate import evaluate_saved, format_report
 from flant5_imdb.modeling import model_folder
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
+    p = Parser(
         description="Evaluate a model on labelled data: accuracy, macro-F1, per-class report, confusions."
     )
     p.add_argument("--model", required=True, help="a run's final/ folder, a checkpoint folder, or a Hub id")

@@ -5,20 +5,17 @@ python scripts/predict.py --model runs/flant5-imdb/final --file reviews.csv --js
 cat reviews.txt | python scripts/predict.py --model runs/flant5-imdb/final
 """
 
-import argparse
 import json
 import sys
 
-from flant5_imdb.config import THREADS_HELP, positive_int
+from flant5_imdb.config import THREADS_HELP, Parser, positive_int
 from flant5_imdb.data import DataError, read_texts, text_problem
 from flant5_imdb.modeling import model_folder
 from flant5_imdb.predict import Classifier, InputError
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        description="Classify texts with a trained model, into the classes it was trained on."
-    )
+    p = Parser(description="Classify texts with a trained model, into the classes it was trained on.")
     p.add_argument("texts", nargs="*", help="texts (if none and no --file: one text a line on stdin)")
     p.add_argument("--model", required=True, help="a run's final/ folder, a checkpoint folder, or a Hub id")
     p.add_argument(

@@ -7,35 +7,40 @@ import logging
 import os
 import sys
 
-from accelerate import PartialState
-
-from flant5_imdb.checkpoint import CheckpointError
-from flant5_imdb.config import ConfigError, parse_args
-from flant5_imdb.data import DataError
-from flant5_imdb.evaluate import format_report
-from flant5_imdb.guards import NonFiniteError, OutOfMemory, Preempted
-from flant5_imdb.train import run
+from flant5_imdb.config import ConfigError, parse_args  # the standard library only: --help answers at once
 
 
 def main(argv: list[str] | None = None) -> int:
-    # One process speaks: the others log warnings and errors only (a launcher sets RANK).
-    speaker = int(os.environ.get("RANK", "0")) == 0
-    logging.basicConfig(level=logging.INFO if speaker else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
-    logging.getLogger("accelerate").setLevel(logging.WARNING)  # five lines per checkpoint otherwise
     try:
-        cfg = parse_args(argv)
+        cfg = parse_args(argv)  # options are checked before torch is even imported
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from flant5_imdb.checkpoint import CheckpointError
+    from flant5_imdb.data import DataError
+    from flant5_imdb.evaluate import format_report
+    from flant5_imdb.guards import NonFiniteError, OutOfMemory, Preempted
+    from flant5_imdb.train import run
+
+    # One process speaks for all (a launcher sets RANK): the others log errors only, and print nothing
+    # that the first prints too.
+    speaker = int(os.environ.get("RANK", "0")) == 0
+    logging.basicConfig(level=logging.INFO if speaker else logging.ERROR,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    logging.getLogger("accelerate").setLevel(logging.WARNING if speaker else logging.ERROR)
+    try:
         summary = run(cfg)
     except (ConfigError, DataError, CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Preempted as e:
-        print(str(e), file=sys.stderr)
+        if speaker:
+            print(str(e), file=sys.stderr)
         return e.exit_code  # 143 for SIGTERM, 130 for SIGINT
     except (NonFiniteError, OutOfMemory) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    if not PartialState().is_main_process:
+    if not speaker:
         return 0
     if summary["eval"]:
         print(format_report(summary["eval"]))

@@ -151,3 +151,40 @@ def test_every_option_says_what_a_resume_may_do_with_it():
         kinds["lr"] == kinds["batch_size"] == kinds["bias_kernel"] == MATH
     )  # the bias kernel drops attention dropout
     assert kinds["compile"] == kinds["bias_lookup"] == kinds["output_dir"] == FREE
+
+
+def test_help_is_in_sections_with_the_chosen_presets_defaults(capsys):
+    """Every option is in one section of --help; --preset smoke shows smoke's values as the defaults."""
+    import dataclasses
+
+    from flant5_imdb.config import GROUPS, TrainConfig, parse_args
+
+    grouped = [name for names in GROUPS.values() for name in names]
+    assert sorted(grouped) == sorted(f.name for f in dataclasses.fields(TrainConfig))
+    with pytest.raises(SystemExit):
+        parse_args(["--help", "--preset", "smoke"])
+    out = capsys.readouterr().out
+    assert [t for t in GROUPS if f"\n{t}:\n" in out] == list(GROUPS)
+    assert "micro-batch per process (default: 16)" in out and "(default: 0.002)" in out
+
+
+@pytest.mark.parametrize(
+    "flag, said",
+    [
+        ("--bathc-size", "unknown option --bathc-size; did you mean --batch-size?"),
+        ("--learning-rate", "unknown option --learning-rate; this project calls it --lr"),
+        ("--per_device_train_batch_size",
+         "unknown option --per_device_train_batch_size; this project calls it --batch-size"),
+        ("--output_dir", "unknown option --output_dir; did you mean --output-dir?"),
+        ("--fp16", "unknown option --fp16; this project calls it --precision bf16 (fp16 overflows in T5)"),
+        ("--zzz", "unknown option --zzz"),
+    ],
+)  # fmt: skip
+def test_an_unknown_option_is_one_line_naming_the_one_meant(capsys, flag, said):
+    from flant5_imdb.config import parse_args
+
+    with pytest.raises(SystemExit) as e:
+        parse_args([flag, "1"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1  # one line, no usage block
+    assert err.startswith(f"error: {said} (") and err.rstrip().endswith("--help lists every option)")

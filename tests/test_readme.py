@@ -45,7 +45,7 @@ def test_the_readme_walkthrough_runs_as_printed(tmp_path):
     scripts = ["scripts/train.py", "scripts/evaluate.py", "scripts/predict.py", "scripts/plot.py"]
     train, evaluate, predict, plot = run_as_printed("offline-walkthrough", scripts, tmp_path)
     assert_evaluation_repeats_training(train, evaluate)
-    assert [line.split()[0] for line in predict.splitlines()] == ["positive", "negative"]
+    assert [line.split()[0] for line in predict.splitlines()] == ["class", "positive", "negative"]
     assert {p.name for p in (tmp_path / "runs" / "smoke").glob("*.png")} == {
         "loss_lr.png",
         "throughput.png",
@@ -60,7 +60,7 @@ def test_your_own_data_runs_as_printed(tmp_path):
     _, train, evaluate, predict = run_as_printed("own-data", scripts, tmp_path)
     assert_evaluation_repeats_training(train, evaluate)
     assert "billing" in evaluate and "feature" in evaluate
-    assert [line.split()[0] for line in predict.splitlines()] == ["billing", "bug"]
+    assert [line.split()[0] for line in predict.splitlines()] == ["class", "billing", "bug"]
 
 
 def test_save_and_load_say_nothing_alarming(tmp_path, caplog):
