@@ -167,7 +167,8 @@ def measure_one(name: str, args, data: BenchData, peak, result: dict, out: Path)
         finish_row(live, dict(error="stopped by the time guard before it finished"))
         raise
     finish_row(live, row)
-    print(json.dumps(live), flush=True)
+    if args.json_rows:
+        print(json.dumps(live), flush=True)
     write_results(result, out)  # after every row: a run stopped by its time guard keeps what it measured
 
 
@@ -217,6 +218,7 @@ def parse(argv):
     p.add_argument(
         "--append", action="store_true", help="add to the results.json in --out instead of starting anew"
     )
+    p.add_argument("--json-rows", action="store_true", help="print each row's JSON as it is measured")
     p.add_argument(
         "--save-predictions",
         action="store_true",

@@ -77,7 +77,7 @@ def write_results(result: dict, out: Path, with_chart: bool = True) -> str:
     _replace(out / "results.md", table + "\n")
     if with_chart and measured(result["rows"]):
         tmp = out / "chart.tmp.png"
-        chart(result["rows"], tmp)
+        chart(result, tmp)
         os.replace(tmp, out / "chart.png")
     return table
 
@@ -295,14 +295,33 @@ def targets(result: dict) -> list[dict]:
     return checks
 
 
-def chart(rows: list[dict], path: Path) -> None:
+NOISY = 1.5  # p90 / p10 of a row's step times above this: its median is not to be read alone
+
+
+def noisy(r: dict) -> bool:
+    return bool(r.get("ms_p10")) and r["ms_p90"] / r["ms_p10"] > NOISY
+
+
+def chart_title(result: dict, gpu: bool) -> str:
+    """What ran, in the picture: device, model, data; a CPU run said to be one."""
+    data = f"{result.get('reviews') or 'all'} examples of {Path(str(result.get('data', '?'))).name}"
+    cpu = "" if gpu else " - a CPU run: timings of the CPU, not of a GPU"
+    weights = result.get("weights", "?").split(" (")[0]
+    return (f"flant5_imdb bench on {result.get('device', '?')}: {weights}, {data}{cpu}\n"
+            "(red: the HF Trainer, measured in the same run; hatched: noisy, p90/p10 over 1.5)")  # fmt: skip
+
+
+def chart(result: dict, path: Path) -> None:
+    """What ran (device, model, data) said in the picture; a noisy row hatched and named so."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = measured(rows)
-    names = [r["name"] for r in rows]
+    rows = measured(result["rows"])
+    names = [
+        r["name"] + (f" (noisy: p90/p10 {r['ms_p90'] / r['ms_p10']:.0f}x)" if noisy(r) else "") for r in rows
+    ]
     colors = ["#c0392b" if n.startswith("hf-trainer") else "#2e86c1" for n in names]
     mem = [r.get("peak_allocated_gib") for r in rows]
     gpu = any(m is not None for m in mem)  # a CPU run has no memory panel and no documented GPU job
@@ -310,8 +329,11 @@ def chart(rows: list[dict], path: Path) -> None:
         1, 2 if gpu else 1, figsize=(11 if gpu else 6.5, 0.6 * len(rows) + 1.8), squeeze=False
     )
     a = axes[0][0]
-    a.barh(names, [r["projected_minutes"] for r in rows], color=colors)
-    a.set_xlabel("2 epochs of IMDB (minutes, projected)")
+    bars = a.barh(names, [r["projected_minutes"] for r in rows], color=colors)
+    for bar, r in zip(bars, rows, strict=True):
+        if noisy(r):
+            bar.set_hatch("//")
+    a.set_xlabel(f"{result.get('seed_job_samples', 50_000):,} examples (the 2-epoch job), minutes, projected")
     if gpu:
         a.axvline(DOCUMENTED["minutes"], ls="--", color="gray", label="documented baseline: 26 min")
         a.legend(loc="lower right", fontsize=8)
@@ -324,7 +346,7 @@ def chart(rows: list[dict], path: Path) -> None:
         b.legend(loc="lower right", fontsize=8)
     for ax in axes[0]:
         ax.invert_yaxis()
-    fig.suptitle("flant5_imdb bench (red: the HF Trainer, measured in the same run)")
+    fig.suptitle(chart_title(result, gpu), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

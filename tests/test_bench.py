@@ -28,9 +28,10 @@ def test_flops_formula_matches_torch_flop_counter(arch):
     assert counter.get_total_flops() == train_flops(model.config, src, tgt)
 
 
-def test_suite_runs_on_cpu_and_reports_every_configuration(tmp_path):
+def test_suite_runs_on_cpu_and_reports_every_configuration(tmp_path, capsys):
     out = tmp_path / "bench"
     result = profile.main([*TINY, "--steps", "2", "--eval-samples", "32", "--out", str(out)])
+    assert '{"name"' not in capsys.readouterr().out  # a row's JSON is printed only with --json-rows
     saved = json.loads((out / "results.json").read_text())
     assert saved == json.loads(json.dumps(result))
     assert [r["name"] for r in saved["rows"]] == [n for n in harness.PLAN if n not in harness.EVAL_MODES]
@@ -88,6 +89,13 @@ def test_suite_runs_on_cpu_and_reports_every_configuration(tmp_path):
         and "Kernel-path targets" not in md
     )
     assert (out / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report.chart_title(saved, gpu=False).startswith(
+        f"flant5_imdb bench on {saved['device']}: random init of tiny, all examples of synthetic:200"
+    ) and "a CPU run: timings of the CPU, not of a GPU" in report.chart_title(saved, gpu=False)
+
+
+def test_a_noisy_row_is_marked_as_such():
+    assert report.noisy(dict(ms_p10=10.0, ms_p90=16.0)) and not report.noisy(dict(ms_p10=10.0, ms_p90=14.0))
 
 
 def test_targets_say_met_or_by_how_much_missed():
