@@ -43,6 +43,22 @@ def _example(summary: dict) -> str:
     return text if len(text) <= 120 else text[:117].rstrip() + "..."
 
 
+def data_named(summary: dict) -> str:
+    """The data as a reader of the card would know it: a Hub id, or what the local files were."""
+    cfg, kind = summary["config"], summary.get("data_kind")
+    if kind == "files" and summary.get("data_files"):
+        order = ("train", "validation", "test")
+        files = sorted(
+            summary["data_files"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 3
+        )
+        return "local files " + ", ".join(f"`{name}`" for _, name in files)
+    if kind == "aclimdb":
+        return "the original IMDB files (aclImdb/)"
+    if kind == "synthetic":
+        return f"generated reviews (`{cfg['data']}`)"
+    return f"`{cfg['data']}`"
+
+
 def _front_matter(summary: dict, repo: str | None) -> list[str]:
     cfg = summary["config"]
     base = summary["model"]
@@ -52,7 +68,7 @@ def _front_matter(summary: dict, repo: str | None) -> list[str]:
     what = (
         "IMDB sentiment classifier"
         if imdb
-        else f"{'Sentiment' if sentiment else 'Text'} classifier (trained on `{cfg['data']}`)"
+        else f"{'Sentiment' if sentiment else 'Text'} classifier (trained on {data_named(summary)})"
     )
     return [
         "---",
@@ -142,7 +158,7 @@ def _training(summary: dict) -> list[str]:
         "",
         "| hyperparameter | value |",
         "| --- | --- |",
-        f"| data | `{cfg['data']}` |",
+        f"| data | {data_named(summary)} |",
         f"| learning rate | {cfg['lr']} ({cfg['schedule']}, {cfg['warmup_steps']} warm-up steps) |",
         f"| batch | {cfg['batch_size']} per process x {cfg['grad_accum']} accumulation x "
         f"{summary['processes']} processes = {summary['effective_batch']} |",

@@ -533,6 +533,9 @@ def finish(job: Job) -> dict:
         rank_param_checksums=checksums,
         eval_source=job.data.eval_source,
         data_kind=job.data.source.kind,
+        data_files={k: v.name for k, v in job.data.source.files.items()}
+        if job.data.source.kind == "files"
+        else None,
         example_text=job.data.example_text,
         eval={k: v for k, v in result.items() if k != "predictions"} if result else None,
         config=cfg.to_dict(),

@@ -46,7 +46,7 @@ def test_the_card_and_summary_say_what_was_trained_on_what(smoke_run):
     assert summary["model"] == "tiny architecture, random init"
     assert "datasets:" not in card and "IMDB sentiment classifier" not in card
     assert (
-        "Sentiment classifier (trained on `synthetic:2000`), fine-tuned from "
+        "Sentiment classifier (trained on generated reviews (`synthetic:2000`)), fine-tuned from "
         "**tiny architecture, random init**" in card
     )
     imdb = {
