@@ -405,3 +405,31 @@ def test_a_training_step_reads_nothing_back_from_the_device(tmp_path, tokenizer_
     )
     assert run(cfg, on_step=record_inside_steps)["steps"] == steps
     assert mode.reads == []
+
+
+def test_cpu_threads_auto_is_one_for_a_small_model_and_the_idle_cores_for_a_large_one(monkeypatch):
+    """torch's threads spin-wait for one another: a thread whose core another process holds stalls every
+    operator, so `auto` never asks for a core that the load average says is taken."""
+    from flant5_imdb import accel
+
+    cpu = torch.device("cpu")
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(accel.os, "cpu_count", lambda: 8)
+        torch.set_num_threads(8)
+        assert accel.cpu_threads("auto", 1_000_000, cpu) == 1 == torch.get_num_threads()
+        torch.set_num_threads(8)
+        monkeypatch.setattr(accel.os, "getloadavg", lambda: (3.0, 3.0, 3.0))  # us and two others busy
+        assert accel.cpu_threads("auto", 250_000_000, cpu) == 6
+        monkeypatch.setattr(accel.os, "getloadavg", lambda: (20.0, 20.0, 20.0))
+        assert accel.cpu_threads("auto", 250_000_000, cpu) == 1
+        assert accel.cpu_threads("3", 1_000, cpu) == 3 == torch.get_num_threads()
+        assert accel.cpu_threads("auto", 1_000, torch.device("cuda")) is None  # a GPU run: left alone
+        with pytest.raises(ValueError, match=r"--threads 'many': auto, or a whole number of at least 1"):
+            accel.cpu_threads("many", 1_000, cpu)
+        from flant5_imdb.config import ConfigError, TrainConfig
+
+        with pytest.raises(ConfigError, match=r"--threads '0': auto, or a whole number of at least 1"):
+            TrainConfig(threads="0")  # refused when parsed, before anything is read
+    finally:
+        torch.set_num_threads(before)
