@@ -16,7 +16,7 @@ SOURCES = ["--model-config", "tiny", "--data", "synthetic:200", "--tokenizer", "
 TINY = [*SOURCES, "--warmup", "1", "--steps", "1"]
 
 
-@pytest.mark.parametrize("arch", ["tiny", "flan-t5-base"])
+@pytest.mark.parametrize("arch", ["tiny", pytest.param("flan-t5-base", marks=pytest.mark.slow)])
 def test_flops_formula_matches_torch_flop_counter(arch):
     """bench/flops.py's closed form equals the matmul FLOPs torch counts for a forward + backward."""
     model = build_model("x", model_config=arch, vocab_size=1000, attn_implementation="eager")

@@ -291,6 +291,8 @@ def test_verbalizers_for_n_classes():
         ("data\\imdb", True),
         ("reviews.csv", True),
         ("tickets/train.jsonl.gz", True),
+        ("tickets/train.cvs", True),  # a misspelt file is said to be missing, not looked up on the Hub
+        ("EleutherAI/gpt-neo-1.3B", False),
     ],
 )
 def test_one_rule_says_what_is_a_path_for_every_option(name, is_path):

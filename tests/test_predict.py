@@ -10,7 +10,7 @@ from flant5_imdb import Classifier
 from flant5_imdb.data import DataError, read_texts
 from flant5_imdb.evaluate import evaluate_saved
 from flant5_imdb.predict import InputError
-from tests.conftest import ROOT
+from tests.conftest import ROOT, load_script
 from tests.helpers import load_splits
 
 
@@ -51,7 +51,7 @@ def run_script(*args, stdin=None):
     )
 
 
-def test_every_input_form_gives_the_same_predictions(final, tmp_path):
+def test_every_input_form_gives_the_same_predictions(final, tmp_path, capsys):
     model_dir, _ = final
     reviews = ["the film was wonderful and superb and great.", "awful boring dull mess of a movie."]
     (tmp_path / "r.txt").write_text("\n".join(reviews) + "\n")
@@ -73,15 +73,15 @@ def test_every_input_form_gives_the_same_predictions(final, tmp_path):
     # given as --file is called a folder.
     multi = tmp_path / "multi.jsonl"
     multi.write_text(json.dumps({"text": "wonderful\nsuperb\n\ngreat " + "film " * 40}) + "\n")
-    proc = run_script("--model", str(model_dir.parent), "--file", str(multi))
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    (line,) = proc.stdout.splitlines()[1:]
+    predict_main = load_script("predict").main  # in this process: the end-to-end runs above did the launch
+    assert predict_main(["--model", str(model_dir.parent), "--file", str(multi)]) == 0
+    (line,) = capsys.readouterr().out.splitlines()[1:]
     shown = line.split("  ")[-1]
     assert (
         shown.startswith("wonderful superb great film film") and shown.endswith("...") and len(shown) == 100
     )
-    proc = run_script("--model", str(model_dir), "--file", str(tmp_path))
-    assert proc.returncode == 2 and proc.stderr.strip() == (
+    assert predict_main(["--model", str(model_dir), "--file", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == (
         f"error: {tmp_path}: a folder, not a file; name a .csv, .jsonl, .json or .txt file in it"
     )
 

@@ -29,13 +29,15 @@ SYNTHETIC_MIN = 10
 def looks_like_path(name: str) -> bool:
     """A file or folder meant, not a Hub id (`org/name`): the one rule for every option that takes either.
 
-    It starts like a path, has a backslash or more than one slash, or ends in a data file's suffix.
+    It starts like a path, has a backslash or more than one slash, or ends in a file's suffix (letters
+    after a dot: `train.cvs` is a misspelt file, not a Hub id; `gpt-neo-1.3B` is a Hub id).
     """
     return (
         name.startswith((".", "/", "~"))
         or "\\" in name
         or name.count("/") > 1
         or file_format(Path(name)) is not None
+        or re.search(r"\.[A-Za-z]{2,5}(\.gz)?$", name) is not None
     )
 
 
