@@ -286,13 +286,8 @@ def train(job: Job, on_step=None) -> None:
     raw = job.raw_optimizer
     skip_on_device = isinstance(raw, torch.optim.AdamW) and bool(raw.defaults.get("fused"))
     filler = job.data.train[:1]  # the example behind an empty micro-batch slot (all labels masked)
-    bar = tqdm(
-        total=job.total_steps,
-        initial=state.step,
-        desc="train",
-        disable=not job.accelerator.is_local_main_process,
-        dynamic_ncols=True,
-    )
+    bar = tqdm(total=job.total_steps, initial=state.step, desc="train", dynamic_ncols=True,
+               disable=not job.accelerator.is_local_main_process)  # fmt: skip
     lr = grad_norm = None  # of the last step this process ran
     with StopSignal(job.accelerator) as stop, MetricsLog(job.out / METRICS, job.accelerator) as log, bar:
         while state.step < job.total_steps:
