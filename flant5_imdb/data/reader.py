@@ -80,6 +80,18 @@ def file_format(path: Path) -> str | None:
     return FORMATS.get(suffixes[-1]) if suffixes else None
 
 
+def file_kind(path: Path, allowed: tuple[str, ...], use: str) -> str:
+    """`path`'s format (`file_format`) where it is one of `allowed`.
+
+    Raises:
+        DataError: any other, naming the file, its suffix and `use` (what to give instead).
+    """
+    kind = file_format(path)
+    if kind not in allowed:
+        raise DataError(f"{path}: unsupported file type '{''.join(path.suffixes) or path.name}' ({use})")
+    return kind
+
+
 def read_table(path: str | Path, columns: tuple[str, ...]) -> Table:
     """Read a csv / jsonl / json / txt file's `columns` (a .txt file: one column, a text a line).
 
@@ -92,12 +104,7 @@ def read_table(path: str | Path, columns: tuple[str, ...]) -> Table:
         raise DataError(f"{path}: a folder, not a file; name a .csv, .jsonl, .json or .txt file in it")
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    kind = file_format(path)
-    if kind in (None, "parquet"):
-        raise DataError(
-            f"{path}: unsupported file type '{''.join(path.suffixes) or path.name}' (use .csv, .jsonl, .json "
-            "or .txt)"
-        )
+    kind = file_kind(path, ("csv", "jsonl", "json", "txt"), "use .csv, .jsonl, .json or .txt")
     text = read_utf8(path)
     if not text.strip():
         raise DataError(f"{path}: empty file")

@@ -19,7 +19,7 @@ import datasets
 from datasets import Dataset
 
 from flant5_imdb.data.labels import canonical
-from flant5_imdb.data.reader import BadRow, DataError, file_format, read_table, text_problem
+from flant5_imdb.data.reader import BadRow, DataError, file_format, file_kind, read_table, text_problem
 from flant5_imdb.data.synthetic import make_synthetic
 
 SPLITS = ("train", "test", "validation")
@@ -174,12 +174,9 @@ def read_splits(source: Source, wanted: set[str] | None, columns: Columns = Colu
     for split, path in ((k, v) for k, v in source.files.items() if k in keep):
         if not path.is_file():
             raise DataError(f"{path}: no such file (split '{split}')")
-        kind = file_format(path)
-        if kind in (None, "txt"):
-            raise DataError(
-                f"{path}: unsupported file type '{''.join(path.suffixes) or path.name}' "
-                "(use parquet, csv, jsonl or json, optionally .gz)"
-            )
+        kind = file_kind(
+            path, ("parquet", "csv", "jsonl", "json"), "use parquet, csv, jsonl or json, optionally .gz"
+        )
         out[split] = _read_parquet(path, columns) if kind == "parquet" else _read_table(path, columns)
     return out
 
