@@ -58,7 +58,7 @@ def memory_floor_gib(config, optim: str = "adamw") -> float:
 
 
 def floors_table() -> str:
-    """The README's table: each FLAN-T5 size's parameters and memory floor (computed, at any batch)."""
+    """A table of each FLAN-T5 size's parameters and memory floor (computed, at any batch)."""
     from flant5_imdb.modeling import architecture_config
 
     lines = [

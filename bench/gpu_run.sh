@@ -69,7 +69,7 @@ else
   profile=(--warmup 40 --steps 5)
 fi
 BENCH=(python3 -u bench/profile.py "${src[@]}" "${timing[@]}" --out "$OUT")
-PYTEST=(python3 -u -m pytest -q -s -m gpu -p no:cacheprovider)
+PYTEST=(python3 -u -m pytest -o addopts= -q -s -m gpu -p no:cacheprovider)  # one process: no workers, -s prints
 KP=tests/kernels/test_kernel_path.py
 NA=tests/kernels/test_norm_attention.py
 FLEX=$NA::test_compiled_flex_attention_matches_reference_forward_and_backward_on_gpu

@@ -44,6 +44,7 @@ import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
+import re  # noqa: E402
 import weakref  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 
@@ -430,8 +431,8 @@ SIZES = ("flan-t5-small", "flan-t5-base", "flan-t5-large", "flan-t5-xl")
 
 
 def fits_table(lengths: tuple[int, ...], batches: tuple[int, ...] = (8, 32)) -> str:
-    """The README's table: each size x optimizer x checkpointing, at each batch and source length, as the
-    `fast` preset trains (bf16 autocast, sdpa attention)."""
+    """The fits table of docs/benchmarks.md: each size x optimizer x checkpointing, at each batch and
+    source length, as the `fast` preset trains (bf16 autocast, sdpa attention)."""
     cols = [(b, n) for b in batches for n in lengths]
     head = " | ".join(f"batch {b} x {n} tokens (GiB)" for b, n in cols)
     rows = [f"| size | optimizer | activation checkpointing | {head} |", "|" + " --- |" * (3 + len(cols))]
@@ -449,7 +450,7 @@ def fits_table(lengths: tuple[int, ...], batches: tuple[int, ...] = (8, 32)) -> 
     return "\n".join(rows)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None = None):
     p = argparse.ArgumentParser(
         description="Predict the peak GPU memory of a training step on the CPU (no GPU, weights or data)."
     )
@@ -462,17 +463,26 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument(flag, type=type(f.default), default=f.default, help=f"(default: {f.default})")
     p.add_argument("--json", action="store_true", help="the whole prediction as JSON")
     p.add_argument(
-        "--fits-table", metavar="LENGTHS", help="the README's table at these source lengths (e.g. 208,512)"
+        "--fits-table",
+        metavar="LENGTHS",
+        help="the fits table of docs/benchmarks.md at these source lengths (e.g. 208,512)",
     )
     args = p.parse_args(argv)
+    if args.model not in ARCHITECTURES:
+        p.error(f"--model {args.model!r}: choose from {', '.join(ARCHITECTURES)}")
+    if args.fits_table and not re.fullmatch(r"\d+(,\d+)*", args.fits_table):
+        p.error(f"--fits-table {args.fits_table!r}: source lengths separated by commas (e.g. 208,512)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
     if args.anchors:
         anchors_table()
         return 0
     if args.fits_table:
         fits_table(tuple(int(n) for n in args.fits_table.split(",")))
         return 0
-    if args.model not in ARCHITECTURES:
-        p.error(f"--model {args.model!r}: choose from {', '.join(ARCHITECTURES)}")
     setup = Setup(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Setup)})
     r = predict(setup)
     if args.json:

@@ -13,7 +13,7 @@ from flant5_imdb.evaluate import evaluate_saved, format_report
 from flant5_imdb.modeling import model_folder
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None = None):
     p = Parser(
         description="Evaluate a model on labelled data: accuracy, macro-F1, per-class report, confusions."
     )
@@ -45,7 +45,11 @@ def main(argv: list[str] | None = None) -> int:
         help="write eval.json, eval.txt, eval_predictions.jsonl here (default: --model if it is a folder)",
     )
     p.add_argument("--threads", default="auto", help=THREADS_HELP)
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
     try:
         model = model_folder(args.model)  # a run's folder: its final/
         out = args.output_dir or (model if Path(model).is_dir() else None)

@@ -43,10 +43,14 @@ def make_topics(
     return DatasetDict({"train": split(n_train), "test": split(n_test)})
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None = None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("folder", help="where train.csv and test.csv go (made if need be)")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
     folder = Path(args.folder)
     if folder.is_file():
         print(f"error: {folder} is a file, not a folder", file=sys.stderr)

@@ -8,10 +8,14 @@ import sys
 from flant5_imdb.plots import plot_run
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None = None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("run_dir", help="a training run's --output-dir")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
     try:
         for path in plot_run(args.run_dir):
             print(path)

@@ -14,7 +14,7 @@ from flant5_imdb.modeling import model_folder
 from flant5_imdb.predict import Classifier, InputError
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None = None):
     p = Parser(description="Classify texts with a trained model, into the classes it was trained on.")
     p.add_argument("texts", nargs="*", help="texts (if none and no --file: one text a line on stdin)")
     p.add_argument("--model", required=True, help="a run's final/ folder, a checkpoint folder, or a Hub id")
@@ -37,7 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--verbalizer", default=None, help="default: the one the model was trained with")
     p.add_argument("--prompt", default=None, help="default: the one the model was trained with")
     p.add_argument("--threads", default="auto", help=THREADS_HELP)
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
     try:
         if args.texts and args.file:
             raise InputError("give texts as arguments or --file, not both")

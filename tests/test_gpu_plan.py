@@ -90,7 +90,7 @@ def test_every_gpu_check_named_by_the_script_exists(monkeypatch):
     (Collected in this process: a second one would spend its time importing torch again.)"""
     monkeypatch.chdir(ROOT)
     collected = Collected()
-    args = ["--collect-only", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests/kernels"]
+    args = ["-o", "addopts=", "--collect-only", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests/kernels"]
     assert pytest.main(args, plugins=[collected]) == 0
     listed = collected.ids
     flex = re.search(r"^FLEX=\$NA::(\w+)$", SCRIPT, re.M).group(1)

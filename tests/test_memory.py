@@ -116,12 +116,12 @@ def test_the_gpu_runs_rows_find_their_predictions_committed():
     assert saved[memory.key(kernels_8bit)]["peak_gib"] == pytest.approx(predict(kernels_8bit)["peak_gib"])
 
 
-def test_the_readmes_fits_table_is_the_predictors():
+def test_the_docs_fits_table_is_the_predictors():
     """Its header and a cell recomputed (the whole table takes minutes: `python bench/memory.py --fits-table
     208,512` prints it; the slow test below checks every flan-t5-small row)."""
     from tests.conftest import ROOT
 
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "benchmarks.md").read_text()
     header = "| size | optimizer | activation checkpointing | batch 8 x 208 tokens (GiB) |"
     assert header in readme
     got = predict(Setup(model="flan-t5-small", batch=8, source_len=208, precision="bf16", attention="sdpa"))
@@ -129,9 +129,9 @@ def test_the_readmes_fits_table_is_the_predictors():
 
 
 @pytest.mark.slow
-def test_the_readmes_fits_table_rows_of_flan_t5_small(monkeypatch):
+def test_the_docs_fits_table_rows_of_flan_t5_small(monkeypatch):
     from tests.conftest import ROOT
 
     monkeypatch.setattr(memory, "SIZES", ("flan-t5-small",))
     table = memory.fits_table((208, 512))
-    assert all(line in (ROOT / "README.md").read_text() for line in table.splitlines()), table
+    assert all(line in (ROOT / "docs" / "benchmarks.md").read_text() for line in table.splitlines()), table

@@ -1,5 +1,7 @@
-"""What a newcomer meets: the README's commands run as printed, clean logs, honest help texts."""
+"""What a newcomer meets: the README's commands run as printed, every documented command one its script
+accepts, clean logs, honest help texts."""
 
+import importlib
 import logging
 import re
 import shlex
@@ -8,7 +10,9 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, load_script
+from tests.conftest import ROOT, load_script, real_data_or_skip
+
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
 def readme_commands(marker: str) -> list[str]:
@@ -18,15 +22,17 @@ def readme_commands(marker: str) -> list[str]:
     return [line for line in block.group(1).splitlines() if line.strip()]
 
 
-def run_as_printed(marker: str, scripts: list[str], cwd) -> list[str]:
+def run_as_printed(
+    marker: str, scripts: list[str], cwd, extra: dict[int, list[str]] | None = None
+) -> list[str]:
     """The README block's commands (which must run `scripts`, in order), each run in `cwd` as typed
-    there (the scripts from this checkout); their outputs."""
+    there (the scripts from this checkout; `extra[i]` appended to the i-th); their outputs."""
     commands = readme_commands(marker)
     assert [c.split()[1] for c in commands] == scripts
     outputs = []
-    for command in commands:
+    for i, command in enumerate(commands):
         argv = [sys.executable if a == "python" else str(ROOT / a) if a.startswith("scripts/") else a
-                for a in shlex.split(command)]  # fmt: skip
+                for a in shlex.split(command)] + (extra or {}).get(i, [])  # fmt: skip
         proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, (command, proc.stderr[-2000:])
         assert "Traceback" not in proc.stderr and "WARNING" not in proc.stderr, (command, proc.stderr[-2000:])
@@ -61,6 +67,131 @@ def test_your_own_data_runs_as_printed(tmp_path):
     assert_evaluation_repeats_training(train, evaluate)
     assert "billing" in evaluate and "feature" in evaluate
     assert [line.split()[0] for line in predict.splitlines()] == ["class", "billing", "bug"]
+
+
+def test_training_on_local_imdb_files_runs_as_printed(tmp_path):
+    """The README's commands for IMDB without the Hub, in a folder holding `imdb/` (a seeded sample of
+    the real parquet files: 400 training and 100 test reviews) and `flan-t5-base/` (a local model
+    folder: a tiny T5 with a T5-style tokenizer in place of the real weights), a few steps only."""
+    import random
+
+    import pyarrow.parquet as pq
+
+    from flant5_imdb.modeling import build_model
+    from flant5_imdb.tokenizer import load_tokenizer
+
+    imdb, tokenizer_dir = real_data_or_skip()
+    (tmp_path / "imdb").mkdir()
+    for split, n in (("train", 400), ("test", 100)):
+        table = pq.read_table(imdb / f"{split}.parquet")
+        pq.write_table(table.take(sorted(random.Random(0).sample(range(table.num_rows), n))),
+                       tmp_path / "imdb" / f"{split}.parquet")  # fmt: skip
+    tokenizer = load_tokenizer(str(tokenizer_dir))
+    build_model("tiny", model_config="tiny", vocab_size=len(tokenizer)).save_pretrained(
+        tmp_path / "flan-t5-base"
+    )
+    tokenizer.save_pretrained(tmp_path / "flan-t5-base")
+    limits = {0: ["--max-steps", "4", "--max-eval-samples", "32"], 1: ["--max-samples", "32"]}
+    train, evaluate = run_as_printed(
+        "local-files", ["scripts/train.py", "scripts/evaluate.py"], tmp_path, limits
+    )
+    assert "done: 4 steps" in train and "32 examples" in evaluate
+    assert (tmp_path / "runs" / "imdb" / "final" / "eval.json").is_file()
+
+
+# Commands the pages may give that are not this project's: installing, downloading, reading a file.
+OTHER_TOOLS = {"pip", "hf", "cat", ".", "source"}
+
+
+def documented_commands() -> list[tuple[str, list[str]]]:
+    """(page, argv) for every shell command in the README and docs/: each line of a ```bash block
+    (continued lines joined, comments dropped) and each inline `python ...`, `accelerate launch ...`
+    or `bash ...`; pipelines and `&&` split into their commands, redirections dropped."""
+    found = []
+    for page in PAGES:
+        text = page.read_text()
+        lines = []
+        for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+            lines += [line for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+        for span in re.findall(r"`([^`]+)`", re.sub(r"```.*?```", "", text, flags=re.S)):
+            span = " ".join(span.split())
+            if re.match(r"(python3? |accelerate launch |([A-Z_]+=\S* )*bash )", span):
+                lines.append(span)
+        for line in lines:
+            lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+            lexer.whitespace_split, lexer.commenters = True, "#"
+            argv: list[str] = []
+            tokens = iter([*lexer, "&&"])
+            for token in tokens:
+                if token in ("|", "&&", ";", "||"):
+                    found += [(page.name, argv)] if argv else []
+                    argv = []
+                elif token in (">", ">>", "<"):
+                    next(tokens)  # the file it names
+                else:
+                    argv.append(token)
+    return found
+
+
+def check_command(argv: list[str]) -> None:
+    """Fails unless `argv` is a command of another tool, or one this project's script or launcher accepts."""
+    while argv and re.fullmatch(r"[A-Z_]+=\S*", argv[0]):
+        argv = argv[1:]  # environment for the command
+    head = argv[0]
+    if head in OTHER_TOOLS or argv[:3] in (["python3", "-m", "venv"], ["python", "-m", "pytest"]):
+        return
+    if head in ("python", "python3") and argv[1] == "-c":
+        return
+    if head == "bash":
+        script = (ROOT / argv[1]).read_text()
+        assert all(a in script for a in argv[2:] if a.startswith("--")), argv
+        return
+    if argv[:2] == ["accelerate", "launch"]:
+        from accelerate.commands.launch import launch_command_parser
+
+        launch = launch_command_parser().parse_args(argv[2:])
+        assert launch.config_file is None or (ROOT / launch.config_file).is_file(), argv
+        script, args = launch.training_script, launch.training_script_args
+    else:
+        assert head in ("python", "python3"), f"a command no test knows: {shlex.join(argv)}"
+        script, args = argv[1], argv[2:]
+    assert (ROOT / script).is_file(), script
+    folder, name = script.removesuffix(".py").split("/")
+    module = load_script(name) if folder == "scripts" else importlib.import_module(f"{folder}.{name}")
+    parse = getattr(module, "parse", None) or module.parse_args
+    try:
+        parse(args)
+    except SystemExit as stopped:
+        assert stopped.code == 0, f"{shlex.join(argv)}: refused by its script"
+
+
+def test_every_documented_command_is_one_its_script_accepts(capsys):
+    """Every command in the README and docs/: the options exist, the values are accepted, the files it
+    runs exist (the README's own blocks are also run as printed, above)."""
+    commands = documented_commands()
+    assert len(commands) >= 30 and {page for page, _ in commands} >= {"README.md", "options.md"}
+    for page, argv in commands:
+        try:
+            check_command(argv)
+        except Exception as e:
+            raise AssertionError(f"{page}: {shlex.join(argv)}: {e}") from e
+    capsys.readouterr()
+
+
+def test_a_command_with_a_misspelt_option_is_caught(capsys):
+    with pytest.raises(AssertionError, match="refused"):
+        check_command(["python", "scripts/evaluate.py", "--modle", "runs/x"])
+    with pytest.raises(AssertionError, match="no test knows"):
+        check_command(["make", "train"])
+
+
+def test_the_python_example_runs(smoke_run):
+    """The `Classifier` example of docs/options.md, on a trained model."""
+    out, _ = smoke_run
+    code = re.search(r"```python\n(.*?)```", (ROOT / "docs" / "options.md").read_text(), re.S).group(1)
+    namespace: dict = {}
+    exec(code.replace("runs/flant5-imdb/final", str(out / "final")), namespace)
+    assert namespace["clf"].predict("A wonderful film.").label_name in ("negative", "positive")
 
 
 def test_save_and_load_say_nothing_alarming(tmp_path, caplog):
@@ -120,6 +251,6 @@ def test_the_baseline_is_named_for_what_it_is(baseline):
 
     assert baseline in PRESETS and "seed" not in PRESETS
     assert "hf-trainer" in CONFIGS and not any(name.startswith("seed") for name in CONFIGS)
-    readme = (ROOT / "README.md").read_text()
+    readme = "".join(page.read_text() for page in PAGES)
     for internal in ("../shared", ".device", "issue 6", "seed-trainer", "seed recipe"):
         assert internal not in readme, internal
