@@ -60,7 +60,7 @@ def load_labelled(
     raws = read_splits(source, None if splits is None else set(splits), columns)
     if labels is None:
         first = raws.get(train_split) or next(iter(raws.values()), None)
-        labels = infer_labels(first.ds["label"] if first is not None else [], label_order)
+        labels = infer_labels(first.labels if first is not None else [], label_order)
     out, dropped = {}, []
     for split, raw in raws.items():
         out[split], rows = _validate(raw, skip_bad_rows, split, labels)
@@ -89,16 +89,14 @@ def _validate(
     raw: RawSplit, skip: bool, split: str, space: LabelSpace = IMDB
 ) -> tuple[Dataset, list[BadRow]]:
     """Check every row; labels become class indices in `space`; only text and label are kept."""
-    ds, where = raw.ds, raw.where
-    # Plain lists: a datasets Column formats a row per item read, and every row is read here.
-    places = list(ds["_line"]) if "_line" in ds.column_names else range(1, len(ds) + 1)
+    places = raw.places or range(1, len(raw.texts) + 1)
     labels, bad, good = [], list(raw.bad), []
-    for i, (text, value, place) in enumerate(zip(list(ds["text"]), list(ds["label"]), places, strict=True)):
+    for i, (text, value, place) in enumerate(zip(raw.texts, raw.labels, places, strict=True)):
         shown, problem = canonical(value)
         problem = text_problem(text) or problem
         label = None if problem else space.index_of(shown)
         if problem or label is None:
-            bad.append(BadRow(where, place, problem or not_a_class(value, shown, space), raw.unit))
+            bad.append(BadRow(raw.where, place, problem or not_a_class(value, shown, space), raw.unit))
         else:
             good.append(i)
             labels.append(label)
@@ -107,13 +105,15 @@ def _validate(
     ]
     if bad and not skip:
         raise DataError(
-            f"{where}: {len(bad)} bad row(s): {_some(bad, False)}; pass --skip-bad-rows to drop them"
+            f"{raw.where}: {len(bad)} bad row(s): {_some(bad, False)}; pass --skip-bad-rows to drop them"
         )
     if not good:
         raise DataError(
-            f"{where}: no usable rows" + (f" (every row is bad: {_some(bad, False)})" if bad else "")
+            f"{raw.where}: no usable rows" + (f" (every row is bad: {_some(bad, False)})" if bad else "")
         )
-    ds = (ds.select(good) if len(good) != len(ds) else ds).select_columns(["text", "label"])
+    if raw.ds is None:
+        return Dataset.from_dict({"text": [raw.texts[i] for i in good], "label": labels}), bad
+    ds = (raw.ds.select(good) if len(good) != len(raw.ds) else raw.ds).select_columns(["text", "label"])
     if getattr(ds.features["label"], "dtype", None) != "int64" or list(ds["label"]) != labels:
         ds = ds.remove_columns("label").add_column("label", labels)
     return ds.cast_column("label", datasets.Value("int64")), bad

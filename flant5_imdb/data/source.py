@@ -18,8 +18,7 @@ from pathlib import Path
 import datasets
 from datasets import Dataset
 
-from flant5_imdb.data.labels import canonical
-from flant5_imdb.data.reader import BadRow, DataError, file_format, file_kind, read_table, text_problem
+from flant5_imdb.data.reader import BadRow, DataError, file_format, file_kind, read_table
 from flant5_imdb.data.synthetic import make_synthetic
 
 SPLITS = ("train", "test", "validation")
@@ -150,12 +149,21 @@ def _split_files(folder: Path) -> dict[str, Path]:
 
 @dataclass
 class RawSplit:
-    """A split as read: `text` and `label` (as written) columns, and the records no reader could take."""
+    """A split as read: texts and labels as written (`places`: where each record starts, else its row),
+    and the records no reader could take. `ds` is the source's own dataset where it has one: selecting
+    from it keeps `datasets`' cache for tokenization."""
 
-    ds: Dataset
+    texts: list
+    labels: list
     where: str  # the file or folder named in error messages
-    bad: list[BadRow]
-    unit: str = "row"  # how a record's place is named: a table's row, or a text file's line (`_line` column)
+    bad: list[BadRow] = field(default_factory=list)
+    places: list[int] | None = None
+    unit: str = "row"  # how a place is named: a table's row, or a text file's line
+    ds: Dataset | None = None
+
+    @classmethod
+    def of(cls, ds: Dataset, where: str) -> RawSplit:
+        return cls(list(ds["text"]), list(ds["label"]), where, ds=ds)  # plain lists: see labelled._validate
 
 
 def read_splits(source: Source, wanted: set[str] | None, columns: Columns = Columns()) -> dict[str, RawSplit]:
@@ -163,10 +171,10 @@ def read_splits(source: Source, wanted: set[str] | None, columns: Columns = Colu
     keep = set(SPLITS) if wanted is None else wanted
     if source.kind == "synthetic":
         made = make_synthetic(n_train=source.size, n_test=max(source.size // 4, 50))
-        return {k: RawSplit(v, f"synthetic/{k}", []) for k, v in made.items() if k in keep}
+        return {k: RawSplit.of(v, f"synthetic/{k}") for k, v in made.items() if k in keep}
     if source.kind == "hub":
         where = f"{source.text}[{{}}]"
-        return {k: RawSplit(_renamed(v, where.format(k), columns), where.format(k), [])
+        return {k: RawSplit.of(_renamed(v, where.format(k), columns), where.format(k))
                 for k, v in _read_hub(source.text, columns.config).items() if k in keep}  # fmt: skip
     if source.kind == "aclimdb":
         return {k: _read_aclimdb(folder, k) for k, folder in source.files.items() if k in keep}
@@ -232,37 +240,21 @@ def _read_parquet(path: Path, columns: Columns) -> RawSplit:
         raise DataError(
             f"{path}: cannot be read as parquet ({type(e).__name__}: {str(e).strip()[:200]})"
         ) from None
-    return RawSplit(_renamed(ds, str(path), columns), str(path), [])
+    return RawSplit.of(_renamed(ds, str(path), columns), str(path))
 
 
 def _read_table(path: Path, columns: Columns) -> RawSplit:
     """csv / jsonl / json (+ .gz) through the project's reader, not `datasets`' loaders: those turn a CSV's
     `NA` into a missing value and `0`/`neg` labels into numbers or nulls, and name no line when a record
-    is bad; here values stay the text they are and every bad record is named by its line."""
+    is bad; here values stay what the file holds and every bad record is named by its line."""
     try:
         table = read_table(path, (columns.text, columns.label))
     except DataError as e:
         if "column" in str(e) and (columns.text, columns.label) == ("text", "label"):
             raise DataError(f"{e}; name yours with --text-column / --label-column") from None
         raise
-    bad, texts, labels, lines = list(table.bad), [], [], []
-    for text, label, line in zip(
-        table.columns[columns.text], table.columns[columns.label], table.lines, strict=True
-    ):
-        problem = text_problem(text)
-        problem = None if problem == "empty text" else problem  # an empty text: validation's to report
-        as_text, label_issue = canonical(label)  # null, a list, an object, empty: a bad row, never a class
-        if problem or label_issue:
-            bad.append(BadRow(str(path), line, problem or label_issue, table.unit))
-            continue
-        texts.append(text)
-        # Kept as written (messages quote it); JSON's numbers as text: 1.0 is "1", as a CSV's "1.0" will be.
-        labels.append(label if isinstance(label, str) else as_text)
-        lines.append(line)
-    string, line_no = datasets.Value("string"), datasets.Value("int64")
-    features = datasets.Features(text=string, label=string, _line=line_no)
-    ds = Dataset.from_dict({"text": texts, "label": labels, "_line": lines}, features=features)
-    return RawSplit(ds, str(path), bad, table.unit)
+    return RawSplit(table.columns[columns.text], table.columns[columns.label], str(path), list(table.bad),
+                    table.lines, table.unit)  # fmt: skip
 
 
 def _read_aclimdb(folder: Path, split: str) -> RawSplit:
@@ -278,14 +270,14 @@ def _read_aclimdb(folder: Path, split: str) -> RawSplit:
                 text = f.read_bytes().decode("utf-8")
             except UnicodeDecodeError as e:
                 why = f"not valid UTF-8 (byte 0x{e.object[e.start]:02x} at offset {e.start})"
-                bad.append(BadRow(str(f), None, why, split=split))
+                bad.append(BadRow(str(f), None, why))
                 continue
             if not text.strip():  # named by its path, not by a row number in a folder
-                bad.append(BadRow(str(f), None, "empty text", split=split))
+                bad.append(BadRow(str(f), None, "empty text"))
                 continue
             texts.append(text)
             labels.append(label)
-    return RawSplit(Dataset.from_dict({"text": texts, "label": labels}), str(folder), bad)
+    return RawSplit(texts, labels, str(folder), bad)
 
 
 def _file_id(path: Path) -> tuple[int, str]:
