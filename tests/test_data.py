@@ -155,8 +155,8 @@ def test_verbalizers_and_prompt(word_tokenizer, synthetic):
     assert [t[-1] for t in digits + words] == [eos] * 4
     assert word_tokenizer.decode(digits[1], skip_special_tokens=True) == "1"
     assert word_tokenizer.decode(words[0], skip_special_tokens=True) == "negative"
-    plain = tokenize(synthetic, word_tokenizer, verbalizer="words")
-    prompted = tokenize(synthetic, word_tokenizer, verbalizer="words", prompt="review: {text} sentiment?")
+    plain = tokenize(synthetic, word_tokenizer, words)
+    prompted = tokenize(synthetic, word_tokenizer, words, prompt="review: {text} sentiment?")
     row, prow = plain["train"][0], prompted["train"][0]
     assert row["labels"] == words[row["label"]]
     # The template adds 3 words ("review", ":", "sentiment", "?" = 4 pieces) around the same review.
@@ -173,7 +173,7 @@ def test_bad_prompts():
 
 
 def test_truncation_keeps_eos_and_records_lengths(word_tokenizer, synthetic):
-    out = tokenize(synthetic, word_tokenizer, max_source_length=16)
+    out = tokenize(synthetic, word_tokenizer, target_ids(word_tokenizer, "digits"), max_source_length=16)
     lengths = out["train"]["length"]
     assert max(lengths) == 16
     assert all(len(ids) == n for ids, n in zip(out["train"]["input_ids"], lengths, strict=True))
@@ -183,8 +183,9 @@ def test_truncation_keeps_eos_and_records_lengths(word_tokenizer, synthetic):
 
 def test_tokenization_of_files_is_cached(tmp_path, word_tokenizer):
     write(tmp_path / "train.parquet", ROWS * 10, "parquet")
-    first = tokenize(load_splits(str(tmp_path))[0], word_tokenizer)
-    second = tokenize(load_splits(str(tmp_path))[0], word_tokenizer)
+    digits = target_ids(word_tokenizer, "digits")
+    first = tokenize(load_splits(str(tmp_path))[0], word_tokenizer, digits)
+    second = tokenize(load_splits(str(tmp_path))[0], word_tokenizer, digits)
     assert first["train"].cache_files and first["train"].cache_files == second["train"].cache_files
 
 
@@ -208,7 +209,7 @@ def test_real_imdb_length_grouping_pads_under_10_percent():
     data_dir, tok_dir = real_data_or_skip()
     tok = AutoTokenizer.from_pretrained(str(tok_dir))
     dsd, _ = load_splits(str(data_dir / "train.parquet"))
-    ds = tokenize(dsd, tok, max_source_length=512)["train"]
+    ds = tokenize(dsd, tok, target_ids(tok, "digits"), max_source_length=512)["train"]
     assert ds.num_rows == 25_000
     lengths = np.asarray(ds["length"])
     real = lengths.sum()

@@ -17,7 +17,8 @@ def trained(smoke_run):
     out, summary = smoke_run
     model = T5ForConditionalGeneration.from_pretrained(out / "final")
     tok = load_tokenizer(str(out / "final"))
-    test = tokenize(load_splits("synthetic:2000")[0], tok, max_source_length=128)["test"]
+    splits = load_splits("synthetic:2000")[0]
+    test = tokenize(splits, tok, target_ids(tok, "digits"), max_source_length=128)["test"]
     return model, tok, test, summary
 
 
@@ -68,7 +69,7 @@ def test_score_with_shared_first_token_scores_whole_targets(trained, word_tokeni
 
 def test_generate_counts_unparseable_output_as_wrong(word_tokenizer, synthetic):
     model = build_model("x", model_config="tiny", vocab_size=len(word_tokenizer))  # untrained: emits anything
-    test = tokenize(synthetic, word_tokenizer)["test"].select(range(16))
+    test = tokenize(synthetic, word_tokenizer, target_ids(word_tokenizer, "digits"))["test"].select(range(16))
     r = evaluate(
         model,
         test,

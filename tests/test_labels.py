@@ -13,7 +13,7 @@ import pytest
 from flant5_imdb.checkpoint import CheckpointError
 from flant5_imdb.config import preset
 from flant5_imdb.data import Columns, DataError, hold_out, load_labelled
-from flant5_imdb.data.labels import infer_labels, label_problem, label_text, parse_label_names
+from flant5_imdb.data.labels import canonical, infer_labels, label_text, parse_label_names
 from flant5_imdb.evaluate import format_report, metrics, write_report
 from flant5_imdb.plots import plot_run
 from flant5_imdb.train import run
@@ -49,7 +49,7 @@ def labelled(labels: list, text="a fine text number {i}") -> list[dict]:
      ("\u00b2", "\u00b2"), ("1e3", "1e3"), (True, "true")],
 )  # fmt: skip
 def test_one_canonical_text_per_label(raw, text):
-    assert label_text(raw) == text and label_problem(raw) is None
+    assert label_text(raw) == text and canonical(raw)[1] is None
 
 
 @pytest.mark.parametrize(
@@ -59,7 +59,7 @@ def test_one_canonical_text_per_label(raw, text):
      (" \u200b ", "empty label"), (float("nan"), "no label (nan)")],
 )  # fmt: skip
 def test_values_that_are_no_label(raw, problem):
-    assert label_problem(raw) == problem and label_text(raw) is None
+    assert canonical(raw)[1] == problem and label_text(raw) is None
 
 
 def test_null_object_list_and_empty_labels_are_bad_rows_never_classes(tmp_path):
@@ -156,6 +156,29 @@ def test_suspicious_label_spaces_are_warned_about_at_any_size(tmp_path, caplog):
             str(write_jsonl(tmp_path / "train.jsonl", labelled(["a", "b"] * 4))), label_order=["a", "b", "z"]
         )
     assert "class(es) 'z' (from --labels) have no training example" in caplog.text
+
+
+def test_a_class_without_training_examples_is_warned_about_once(tmp_path, caplog):
+    """A class named by --labels that the data never holds is said on reading, and not again after the
+    split is chosen; a class the --max-train-samples subset loses is said after it."""
+    from flant5_imdb.data import DataSpec, prepare
+    from flant5_imdb.tokenizer import train_word_tokenizer
+
+    def make_tokenizer(loaded, targets):
+        return train_word_tokenizer(loaded.splits["train"]["text"], targets=targets)
+
+    data = str(write_jsonl(tmp_path / "train.jsonl", labelled(["a", "b"] * 20 + ["c"] * 2)))
+    with caplog.at_level(logging.WARNING):
+        prepare(DataSpec(data, label_order=("a", "b", "c", "z")), make_tokenizer)
+    said = [r.getMessage() for r in caplog.records if "'z'" in r.getMessage()]
+    assert len(said) == 1 and "(from --labels) have no training example" in said[0], said
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        spec = DataSpec(data, validation_split=0.0, max_train_samples=5, evaluate=False)
+        counts = prepare(spec, make_tokenizer).class_counts
+    lost = [r.getMessage() for r in caplog.records if "--max-train-samples" in r.getMessage()]
+    assert counts[2] == 0 and lost == ["class(es) 'c' have no example among the --max-train-samples 5: the "
+                                       "model cannot learn them"]  # fmt: skip
 
 
 def test_the_hold_out_leaves_every_class_in_training(tmp_path):

@@ -62,19 +62,17 @@ def target_ids(tokenizer, verbalizer: str, space: LabelSpace = IMDB) -> list[lis
 def tokenize(
     dsd: DatasetDict,
     tokenizer,
+    targets: list[list[int]],
     *,
-    verbalizer: str = "digits",
     prompt: str | None = None,
     max_source_length: int = 512,
-    space: LabelSpace = IMDB,
 ) -> DatasetDict:
     """Tokenize every split with `datasets.map` (batched, cached where the source is on disk).
 
-    `labels` are the target ids of each row's class (`verbalizer` over `space`). Sources longer than
-    `max_source_length` are truncated (EOS kept); the count is logged.
+    `labels` are the target ids of each row's class (`targets[class]`, from `target_ids`). Sources
+    longer than `max_source_length` are truncated (EOS kept); the count is logged.
     """
     template = prompt_template(prompt)
-    targets = target_ids(tokenizer, verbalizer, space)
 
     def encode(batch: dict, idx: list[int]) -> dict:
         texts = batch["text"] if template == "{text}" else [template.format(text=t) for t in batch["text"]]

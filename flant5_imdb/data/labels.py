@@ -5,7 +5,7 @@ surrounding space stripped and each run of white space inside one space, Unicode
 characters (zero-width spaces, joiners, byte-order marks: Unicode's format characters) removed;
 a number in any spelling (`1`, `1.0`, `01`, `+1`, another script's digits) is its shortest
 decimal text, so an integral one is that integer's digits. A value that is no single label (null,
-an empty text, a list, an object) is a bad row, never a class (`label_problem`).
+an empty text, a list, an object) is a bad row, never a class (`canonical` says why).
 
 A `LabelSpace` is taken from the training split's labels, in a stable order:
   * IMDB: every label is one of 0/1/neg/pos/negative/positive (as numbers or text): two classes,
@@ -48,10 +48,6 @@ class LabelSpace:
 
     def __len__(self) -> int:
         return len(self.values)
-
-    def index(self, raw) -> int | None:
-        """The class of a raw label (a number or a text), or None if it is none of them."""
-        return self.index_of(label_text(raw))
 
     def index_of(self, text: str | None) -> int | None:
         """The class of a canonical label text (`canonical`), or None."""
@@ -117,13 +113,8 @@ def canonical(raw) -> tuple[str | None, str | None]:
 
 
 def label_text(raw) -> str | None:
-    """A label value's canonical text; None where it is no label (`label_problem` says why)."""
+    """A label value's canonical text; None where it is no label (`canonical` says why)."""
     return canonical(raw)[0]
-
-
-def label_problem(raw) -> str | None:
-    """Why a value is no label (a bad row, never a class), or None when it is one."""
-    return canonical(raw)[1]
 
 
 def _clean(text: str) -> str:

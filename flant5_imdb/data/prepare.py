@@ -105,14 +105,22 @@ def prepare(
                 raise DataError(_no_such_split(spec, flag, split, list(loaded.splits)))
         targets = verbalize(spec.verbalizer, loaded.labels)
         tokenizer = make_tokenizer(loaded, targets)
-        tokenized = tokenize(loaded.splits, tokenizer, verbalizer=spec.verbalizer, prompt=spec.prompt,
-                             max_source_length=spec.max_source_length, space=loaded.labels)  # fmt: skip
+        ids = target_ids(tokenizer, spec.verbalizer, loaded.labels)
+        tokenized = tokenize(loaded.splits, tokenizer, ids, prompt=spec.prompt,
+                             max_source_length=spec.max_source_length)  # fmt: skip
     train, evaluated, eval_source, raw_split = _choose_eval(spec, tokenized)
-    train = subset(train, spec.max_train_samples, spec.seed)
-    counts = class_counts(train["label"] if train is not None else [], len(loaded.labels))
+    n = len(loaded.labels)
+    counts = class_counts(train["label"] if train is not None else [], n)
+    if train is not None and spec.max_train_samples is not None:
+        whole, train = counts, subset(train, spec.max_train_samples, spec.seed)
+        counts = class_counts(train["label"], n)
+        # Classes the data has but the subset lost (a class the data never has is warned about on reading).
+        lost = [name for name, a, b in zip(loaded.labels.names, whole, counts, strict=True) if a and not b]
+        if lost:
+            logger.warning("class(es) %s have no example among the --max-train-samples %d: the model cannot "
+                           "learn them", ", ".join(map(repr, lost)), spec.max_train_samples)  # fmt: skip
     if train is not None:
         _log_classes(loaded.labels, targets, counts)
-    ids = target_ids(tokenizer, spec.verbalizer, loaded.labels)
     first = evaluated if evaluated is not None else train
     example = loaded.splits[raw_split][int(first[0]["id"])]["text"] if first is not None else None
     return Prepared(source, tokenizer, train, evaluated, eval_source, loaded.labels, ids, loaded.skipped,
@@ -170,13 +178,9 @@ def _no_such_split(spec: DataSpec, flag: str, split: str, found: list[str]) -> s
 
 
 def _log_classes(space: LabelSpace, targets: list[str], counts: list[int]) -> None:
-    """The classes with their training examples, in the log; a class left with none is warned about."""
+    """The classes with their training examples, in the log."""
     shown = [f"{n} ({c:,})" + (f" -> {t!r}" if t != n else "")
              for n, t, c in zip(space.names, targets, counts, strict=True)]  # fmt: skip
     more = f", and {len(shown) - 50} more (summary.json lists every one)" if len(shown) > 50 else ""
     logger.info("%d classes (training examples; -> the text the model writes, where not the name): %s%s",
                 len(shown), ", ".join(shown[:50]), more)  # fmt: skip
-    empty = [n for n, c in zip(space.names, counts, strict=True) if not c]
-    if empty and len(empty) < len(counts):
-        logger.warning("class(es) %s have no training example left: the model cannot learn them",
-                       ", ".join(map(repr, empty)))  # fmt: skip
