@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import difflib
 import math
+import os
 import re
 import types
 import typing
@@ -401,7 +402,9 @@ class Parser(argparse.ArgumentParser):
             message = f"unknown option {given}" if given.startswith("-") else f"unexpected argument {given!r}"
             if given.startswith("-"):
                 message += meant(given.split("=")[0], [s for a in self._actions for s in a.option_strings])
-        self.exit(2, f"error: {message} ({self.prog} --help lists every option)\n")
+        # Every process of a launch parses the same command line: the first one (RANK 0) says it for all.
+        speaks = os.environ.get("RANK", "0") == "0"
+        self.exit(2, f"error: {message} ({self.prog} --help lists every option)\n" if speaks else None)
 
 
 def meant(given: str, known: list[str]) -> str:

@@ -11,10 +11,14 @@ from flant5_imdb.config import ConfigError, parse_args  # the standard library o
 
 
 def main(argv: list[str] | None = None) -> int:
+    # One process speaks for all (a launcher sets RANK): the others log errors only, and print nothing
+    # that the first prints too.
+    speaker = int(os.environ.get("RANK", "0")) == 0
     try:
         cfg = parse_args(argv)  # options are checked before torch is even imported
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if speaker:  # every process parses the same command line
+            print(f"error: {e}", file=sys.stderr)
         return 2
     from flant5_imdb.checkpoint import CheckpointError
     from flant5_imdb.data import DataError
@@ -22,9 +26,6 @@ def main(argv: list[str] | None = None) -> int:
     from flant5_imdb.guards import NonFiniteError, OutOfMemory, Preempted
     from flant5_imdb.train import run
 
-    # One process speaks for all (a launcher sets RANK): the others log errors only, and print nothing
-    # that the first prints too.
-    speaker = int(os.environ.get("RANK", "0")) == 0
     logging.basicConfig(level=logging.INFO if speaker else logging.ERROR,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
     logging.getLogger("accelerate").setLevel(logging.WARNING if speaker else logging.ERROR)

@@ -188,3 +188,22 @@ def test_an_unknown_option_is_one_line_naming_the_one_meant(capsys, flag, said):
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1  # one line, no usage block
     assert err.startswith(f"error: {said} (") and err.rstrip().endswith("--help lists every option)")
+
+
+@pytest.mark.parametrize("argv", [["--bathc-size", "8"], ["--lr", "-1"]])
+def test_an_option_error_is_said_by_the_first_process_only(monkeypatch, capsys, argv):
+    """Every process of a launch parses the same command line: one line from RANK 0, none from the others,
+    the same exit status from all."""
+    from tests.conftest import load_script
+
+    train = load_script("train")
+    said = {}
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        try:
+            code = train.main(argv)
+        except SystemExit as stopped:
+            code = stopped.code
+        said[rank] = (code, capsys.readouterr().err)
+    assert said["0"][0] == said["1"][0] == 2
+    assert said["0"][1].startswith("error: ") and said["0"][1].count("\n") == 1 and said["1"][1] == ""
