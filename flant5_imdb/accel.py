@@ -1,7 +1,9 @@
-"""The one place an `Accelerator` is made, with the two accelerate behaviours this project works around."""
+"""The one place an `Accelerator` is made, with the two accelerate behaviours this project works around;
+the main process first (`main_first`); CPU threads."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -36,7 +38,6 @@ def make_accelerator(precision: str, **kwargs) -> Accelerator:
     return accelerator
 
 
-# to append to flant5_imdb/accel.py
 SMALL_MODEL = 30_000_000  # parameters: below this, one CPU thread is as fast as several, and never slower
 
 
@@ -67,3 +68,33 @@ def cpu_threads(setting: str | int, parameters: int, device: torch.device) -> in
     if n != torch.get_num_threads():
         torch.set_num_threads(n)
     return n
+
+
+class MainFailed(RuntimeError):
+    """The main process failed in a block every process runs after it (`main_first`); it says why."""
+
+
+@contextlib.contextmanager
+def main_first(accelerator: Accelerator):
+    """The main process runs the block first, then the others (it fills the datasets cache, or checks the
+    output folder, before they read it). If it fails there, the others raise `MainFailed` instead of
+    running the block: the error is reported once, by the main process, and no process is left waiting
+    at a barrier for a peer that is gone (gloo: a traceback from every other process; NCCL: a hang
+    until its timeout)."""
+    if accelerator.num_processes == 1:
+        yield
+        return
+    box: list[str | None] = [None]
+    if accelerator.is_main_process:
+        try:
+            yield
+        except BaseException as e:
+            box = [f"{type(e).__name__}: {e}"]
+            raise
+        finally:
+            torch.distributed.broadcast_object_list(box, src=0)
+    else:
+        torch.distributed.broadcast_object_list(box, src=0)
+        if box[0] is not None:
+            raise MainFailed(f"the main process stopped: {box[0]}")
+        yield

@@ -20,6 +20,7 @@ import os
 import shutil
 from pathlib import Path
 
+from flant5_imdb.accel import main_first
 from flant5_imdb.config import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -149,25 +150,15 @@ def claim(folder: str | Path, *, resuming: bool, resume_asked: bool, overwrite: 
 
 
 def claim_on_main(accelerator, folder: Path, **claim_args) -> RunLock | None:
-    """The main process claims `folder` (`claim`); every process learns whether it could, and raises alike.
+    """The main process claims `folder` (`claim`) before the others go on.
 
     Raises:
-        ConfigError: as `claim`, on every process.
+        ConfigError: as `claim`, on the main process (the others raise `MainFailed`, and say nothing).
     """
-    error, lock = None, None
-    if accelerator.is_main_process:
-        try:
+    lock = None
+    with main_first(accelerator):
+        if accelerator.is_main_process:
             lock = claim(folder, **claim_args)
-        except ConfigError as e:
-            error = str(e)
-    if accelerator.num_processes > 1:
-        import torch.distributed
-
-        box = [error]
-        torch.distributed.broadcast_object_list(box, src=0)
-        error = box[0]
-    if error:
-        raise ConfigError(error)
     return lock
 
 

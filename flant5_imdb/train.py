@@ -34,7 +34,7 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 from flant5_imdb import hub
-from flant5_imdb.accel import cpu_threads, make_accelerator
+from flant5_imdb.accel import cpu_threads, main_first, make_accelerator
 from flant5_imdb.card import publish
 from flant5_imdb.checkpoint import (
     CheckpointError,
@@ -133,9 +133,10 @@ def setup(cfg: TrainConfig) -> Job:
         project_dir=cfg.output_dir,
     )
     out = Path(cfg.output_dir)
-    if accelerator.is_main_process:  # stop now, not after loading the data
-        check_writable(out)
-        RunLock(out).check()  # another training there
+    with main_first(accelerator):  # stop now, not after loading the data
+        if accelerator.is_main_process:
+            check_writable(out)
+            RunLock(out).check()  # another training there
     hub.preflight(
         hub.needs(
             model=None if cfg.model_config else cfg.model,
@@ -147,7 +148,7 @@ def setup(cfg: TrainConfig) -> Job:
     # Read-only: the data may need the checkpoint's tokenizer, and a resume is checked before any write.
     resume_from = resolve_resume(cfg.resume, out)
     data = prepare(DataSpec.from_config(cfg), functools.partial(make_tokenizer, cfg, resume_from),
-                   main_process_first=accelerator.main_process_first)  # fmt: skip
+                   main_process_first=functools.partial(main_first, accelerator))  # fmt: skip
     tokenizer, train_ds = data.tokenizer, data.train
     model, raw_optimizer, optimizer, step_model = build_trainable(cfg, accelerator, len(tokenizer))
     threads = cpu_threads(cfg.threads, sum(p.numel() for p in model.parameters()), accelerator.device)

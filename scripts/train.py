@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
         if speaker:  # every process parses the same command line
             print(f"error: {e}", file=sys.stderr)
         return 2
+    from flant5_imdb.accel import MainFailed
     from flant5_imdb.checkpoint import CheckpointError
     from flant5_imdb.data import DataError
     from flant5_imdb.evaluate import format_report
@@ -31,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("accelerate").setLevel(logging.WARNING if speaker else logging.ERROR)
     try:
         summary = run(cfg)
+    except MainFailed:  # the main process failed first and has said why
+        return 1
     except (ConfigError, DataError, CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -243,6 +243,49 @@ def test_smoke_preset_learns(smoke_run):
     assert summary["eval"]["accuracy"] >= 0.95
 
 
+@pytest.mark.parametrize("main", [True, False])
+def test_main_first_stops_every_process_when_the_main_one_fails(monkeypatch, main):
+    """The main process's error reaches the others, which raise MainFailed without running the block."""
+    from types import SimpleNamespace
+
+    from flant5_imdb.accel import MainFailed, main_first
+
+    sent = []
+
+    def broadcast(box, src):  # what the main process sends is what every other one receives
+        if main:
+            sent.append(list(box))
+        else:
+            box[0] = "DataError: train.csv line 3: empty text"
+
+    monkeypatch.setattr(torch.distributed, "broadcast_object_list", broadcast)
+    accelerator = SimpleNamespace(num_processes=2, is_main_process=main)
+    ran = []
+    error = "train.csv line 3: empty text"
+    with pytest.raises(ValueError if main else MainFailed, match=error), main_first(accelerator):
+        ran.append(True)
+        raise ValueError(error)
+    assert ran == ([True] if main else []) and sent == ([[f"ValueError: {error}"]] if main else [])
+
+
+def test_a_data_error_in_two_processes_is_said_once(tmp_path):
+    """`accelerate launch` with 2 processes and a bad file: the main process's one line, and nothing from
+    the other (it stopped at the main process's error, not at a barrier its peer had left)."""
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,label\nhello,1\n,0\n")
+    launch = accelerate_launch(
+        "--config_file", str(ROOT / "configs" / "multi_gpu.yaml"), "--num_processes", "2"
+    )
+    proc = subprocess.run(
+        [*launch, str(ROOT / "scripts" / "train.py"), "--preset", "smoke", "--data", str(bad),
+         "--output-dir", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert proc.stderr.count("1 bad row(s)") == 1 and "[rank1]" not in proc.stderr, proc.stderr[-3000:]
+    assert not (tmp_path / "out").exists()
+
+
 def test_two_processes_match_one(tmp_path, tokenizer_dir):
     """The README's `accelerate launch --config_file configs/multi_gpu.yaml --num_processes 2` on the
     CPU (gloo) vs one process, same effective batch."""
