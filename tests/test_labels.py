@@ -181,6 +181,22 @@ def test_a_class_without_training_examples_is_warned_about_once(tmp_path, caplog
                                        "model cannot learn them"]  # fmt: skip
 
 
+@pytest.mark.parametrize("suffix", ["jsonl", "parquet"])
+def test_a_label_seen_only_on_dropped_rows_makes_no_class(tmp_path, suffix):
+    """With --skip-bad-rows, a row without a usable text is dropped, and its label makes no class the
+    model could never see (integers get no warning for an empty class: it would be silent)."""
+    from datasets import Dataset
+
+    rows = labelled([0, 1, 2] * 5) + [{"text": "", "label": 7}]
+    path = tmp_path / f"train.{suffix}"
+    if suffix == "parquet":
+        Dataset.from_list(rows).to_parquet(str(path))
+    else:
+        write_jsonl(path, rows)
+    loaded = load_labelled(str(path), skip_bad_rows=True)
+    assert loaded.labels.values == ("0", "1", "2") and [r.reason for r in loaded.skipped] == ["empty text"]
+
+
 def test_the_hold_out_leaves_every_class_in_training(tmp_path):
     from datasets import Dataset
 

@@ -49,8 +49,9 @@ def load_labelled(
 ) -> Labelled:
     """Read `source` (a `Source`, or `--data` as written; only `splits`, if given) and validate every row.
 
-    The label space is `labels` (a saved model's), or taken from the `train_split`'s labels
-    (`label_order`: the classes by name, in order; see `labels.infer_labels`).
+    The label space is `labels` (a saved model's), or taken from the labels of the `train_split`'s rows
+    that have a usable text (`label_order`: the classes by name, in order; see `labels.infer_labels`):
+    a row dropped by `--skip-bad-rows` makes no class the model would never see.
 
     Raises:
         DataError: the source is missing, unreadable or malformed, a split lacks a column, or a row is
@@ -60,7 +61,9 @@ def load_labelled(
     raws = read_splits(source, None if splits is None else set(splits), columns)
     if labels is None:
         first = raws.get(train_split) or next(iter(raws.values()), None)
-        labels = infer_labels(first.labels if first is not None else [], label_order)
+        usable = [] if first is None else [y for x, y in zip(first.texts, first.labels, strict=True)
+                                           if text_problem(x) is None]  # fmt: skip
+        labels = infer_labels(usable, label_order)
     out, dropped = {}, []
     for split, raw in raws.items():
         out[split], rows = _validate(raw, skip_bad_rows, split, labels)
