@@ -402,9 +402,13 @@ class Parser(argparse.ArgumentParser):
             message = f"unknown option {given}" if given.startswith("-") else f"unexpected argument {given!r}"
             if given.startswith("-"):
                 message += meant(given.split("=")[0], [s for a in self._actions for s in a.option_strings])
-        # Every process of a launch parses the same command line: the first one (RANK 0) says it for all.
-        speaks = os.environ.get("RANK", "0") == "0"
-        self.exit(2, f"error: {message} ({self.prog} --help lists every option)\n" if speaks else None)
+        # Every process of a launch parses the same command line: the first one says it for all.
+        self.exit(2, f"error: {message} ({self.prog} --help lists every option)\n" if speaker() else None)
+
+
+def speaker() -> bool:
+    """Whether this process speaks for all: the first of a launch (a launcher sets RANK), or the only one."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def meant(given: str, known: list[str]) -> str:

@@ -4,20 +4,19 @@ Also runs under plain `python`. `--help` lists every option.
 """
 
 import logging
-import os
 import sys
 
-from flant5_imdb.config import ConfigError, parse_args  # the standard library only: --help answers at once
+# The standard library only: --help answers at once.
+from flant5_imdb.config import ConfigError, parse_args, speaker
 
 
 def main(argv: list[str] | None = None) -> int:
-    # One process speaks for all (a launcher sets RANK): the others log errors only, and print nothing
-    # that the first prints too.
-    speaker = int(os.environ.get("RANK", "0")) == 0
+    # One process speaks for all: the others log errors only, and print nothing that the first prints too.
+    speaks = speaker()
     try:
         cfg = parse_args(argv)  # options are checked before torch is even imported
     except ConfigError as e:
-        if speaker:  # every process parses the same command line
+        if speaks:  # every process parses the same command line
             print(f"error: {e}", file=sys.stderr)
         return 2
     from flant5_imdb.accel import MainFailed
@@ -27,9 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     from flant5_imdb.guards import NonFiniteError, OutOfMemory, Preempted
     from flant5_imdb.train import run
 
-    logging.basicConfig(level=logging.INFO if speaker else logging.ERROR,
+    logging.basicConfig(level=logging.INFO if speaks else logging.ERROR,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
-    logging.getLogger("accelerate").setLevel(logging.WARNING if speaker else logging.ERROR)
+    logging.getLogger("accelerate").setLevel(logging.WARNING if speaks else logging.ERROR)
     try:
         summary = run(cfg)
     except MainFailed:  # the main process failed first and has said why
@@ -38,13 +37,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Preempted as e:
-        if speaker:
+        if speaks:
             print(str(e), file=sys.stderr)
         return e.exit_code  # 143 for SIGTERM, 130 for SIGINT
     except (NonFiniteError, OutOfMemory) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    if not speaker:
+    if not speaks:
         return 0
     if summary["eval"]:
         print(format_report(summary["eval"]))
