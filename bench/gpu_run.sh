@@ -11,7 +11,7 @@
 #     BUDGET=150 bash bench/gpu_run.sh --rehearse [--shot N]
 #
 # Time plan. Seconds on a cold cache (nothing compiled yet), compilations counted, flan-t5-base on
-# an H100/H200 with 6,000 reviews. A part runs under its guard or under what is left of BUDGET
+# an H100/H200 with 6,000 IMDB reviews. A part runs under its guard or under what is left of BUDGET
 # (470 s), whichever is less; a part with under 20 s left is skipped and says so. The expected
 # times of a shot add up to at most BUDGET - 40 s (the margin); a part marked `-` is not in the
 # plan: it starts only if its whole guard is left. After the ~20 s wheel install of setup.sh:
@@ -63,8 +63,8 @@ if [ "$REHEARSE" = 1 ]; then
   timing=(--warmup 1 --steps "${REHEARSE_STEPS:-3}" --compiled-warmup 1 --eval-samples 32)
   profile=(--warmup 2 --steps 2)
 else
-  # DATA may hold train.parquet only: evaluation timing then reads train reviews.
-  src=(--data "${DATA:-.device/data/imdb}" --tokenizer "${TOKENIZER:-.device/data/tokenizer/imdb-unigram-32k}" --reviews 6000)
+  # DATA may hold train.parquet only: evaluation timing then reads training examples.
+  src=(--data "${DATA:-.device/data/imdb}" --tokenizer "${TOKENIZER:-.device/data/tokenizer/imdb-unigram-32k}" --examples 6000)
   timing=(--warmup 5 --steps 20 --compiled-warmup 40 --eval-samples 1000)
   profile=(--warmup 40 --steps 5)
 fi

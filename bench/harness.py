@@ -124,7 +124,7 @@ def graphs_compiled() -> int:
 
 
 def add_source_args(p: argparse.ArgumentParser) -> None:
-    """--model, --model-config, --data, --tokenizer, --reviews: what a bench script trains on."""
+    """--model, --model-config, --data, --tokenizer, --examples: what a bench script trains on."""
     shared = ROOT.parent / "shared" / "data"
     p.add_argument(
         "--model",
@@ -146,10 +146,10 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
         else "google/flan-t5-base",
     )
     p.add_argument(
-        "--reviews",
+        "--examples",
         type=int,
         default=None,
-        help="a seeded random subset of this many reviews per split (default: all): less tokenizing, the "
+        help="a seeded random subset of this many examples per split (default: all): less tokenizing, the "
         "same length distribution",
     )
 
@@ -157,23 +157,23 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
 class BenchData:
     """The tokenized splits, once, through the package's own data path: for FLOPs and eval timing.
 
-    The tokenizer (and, with --reviews, the subset) are written to a folder named after their
+    The tokenizer (and, with --examples, the subset) are written to a folder named after their
     sources, so that every row, and every bench process of one machine, reads the same files: the
     datasets cache then tokenizes once for all of them.
     """
 
     def __init__(self, args):
-        key = hashlib.sha256(repr((args.data, args.tokenizer, args.reviews)).encode()).hexdigest()[:12]
+        key = hashlib.sha256(repr((args.data, args.tokenizer, args.examples)).encode()).hexdigest()[:12]
         self.folder = Path(tempfile.gettempdir()) / f"flant5-bench-{key}"
         self.tok_dir = self.folder / "tokenizer"
-        self.data = str(self.folder / "data") if args.reviews else args.data
+        self.data = str(self.folder / "data") if args.examples else args.data
         if not (
             self.folder / "ready"
         ).is_file():  # written once: rewritten files would defeat the datasets cache
             raw = load_labelled(args.data).splits
-            if args.reviews:
+            if args.examples:
                 raw = type(raw)(
-                    {s: d.shuffle(seed=0).select(range(min(args.reviews, len(d)))) for s, d in raw.items()}
+                    {s: d.shuffle(seed=0).select(range(min(args.examples, len(d)))) for s, d in raw.items()}
                 )
                 for split, ds in raw.items():
                     ds.to_parquet(str(Path(self.data) / f"{split}.parquet"))
@@ -581,10 +581,10 @@ def padding(cfg) -> str:
 
 
 def measure_eval(args, data: BenchData, group: str = EVAL, on_row=None) -> list[dict]:
-    """Reviews/s of each of `group`'s modes (EVAL_MODES) on the first --eval-samples test reviews,
+    """Examples/s of each of `group`'s modes (EVAL_MODES) on the first --eval-samples evaluation examples,
     bf16 on a GPU.
 
-    Each mode first runs once over the same reviews untimed: every batch shape the timed pass will
+    Each mode first runs once over the same examples untimed: every batch shape the timed pass will
     meet (the partial last batch too) has then been compiled, so no compilation is timed. The row
     says how many graphs were compiled inside the timed pass all the same (0 expected).
     Each mode is contained like a row: one that fails or runs past --row-limit is recorded as such.
@@ -603,7 +603,7 @@ def measure_eval(args, data: BenchData, group: str = EVAL, on_row=None) -> list[
     targets = data.targets
     rows = []
     for mode, batch, kernels in EVAL_MODES[group]:
-        what = dict(mode=mode, batch_size=batch, kernels=kernels, split=split, reviews=len(ds))
+        what = dict(mode=mode, batch_size=batch, kernels=kernels, split=split, examples=len(ds))
         try:
             with time_limit(args.row_limit, f"eval {mode}"):
                 if kernels:  # the kernel path's attention and norms: what a `kernels` run evaluates with
@@ -619,7 +619,7 @@ def measure_eval(args, data: BenchData, group: str = EVAL, on_row=None) -> list[
                 {
                     **what,
                     "seconds": r["eval_seconds"],
-                    "reviews_per_s": r["examples_per_s"],
+                    "examples_per_s": r["examples_per_s"],
                     "projected_25k_seconds": 25_000 / r["examples_per_s"],
                     "compiles_in_timed_window": graphs_compiled() - compiled_before,
                 }
@@ -635,7 +635,7 @@ def measure_eval(args, data: BenchData, group: str = EVAL, on_row=None) -> list[
     return rows
 
 
-EVAL_NOTE = "length-sorted batches, each mode timed on its second pass over the same reviews"
+EVAL_NOTE = "length-sorted batches, each mode timed on its second pass over the same examples"
 RANDOM_WEIGHTS_NOTE = (
     " (random weights never emit EOS: generate runs its full max_new_tokens, an upper bound)"
 )

@@ -123,7 +123,7 @@ def start_results(args, out: Path, device: str, peak) -> dict:
         weights += " (time and memory do not depend on weight values)"
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     return dict(device=device, date=now, versions=versions(), weights=weights, data=args.data,
-                reviews=args.reviews, tokenizer=args.tokenizer, model_config=args.model_config,
+                examples=args.examples, tokenizer=args.tokenizer, model_config=args.model_config,
                 warmup_steps=args.warmup, timed_steps=args.steps, peak_tflops=peak,
                 seed_job_samples=SEED_JOB_SAMPLES, documented_baseline=DOCUMENTED,
                 runs=[], rows=[], eval=[])  # fmt: skip
@@ -191,7 +191,7 @@ OPTIONS = [
      "one CUDA graph per length bucket)"),
     ("--throughput-batch", int, None, "batch of the throughput rows (default: the largest of 128/96/64/32 "
      "that fits; 16 on CPU)"),
-    ("--eval-samples", int, 1000, "test reviews for the score-vs-generate timing (default 1000; 0: skip)"),
+    ("--eval-samples", int, 1000, "evaluation examples for the score-vs-generate timing (default 1000; 0: skip)"),
     ("--row-limit", float, None, "seconds one configuration (or one evaluation mode) may take, retries "
      "included, before it is recorded as timed out (default: none)"),
     ("--peak-tflops", float, None, "peak for MFU (default: the card's dense bf16 peak, if known)"),

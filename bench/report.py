@@ -171,18 +171,18 @@ def markdown(result: dict) -> str:
     if evals:
         lines += [
             "",
-            "| eval mode | batch | kernels | reviews (split) | reviews/s | 25,000 reviews (projected) |",
+            "| eval mode | batch | kernels | examples (split) | examples/s | 25,000 examples (projected) |",
             "| --- | --- | --- | --- | --- | --- |",
         ]
         for e in evals:
             kernels = "yes" if e["kernels"] else "no"
-            head = f"| {e['mode']} | {e['batch_size']} | {kernels} | {e['reviews']} ({e['split']}) | "
+            head = f"| {e['mode']} | {e['batch_size']} | {kernels} | {e['examples']} ({e['split']}) | "
             lines.append(
                 head
                 + (
                     f"failed: {e['error'].replace('|', '/')} | |"
                     if "error" in e
-                    else f"{e['reviews_per_s']:.1f} | {e['projected_25k_seconds']:.0f} s |"
+                    else f"{e['examples_per_s']:.1f} | {e['projected_25k_seconds']:.0f} s |"
                     + (
                         f" {e['compiles_in_timed_window']} compile(s) timed"
                         if e.get("compiles_in_timed_window")
@@ -287,7 +287,7 @@ def targets(result: dict) -> list[dict]:
         )
     if score:
         check(
-            "score evaluation of 25,000 reviews (kernels, projected)",
+            "score evaluation of 25,000 examples (kernels, projected)",
             score["projected_25k_seconds"],
             TARGETS["score_eval_25k_s"],
             "s",
@@ -304,7 +304,7 @@ def noisy(r: dict) -> bool:
 
 def chart_title(result: dict, gpu: bool) -> str:
     """What ran, in the picture: device, model, data; a CPU run said to be one."""
-    data = f"{result.get('reviews') or 'all'} examples of {Path(str(result.get('data', '?'))).name}"
+    data = f"{result.get('examples') or 'all'} examples of {Path(str(result.get('data', '?'))).name}"
     cpu = "" if gpu else " - a CPU run: timings of the CPU, not of a GPU"
     weights = result.get("weights", "?").split(" (")[0]
     return (f"flant5_imdb bench on {result.get('device', '?')}: {weights}, {data}{cpu}\n"

@@ -119,7 +119,7 @@ def test_targets_say_met_or_by_how_much_missed():
         "peak allocated, AdamW": (True, "yes"),
         "peak allocated, adamw8bit": (False, "no: 1.10x the target"),
         "throughput": (False, "no: 0.80x the target"),
-        "score evaluation of 25,000 reviews": (True, "yes"),
+        "score evaluation of 25,000 examples": (True, "yes"),
     }
 
 
@@ -522,6 +522,6 @@ def test_the_kernel_evaluation_compiles_nothing_inside_its_timed_pass(
     monkeypatch.setitem(harness.EVAL_MODES, harness.EVAL_KERNELS, (("score", 16, True),))
     args = profile.parse([*TINY, "--eval-samples", "50"])
     rows = harness.measure_eval(args, harness.BenchData(args), harness.EVAL_KERNELS)
-    assert [(r["mode"], r["kernels"], r["reviews"]) for r in rows] == [("score", True, 50)]
+    assert [(r["mode"], r["kernels"], r["examples"]) for r in rows] == [("score", True, 50)]
     assert len(counting_backend.graphs) >= 2  # it did compile more than once: in the warm-up pass
     assert rows[0]["compiles_in_timed_window"] == 0

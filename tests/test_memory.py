@@ -104,7 +104,7 @@ def test_the_gpu_runs_rows_find_their_predictions_committed():
         def __len__(self):
             return 32100
 
-    args = profile.parse(["--data", "imdb", "--tokenizer", "tok", "--reviews", "6000"])
+    args = profile.parse(["--data", "imdb", "--tokenizer", "tok", "--examples", "6000"])
     data = SimpleNamespace(
         lengths=[37, 512, 208], target_len=2, tokenizer=Tokenizer(), tok_dir="tok", data="imdb"
     )
