@@ -191,7 +191,7 @@ OPTIONS = [
      "one CUDA graph per length bucket)"),
     ("--throughput-batch", int, None, "batch of the throughput rows (default: the largest of 128/96/64/32 "
      "that fits; 16 on CPU)"),
-    ("--eval-samples", int, 1000, "evaluation examples for the score-vs-generate timing (default 1000; 0: skip)"),
+    ("--eval-samples", int, 1000, "examples timed for score vs generate (default 1000; 0: skip)"),
     ("--row-limit", float, None, "seconds one configuration (or one evaluation mode) may take, retries "
      "included, before it is recorded as timed out (default: none)"),
     ("--peak-tflops", float, None, "peak for MFU (default: the card's dense bf16 peak, if known)"),
