@@ -20,8 +20,8 @@ import numpy as np
 from datasets import Dataset, DatasetDict
 
 from flant5_imdb.data.labels import IMDB, LabelSpace, canonical, infer_labels
-from flant5_imdb.data.reader import BadRow, DataError, text_problem
-from flant5_imdb.data.source import Columns, RawSplit, Source, parse_source, read_splits
+from flant5_imdb.data.reader import BadRow, DataError, RawSplit, text_problem
+from flant5_imdb.data.source import Columns, Source, parse_source, read_splits
 
 logger = logging.getLogger(__name__)
 MAX_REPORTED_ROWS = 5

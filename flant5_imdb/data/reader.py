@@ -13,7 +13,7 @@ missing values; `0`/`1` and `neg`/`pos` labels in one file stay strings, whateve
 
 What goes wrong is said in one line naming the file and the line: a whole-file problem (missing,
 empty, only a header, not UTF-8, not gzip) stops at once (`DataError`); a record that cannot be
-taken (invalid JSON, not an object, the wrong number of CSV fields, a text that is no string) is a
+taken (invalid JSON, not an object, a repeated field, the wrong number of CSV fields) is a
 `BadRow`, which the caller reports or, with `--skip-bad-rows`, drops and lists.
 """
 
@@ -27,6 +27,8 @@ import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from datasets import Dataset
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "json", ".txt": "txt", ".parquet": "parquet"}
 GZIP_MAGIC = b"\x1f\x8b"
@@ -58,18 +60,22 @@ class BadRow:
 
 
 @dataclass
-class Table:
-    """Columns of a text file as read (strings, and from JSON whatever the file held), one entry per good
-    record; `lines` says where each starts (its line, or its row in a JSON array: `unit`)."""
+class RawSplit:
+    """A split as read: texts and labels as written (`places`: where each record starts, named by `unit`;
+    else its row), and the records no reader could take. `ds` is the source's own dataset where it has
+    one: selecting from it keeps `datasets`' cache for tokenization. Texts to predict have no labels."""
 
-    path: str
-    columns: dict[str, list]
-    lines: list[int] = field(default_factory=list)
+    texts: list
+    labels: list
+    where: str  # the file or folder named in error messages
     bad: list[BadRow] = field(default_factory=list)
-    unit: str = "line"
+    places: list[int] | None = None
+    unit: str = "row"  # how a place is named: a table's row, or a text file's line
+    ds: Dataset | None = None
 
-    def __len__(self) -> int:
-        return len(self.lines)
+    @classmethod
+    def of(cls, ds: Dataset, where: str) -> RawSplit:
+        return cls(list(ds["text"]), list(ds["label"]), where, ds=ds)  # plain lists: see labelled._validate
 
 
 def file_format(path: Path) -> str | None:
@@ -92,8 +98,8 @@ def file_kind(path: Path, allowed: tuple[str, ...], use: str) -> str:
     return kind
 
 
-def read_table(path: str | Path, columns: tuple[str, ...]) -> Table:
-    """Read a csv / jsonl / json / txt file's `columns` (a .txt file: one column, a text a line).
+def read_table(path: str | Path, text_column: str, label_column: str | None = None) -> RawSplit:
+    """Read a csv / jsonl / json / txt file's text and label columns (a .txt file: texts, one a line).
 
     Raises:
         DataError: the file is missing, of an unknown type, empty, only a header, not UTF-8, or lacks
@@ -108,9 +114,10 @@ def read_table(path: str | Path, columns: tuple[str, ...]) -> Table:
     text = read_utf8(path)
     if not text.strip():
         raise DataError(f"{path}: empty file")
-    table = Table(str(path), {c: [] for c in columns})
+    columns = (text_column,) if label_column is None else (text_column, label_column)
+    table = RawSplit([], [], str(path), places=[], unit="line")
     if kind == "txt":
-        if len(columns) != 1:
+        if label_column is not None:
             raise DataError(
                 f"{path}: a .txt file holds texts only, one a line; labelled data needs .csv, .jsonl or "
                 ".parquet"
@@ -127,10 +134,11 @@ def read_table(path: str | Path, columns: tuple[str, ...]) -> Table:
         if problem:
             table.bad.append(BadRow(str(path), number, problem, table.unit))
             continue
-        for c in columns:
-            table.columns[c].append(record[c])
-        table.lines.append(number)
-    if not len(table) and not table.bad:
+        table.texts.append(record[text_column])
+        if label_column is not None:
+            table.labels.append(record[label_column])
+        table.places.append(number)
+    if not table.places and not table.bad:
         raise DataError(f"{path}: no records" + (" (only a header)" if kind == "csv" else ""))
     return table
 
@@ -275,9 +283,9 @@ def read_texts(path: str | None, lines: Iterable[str] | None = None, *, skip_bad
         where, unit, bad = "<stdin>", "line", []
         numbered = [(n, t.rstrip("\r\n")) for n, t in enumerate(lines or [], start=1) if t.strip()]
     else:
-        table = read_table(path, (text_column,))
-        where, unit, bad = table.path, table.unit, list(table.bad)
-        numbered = list(zip(table.lines, table.columns[text_column], strict=True))
+        table = read_table(path, text_column)
+        where, unit, bad = table.where, table.unit, list(table.bad)
+        numbered = list(zip(table.places, table.texts, strict=True))
     texts = []
     for number, text in numbered:
         problem = text_problem(text)

@@ -18,7 +18,7 @@ from pathlib import Path
 import datasets
 from datasets import Dataset
 
-from flant5_imdb.data.reader import BadRow, DataError, file_format, file_kind, read_table
+from flant5_imdb.data.reader import BadRow, DataError, RawSplit, file_format, file_kind, read_table
 from flant5_imdb.data.synthetic import make_synthetic
 
 SPLITS = ("train", "test", "validation")
@@ -147,25 +147,6 @@ def _split_files(folder: Path) -> dict[str, Path]:
 # Reading
 
 
-@dataclass
-class RawSplit:
-    """A split as read: texts and labels as written (`places`: where each record starts, else its row),
-    and the records no reader could take. `ds` is the source's own dataset where it has one: selecting
-    from it keeps `datasets`' cache for tokenization."""
-
-    texts: list
-    labels: list
-    where: str  # the file or folder named in error messages
-    bad: list[BadRow] = field(default_factory=list)
-    places: list[int] | None = None
-    unit: str = "row"  # how a place is named: a table's row, or a text file's line
-    ds: Dataset | None = None
-
-    @classmethod
-    def of(cls, ds: Dataset, where: str) -> RawSplit:
-        return cls(list(ds["text"]), list(ds["label"]), where, ds=ds)  # plain lists: see labelled._validate
-
-
 def read_splits(source: Source, wanted: set[str] | None, columns: Columns = Columns()) -> dict[str, RawSplit]:
     """The `wanted` splits of `source` (all if None; a Hub dataset's unlabelled extra splits are not read)."""
     keep = set(SPLITS) if wanted is None else wanted
@@ -248,13 +229,11 @@ def _read_table(path: Path, columns: Columns) -> RawSplit:
     `NA` into a missing value and `0`/`neg` labels into numbers or nulls, and name no line when a record
     is bad; here values stay what the file holds and every bad record is named by its line."""
     try:
-        table = read_table(path, (columns.text, columns.label))
+        return read_table(path, columns.text, columns.label)
     except DataError as e:
         if "column" in str(e) and (columns.text, columns.label) == ("text", "label"):
             raise DataError(f"{e}; name yours with --text-column / --label-column") from None
         raise
-    return RawSplit(table.columns[columns.text], table.columns[columns.label], str(path), list(table.bad),
-                    table.lines, table.unit)  # fmt: skip
 
 
 def _read_aclimdb(folder: Path, split: str) -> RawSplit:
