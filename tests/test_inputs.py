@@ -98,6 +98,24 @@ BAD_TRAINING_FILES = [
         "--skip-bad-rows to drop them",
     ),
     ("train.csv.gz", gzip.compress(b"text,label\n"), "error: {path}: no records (only a header)"),
+    (
+        "train.csv",
+        "text;label\ngood;1\n",
+        "error: {path}: the header is one column, 'text;label': the file looks separated by ';', and a .csv "
+        "file's fields are separated by commas",
+    ),  # no advice to name columns: naming them would not help
+    (
+        "train.csv",
+        "text,label,text\na,1,b\n",
+        "error: {path}: the header names a column twice ('text' in columns 1, 3); give each column its own "
+        "name",
+    ),
+    (
+        "train.jsonl",
+        '{"text": {"title": "a"}, "label": 1}\n{"text": ["a"], "label": 0}\n',
+        "error: {path}: 2 bad row(s): {path} line 1: the text is an object, not a string; {path} line 2: the "
+        "text is a list, not a string; pass --skip-bad-rows to drop them",
+    ),
     ("train.parquet", b"not parquet at all", "error: {path}: cannot be read as parquet (ArrowInvalid: "),
 ]
 

@@ -187,6 +187,12 @@ def _csv_records(path: Path, text: str, columns) -> Records:
             )
         missing = [c for c in columns if c not in names]
         if missing:
+            other = next((d for d in ";\t|" if len(names) == 1 and d in names[0]), None)
+            if other:
+                raise DataError(
+                    f"{path}: the header is one column, {names[0]!r}: the file looks separated by {other!r}, "
+                    "and a .csv file's fields are separated by commas"
+                )
             raise DataError(
                 f"{path}: no {' or '.join(map(repr, missing))} column (found: {', '.join(names)})"
             )
@@ -266,7 +272,9 @@ def text_problem(value) -> str | None:
         return "the text is a boolean, not a string"
     if isinstance(value, int | float):
         return f"the text is a number ({value!r}), not a string"
-    return f"the text is {type(value).__name__}, not a string"
+    if isinstance(value, dict | list | tuple):  # a JSON object or array, a parquet struct or list
+        return f"the text is {'an object' if isinstance(value, dict) else 'a list'}, not a string"
+    return f"the text is a {type(value).__name__}, not a string"
 
 
 def read_texts(path: str | None, lines: Iterable[str] | None = None, *, skip_bad_rows: bool = False,

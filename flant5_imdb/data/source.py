@@ -231,7 +231,7 @@ def _read_table(path: Path, columns: Columns) -> RawSplit:
     try:
         return read_table(path, columns.text, columns.label)
     except DataError as e:
-        if "column" in str(e) and (columns.text, columns.label) == ("text", "label"):
+        if " column (found: " in str(e) and (columns.text, columns.label) == ("text", "label"):
             raise DataError(f"{e}; name yours with --text-column / --label-column") from None
         raise
 
