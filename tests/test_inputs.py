@@ -5,6 +5,7 @@ import gzip
 import importlib.util
 import json
 import logging
+import re
 
 import pytest
 
@@ -363,3 +364,34 @@ def test_offline_hub_ids_fail_in_seconds_with_one_message(train_main, tmp_path, 
         "--tokenizer google/t5-v1_1-base (a local folder, or --tokenizer word-level); "
         "--data stanfordnlp/imdb (a local file or folder: parquet, csv, jsonl, or aclImdb/)"
     )
+
+
+def test_an_unlabelled_evaluation_split_is_said_to_be_one(train_main, smoke_run, tmp_path, capsys):
+    """A split whose every label is none of the classes (a Hub test split's -1) is named with the option
+    that picks another split, not with --skip-bad-rows, which would leave nothing; a training split
+    whose rows are all bad alike is said in one reason, without that hint."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "train.csv").write_text(csv_text(good_rows()))
+    (folder / "test.csv").write_text(csv_text([(f"a film {i}", -1) for i in range(6)]))
+    test = folder / "test.csv"
+    why = "no usable rows (every one of its 6 rows: label '-1' is not one of 0/1/neg/pos/negative/positive)"
+    code, line = run_cli(
+        train_main, [*SMOKE, "--data", str(folder), "--output-dir", str(tmp_path / "o")], capsys
+    )
+    assert (code, line) == (
+        2,
+        f"error: {test}: {why}; is the split unlabelled? name another with --eval-split",
+    )
+    model = str(smoke_run[0] / "final")
+    code, line = run_cli(script("evaluate"), ["--model", model, "--data", str(folder)], capsys)
+    assert (code, line) == (2, f"error: {test}: {why}; is the split unlabelled? name another with --split")
+
+    from flant5_imdb.data import DataError, load_labelled
+
+    train = folder / "train.csv"
+    train.write_text("text,label\na film,\nanother film, \n")
+    with pytest.raises(
+        DataError, match=f"^{re.escape(f'{train}: no usable rows (every one of its 2 rows: empty label)')}$"
+    ):
+        load_labelled(f"train={train}")

@@ -46,12 +46,14 @@ def load_labelled(
     label_order: Iterable[str] | None = None,
     columns: Columns = Columns(),
     train_split: str = "train",
+    eval_flag: str = "--eval-split",
 ) -> Labelled:
     """Read `source` (a `Source`, or `--data` as written; only `splits`, if given) and validate every row.
 
     The label space is `labels` (a saved model's), or taken from the labels of the `train_split`'s rows
     that have a usable text (`label_order`: the classes by name, in order; see `labels.infer_labels`):
-    a row dropped by `--skip-bad-rows` makes no class the model would never see.
+    a row dropped by `--skip-bad-rows` makes no class the model would never see. `eval_flag` is the
+    option that names another split to evaluate on, for the message about an unlabelled one.
 
     Raises:
         DataError: the source is missing, unreadable or malformed, a split lacks a column, or a row is
@@ -66,7 +68,9 @@ def load_labelled(
         labels = infer_labels(usable, label_order)
     out, dropped = {}, []
     for split, raw in raws.items():
-        out[split], rows = _validate(raw, skip_bad_rows, split, labels)
+        out[split], rows = _validate(
+            raw, skip_bad_rows, split, labels, None if split == train_split else eval_flag
+        )
         dropped += rows
     if dropped:
         logger.warning("--skip-bad-rows: dropped %d bad row(s): %s", len(dropped), _some(dropped))
@@ -89,30 +93,40 @@ def _some(rows: list[BadRow], count_the_rest: bool = True) -> str:
 
 
 def _validate(
-    raw: RawSplit, skip: bool, split: str, space: LabelSpace = IMDB
+    raw: RawSplit, skip: bool, split: str, space: LabelSpace = IMDB, other_flag: str | None = None
 ) -> tuple[Dataset, list[BadRow]]:
-    """Check every row; labels become class indices in `space`; only text and label are kept."""
+    """Check every row; labels become class indices in `space`; only text and label are kept.
+    `other_flag` names another split to use where this one may hold no labels (none for training)."""
     places = raw.places or range(1, len(raw.texts) + 1)
     labels, bad, good = [], list(raw.bad), []
+    labelless = 0  # bad rows whose text is fine: their label is none, or none of the classes
     for i, (text, value, place) in enumerate(zip(raw.texts, raw.labels, places, strict=True)):
         shown, problem = canonical(value)
-        problem = text_problem(text) or problem
+        bad_text = text_problem(text)
+        problem = bad_text or problem
         label = None if problem else space.index_of(shown)
         if problem or label is None:
             bad.append(BadRow(raw.where, place, problem or not_a_class(value, shown, space), raw.unit))
+            labelless += bad_text is None
         else:
             good.append(i)
             labels.append(label)
     bad = [
         dataclasses.replace(r, split=split) for r in sorted(bad, key=lambda r: (r.row is None, r.row or 0))
     ]
+    if not good:  # said before --skip-bad-rows is advised: it would leave nothing
+        alike = len(bad) > 1 and len({r.reason for r in bad}) == 1
+        why = (
+            f"every one of its {len(bad)} rows: {bad[0].reason}"
+            if alike
+            else f"every row is bad: {_some(bad, False)}"
+        )
+        unlabelled = other_flag and bad and labelless == len(bad)  # a Hub test split's -1, say
+        hint = f"; is the split unlabelled? name another with {other_flag}" if unlabelled else ""
+        raise DataError(f"{raw.where}: no usable rows" + (f" ({why})" if bad else "") + hint)
     if bad and not skip:
         raise DataError(
             f"{raw.where}: {len(bad)} bad row(s): {_some(bad, False)}; pass --skip-bad-rows to drop them"
-        )
-    if not good:
-        raise DataError(
-            f"{raw.where}: no usable rows" + (f" (every row is bad: {_some(bad, False)})" if bad else "")
         )
     if raw.ds is None:
         return Dataset.from_dict({"text": [raw.texts[i] for i in good], "label": labels}), bad

@@ -99,7 +99,7 @@ def prepare(
     with main_process_first():  # the main process fills the datasets cache first
         loaded = load_labelled(source, skip_bad_rows=spec.skip_bad_rows, splits=wanted, labels=labels,
                                label_order=spec.label_order, columns=spec.columns,
-                               train_split=spec.train_split or "train")  # fmt: skip
+                               train_split=spec.train_split or "train", eval_flag=spec.eval_flag)  # fmt: skip
         for flag, split in asked:
             if split and split not in loaded.splits:
                 raise DataError(_no_such_split(spec, flag, split, list(loaded.splits)))
