@@ -65,7 +65,13 @@ BAD_TRAINING_FILES = [
     (
         "train.jsonl",
         json.dumps([{"text": "a", "label": 1}, {"text": "b", "label": 0}]) + "\n",
-        "error: {path}: 1 bad row(s): {path} line 1: not a JSON object (an array); one object per line, like "
+        "error: {path}: no usable rows (every row is bad: {path} line 1: not a JSON object (an array); one "
+        'object per line, like {{"text": "...", "label": 1}})',
+    ),  # every row bad: --skip-bad-rows, which would leave nothing, is not advised
+    (
+        "train.jsonl",
+        '{"text": "fine", "label": 0}\n["a", 1]\n',
+        "error: {path}: 1 bad row(s): {path} line 2: not a JSON object (an array); one object per line, like "
         '{{"text": "...", "label": 1}}; pass --skip-bad-rows to drop them',
     ),
     (
@@ -89,8 +95,13 @@ BAD_TRAINING_FILES = [
     (
         "train.csv",
         "text,label\n,1\n  ,0\n",
+        "error: {path}: no usable rows (every one of its 2 rows: empty text)",
+    ),
+    (
+        "train.csv",
+        "text,label\n,1\nfine,1\n  ,0\n",
         "error: {path}: 2 bad row(s): {path} line 2: empty text; "
-        "{path} line 3: empty text; pass --skip-bad-rows to drop them",
+        "{path} line 4: empty text; pass --skip-bad-rows to drop them",
     ),
     (
         "train.jsonl",
@@ -113,7 +124,7 @@ BAD_TRAINING_FILES = [
     ),
     (
         "train.jsonl",
-        '{"text": {"title": "a"}, "label": 1}\n{"text": ["a"], "label": 0}\n',
+        '{"text": {"title": "a"}, "label": 1}\n{"text": ["a"], "label": 0}\n{"text": "fine", "label": 0}\n',
         "error: {path}: 2 bad row(s): {path} line 1: the text is an object, not a string; {path} line 2: the "
         "text is a list, not a string; pass --skip-bad-rows to drop them",
     ),
