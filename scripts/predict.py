@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             if problems:
                 raise InputError(problems[0])
         else:
-            source = None if args.file else sys.stdin
+            source = b"" if args.file else sys.stdin.buffer.read()
             texts, skipped = read_texts(
                 args.file, source, skip_bad_rows=args.skip_bad_rows, text_column=args.text_column
             )

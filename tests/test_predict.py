@@ -41,14 +41,18 @@ def test_a_checkpoint_evaluates_like_a_model(final, tmp_path):
     assert evaluate_saved(str(ckpt), "synthetic:2000")["accuracy"] == summary["eval"]["accuracy"]
 
 
-def run_script(*args, stdin=None):
-    return subprocess.run(
+def run_script(*args, stdin=None, stdin_bytes=None):
+    """The script in a process of its own; its output as text (`stdin_bytes`: raw bytes in, bytes out)."""
+    proc = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "predict.py"), *args],
-        input=stdin,
+        input=stdin_bytes if stdin_bytes is not None else stdin,
         capture_output=True,
-        text=True,
+        text=stdin_bytes is None,
         timeout=180,
     )
+    if stdin_bytes is not None:
+        proc.stdout, proc.stderr = proc.stdout.decode(), proc.stderr.decode()
+    return proc
 
 
 def test_every_input_form_gives_the_same_predictions(final, tmp_path, capsys):
@@ -59,7 +63,7 @@ def test_every_input_form_gives_the_same_predictions(final, tmp_path, capsys):
     (tmp_path / "r.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in reviews))
     for name in ("r.txt", "r.csv", "r.jsonl"):
         assert read_texts(str(tmp_path / name)) == (reviews, []), name
-    assert read_texts(None, iter(r + "\n" for r in reviews)) == (reviews, [])  # stdin
+    assert read_texts(None, "".join(r + "\r\n" for r in reviews).encode()) == (reviews, [])  # stdin
     expected = [p.label_name for p in Classifier(str(model_dir)).predict(reviews)]
     assert expected == ["positive", "negative"]
     # The script end to end: a file as JSON lines, stdin as a table.
@@ -164,3 +168,29 @@ def test_evaluate_script_writes_the_report(final, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "100 examples, mode=score: accuracy" in proc.stdout
     assert json.loads((tmp_path / "eval.json").read_text())["n"] == 100
+
+
+def test_a_record_holding_a_unicode_line_separator_stays_one_record(tmp_path):
+    """Files are split into lines at LF only: U+2028, U+0085 and a form feed are characters a text (and,
+    unescaped, a JSON string) may hold; splitting there cut one record in two, silently for .txt."""
+    texts = ["one\u2028text", "two\x85texts", "a \x0c third"]
+    (tmp_path / "r.txt").write_text("\n".join(texts) + "\n", newline="")
+    (tmp_path / "r.jsonl").write_text(
+        "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts)
+    )
+    for name in ("r.txt", "r.jsonl"):
+        assert read_texts(str(tmp_path / name)) == (texts, []), name
+    assert read_texts(None, "\n".join(texts).encode()) == (texts, [])
+
+
+def test_undecodable_input_is_named_not_a_traceback(final, capsys):
+    """Bytes that are no UTF-8 on stdin are named by line and byte, as a file's are; a command-line
+    text with such bytes (Python hands them over as lone surrogates, which the tokenizer refuses) is
+    named by its position."""
+    proc = run_script("--model", str(final[0]), stdin=None, stdin_bytes=b"fine film\n\xff\xfe bad\n")
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == (
+        "error: <stdin> line 2: not UTF-8 (byte 0xff at offset 10); give UTF-8 text"
+    )
+    predict_main = load_script("predict").main
+    assert predict_main(["--model", str(final[0]), "fine film", "bad \udcff film"]) == 2
+    assert capsys.readouterr().err.strip() == "error: text 2: not UTF-8 (an undecodable byte at character 5)"

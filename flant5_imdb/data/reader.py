@@ -24,7 +24,7 @@ import gzip
 import io
 import json
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from datasets import Dataset
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "json", ".txt": "txt", ".parquet": "parquet"}
 GZIP_MAGIC = b"\x1f\x8b"
+STDIN = "<stdin>"
 
 
 class DataError(ValueError):
@@ -122,7 +123,7 @@ def read_table(path: str | Path, text_column: str, label_column: str | None = No
                 f"{path}: a .txt file holds texts only, one a line; labelled data needs .csv, .jsonl or "
                 ".parquet"
             )
-        records = ((n, {columns[0]: t}) for n, t in enumerate(text.splitlines(), start=1) if t.strip())
+        records = ((n, {columns[0]: t}) for n, t in enumerate(lines_of(text), start=1) if t.strip())
     elif kind == "csv":
         records = _csv_records(path, text, columns)
     elif kind == "json" and text.lstrip().startswith("["):
@@ -149,20 +150,31 @@ def read_utf8(path: Path) -> str:
     Raises:
         DataError: not UTF-8 (naming the line and byte offset), or a damaged gzip file.
     """
-    raw = path.read_bytes()
+    return decode(path.read_bytes(), str(path))
+
+
+def decode(raw: bytes, where: str) -> str:
+    """`raw` (a file's bytes, or stdin's) as `read_utf8` reads a file; errors name `where`."""
     if raw[:2] == GZIP_MAGIC:
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError) as e:
-            raise DataError(f"{path}: a damaged gzip file ({e})") from e
+            raise DataError(f"{where}: a damaged gzip file ({e})") from e
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
         raise DataError(
-            f"{path} line {line}: not UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start}); "
-            "save the file as UTF-8"
+            f"{where} line {line}: not UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start}); "
+            + ("give UTF-8 text" if where == STDIN else "save the file as UTF-8")
         ) from None
+
+
+def lines_of(text: str) -> list[str]:
+    """The lines of a text file, split at LF (a CRLF's CR dropped) only: `str.splitlines` would also
+    split at characters a text or a JSON string may hold (U+2028, U+0085, a form feed), cutting one
+    record in two."""
+    return [line.removesuffix("\r") for line in text.split("\n")]
 
 
 Records = Iterator[tuple[int, "dict | str"]]  # (where a record starts, the record or why it is none)
@@ -220,7 +232,7 @@ def _csv_records(path: Path, text: str, columns) -> Records:
 
 
 def _json_lines(text: str) -> Records:
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(lines_of(text), start=1):
         if line.strip():
             try:
                 yield number, json.loads(line, object_pairs_hook=_Object)
@@ -265,6 +277,10 @@ class _Object(dict):
 def text_problem(value) -> str | None:
     """Why `value` is no usable text (None if it is one)."""
     if isinstance(value, str):
+        try:  # a command line's undecodable bytes arrive as lone surrogates, which no tokenizer takes
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return f"not UTF-8 (an undecodable byte at character {e.start + 1})"
         return None if value.strip() else "empty text"
     if value is None:
         return "no text (null)"
@@ -277,19 +293,20 @@ def text_problem(value) -> str | None:
     return f"the text is a {type(value).__name__}, not a string"
 
 
-def read_texts(path: str | None, lines: Iterable[str] | None = None, *, skip_bad_rows: bool = False,
+def read_texts(path: str | None, stdin: bytes = b"", *, skip_bad_rows: bool = False,
                text_column: str = "text") -> tuple[list[str], list[BadRow]]:  # fmt: skip
     """Texts to classify from a file (.txt one a line, .csv / .jsonl / .json with a `text_column`, any of
-    them gzipped) or from `lines` (stdin, one a line); blank lines are passed over. Returns (texts,
-    records skipped). Everything is read and checked first, so a bad input produces no output.
+    them gzipped) or from `stdin`'s bytes (one a line, read as a .txt file is); blank lines are passed
+    over. Returns (texts, records skipped). Everything is read and checked first, so a bad input
+    produces no output.
 
     Raises:
         DataError: naming the file and line of the first problem (unless `skip_bad_rows`, for records
             that are no usable text).
     """
     if path is None:
-        where, unit, bad = "<stdin>", "line", []
-        numbered = [(n, t.rstrip("\r\n")) for n, t in enumerate(lines or [], start=1) if t.strip()]
+        where, unit, bad = STDIN, "line", []
+        numbered = [(n, t) for n, t in enumerate(lines_of(decode(stdin, STDIN)), start=1) if t.strip()]
     else:
         table = read_table(path, text_column)
         where, unit, bad = table.where, table.unit, list(table.bad)
