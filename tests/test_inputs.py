@@ -406,3 +406,17 @@ def test_an_unlabelled_evaluation_split_is_said_to_be_one(train_main, smoke_run,
         DataError, match=f"^{re.escape(f'{train}: no usable rows (every one of its 2 rows: empty label)')}$"
     ):
         load_labelled(f"train={train}")
+
+
+def test_another_tasks_classes_are_not_called_an_unlabelled_split(tmp_path):
+    from flant5_imdb.data import IMDB, DataError, load_labelled
+
+    test = tmp_path / "test.csv"
+    test.write_text(csv_text([("a film", "billing"), ("b film", "bug")]))
+    with pytest.raises(DataError) as e:
+        load_labelled(f"test={test}", labels=IMDB, splits=["test"])
+    assert str(e.value) == (
+        f"{test}: no usable rows (every row is bad: {test} line 2: label 'billing' is not one of "
+        f"0/1/neg/pos/negative/positive; {test} line 3: label 'bug' is not one of "
+        "0/1/neg/pos/negative/positive)"
+    )

@@ -121,7 +121,9 @@ def _validate(
             if alike
             else f"every row is bad: {_some(bad, False)}"
         )
-        unlabelled = other_flag and bad and labelless == len(bad)  # a Hub test split's -1, say
+        # One label value on every row, none of the classes: a Hub test split's -1, say. (Several values
+        # are more likely another task's classes: the reason already lists the classes.)
+        unlabelled = other_flag and alike and labelless == len(bad)
         hint = f"; is the split unlabelled? name another with {other_flag}" if unlabelled else ""
         raise DataError(f"{raw.where}: no usable rows" + (f" ({why})" if bad else "") + hint)
     if bad and not skip:
