@@ -243,7 +243,6 @@ class TrainConfig:
             "epochs",
             "eval_batch_size",
             "log_every",
-            "max_source_length",
             "pad_to_multiple_of",
             "max_bad_steps",
         ):
@@ -261,6 +260,13 @@ class TrainConfig:
                 raise ConfigError(f"--{flag(name)} must be at least 1, got {getattr(self, name)}")
         if self.keep_checkpoints < 0:
             raise ConfigError(f"--keep-checkpoints must be 0 or more, got {self.keep_checkpoints}")
+        if self.max_source_length < 2:  # the EOS takes one: at 1 the model would see no text at all
+            raise ConfigError(
+                f"--max-source-length must be at least 2 (a token of text and the end of it), got "
+                f"{self.max_source_length}"
+            )
+        if not 0 <= self.seed < 2**32:  # numpy's and torch's seeds are 32-bit
+            raise ConfigError(f"--seed must be in [0, 2**32), got {self.seed}")
         if self.cuda_graphs and not (self.compile and self.bucket_multiple):
             raise ConfigError(
                 "--cuda-graphs needs --compile and --bucket-multiple (one graph per length bucket)"

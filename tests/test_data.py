@@ -1,4 +1,5 @@
 import json
+import logging
 import re
 
 import numpy as np
@@ -172,9 +173,21 @@ def test_bad_prompts():
         prompt_template("{text} {other}")
 
 
-def test_truncation_keeps_eos_and_records_lengths(word_tokenizer, synthetic):
-    out = tokenize(synthetic, word_tokenizer, target_ids(word_tokenizer, "digits"), max_source_length=16)
+def test_truncation_keeps_eos_and_records_lengths(word_tokenizer, synthetic, caplog):
+    with caplog.at_level(logging.INFO):
+        out = tokenize(synthetic, word_tokenizer, target_ids(word_tokenizer, "digits"), max_source_length=16)
     lengths = out["train"]["length"]
+    cut = sum(n == 16 for n in lengths)
+    assert cut > 200  # most: warned about, where a few cut short is only logged
+    assert [(r.levelname, r.getMessage()) for r in caplog.records if "truncated" in r.getMessage()][0] == (
+        "WARNING",
+        f"train: {cut} of 400 sources truncated to 16 tokens (most of them: the model sees only their "
+        "beginning; see --max-source-length)",
+    )
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        tokenize(synthetic, word_tokenizer, target_ids(word_tokenizer, "digits"), max_source_length=100)
+    assert {r.levelname for r in caplog.records if "truncated" in r.getMessage()} == {"INFO"}
     assert max(lengths) == 16
     assert all(len(ids) == n for ids, n in zip(out["train"]["input_ids"], lengths, strict=True))
     assert all(ids[-1] == word_tokenizer.eos_token_id for ids in out["train"]["input_ids"])

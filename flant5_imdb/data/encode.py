@@ -88,9 +88,16 @@ def tokenize(
     for split, ds in out.items():
         n_trunc = sum(1 for n in ds["length"] if n >= max_source_length)
         if n_trunc:
-            logger.info(
-                "%s: %d of %d sources truncated to %d tokens", split, n_trunc, len(ds), max_source_length
+            # Most texts cut short is worth a warning: the model then learns from their beginnings only.
+            most = n_trunc > len(ds) / 2
+            note = (
+                " (most of them: the model sees only their beginning; see --max-source-length)"
+                if most
+                else ""
             )
+            level = logging.WARNING if most else logging.INFO
+            logger.log(level, "%s: %d of %d sources truncated to %d tokens%s", split, n_trunc, len(ds),
+                       max_source_length, note)  # fmt: skip
     return out
 
 
