@@ -235,4 +235,24 @@ def load_trained(
         "max_source_length": max_source_length or saved.get("max_source_length", 512),
         "labels": LabelSpace.from_dict(saved.get("labels")),
     }
+    _warn_about_other_settings(saved, settings, verbalizer, prompt)
     return model, tokenizer, settings
+
+
+def _warn_about_other_settings(
+    saved: dict, settings: dict, verbalizer: str | None, prompt: str | None
+) -> None:
+    """A verbalizer or prompt other than the one the model was trained with, said by name: scores for
+    targets it never learned to write, or for inputs it never saw, measure something else (a Hub
+    model, trained with none of them, is not warned about)."""
+    if verbalizer and "targets" in saved:
+        try:
+            targets = verbalize(verbalizer, settings["labels"])
+        except ValueError:  # a verbalizer that fits no class list: said where the targets are made
+            targets = saved["targets"]
+        if targets != saved["targets"]:
+            logger.warning("--verbalizer %r: this model was trained to write %s, not %s", verbalizer,
+                           ", ".join(saved["targets"]), ", ".join(targets))  # fmt: skip
+    if prompt is not None and "prompt" in saved and (prompt or "none") != (saved["prompt"] or "none"):
+        logger.warning("--prompt %r: this model was trained with the prompt %r; its inputs now differ",
+                       prompt, saved["prompt"] or "none")  # fmt: skip

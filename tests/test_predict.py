@@ -1,6 +1,7 @@
 """Evaluate and predict on a trained tiny model: they agree with each other and with the training run."""
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -194,3 +195,22 @@ def test_undecodable_input_is_named_not_a_traceback(final, capsys):
     predict_main = load_script("predict").main
     assert predict_main(["--model", str(final[0]), "fine film", "bad \udcff film"]) == 2
     assert capsys.readouterr().err.strip() == "error: text 2: not UTF-8 (an undecodable byte at character 5)"
+
+
+def test_a_verbalizer_or_prompt_other_than_the_models_own_is_warned_about(final, caplog):
+    """Scores for targets the model never learned to write, or for inputs it never saw, are named; the
+    same targets under another name (digits = auto for IMDB's 0/1) and the model's own settings are not."""
+
+    def warnings(**kw) -> list[str]:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="flant5_imdb.modeling"):
+            Classifier(str(final[0]), **kw)
+        return [r.getMessage() for r in caplog.records if r.name == "flant5_imdb.modeling"]
+
+    assert warnings(verbalizer="words") == [
+        "--verbalizer 'words': this model was trained to write 0, 1, not negative, positive"
+    ]
+    assert warnings(prompt="flan") == [
+        "--prompt 'flan': this model was trained with the prompt 'none'; its inputs now differ"
+    ]
+    assert warnings(verbalizer="digits") == warnings(prompt="none") == warnings() == []
