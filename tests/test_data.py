@@ -322,3 +322,14 @@ def test_one_rule_says_what_is_a_path_for_every_option(name, is_path):
             parse_source(name)
     else:
         assert parse_source(name).kind == "hub" and parse_source(name).hub_id == name
+
+
+def test_targets_the_tokenizer_cannot_tell_apart_are_refused_by_name(word_tokenizer):
+    unk, eos = word_tokenizer.unk_token_id, word_tokenizer.eos_token_id
+    with pytest.raises(DataError) as e:
+        target_ids(word_tokenizer, "yes,no")
+    assert str(e.value) == (
+        f"the tokenizer maps the targets 'yes' and 'no' to the same ids [{unk}, {eos}] "
+        "(its unknown token: it does not know these words)"
+    )
+    assert target_ids(word_tokenizer, "great,awful") != target_ids(word_tokenizer, "awful,great")

@@ -52,8 +52,10 @@ def target_ids(tokenizer, verbalizer: str, space: LabelSpace = IMDB) -> list[lis
     seen: dict[tuple, str] = {}
     for text, i in zip(texts, ids, strict=True):
         if tuple(i) in seen:
+            unknown = getattr(tokenizer, "unk_token_id", None) in i
             raise DataError(
                 f"the tokenizer maps the targets {seen[tuple(i)]!r} and {text!r} to the same ids {i}"
+                + (" (its unknown token: it does not know these words)" if unknown else "")
             )
         seen[tuple(i)] = text
     return ids
