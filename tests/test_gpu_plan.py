@@ -160,3 +160,39 @@ def test_a_carry_over_64_mib_stops_with_one_line(tmp_path, capsys):
     assert device_carry.main(["check", str(device), "--root", str(ROOT)]) == 1
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "over its 64 MiB limit" in err and ".device 65.0 MiB" in err
+
+
+def script_arrays(rehearse: bool) -> dict[str, list[str]]:
+    """The script's src, timing and profile arguments, as bash builds them (the GPU's or the rehearsal's)."""
+    block = SCRIPT[SCRIPT.index('if [ "$REHEARSE" = 1 ]; then') :]
+    block = block[: block.index("\nfi\n") + 4]
+    show = 'for a in src timing profile; do declare -n r=$a; echo "== $a"; printf "%s\\n" "${r[@]}"; done'
+    out = subprocess.run(["bash", "-c", f"REHEARSE={int(rehearse)}\n{block}{show}"], capture_output=True,
+                         text=True, check=True).stdout  # fmt: skip
+    arrays: dict[str, list[str]] = {}
+    for line in out.splitlines():
+        if line.startswith("== "):
+            name = line[3:]
+            arrays[name] = []
+        else:
+            arrays[name].append(line)
+    return arrays
+
+
+@pytest.mark.parametrize("rehearse", [False, True], ids=["gpu", "rehearsal"])
+def test_every_bench_command_of_the_script_parses(rehearse):
+    """Each bench call of the run, with the arguments it gets on the GPU: an option renamed in the bench
+    and not in the script would otherwise cost the one GPU call an argparse error."""
+    from bench import profile, step_profile
+
+    arrays = script_arrays(rehearse)
+    assert arrays["src"] and arrays["timing"] and arrays["profile"]
+    calls = re.findall(r'"\$\{BENCH\[@\]\}"([^\n]*)', SCRIPT)
+    assert len(calls) >= 5
+    for rest in calls:
+        args = profile.parse([*arrays["src"], *arrays["timing"], "--out", "o", *rest.split()])
+        assert args.configs and set(args.configs) <= set(profile.PLAN), rest
+    (rest,) = re.findall(r"bench/step_profile\.py (--config \w+) ", SCRIPT)
+    step_profile.parse([*rest.split(), *arrays["src"], *arrays["profile"], "--out", "o"])
+    if not rehearse:
+        assert arrays["src"][arrays["src"].index("--examples") + 1] == "6000"
