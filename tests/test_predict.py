@@ -182,6 +182,8 @@ def test_a_record_holding_a_unicode_line_separator_stays_one_record(tmp_path):
     for name in ("r.txt", "r.jsonl"):
         assert read_texts(str(tmp_path / name)) == (texts, []), name
     assert read_texts(None, "\n".join(texts).encode()) == (texts, [])
+    (tmp_path / "mac.txt").write_bytes(b"first text\rsecond text\r")  # old Mac line ends: CR alone
+    assert read_texts(str(tmp_path / "mac.txt")) == (["first text", "second text"], [])
 
 
 def test_undecodable_input_is_named_not_a_traceback(final, capsys):

@@ -23,6 +23,7 @@ import csv
 import gzip
 import io
 import json
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -171,10 +172,10 @@ def decode(raw: bytes, where: str) -> str:
 
 
 def lines_of(text: str) -> list[str]:
-    """The lines of a text file, split at LF (a CRLF's CR dropped) only: `str.splitlines` would also
-    split at characters a text or a JSON string may hold (U+2028, U+0085, a form feed), cutting one
-    record in two."""
-    return [line.removesuffix("\r") for line in text.split("\n")]
+    """The lines of a text file, ended by LF, CRLF or CR only, as Python's text files and the csv module
+    end them: `str.splitlines` would also split at characters a text or a JSON string may hold (U+2028,
+    U+0085, a form feed), cutting one record in two."""
+    return re.split(r"\r\n|\r|\n", text)
 
 
 Records = Iterator[tuple[int, "dict | str"]]  # (where a record starts, the record or why it is none)
