@@ -7,7 +7,7 @@ Formats, by name (`.gz` after any of them, or gzip bytes under any name, are dec
   * `.txt`: one text per line (a `text` column only, for prediction).
 (`.parquet` is read through `datasets`, which caches it: see `source.py`.)
 
-What every format gets: UTF-8 with or without a byte-order mark, CRLF or LF line ends, fields of
+What every format gets: UTF-8 with or without a byte-order mark, LF, CRLF or CR line ends, fields of
 any size, values kept as the text they are (`NA`, `None`, `null` in a CSV are texts, not
 missing values; `0`/`1` and `neg`/`pos` labels in one file stay strings, whatever its size).
 
