@@ -33,8 +33,8 @@ from pathlib import Path
 import torch
 
 from bench.flops import train_flops
-from flant5_imdb.config import preset
-from flant5_imdb.data import Collator, DataSpec, load_labelled, prepare
+from flant5_imdb.config import positive_int, preset
+from flant5_imdb.data import Collator, DataError, DataSpec, load_labelled, parse_source, prepare
 from flant5_imdb.evaluate import evaluate
 from flant5_imdb.guards import OutOfMemory, Preempted
 from flant5_imdb.kernels.graphs import recorded_cuda_graphs
@@ -147,11 +147,20 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--examples",
-        type=int,
+        type=positive_int,
         default=None,
         help="a seeded random subset of this many examples per split (default: all): less tokenizing, the "
         "same length distribution",
     )
+
+
+def check_sources(p: argparse.ArgumentParser, args) -> None:
+    """--data checked as training checks it, before anything is read: a missing file or a malformed
+    value is one argparse-style line (exit 2), not a traceback from the first row."""
+    try:
+        parse_source(args.data)
+    except DataError as e:
+        p.error(str(e))
 
 
 class BenchData:

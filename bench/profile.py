@@ -53,6 +53,7 @@ from bench.harness import (
     SEED_JOB_SAMPLES,
     BenchData,
     add_source_args,
+    check_sources,
     device_name,
     measure_eval,
     measure_row,
@@ -228,6 +229,11 @@ def parse(argv):
     args = p.parse_args(argv)
     if args.warmup < 1 or args.steps < 1:
         p.error("--warmup and --steps must be at least 1")
+    if args.eval_samples < 0:
+        p.error(f"--eval-samples must be 0 (no evaluation timing) or more, got {args.eval_samples}")
+    if args.row_limit is not None and not args.row_limit > 0:
+        p.error(f"--row-limit must be a positive number of seconds, got {args.row_limit:g}")
+    check_sources(p, args)
     args.configs = [c for c in args.configs.split(",") if c]
     unknown = [n for n in args.configs if n not in CONFIGS and n not in EVAL_MODES]
     if unknown:

@@ -32,7 +32,7 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, schedule
 
-from bench.harness import CONFIGS, BenchData, StepClock, add_source_args, train_config
+from bench.harness import CONFIGS, BenchData, StepClock, add_source_args, check_sources, train_config
 from flant5_imdb.train import run
 
 
@@ -123,6 +123,7 @@ def parse(argv):
     args.full = False
     if args.warmup < 1 or args.steps < 1:
         p.error("--warmup and --steps must be at least 1")
+    check_sources(p, args)
     return args
 
 

@@ -525,3 +525,29 @@ def test_the_kernel_evaluation_compiles_nothing_inside_its_timed_pass(
     assert [(r["mode"], r["kernels"], r["examples"]) for r in rows] == [("score", True, 50)]
     assert len(counting_backend.graphs) >= 2  # it did compile more than once: in the warm-up pass
     assert rows[0]["compiles_in_timed_window"] == 0
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--examples", "0"], "argument --examples: must be at least 1, got 0"),
+        (["--eval-samples", "-1"], "--eval-samples must be 0 (no evaluation timing) or more, got -1"),
+        (["--row-limit", "0"], "--row-limit must be a positive number of seconds, got 0"),
+        (["--data", "{tmp}/nope.csv"], "--data {tmp}/nope.csv: no such file or folder"),
+        (["--data", "train={tmp}/x.csv"], "{tmp}/x.csv: no such file (split 'train')"),
+    ],
+)
+def test_bench_options_are_refused_in_one_line_before_anything_runs(tmp_path, capsys, argv, message):
+    """A value the bench cannot use is said the argparse way (exit 2), where it was a traceback from the
+    first row (a missing --data, a negative count) or taken as 'all' (--examples 0)."""
+    from bench import step_profile
+
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    parsers = [profile.parse] + ([step_profile.parse] if argv[0] in ("--examples", "--data") else [])
+    for parse in parsers:
+        with pytest.raises(SystemExit) as e:
+            parse(argv)
+        assert e.value.code == 2
+        assert capsys.readouterr().err.splitlines()[-1].split(": error: ", 1)[1] == message.format(
+            tmp=tmp_path
+        )

@@ -121,6 +121,8 @@ def _parse_mapping(text: str) -> dict[str, Path]:
         if split in files:
             raise DataError(f"--data {text!r}: split {split!r} given twice")
         files[split] = Path(path).expanduser()
+        if not files[split].is_file():
+            raise DataError(f"{files[split]}: no such file (split '{split}')")
     return files
 
 
@@ -161,8 +163,6 @@ def read_splits(source: Source, wanted: set[str] | None, columns: Columns = Colu
         return {k: _read_aclimdb(folder, k) for k, folder in source.files.items() if k in keep}
     out = {}
     for split, path in ((k, v) for k, v in source.files.items() if k in keep):
-        if not path.is_file():
-            raise DataError(f"{path}: no such file (split '{split}')")
         kind = file_kind(
             path, ("parquet", "csv", "jsonl", "json"), "use parquet, csv, jsonl or json, optionally .gz"
         )
