@@ -55,6 +55,7 @@ from torch.overrides import TorchFunctionMode  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils._pytree import tree_flatten, tree_map  # noqa: E402
 
+from flant5_imdb.config import positive_int  # noqa: E402
 from flant5_imdb.modeling import (  # noqa: E402
     ARCHITECTURES,
     architecture_config,
@@ -450,6 +451,17 @@ def fits_table(lengths: tuple[int, ...], batches: tuple[int, ...] = (8, 32)) -> 
     return "\n".join(rows)
 
 
+# The values each text field of a Setup is read with: any other would be predicted as the default
+# silently (an unknown optimizer as AdamW, fp16 as fp32) under the name asked for.
+CHOICES = {
+    "precision": ("fp32", "bf16"),
+    "optim": ("adamw", "adamw8bit", "paged_adamw8bit"),
+    "attention": ("eager", "sdpa"),
+    "sdpa_kernel": ("math", "efficient"),
+    "loss": ("loop", "model"),
+}
+
+
 def parse(argv: list[str] | None = None):
     p = argparse.ArgumentParser(
         description="Predict the peak GPU memory of a training step on the CPU (no GPU, weights or data)."
@@ -460,7 +472,9 @@ def parse(argv: list[str] | None = None):
         if isinstance(f.default, bool):
             p.add_argument(flag, action="store_true", help="(off by default)")
         else:
-            p.add_argument(flag, type=type(f.default), default=f.default, help=f"(default: {f.default})")
+            kind = positive_int if isinstance(f.default, int) else type(f.default)
+            p.add_argument(flag, type=kind, default=f.default, choices=CHOICES.get(f.name),
+                           help=f"(default: {f.default})")  # fmt: skip
     p.add_argument("--json", action="store_true", help="the whole prediction as JSON")
     p.add_argument(
         "--fits-table",
@@ -468,6 +482,8 @@ def parse(argv: list[str] | None = None):
         help="the fits table of docs/benchmarks.md at these source lengths (e.g. 208,512)",
     )
     args = p.parse_args(argv)
+    if not 0 <= args.dropout < 1:
+        p.error(f"--dropout must be in [0, 1), got {args.dropout:g}")
     if args.model not in ARCHITECTURES:
         p.error(f"--model {args.model!r}: choose from {', '.join(ARCHITECTURES)}")
     if args.fits_table and not re.fullmatch(r"\d+(,\d+)*", args.fits_table):

@@ -1,5 +1,7 @@
 """bench/memory.py: the predictor against a real CPU step, and against the four H200 measurements."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -135,3 +137,26 @@ def test_the_docs_fits_table_rows_of_flan_t5_small(monkeypatch):
     monkeypatch.setattr(memory, "SIZES", ("flan-t5-small",))
     table = memory.fits_table((208, 512))
     assert all(line in (ROOT / "docs" / "benchmarks.md").read_text() for line in table.splitlines()), table
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--precision", "fp16"], "argument --precision: invalid choice: 'fp16' (choose from 'fp32', "
+         "'bf16')"),
+        (["--optim", "sgd"], "argument --optim: invalid choice: 'sgd' (choose from 'adamw', 'adamw8bit', "
+         "'paged_adamw8bit')"),
+        (["--batch", "0"], "argument --batch: must be at least 1, got 0"),
+        (["--grad-accum", "0"], "argument --grad-accum: must be at least 1, got 0"),
+        (["--dropout", "1"], "--dropout must be in [0, 1), got 1"),
+    ],
+)  # fmt: skip
+def test_a_setup_the_predictor_does_not_model_is_refused(argv, message, capsys):
+    """Each text option takes only the values the predictor models: fp16 was predicted as fp32 and an
+    unknown optimizer as AdamW, silently, under the name asked for; a batch of 0 was a traceback."""
+    with pytest.raises(SystemExit) as e:
+        memory.parse(argv)
+    assert e.value.code == 2 and capsys.readouterr().err.splitlines()[-1].split(": error: ", 1)[1] == message
+    assert set(memory.CHOICES) <= {f.name for f in dataclasses.fields(Setup)}
+    for name, values in memory.CHOICES.items():  # every value the parser takes describes itself
+        assert getattr(memory.parse([f"--{name.replace('_', '-')}", values[-1]]), name) == values[-1]
