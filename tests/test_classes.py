@@ -155,3 +155,21 @@ def test_a_twenty_class_confusion_matrix_stays_readable(tmp_path):
     size, ax = figures["confusion_matrix.png"]
     assert size[0] >= 10 and len(ax.texts) == 400 and min(t.get_fontsize() for t in ax.texts) >= 6
     assert [t.get_text() for t in ax.get_xticklabels()] == names
+
+
+def test_the_example_writer_never_overwrites_a_users_file(tmp_path, capsys):
+    """Run twice it rewrites its own files (the README's commands may be run again); a train.csv or
+    test.csv of other content is left as it was, and named."""
+    folder = tmp_path / "tickets"
+    assert EXAMPLES.main([str(folder)]) == EXAMPLES.main([str(folder)]) == 0
+    written = (folder / "train.csv").read_text()
+    assert written.startswith("message,team\n") and len(written.splitlines()) == 601
+    (folder / "test.csv").write_text("text,label\nmine,1\n")
+    capsys.readouterr()
+    assert EXAMPLES.main([str(folder)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {folder / 'test.csv'} already holds other data; name an empty folder"
+    )
+    assert (folder / "test.csv").read_text() == "text,label\nmine,1\n" and (
+        folder / "train.csv"
+    ).read_text() == written
