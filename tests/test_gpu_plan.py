@@ -162,13 +162,14 @@ def test_a_carry_over_64_mib_stops_with_one_line(tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1 and "over its 64 MiB limit" in err and ".device 65.0 MiB" in err
 
 
-def script_arrays(rehearse: bool) -> dict[str, list[str]]:
-    """The script's src, timing and profile arguments, as bash builds them (the GPU's or the rehearsal's)."""
+def script_arrays(rehearse: bool, data: Path) -> dict[str, list[str]]:
+    """The script's src, timing and profile arguments, as bash builds them (the GPU's or the rehearsal's),
+    with `data` for the GPU's IMDB folder (.device/, which only a prepared checkout has)."""
     block = SCRIPT[SCRIPT.index('if [ "$REHEARSE" = 1 ]; then') :]
     block = block[: block.index("\nfi\n") + 4]
     show = 'for a in src timing profile; do declare -n r=$a; echo "== $a"; printf "%s\\n" "${r[@]}"; done'
-    out = subprocess.run(["bash", "-c", f"REHEARSE={int(rehearse)}\n{block}{show}"], capture_output=True,
-                         text=True, check=True).stdout  # fmt: skip
+    out = subprocess.run(["bash", "-c", f"REHEARSE={int(rehearse)} DATA={data}\n{block}{show}"],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
     arrays: dict[str, list[str]] = {}
     for line in out.splitlines():
         if line.startswith("== "):
@@ -180,12 +181,14 @@ def script_arrays(rehearse: bool) -> dict[str, list[str]]:
 
 
 @pytest.mark.parametrize("rehearse", [False, True], ids=["gpu", "rehearsal"])
-def test_every_bench_command_of_the_script_parses(rehearse):
+def test_every_bench_command_of_the_script_parses(rehearse, tmp_path):
     """Each bench call of the run, with the arguments it gets on the GPU: an option renamed in the bench
     and not in the script would otherwise cost the one GPU call an argparse error."""
     from bench import profile, step_profile
 
-    arrays = script_arrays(rehearse)
+    (tmp_path / "imdb").mkdir()
+    (tmp_path / "imdb" / "train.csv").write_text("text,label\na film,1\n")
+    arrays = script_arrays(rehearse, tmp_path / "imdb")
     assert arrays["src"] and arrays["timing"] and arrays["profile"]
     calls = re.findall(r'"\$\{BENCH\[@\]\}"([^\n]*)', SCRIPT)
     assert len(calls) >= 5
@@ -196,3 +199,5 @@ def test_every_bench_command_of_the_script_parses(rehearse):
     step_profile.parse([*rest.split(), *arrays["src"], *arrays["profile"], "--out", "o"])
     if not rehearse:
         assert arrays["src"][arrays["src"].index("--examples") + 1] == "6000"
+        assert arrays["src"][arrays["src"].index("--data") + 1] == str(tmp_path / "imdb")
+        assert '--data "${DATA:-.device/data/imdb}"' in SCRIPT  # the folder prepare_device.sh fills
