@@ -40,6 +40,10 @@ class DataError(ValueError):
     """A data source that cannot be used as given; the message names the file and rows."""
 
 
+class MissingColumn(DataError):
+    """A table whose header lacks a column asked for (the caller may name the option that chooses it)."""
+
+
 @dataclass(frozen=True)
 class BadRow:
     """One record that cannot be used. `row` is 1-based: a line of a text file, or a row of a table."""
@@ -206,7 +210,7 @@ def _csv_records(path: Path, text: str, columns) -> Records:
                     f"{path}: the header is one column, {names[0]!r}: the file looks separated by {other!r}, "
                     "and a .csv file's fields are separated by commas"
                 )
-            raise DataError(
+            raise MissingColumn(
                 f"{path}: no {' or '.join(map(repr, missing))} column (found: {', '.join(names)})"
             )
         start = reader.line_num + 1

@@ -18,7 +18,15 @@ from pathlib import Path
 import datasets
 from datasets import Dataset
 
-from flant5_imdb.data.reader import BadRow, DataError, RawSplit, file_format, file_kind, read_table
+from flant5_imdb.data.reader import (
+    BadRow,
+    DataError,
+    MissingColumn,
+    RawSplit,
+    file_format,
+    file_kind,
+    read_table,
+)
 from flant5_imdb.data.synthetic import make_synthetic
 
 SPLITS = ("train", "test", "validation")
@@ -230,8 +238,8 @@ def _read_table(path: Path, columns: Columns) -> RawSplit:
     is bad; here values stay what the file holds and every bad record is named by its line."""
     try:
         return read_table(path, columns.text, columns.label)
-    except DataError as e:
-        if " column (found: " in str(e) and (columns.text, columns.label) == ("text", "label"):
+    except MissingColumn as e:
+        if (columns.text, columns.label) == ("text", "label"):
             raise DataError(f"{e}; name yours with --text-column / --label-column") from None
         raise
 
