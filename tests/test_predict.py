@@ -184,6 +184,9 @@ def test_a_record_holding_a_unicode_line_separator_stays_one_record(tmp_path):
     assert read_texts(None, "\n".join(texts).encode()) == (texts, [])
     (tmp_path / "mac.txt").write_bytes(b"first text\rsecond text\r")  # old Mac line ends: CR alone
     assert read_texts(str(tmp_path / "mac.txt")) == (["first text", "second text"], [])
+    (tmp_path / "mac.txt").write_bytes(b"first text\rsecond text\r\xff third\r")  # its lines counted alike
+    with pytest.raises(DataError, match=r"mac\.txt line 3: not UTF-8 \(byte 0xff at offset 23\)"):
+        read_texts(str(tmp_path / "mac.txt"))
 
 
 def test_undecodable_input_is_named_not_a_traceback(final, capsys):

@@ -34,6 +34,7 @@ from datasets import Dataset
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "json", ".txt": "txt", ".parquet": "parquet"}
 GZIP_MAGIC = b"\x1f\x8b"
 STDIN = "<stdin>"
+LINE_END = r"\r\n|\r|\n"  # as Python's text files and the csv module end a line
 
 
 class DataError(ValueError):
@@ -168,7 +169,7 @@ def decode(raw: bytes, where: str) -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
+        line = len(re.split(LINE_END.encode(), raw[: e.start]))  # counted as `lines_of` splits
         raise DataError(
             f"{where} line {line}: not UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start}); "
             + ("give UTF-8 text" if where == STDIN else "save the file as UTF-8")
@@ -179,7 +180,7 @@ def lines_of(text: str) -> list[str]:
     """The lines of a text file, ended by LF, CRLF or CR only, as Python's text files and the csv module
     end them: `str.splitlines` would also split at characters a text or a JSON string may hold (U+2028,
     U+0085, a form feed), cutting one record in two."""
-    return re.split(r"\r\n|\r|\n", text)
+    return re.split(LINE_END, text)
 
 
 Records = Iterator[tuple[int, "dict | str"]]  # (where a record starts, the record or why it is none)
