@@ -2,7 +2,8 @@
 
     source.py    `--data` parsed once into a `Source` (Hub id, files, a folder, aclImdb/, synthetic)
                  and read into raw splits
-    reader.py    csv / jsonl / json / txt files, with a line-level error for every bad record
+    reader.py    csv / jsonl / json / txt files (and parquet texts to classify), read as a stream, with a
+                 line-level error for every bad record
     labels.py    label values' canonical text, label spaces, verbalizers
     labelled.py  validation (bad rows, label space, warnings about it) and the hold-out
     encode.py    prompt, target ids, tokenization, `Collator`
@@ -16,12 +17,22 @@ from flant5_imdb.data.encode import PROMPTS, Collator, prompt_template, subset, 
 from flant5_imdb.data.labelled import Labelled, class_counts, hold_out, load_labelled, write_skipped
 from flant5_imdb.data.labels import IMDB, LabelSpace, infer_labels, parse_label_names, verbalize
 from flant5_imdb.data.prepare import DataSpec, Prepared, check_splits, prepare
-from flant5_imdb.data.reader import BadRow, DataError, read_texts, text_problem
+from flant5_imdb.data.reader import (
+    TEXT_FORMATS,
+    BadRow,
+    DataError,
+    check_text_file,
+    check_texts,
+    read_texts,
+    text_problem,
+    texts_to_predict,
+)
 from flant5_imdb.data.source import SPLITS, Columns, Source, looks_like_path, parse_source
 
 __all__ = [
-    "IMDB", "PROMPTS", "SPLITS", "BadRow", "Collator", "Columns", "DataError", "DataSpec", "LabelSpace",
-    "Labelled", "Prepared", "Source", "check_splits", "class_counts", "hold_out", "infer_labels",
-    "load_labelled", "looks_like_path", "parse_label_names", "parse_source", "prepare", "prompt_template",
-    "read_texts", "subset", "target_ids", "text_problem", "tokenize", "verbalize", "write_skipped",
+    "IMDB", "PROMPTS", "SPLITS", "TEXT_FORMATS", "BadRow", "Collator", "Columns", "DataError", "DataSpec",
+    "LabelSpace", "Labelled", "Prepared", "Source", "check_splits", "check_text_file", "check_texts",
+    "class_counts", "hold_out", "infer_labels", "load_labelled", "looks_like_path", "parse_label_names",
+    "parse_source", "prepare", "prompt_template", "read_texts", "subset", "target_ids", "text_problem",
+    "texts_to_predict", "tokenize", "verbalize", "write_skipped",
 ]  # fmt: skip

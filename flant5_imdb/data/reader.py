@@ -19,15 +19,19 @@ taken (invalid JSON, not an object, a repeated field, the wrong number of CSV fi
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import io
+import itertools
 import json
 import re
 import sys
-from collections.abc import Iterator
+import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from datasets import Dataset
 
@@ -113,106 +117,202 @@ def read_table(path: str | Path, text_column: str, label_column: str | None = No
             a column (a CSV's header; a JSON record without one is a bad row).
     """
     path = Path(path)
-    if path.is_dir():
-        raise DataError(f"{path}: a folder, not a file; name a .csv, .jsonl, .json or .txt file in it")
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    kind = file_kind(path, ("csv", "jsonl", "json", "txt"), "use .csv, .jsonl, .json or .txt")
-    text = read_utf8(path)
-    if not text.strip():
-        raise DataError(f"{path}: empty file")
+    kind = _checked_file(path, ("csv", "jsonl", "json", "txt"), "use .csv, .jsonl, .json or .txt")
+    if kind == "txt" and label_column is not None:
+        raise DataError(
+            f"{path}: a .txt file holds texts only, one a line; labelled data needs .csv, .jsonl or .parquet"
+        )
     columns = (text_column,) if label_column is None else (text_column, label_column)
-    table = RawSplit([], [], str(path), places=[], unit="line")
-    if kind == "txt":
-        if label_column is not None:
-            raise DataError(
-                f"{path}: a .txt file holds texts only, one a line; labelled data needs .csv, .jsonl or "
-                ".parquet"
-            )
-        records = ((n, {columns[0]: t}) for n, t in enumerate(lines_of(text), start=1) if t.strip())
-    elif kind == "csv":
-        records = _csv_records(path, text, columns)
-    elif kind == "json" and text.lstrip().startswith("["):
-        table.unit, records = "row", _json_array(path, text)
-    else:
-        records = _json_lines(text)
-    for number, record in records:
-        problem = record if isinstance(record, str) else _record_problem(record, columns, table.unit)
-        if problem:
-            table.bad.append(BadRow(str(path), number, problem, table.unit))
-            continue
-        table.texts.append(record[text_column])
-        if label_column is not None:
-            table.labels.append(record[label_column])
-        table.places.append(number)
+    with open(path, "rb") as raw:
+        unit, records = table_records(raw, str(path), kind, columns)
+        table = RawSplit([], [], str(path), places=[], unit=unit)
+        for number, record in records:
+            problem = record if isinstance(record, str) else _record_problem(record, columns, unit)
+            if problem:
+                table.bad.append(BadRow(str(path), number, problem, unit))
+                continue
+            table.texts.append(record[text_column])
+            if label_column is not None:
+                table.labels.append(record[label_column])
+            table.places.append(number)
     if not table.places and not table.bad:
         raise DataError(f"{path}: no records" + (" (only a header)" if kind == "csv" else ""))
     return table
 
 
-def read_utf8(path: Path) -> str:
-    """The file's text: gunzipped if it is gzip, decoded as UTF-8 (a byte-order mark dropped).
+def _checked_file(path: Path, allowed: tuple[str, ...], use: str) -> str:
+    """`path`'s format, once it is known to be a file of one of the `allowed` formats."""
+    if path.is_dir():
+        names = ", ".join(f".{k}" for k in allowed[:-1]) + f" or .{allowed[-1]}"
+        raise DataError(f"{path}: a folder, not a file; name a {names} file in it")
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    return file_kind(path, allowed, use)
+
+
+def table_records(raw: BinaryIO, where: str, kind: str, columns) -> tuple[str, Records]:
+    """(the unit a record's place is counted in, the records of `raw` one at a time, as they are read).
+
+    `raw` holds a csv / jsonl / json / txt file's bytes (gzipped or not); `where` names it in errors.
+    Only the record in hand and a block of bytes are held: a file of any size reads in bounded memory.
+
+    Raises (as the records are read):
+        DataError: the file is empty, only a header, not UTF-8 or a damaged gzip file, a CSV header
+            lacks a column (`MissingColumn`), or a JSON array is malformed.
+    """
+    blocks = decoded_blocks(raw, where)
+    if kind == "txt":
+        return "line", _txt_records(where, blocks, columns[0])
+    if kind == "csv":
+        return "line", _csv_records(where, blocks, columns)
+    if kind == "json":
+        first, blocks = _first_character(blocks)
+        if first == "[":
+            return "row", _json_array(where, blocks)
+        if first is None:
+            return "line", _empty(where)
+    return "line", _json_lines(where, blocks)
+
+
+BLOCK = 1 << 20  # bytes read at a time
+BOM = b"\xef\xbb\xbf"
+
+
+def decoded_blocks(raw: BinaryIO, where: str) -> Iterator[str]:
+    """`raw`'s bytes as UTF-8 text, a block at a time: gunzipped if they are gzip (whatever the name), a
+    byte-order mark dropped, a character split between two blocks kept whole.
 
     Raises:
-        DataError: not UTF-8 (naming the line and byte offset), or a damaged gzip file.
+        DataError: bytes that are not UTF-8 (naming the line, as `lines` counts them, and the byte's
+            offset in the file, or in what gzip gave), or a damaged gzip file.
     """
-    return decode(path.read_bytes(), str(path))
-
-
-def decode(raw: bytes, where: str) -> str:
-    """`raw` (a file's bytes, or stdin's) as `read_utf8` reads a file; errors name `where`."""
-    if raw[:2] == GZIP_MAGIC:
+    if not hasattr(raw, "peek"):
+        raw = io.BufferedReader(raw)
+    gzipped = raw.peek(2)[:2] == GZIP_MAGIC
+    stream = gzip.GzipFile(fileobj=raw) if gzipped else raw
+    offset, carry, ends, ended_cr, first = 0, b"", 0, False, True
+    while True:
         try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as e:
-            raise DataError(f"{where}: a damaged gzip file ({e})") from e
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = len(re.split(LINE_END.encode(), raw[: e.start]))  # counted as `lines_of` splits
-        raise DataError(
-            f"{where} line {line}: not UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start}); "
-            + ("give UTF-8 text" if where == STDIN else "save the file as UTF-8")
-        ) from None
+            block = stream.read(BLOCK)
+        except (OSError, EOFError, zlib.error) as e:
+            raise DataError(f"{where}: a damaged gzip file ({e})") from None
+        data = carry + block
+        if first:
+            if len(data) < len(BOM) and block:
+                carry = data  # too few bytes yet to tell a byte-order mark
+                continue
+            if data.startswith(BOM):
+                data, offset = data[len(BOM) :], len(BOM)
+            first = False
+        try:
+            text, carry = data.decode("utf-8"), b""
+        except UnicodeDecodeError as e:
+            if block and e.end == len(data) and e.reason == "unexpected end of data":
+                text, carry = data[: e.start].decode("utf-8"), data[e.start :]  # the rest comes next block
+            else:
+                before = data[: e.start].decode("utf-8")
+                line = ends + _line_ends(before, ended_cr) + 1
+                byte, at = data[e.start], offset + e.start
+                raise DataError(
+                    f"{where} line {line}: not UTF-8 (byte 0x{byte:02x} at offset {at}); "
+                    + ("give UTF-8 text" if where == STDIN else "save the file as UTF-8")
+                ) from None
+        if text:
+            ends += _line_ends(text, ended_cr)
+            ended_cr = text.endswith("\r")
+            yield text
+        offset += len(data) - len(carry)
+        if not block:
+            return
 
 
-def lines_of(text: str) -> list[str]:
-    """The lines of a text file, ended by LF, CRLF or CR only, as Python's text files and the csv module
-    end them: `str.splitlines` would also split at characters a text or a JSON string may hold (U+2028,
-    U+0085, a form feed), cutting one record in two."""
-    return re.split(LINE_END, text)
+def _line_ends(text: str, after_cr: bool) -> int:
+    """The line ends in `text` (LF, CRLF or CR), where the text before it ended with `after_cr`."""
+    return text.count("\n") + text.count("\r") - text.count("\r\n") - (after_cr and text.startswith("\n"))
+
+
+def lines(blocks: Iterable[str]) -> Iterator[str]:
+    """The lines of decoded text, each with its end (LF, CRLF or CR, as Python's text files and the csv
+    module end them: `str.splitlines` would also split at characters a text or a JSON string may hold,
+    U+2028, U+0085 or a form feed, cutting one record in two). The last line may have no end."""
+    rest = ""
+    for text in blocks:
+        text = rest + text
+        start = 0
+        for m in _LINE_END.finditer(text):
+            if m.end() == len(text) and m.group() == "\r":
+                break  # a CR at the end of a block may be the first half of a CRLF
+            yield text[start : m.end()]
+            start = m.end()
+        rest = text[start:]
+    if rest:
+        yield rest
+
+
+_LINE_END = re.compile(LINE_END)
+
+
+def _without_end(line: str) -> str:
+    return line[:-2] if line.endswith("\r\n") else line[:-1] if line.endswith(("\n", "\r")) else line
 
 
 Records = Iterator[tuple[int, "dict | str"]]  # (where a record starts, the record or why it is none)
 
 
-def _csv_records(path: Path, text: str, columns) -> Records:
+def _empty(where: str) -> Records:
+    raise DataError(f"{where}: empty file")
+    yield  # a generator: the error comes when the records are read
+
+
+def _first_character(blocks: Iterator[str]) -> tuple[str | None, Iterator[str]]:
+    """The first character that is not white space (None: there is none), and the blocks, all of them."""
+    read = []
+    for text in blocks:
+        read.append(text)
+        if text.strip():
+            return text.lstrip()[0], itertools.chain(read, blocks)
+    return None, iter(read)
+
+
+def _txt_records(where: str, blocks: Iterable[str], column: str) -> Records:
+    seen = False
+    for number, line in enumerate(lines(blocks), start=1):
+        text = _without_end(line)
+        if text.strip():
+            seen = True
+            yield number, {column: text}
+    if not seen:
+        raise DataError(f"{where}: empty file")
+
+
+def _csv_records(where: str, blocks: Iterable[str], columns) -> Records:
     limit = csv.field_size_limit()
     csv.field_size_limit(sys.maxsize)  # a text may be longer than the module's 128 KiB default
     try:
-        reader = csv.reader(io.StringIO(text, newline=""))
-        names = [h.strip() for h in next((r for r in reader if any(f.strip() for f in r)), [])]
+        reader = csv.reader(lines(blocks))
+        try:
+            names = [h.strip() for h in next((r for r in reader if any(f.strip() for f in r)), [])]
+        except csv.Error as e:
+            raise DataError(f"{where} line {reader.line_num}: {e}") from None
         if not names:
-            raise DataError(f"{path}: empty file")
+            raise DataError(f"{where}: empty file")
         twice = sorted({n for n in names if n and names.count(n) > 1})
         if twice:
-            where = "; ".join(
+            at = "; ".join(
                 f"{n!r} in columns {', '.join(str(i + 1) for i, m in enumerate(names) if m == n)}"
                 for n in twice
             )
-            raise DataError(
-                f"{path}: the header names a column twice ({where}); give each column its own name"
-            )
+            raise DataError(f"{where}: the header names a column twice ({at}); give each column its own name")
         missing = [c for c in columns if c not in names]
         if missing:
             other = next((d for d in ";\t|" if len(names) == 1 and d in names[0]), None)
             if other:
                 raise DataError(
-                    f"{path}: the header is one column, {names[0]!r}: the file looks separated by {other!r}, "
-                    "and a .csv file's fields are separated by commas"
+                    f"{where}: the header is one column, {names[0]!r}: the file looks separated by "
+                    f"{other!r}, and a .csv file's fields are separated by commas"
                 )
             raise MissingColumn(
-                f"{path}: no {' or '.join(map(repr, missing))} column (found: {', '.join(names)})"
+                f"{where}: no {' or '.join(map(repr, missing))} column (found: {', '.join(names)})"
             )
         start = reader.line_num + 1
         while True:
@@ -221,7 +321,7 @@ def _csv_records(path: Path, text: str, columns) -> Records:
             except StopIteration:
                 return
             except csv.Error as e:
-                raise DataError(f"{path} line {start}: {e}") from None
+                raise DataError(f"{where} line {start}: {e}") from None
             if len(record) > 1 or any(f.strip() for f in record):  # a blank line is no record
                 yield (
                     start,
@@ -237,23 +337,98 @@ def _csv_records(path: Path, text: str, columns) -> Records:
         csv.field_size_limit(limit)
 
 
-def _json_lines(text: str) -> Records:
-    for number, line in enumerate(lines_of(text), start=1):
+def _json_lines(where: str, blocks: Iterable[str]) -> Records:
+    seen = False
+    for number, line in enumerate(lines(blocks), start=1):
+        line = _without_end(line)
         if line.strip():
+            seen = True
             try:
                 yield number, json.loads(line, object_pairs_hook=_Object)
             except json.JSONDecodeError as e:
                 yield number, f"invalid JSON ({e.msg} at column {e.colno})"
+    if not seen:
+        raise DataError(f"{where}: empty file")
 
 
-def _json_array(path: Path, text: str) -> Records:
-    try:
-        records = json.loads(text, object_pairs_hook=_Object)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path} line {e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
-    if not isinstance(records, list):
-        raise DataError(f"{path}: not a JSON array of objects")
-    yield from enumerate(records, start=1)
+NEAR_END = 1024  # characters: a JSON error this close to the end of what is read may be a value cut short
+
+
+def _json_array(where: str, blocks: Iterator[str]) -> Records:
+    """The elements of a JSON array, parsed one at a time as the blocks come (a file of any size, in
+    memory bounded by a block and the element in hand); an error names the line and column of the file."""
+    decoder = json.JSONDecoder(object_pairs_hook=_Object)
+    buf, pos, done = "", 0, False
+    base_line, base_col = 1, 0  # the line of buf[0] and the characters before it on that line
+
+    def more() -> bool:
+        """Drop what is parsed, read a block more; False at the end of the file."""
+        nonlocal buf, pos, done, base_line, base_col
+        if done:
+            return False
+        consumed, buf, pos = buf[:pos], buf[pos:], 0
+        if "\n" in consumed:  # lines counted as json counts them, by LF
+            base_line += consumed.count("\n")
+            base_col = len(consumed) - consumed.rfind("\n") - 1
+        else:
+            base_col += len(consumed)
+        text = next(blocks, None)
+        if text is None:
+            done = True
+            return False
+        buf += text
+        return True
+
+    def fail(msg: str, at: int):
+        e = json.JSONDecodeError(msg, buf, at)
+        line = base_line + e.lineno - 1
+        col = e.colno + (base_col if e.lineno == 1 else 0)
+        raise DataError(f"{where} line {line}: invalid JSON ({msg} at column {col})")
+
+    def skip_space() -> str | None:
+        nonlocal pos
+        while True:
+            while pos < len(buf) and buf[pos] in " \t\n\r":
+                pos += 1
+            if pos < len(buf):
+                return buf[pos]
+            if not more():
+                return None
+
+    skip_space()
+    pos += 1  # the "[" that made this an array
+    number = 0
+    while True:
+        c = skip_space()
+        if c == "]" and number == 0:
+            pos += 1
+            break
+        while True:
+            try:
+                value, end = decoder.raw_decode(buf, pos)
+            except json.JSONDecodeError as e:
+                cut_short = e.msg.startswith("Unterminated string") or e.pos >= len(buf) - NEAR_END
+                if cut_short and not done:
+                    more()  # and parse again: at the end of the file, the error is the file's
+                    continue
+                fail(e.msg, e.pos)
+            if end == len(buf) and not done:
+                more()  # a number or a word may go on in the next block
+                continue
+            break
+        number += 1
+        pos = end
+        yield number, value
+        c = skip_space()
+        if c == ",":
+            pos += 1
+        elif c == "]":
+            pos += 1
+            break
+        else:
+            fail("Expecting ',' delimiter", pos)
+    if skip_space() is not None:
+        fail("Extra data", pos)
 
 
 def _record_problem(record, columns, unit: str) -> str | None:
@@ -299,33 +474,100 @@ def text_problem(value) -> str | None:
     return f"the text is a {type(value).__name__}, not a string"
 
 
-def read_texts(path: str | None, stdin: bytes = b"", *, skip_bad_rows: bool = False,
-               text_column: str = "text") -> tuple[list[str], list[BadRow]]:  # fmt: skip
-    """Texts to classify from a file (.txt one a line, .csv / .jsonl / .json with a `text_column`, any of
-    them gzipped) or from `stdin`'s bytes (one a line, read as a .txt file is); blank lines are passed
-    over. Returns (texts, records skipped). Everything is read and checked first, so a bad input
-    produces no output.
+TEXT_FORMATS = ("txt", "csv", "jsonl", "json", "parquet")  # what texts to classify may be read from
+
+
+def check_text_file(path: str | Path) -> str:
+    """The format of a file of texts to classify, once it is known to be one (before anything is read).
 
     Raises:
-        DataError: naming the file and line of the first problem (unless `skip_bad_rows`, for records
-            that are no usable text).
+        DataError: a folder, a missing file, or a format not in TEXT_FORMATS.
+    """
+    return _checked_file(Path(path), TEXT_FORMATS, "use .txt, .csv, .jsonl, .json or .parquet")
+
+
+def texts_to_predict(path: str | Path | None, *, text_column: str = "text",
+                     stdin: BinaryIO | None = None) -> Iterator[str | BadRow]:  # fmt: skip
+    """Each record of a file of texts (`TEXT_FORMATS`, gzipped or not) or of `stdin` (one text a line, read
+    as a .txt file is), in order, as it is read: its text, or a `BadRow` saying why it is none. Blank
+    lines are no records. Memory is bounded by a block and the record in hand, whatever the file's size.
+
+    Raises (as the records are read):
+        DataError: the file cannot be read (see `table_records`), or has no `text_column`.
     """
     if path is None:
-        where, unit, bad = STDIN, "line", []
-        numbered = [(n, t) for n, t in enumerate(lines_of(decode(stdin, STDIN)), start=1) if t.strip()]
+        where, kind = STDIN, "txt"
+        opened = contextlib.nullcontext(stdin if stdin is not None else sys.stdin.buffer)
     else:
-        table = read_table(path, text_column)
-        where, unit, bad = table.where, table.unit, list(table.bad)
-        numbered = list(zip(table.places, table.texts, strict=True))
-    texts = []
-    for number, text in numbered:
-        problem = text_problem(text)
-        if problem:
-            bad.append(BadRow(where, number, problem, unit))
-        else:
-            texts.append(text)
-    bad.sort(key=lambda r: r.row or 0)
+        where, kind = str(path), check_text_file(path)
+        opened = open(path, "rb")  # noqa: SIM115 - closed by the with below
+    with opened as raw:
+        try:
+            if kind == "parquet":
+                unit, records = "row", _parquet_records(Path(path), text_column)
+            else:
+                unit, records = table_records(raw, where, kind, (text_column,))
+            for number, record in records:
+                problem = record if isinstance(record, str) else _record_problem(record, (text_column,), unit)
+                text = None if problem else record[text_column]
+                problem = problem or text_problem(text)
+                yield BadRow(where, number, problem, unit) if problem else text
+        except MissingColumn as e:
+            raise MissingColumn(f"{e}; name yours with --text-column") from None
+
+
+def _parquet_records(path: Path, column: str) -> Records:
+    """A parquet file's `column`, a batch of rows at a time (pyarrow; rows counted from 1)."""
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.ParquetFile(path)
+        names = table.schema_arrow.names
+    except Exception as e:
+        why = f"{type(e).__name__}: {str(e).strip()[:200]}"
+        raise DataError(f"{path}: cannot be read as parquet ({why})") from None
+    if column not in names:
+        raise MissingColumn(f"{path}: no {column!r} column (found: {', '.join(names)})")
+    number = 0
+    for batch in table.iter_batches(batch_size=4096, columns=[column]):
+        for value in batch.column(0).to_pylist():
+            number += 1
+            yield number, {column: value}
+
+
+def check_texts(records: Iterable[str | BadRow], *, skip_bad_rows: bool = False,
+                on_skip=None) -> int:  # fmt: skip
+    """The number of usable texts in `records` (from `texts_to_predict`), every record read; with
+    `skip_bad_rows`, `on_skip(bad_row)` for each that is none.
+
+    Raises:
+        DataError: naming the first record that is no usable text, and how many more there are
+            (unless `skip_bad_rows`).
+    """
+    usable, first, bad = 0, None, 0
+    for record in records:
+        if isinstance(record, str):
+            usable += 1
+            continue
+        bad += 1
+        first = first or record
+        if skip_bad_rows and on_skip is not None:
+            on_skip(record)
     if bad and not skip_bad_rows:
-        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        raise DataError(f"{bad[0]}{more}; pass --skip-bad-rows to leave such records out")
-    return texts, bad
+        more = f" (and {bad - 1} more)" if bad > 1 else ""
+        raise DataError(f"{first}{more}; pass --skip-bad-rows to leave such records out")
+    return usable
+
+
+def read_texts(path: str | None, stdin: bytes = b"", *, skip_bad_rows: bool = False,
+               text_column: str = "text") -> tuple[list[str], list[BadRow]]:  # fmt: skip
+    """All the texts of a file or of `stdin`'s bytes (see `texts_to_predict`) as a list, checked first:
+    (texts, records skipped). For inputs that fit in memory; `texts_to_predict` streams.
+
+    Raises:
+        DataError: naming the first record that is no usable text (unless `skip_bad_rows`).
+    """
+    records = list(texts_to_predict(path, text_column=text_column, stdin=io.BytesIO(stdin)))
+    skipped: list[BadRow] = []
+    check_texts(records, skip_bad_rows=skip_bad_rows, on_skip=skipped.append)
+    return [r for r in records if isinstance(r, str)], skipped
