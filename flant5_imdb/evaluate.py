@@ -40,10 +40,19 @@ from flant5_imdb.modeling import load_trained, source_mask
 logger = logging.getLogger(__name__)
 
 
-def _batches(ds: Dataset, batch_size: int, rank: int = 0, world: int = 1) -> list[list[int]]:
-    """This rank's share of the rows, longest first (padding is then small and memory peaks early)."""
-    order = np.argsort(-np.asarray(ds["length"]), kind="stable")[rank::world]
-    return [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+CHUNK = 4096  # examples (or texts) in hand at a time: sorted by length, dealt out, gathered, written
+
+
+def deal(lengths, batch_size: int, state) -> list[list[int]]:
+    """This process's batches of a chunk: its positions sorted longest first (little padding; within a
+    chunk, memory peaks early), cut into batches, and the batches dealt to the processes in turn
+    (accelerate's split over that order). The batches are the same whatever the number of
+    processes, so many processes compute, bit for bit, what one does."""
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    batches = [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+    dealt = [b for rank in range(state.num_processes) for b in batches[rank :: state.num_processes]]
+    with state.split_between_processes(dealt) as mine:
+        return list(mine)
 
 
 @torch.no_grad()
@@ -78,26 +87,40 @@ def score_batch(model, batch: dict[str, torch.Tensor], targets: list[list[int]])
     return whole_target_scores(model, enc.last_hidden_state, mask, targets), loss_sum, n_tokens
 
 
+SCORE_BYTES = 1 << 28  # the most one decoder pass over (example, class) rows may hold: 256 MiB
+
+
 def whole_target_scores(
     model, hidden: torch.Tensor, mask: torch.Tensor, targets: list[list[int]]
 ) -> torch.Tensor:
-    """[B, N]: the summed log-probability of each of the N targets (any lengths), in one decoder pass.
+    """[B, N]: the summed log-probability of each of the N targets (any lengths), in as few decoder passes
+    as memory allows.
 
-    Row b * N + n of the pass is example b with target n, under example b's encoder output.
+    Row b * N + n is example b with target n, under example b's encoder output. The rows go through
+    the decoder in slices sized so that a slice's copies of the encoder output and its logits stay
+    within SCORE_BYTES: 2 classes or 10,000, the memory is that of one slice.
     """
     batch, n = hidden.shape[0], len(targets)
     width = max(len(t) for t in targets)
     table = torch.full((n, width), -100, dtype=torch.long, device=hidden.device)
     for i, t in enumerate(targets):
         table[i, : len(t)] = torch.tensor(t, device=hidden.device)
-    labels = table.repeat(batch, 1)
-    logits = model(
-        encoder_outputs=BaseModelOutput(last_hidden_state=hidden.repeat_interleave(n, dim=0)),
-        attention_mask=mask.repeat_interleave(n, dim=0),
-        decoder_input_ids=model.prepare_decoder_input_ids_from_labels(labels),
-    ).logits.float()
-    token_logp = F.log_softmax(logits, dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return token_logp.masked_fill(labels == -100, 0.0).sum(-1).reshape(batch, n)
+    # Per row: the encoder output it is given, and its logits with their log-softmax (float32).
+    row_bytes = hidden[0].numel() * 4 * 2 + width * model.config.vocab_size * 4 * 3
+    per_pass = max(1, SCORE_BYTES // row_bytes)
+    out = torch.empty(batch * n, device=hidden.device)
+    for start in range(0, batch * n, per_pass):
+        rows = torch.arange(start, min(start + per_pass, batch * n), device=hidden.device)
+        example, labels = rows // n, table[rows % n]
+        logits = model(
+            encoder_outputs=BaseModelOutput(last_hidden_state=hidden[example]),
+            attention_mask=mask[example],
+            decoder_input_ids=model.prepare_decoder_input_ids_from_labels(labels),
+        ).logits.float()
+        token_logp = F.log_softmax(logits, dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        out[rows] = token_logp.masked_fill(labels == -100, 0.0).sum(-1)
+        del logits, token_logp
+    return out.reshape(batch, n)
 
 
 @torch.no_grad()
@@ -128,54 +151,90 @@ def evaluate(
     tokenizer=None,
     collator: Collator | None = None,
     names: tuple[str, ...] = IMDB.names,
+    predictions: Path | None = None,
 ) -> dict:
-    """Evaluate on `ds` (tokenized, with `label` and `id`), sharded over the processes.
+    """Evaluate on `ds` (tokenized, with `label` and `id`), sharded over the processes, CHUNK rows at a
+    time: the metrics are counted as the chunks come and nothing grows with the number of rows.
 
-    Returns the metrics (see `metrics`) plus `predictions` (id, label, pred, and `probs`, the
-    probability of each class by name, or beyond 30 classes `top_probs`, the 10 most probable),
-    `eval_seconds` and `examples_per_s`. Every process returns the same dict.
+    `predictions`: a JSON-lines file the main process writes as it goes, one row per example in the
+    order of `ds` (`prediction_row`), under a temporary name until the last row is in. Returns the
+    metrics (see `metrics`) plus `eval_seconds` and `examples_per_s`. Every process returns the same.
     """
     collator = collator or Collator()
     unwrapped = accelerator.unwrap_model(model)
     was_training = unwrapped.training
     unwrapped.eval()
     start = time.perf_counter()
-    rows, loss_sum, n_tok = [], 0.0, 0
-    batches = _batches(ds, batch_size, accelerator.process_index, accelerator.num_processes)
-    for idx in tqdm(
-        batches, desc=f"eval ({mode})", disable=not accelerator.is_local_main_process, leave=False
-    ):
-        ex = ds[idx]
-        batch = collator.from_columns(ex)
-        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-        with accelerator.autocast():
-            if mode == "score":
-                scores, ls, nt = score_batch(unwrapped, batch, targets)
-                pred = scores.argmax(-1).cpu()
-                probs = torch.softmax(scores, -1).cpu()
-                loss_sum, n_tok = loss_sum + ls.item(), n_tok + int(nt)
-            else:  # greedy decoding gives no distribution: all of it on what was written
-                pred = generate_batch(unwrapped, batch, targets, tokenizer)
-                probs = F.one_hot(pred.clamp(min=0), len(targets)).float() * (pred >= 0).float()[:, None]
-        rows += [
-            prediction_row(int(i), int(y), int(p), q, names)
-            for i, y, p, q in zip(ex["id"], ex["label"], pred.tolist(), probs.tolist(), strict=True)
-        ]
-    rows = sorted(gather_object(rows), key=lambda r: r["id"])
+    counts, loss_sum, n_tok = Counter(), 0.0, 0
+    out = _Lines(predictions) if predictions is not None and accelerator.is_main_process else None
+    try:
+        with tqdm(total=len(ds), desc=f"eval ({mode})", unit="ex", leave=False,
+                  disable=not accelerator.is_local_main_process) as bar:  # fmt: skip
+            for first in range(0, len(ds), CHUNK):
+                chunk = ds[first : first + CHUNK]
+                mine = []
+                for idx in deal(chunk["length"], batch_size, accelerator):
+                    rows = {k: [chunk[k][i] for i in idx] for k in ("input_ids", "labels")}
+                    batch = {k: v.to(accelerator.device) for k, v in collator.from_columns(rows).items()}
+                    with accelerator.autocast():
+                        if mode == "score":
+                            scores, ls, nt = score_batch(unwrapped, batch, targets)
+                            pred = scores.argmax(-1).cpu()
+                            probs = torch.softmax(scores.float(), -1).cpu()
+                            loss_sum, n_tok = loss_sum + ls.item(), n_tok + int(nt)
+                        else:  # greedy decoding gives no distribution: all of it on what was written
+                            pred = generate_batch(unwrapped, batch, targets, tokenizer)
+                            probs = F.one_hot(pred.clamp(min=0), len(targets)).float()
+                            probs *= (pred >= 0).float()[:, None]
+                    mine += [
+                        (i, prediction_row(int(chunk["id"][i]), int(chunk["label"][i]), p, q, names))
+                        for i, p, q in zip(idx, pred.tolist(), probs.tolist(), strict=True)
+                    ]
+                rows = [row for _, row in sorted(gather_object(mine), key=lambda r: r[0])]
+                counts.update((r["label"], r["pred"]) for r in rows)
+                if out is not None:
+                    out.write(rows)
+                bar.update(len(rows))
+        if out is not None:
+            out.close()
+    finally:
+        if out is not None:
+            out.discard()  # a no-op once closed
     seconds = time.perf_counter() - start
     losses = gather_object([(loss_sum, n_tok)])
     total_tok = sum(n for _, n in losses)
-    result = metrics([r["label"] for r in rows], [r["pred"] for r in rows], names)
+    result = metrics_from_counts(counts, names)
     result.update(
         mode=mode,
         eval_loss=sum(s for s, _ in losses) / total_tok if total_tok else None,
         eval_seconds=seconds,
-        examples_per_s=len(rows) / seconds,
-        predictions=rows,
+        examples_per_s=result["n"] / seconds,
     )
     if was_training:
         unwrapped.train()
     return result
+
+
+class _Lines:
+    """A JSON-lines file written as it goes under `NAME.partial`, renamed to NAME once complete: a file
+    under its own name is never half-written."""
+
+    def __init__(self, path: Path):
+        self.path, self.partial = Path(path), Path(f"{path}.partial")
+        self.file = open(self.partial, "w")  # noqa: SIM115 - closed by close() or discard()
+
+    def write(self, rows: list[dict]) -> None:
+        self.file.write("".join(json.dumps(r) + "\n" for r in rows))
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+        self.partial.replace(self.path)
+
+    def discard(self) -> None:
+        if not self.file.closed:
+            self.file.close()
+            self.partial.unlink(missing_ok=True)
 
 
 TOP_PROBS = 10  # with more than MAX_MATRIX_CLASSES classes, a prediction row keeps the 10 most probable
@@ -198,9 +257,17 @@ MAX_MATRIX_CLASSES = 30
 
 
 def metrics(y_true: list[int], y_pred: list[int], names: tuple[str, ...] = IMDB.names) -> dict:
-    """Accuracy, macro-F1 (the baseline's "F1"), per-class report and confusion counts; -1
-    predictions (generated text that is no class's target) count as wrong.
+    """The metrics of `metrics_from_counts` from the labels and predictions themselves."""
+    return metrics_from_counts(Counter(zip(y_true, y_pred, strict=True)), names)
 
+
+def metrics_from_counts(counts: Counter, names: tuple[str, ...] = IMDB.names) -> dict:
+    """Accuracy, macro-F1 (the baseline's "F1"), per-class report and confusion counts, from how many
+    examples of each true class got each prediction (`counts[true, predicted]`): what an evaluation of
+    any size keeps. A prediction of -1 (generated text that is no class's target) counts as wrong.
+
+    The values are scikit-learn's, given each (true, predicted) pair once with its count as the sample
+    weight: integer weights sum exactly, so they equal what the examples one by one would give.
     Per-class scores and macro-F1 are over the classes present: in the true labels or in the
     predictions. A class of the model that the evaluation data never holds (and the model never
     predicts) has no F1 to average: it is named in `classes_not_in_data`, not counted as 0.
@@ -208,29 +275,37 @@ def metrics(y_true: list[int], y_pred: list[int], names: tuple[str, ...] = IMDB.
     and `confusion_counts` ([true, predicted, count] for every nonzero cell) and `top_confusions`
     say the same in a size that grows with the examples, not with N squared.
     """
+    pairs = sorted(counts.items())
+    y_true, y_pred, weight = [t for (t, _), _ in pairs], [p for (_, p), _ in pairs], [n for _, n in pairs]
     in_data = set(y_true)
     present = sorted(in_data | {p for p in y_pred if p >= 0})
-    counts = Counter((t, p) for t, p in zip(y_true, y_pred, strict=True) if p >= 0)
+    cells = {(t, p): n for (t, p), n in pairs if p >= 0}
     confusions = sorted(
-        ((n, t, p) for (t, p), n in counts.items() if t != p), key=lambda c: (-c[0], c[1], c[2])
+        ((n, t, p) for (t, p), n in cells.items() if t != p), key=lambda c: (-c[0], c[1], c[2])
     )
     matrix = None
-    if len(names) <= MAX_MATRIX_CLASSES:  # from the same counts: a -1 prediction is in no cell
-        matrix = [[counts[t, p] for p in range(len(names))] for t in range(len(names))]
+    if len(names) <= MAX_MATRIX_CLASSES:  # a -1 prediction is in no cell
+        matrix = [[cells.get((t, p), 0) for p in range(len(names))] for t in range(len(names))]
+    report = classification_report(
+        y_true, y_pred, labels=present, target_names=[names[i] for i in present], sample_weight=weight,
+        output_dict=True, zero_division=0,
+    )  # fmt: skip
+    for scores in report.values():  # weighted supports come back as floats: they are counts
+        if isinstance(scores, dict) and "support" in scores:
+            scores["support"] = int(scores["support"])
+    n = sum(weight)
     return dict(
         names=list(names),
-        n=len(y_true),
-        accuracy=float(accuracy_score(y_true, y_pred)),
-        macro_f1=float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
-        unparseable=int(sum(p == -1 for p in y_pred)),
+        n=n,
+        accuracy=float(accuracy_score(y_true, y_pred, sample_weight=weight)) if n else 0.0,
+        macro_f1=float(f1_score(y_true, y_pred, labels=present, average="macro", sample_weight=weight,
+                                zero_division=0)) if n else 0.0,
+        unparseable=sum(c for (_, p), c in pairs if p == -1),
         classes_not_in_data=[names[i] for i in range(len(names)) if i not in in_data],
-        report=classification_report(
-            y_true, y_pred, labels=present, target_names=[names[i] for i in present], output_dict=True,
-            zero_division=0,
-        ),
+        report=report,
         confusion_matrix=matrix,
-        confusion_counts=[[t, p, n] for (t, p), n in sorted(counts.items())],
-        top_confusions=[dict(true=names[t], predicted=names[p], count=n) for n, t, p in confusions[:20]],
+        confusion_counts=[[t, p, c] for (t, p), c in sorted(cells.items())],
+        top_confusions=[dict(true=names[t], predicted=names[p], count=c) for c, t, p in confusions[:20]],
     )  # fmt: skip
 
 
@@ -273,16 +348,14 @@ def format_report(result: dict) -> str:
     return "\n".join(lines)
 
 
+REPORT_FILES = ("eval.json", "eval.txt", "eval_predictions.jsonl")
+
+
 def write_report(result: dict, out_dir: Path, name: str = "eval") -> None:
-    """`name.json` (metrics, no per-row predictions), `name.txt` and `name_predictions.jsonl`."""
+    """`name.json` (the metrics) and `name.txt` (the table); `evaluate` writes `name_predictions.jsonl`."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{name}.json").write_text(
-        json.dumps({k: v for k, v in result.items() if k != "predictions"}, indent=2)
-    )
+    (out_dir / f"{name}.json").write_text(json.dumps(result, indent=2))
     (out_dir / f"{name}.txt").write_text(format_report(result) + "\n")
-    with open(out_dir / f"{name}_predictions.jsonl", "w") as f:
-        for row in result["predictions"]:
-            f.write(json.dumps(row) + "\n")
 
 
 def evaluate_saved(
@@ -301,19 +374,28 @@ def evaluate_saved(
     skip_bad_rows: bool = False,
     columns: Columns = Columns(),
     threads: str = "auto",
+    overwrite: bool = False,
 ) -> dict:
     """Evaluate a saved model (final/, a checkpoint, or a Hub id such as google/flan-t5-base zero-shot).
 
     Verbalizer, prompt and truncation default to those the model was trained with. Writes
-    eval.json / eval.txt / eval_predictions.jsonl into `output_dir` if given.
+    eval.json / eval.txt / eval_predictions.jsonl into `output_dir` if given: a folder that holds an
+    evaluation already is refused unless `overwrite`.
 
     Raises:
         DataError: the data or split is unusable.
-        ValueError: the model cannot be loaded.
+        ValueError: the model cannot be loaded, or `output_dir` holds an evaluation.
     """
     for name, value in (("batch_size", batch_size), ("max_samples", max_samples)):
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if output_dir is not None and not overwrite:
+        held = [name for name in REPORT_FILES if (Path(output_dir) / name).exists()]
+        if held:
+            raise ValueError(
+                f"{output_dir} holds an evaluation already ({', '.join(held)}); pass --overwrite to replace "
+                "it, or --output-dir to write elsewhere"
+            )
     spec = DataSpec(data, columns, train_split=None, eval_split=split, eval_flag="--split",
                     skip_bad_rows=skip_bad_rows, max_eval_samples=max_samples, seed=seed)  # fmt: skip
     check_splits(spec)  # before the model is loaded: a split that is not there fails now
@@ -327,6 +409,9 @@ def evaluate_saved(
     accelerator = make_accelerator(precision)
     cpu_threads(threads, sum(p.numel() for p in model.parameters()), accelerator.device)
     model = model.to(accelerator.device)
+    out = Path(output_dir) if output_dir is not None else None
+    if out is not None and accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
     result = evaluate(
         model,
         ds,
@@ -337,6 +422,7 @@ def evaluate_saved(
         tokenizer=tokenizer,
         collator=Collator(tokenizer.pad_token_id),
         names=space.names,
+        predictions=out / "eval_predictions.jsonl" if out is not None else None,
     )
     result.update(
         model=model_path,
@@ -346,7 +432,7 @@ def evaluate_saved(
         prompt=spec.prompt,
         skipped_rows=len(skipped),
     )
-    if output_dir is not None and accelerator.is_main_process:
-        write_report(result, Path(output_dir))
-        write_skipped(skipped, Path(output_dir))
+    if out is not None and accelerator.is_main_process:
+        write_report(result, out)
+        write_skipped(skipped, out)
     return result

@@ -17,6 +17,7 @@ from flant5_imdb.data.source import looks_like_path
 
 TRAIN_HERE = "word-level"  # --tokenizer value that trains a word-level tokenizer on the training texts
 SPECIALS = ["<pad>", "</s>", "<unk>"]
+FEW_WORDS = 100  # target words fed to the trainer with the texts; beyond, added after it
 
 
 def load_tokenizer(name_or_path: str, hint: str = ""):
@@ -33,16 +34,31 @@ def load_tokenizer(name_or_path: str, hint: str = ""):
 def train_word_tokenizer(
     texts: Iterable[str], vocab_size: int = 2000, targets: Iterable[str] = ()
 ) -> PreTrainedTokenizerFast:
-    """A lower-cased word-level tokenizer with T5's special ids; IMDB's and `targets`' words are kept."""
+    """A lower-cased word-level tokenizer with T5's special ids: the most frequent words of `texts`, and
+    every word of IMDB's and `targets`' texts whatever its frequency. The vocabulary grows beyond
+    `vocab_size` where the targets' words would take more than half of it (thousands of classes): the
+    texts keep at least half."""
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    # The verbalizers' words must be ordinary vocabulary (a special token would be stripped when
-    # generated text is decoded), so they are fed in often enough to survive the vocabulary cut.
-    words = {"0", "1", "negative", "positive", *(w for t in targets for w in t.split())}
-    label_line = " ".join(sorted(words))
-    trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=SPECIALS)
-    tok.train_from_iterator(itertools.chain(texts, [label_line] * 10_000), trainer=trainer)
+
+    # The verbalizers' words must be ordinary vocabulary (a special token would be stripped when generated
+    # text is decoded), every one of them, split as the tokenizer splits.
+    def split(text: str) -> list[str]:
+        return [w for w, _ in tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(text))]
+
+    words = sorted({w for t in ("0 1 negative positive", *targets) for w in split(t)})
+    size = max(vocab_size, len(SPECIALS) + len(words) + vocab_size // 2)
+    trainer = trainers.WordLevelTrainer(vocab_size=size, special_tokens=SPECIALS)
+    if len(words) <= FEW_WORDS:  # fed in often enough to come first in the cut (the ids runs have had since)
+        fed = {"0", "1", "negative", "positive", *(w for t in targets for w in t.split())}
+        tok.train_from_iterator(itertools.chain(texts, [" ".join(sorted(fed))] * 10_000), trainer=trainer)
+    else:  # thousands of classes: their words after the texts' most frequent (feeding them is slow)
+        tok.train_from_iterator(texts, trainer=trainer)
+        vocab, taken = tok.get_vocab(), {*SPECIALS, *words}
+        others = [w for w in sorted(vocab, key=vocab.get) if w not in taken]  # by frequency
+        kept = [*SPECIALS, *others[: size - len(SPECIALS) - len(words)], *words]
+        tok.model = models.WordLevel({w: i for i, w in enumerate(kept)}, unk_token="<unk>")
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,

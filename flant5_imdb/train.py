@@ -455,7 +455,8 @@ def maybe_evaluate(job: Job, log: MetricsLog) -> None:
     )
 
 
-def evaluate_now(job: Job) -> dict:
+def evaluate_now(job: Job, predictions: Path | None = None) -> dict:
+    """The evaluation split evaluated now; `predictions`: the file its rows are written to as they come."""
     return evaluate(
         job.model,
         job.data.eval,
@@ -466,6 +467,7 @@ def evaluate_now(job: Job) -> dict:
         tokenizer=job.data.tokenizer,
         collator=Collator(job.data.tokenizer.pad_token_id),
         names=job.data.labels.names,
+        predictions=predictions,
     )
 
 
@@ -493,7 +495,8 @@ def finish(job: Job) -> dict:
     checksums = rank_param_checksums(acc, job.model)
     # Read while the compiled model is alive: the graph tree goes with it.
     graphs, graph_skips = job.step_model.graphs()
-    result = evaluate_now(job) if cfg.final_eval and job.data.eval is not None else None
+    final_eval = cfg.final_eval and job.data.eval is not None
+    result = evaluate_now(job, out / "eval_predictions.jsonl") if final_eval else None
     if cfg.save_model:
         save_final(acc, job.model, out / "final", functools.partial(save_loading_files, job))
     space, targets = job.data.labels, verbalize(cfg.verbalizer, job.data.labels)
@@ -533,7 +536,7 @@ def finish(job: Job) -> dict:
         if job.data.source.kind == "files"
         else None,
         example_text=job.data.example_text,
-        eval={k: v for k, v in result.items() if k != "predictions"} if result else None,
+        eval=result,
         config=cfg.to_dict(),
     )
     if acc.is_main_process:

@@ -44,6 +44,9 @@ def parse(argv: list[str] | None = None):
         default=None,
         help="write eval.json, eval.txt, eval_predictions.jsonl here (default: --model if it is a folder)",
     )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the evaluation --output-dir holds (else refused)"
+    )
     p.add_argument("--threads", default="auto", help=THREADS_HELP)
     return p.parse_args(argv)
 
@@ -67,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             skip_bad_rows=args.skip_bad_rows,
             columns=Columns(args.text_column, args.label_column, args.data_config),
             threads=args.threads,
+            overwrite=args.overwrite,
         )
     except (DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

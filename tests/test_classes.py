@@ -173,3 +173,45 @@ def test_the_example_writer_never_overwrites_a_users_file(tmp_path, capsys):
     assert (folder / "test.csv").read_text() == "text,label\nmine,1\n" and (
         folder / "train.csv"
     ).read_text() == written
+
+
+def test_scoring_many_classes_holds_one_slice_of_rows_at_a_time(monkeypatch):
+    """B x N (example, class) rows go through the decoder in slices that fit SCORE_BYTES: the same scores
+    as one pass, and no pass larger than the budget allows, whatever the number of classes."""
+    import flant5_imdb.evaluate as evaluate
+    from flant5_imdb.modeling import build_model, source_mask
+
+    torch.manual_seed(0)
+    model = build_model("x", model_config="tiny", vocab_size=300).eval()
+    ids, mask = torch.randint(3, 300, (5, 11)), torch.ones(5, 11, dtype=torch.long)
+    targets = [[7, 10 + n % 97, 20 + n // 97, 1] for n in range(400)]  # 400 classes, all starting with 7
+    passes = []
+    model.decoder.register_forward_hook(lambda mod, args, kwargs, out: passes.append(out[0].shape[0]),
+                                        with_kwargs=True)  # fmt: skip
+    with torch.no_grad():
+        m = source_mask(model, mask)
+        hidden = model.get_encoder()(input_ids=ids, attention_mask=m).last_hidden_state
+        whole = evaluate.whole_target_scores(model, hidden, m, targets)
+        assert passes == [5 * 400]
+        row_bytes = hidden[0].numel() * 8 + 4 * model.config.vocab_size * 12
+        monkeypatch.setattr(evaluate, "SCORE_BYTES", 150 * row_bytes)  # 150 rows a pass
+        passes.clear()
+        sliced = evaluate.whole_target_scores(model, hidden, m, targets)
+    assert passes == [150] * 13 + [50]
+    torch.testing.assert_close(sliced, whole, rtol=1e-5, atol=1e-5)
+    assert sliced.argmax(-1).tolist() == whole.argmax(-1).tolist()
+
+
+def test_a_word_tokenizer_keeps_thousands_of_class_names(tmp_path):
+    """Every class's word stays in the vocabulary (beyond the usual 2,000 words where they need it): 3,000
+    classes train and evaluate, each its own target, and the texts keep their words too."""
+    from flant5_imdb.tokenizer import train_word_tokenizer
+
+    names = [f"k{i}" for i in range(3000)]
+    texts = [f"ticket about {n} w{i} w{i + 3000}" for i, n in enumerate(names)]  # 6,000 other words
+    tok = train_word_tokenizer(texts, targets=names)
+    assert len(tok) == 3 + 3004 + 1000  # specials, the classes' and IMDB's words, half the usual for texts
+    assert len({tuple(tok(n).input_ids) for n in names}) == 3000  # before: 2,000 words, most classes unknown
+    assert tok.unk_token_id not in tok("ticket about").input_ids
+    small = train_word_tokenizer([f"w{i}" for i in range(3000)], targets=["negative", "positive"])
+    assert len(small) == 2000  # a few classes: the usual size

@@ -1,3 +1,4 @@
+import json
 import time
 
 import pytest
@@ -22,24 +23,28 @@ def trained(smoke_run):
     return model, tok, test, summary
 
 
-def test_score_and_generate_agree_on_a_trained_model(trained):
+def rows(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_score_and_generate_agree_on_a_trained_model(trained, tmp_path):
     model, tok, test, summary = trained
     acc = Accelerator(cpu=True)
     targets = target_ids(tok, "digits")
     t0 = time.perf_counter()
-    scored = evaluate(model, test, targets=targets, accelerator=acc, mode="score", batch_size=64)
+    scored = evaluate(model, test, targets=targets, accelerator=acc, mode="score", batch_size=64,
+                      predictions=tmp_path / "scored.jsonl")  # fmt: skip
     t1 = time.perf_counter()
-    generated = evaluate(
-        model, test, targets=targets, accelerator=acc, mode="generate", batch_size=64, tokenizer=tok
-    )
+    generated = evaluate(model, test, targets=targets, accelerator=acc, mode="generate", batch_size=64,
+                         tokenizer=tok, predictions=tmp_path / "generated.jsonl")  # fmt: skip
     t2 = time.perf_counter()
     print(
         f"\n{len(test)} reviews: score {t1 - t0:.2f} s, generate {t2 - t1:.2f} s "
         f"({(t2 - t1) / (t1 - t0):.1f}x slower)"
     )
-    agree = sum(
-        a["pred"] == b["pred"] for a, b in zip(scored["predictions"], generated["predictions"], strict=True)
-    )
+    scored_rows, generated_rows = rows(tmp_path / "scored.jsonl"), rows(tmp_path / "generated.jsonl")
+    assert [r["id"] for r in scored_rows] == list(range(len(test)))  # the split's order, every example once
+    agree = sum(a["pred"] == b["pred"] for a, b in zip(scored_rows, generated_rows, strict=True))
     assert agree == len(test)
     assert generated["unparseable"] == 0
     # The same evaluation the training run did at its end.
@@ -67,7 +72,7 @@ def test_score_with_shared_first_token_scores_whole_targets(trained, word_tokeni
         torch.testing.assert_close(scores[:, c], expected, rtol=1e-5, atol=1e-5)
 
 
-def test_generate_counts_unparseable_output_as_wrong(word_tokenizer, synthetic):
+def test_generate_counts_unparseable_output_as_wrong(word_tokenizer, synthetic, tmp_path):
     model = build_model("x", model_config="tiny", vocab_size=len(word_tokenizer))  # untrained: emits anything
     test = tokenize(synthetic, word_tokenizer, target_ids(word_tokenizer, "digits"))["test"].select(range(16))
     r = evaluate(
@@ -77,9 +82,11 @@ def test_generate_counts_unparseable_output_as_wrong(word_tokenizer, synthetic):
         accelerator=Accelerator(cpu=True),
         mode="generate",
         tokenizer=word_tokenizer,
+        predictions=tmp_path / "p.jsonl",
     )
-    assert r["unparseable"] == sum(p["pred"] == -1 for p in r["predictions"]) > 0
-    wrong = sum(p["pred"] != p["label"] for p in r["predictions"])
+    predictions = rows(tmp_path / "p.jsonl")
+    assert r["unparseable"] == sum(p["pred"] == -1 for p in predictions) > 0
+    wrong = sum(p["pred"] != p["label"] for p in predictions)
     assert r["accuracy"] == pytest.approx(1 - wrong / 16)
 
 
@@ -93,3 +100,25 @@ def test_metrics_values():
     assert m["report"]["positive"]["recall"] == pytest.approx(2 / 3)
     text = format_report(m)
     assert "accuracy 0.6000, macro-F1 0.6667" in text and "unparseable 1" in text
+
+
+def test_metrics_from_counts_are_scikit_learns_example_by_example():
+    """Counting (true, predicted) pairs as the chunks come gives the metrics of the examples one by one,
+    bit for bit (integer weights sum exactly), unparseable predictions and absent classes included."""
+    import random
+
+    from sklearn.metrics import accuracy_score, classification_report, f1_score
+
+    rng = random.Random(3)
+    names = ("a", "b", "c", "d")
+    for n in (1, 7, 500):
+        y_true = [rng.choice([0, 1, 2]) for _ in range(n)]  # class d never in the data
+        y_pred = [rng.choice([-1, 0, 1, 1, 2, 3]) for _ in range(n)]
+        m = metrics(y_true, y_pred, names)
+        present = sorted(set(y_true) | {p for p in y_pred if p >= 0})
+        report = classification_report(y_true, y_pred, labels=present, output_dict=True, zero_division=0,
+                                       target_names=[names[i] for i in present])  # fmt: skip
+        assert m["report"] == report and m["accuracy"] == accuracy_score(y_true, y_pred)
+        assert m["macro_f1"] == f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)
+        assert m["unparseable"] == y_pred.count(-1) and m["n"] == n
+        assert all(type(c["support"]) is int for c in m["report"].values() if isinstance(c, dict))

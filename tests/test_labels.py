@@ -291,7 +291,7 @@ def test_a_thousand_classes_evaluate_report_and_plot_in_seconds(tmp_path):
     names = tuple(f"class{i:04d}" for i in range(n))
     started = time.perf_counter()
     result = evaluate(model, ds, targets=[[3 + i, 1] for i in range(n)], accelerator=make_accelerator("fp32"),
-                      names=names)  # fmt: skip
+                      names=names, predictions=tmp_path / "eval_predictions.jsonl")  # fmt: skip
     write_report(result, tmp_path)
     (tmp_path / "metrics.jsonl").write_text(
         json.dumps({"step": 1, "loss": 1.0, "lr": 1e-3, "samples_per_s": 9})
@@ -301,7 +301,8 @@ def test_a_thousand_classes_evaluate_report_and_plot_in_seconds(tmp_path):
     assert took < 20, took
     assert result["n"] == rows and result["confusion_matrix"] is None and len(result["top_confusions"]) == 20
     assert sum(c for _, _, c in result["confusion_counts"]) == rows
-    assert len(result["predictions"][0]["top_probs"]) == 10 and "probs" not in result["predictions"][0]
+    first = json.loads((tmp_path / "eval_predictions.jsonl").read_text().splitlines()[0])
+    assert len(first["top_probs"]) == 10 and "probs" not in first
     for name, most in (
         ("eval.json", 2_000_000),
         ("eval.txt", 200_000),

@@ -26,11 +26,13 @@ def test_evaluate_and_predict_agree_with_the_training_run(final, tmp_path):
     assert result["accuracy"] == summary["eval"]["accuracy"]
     assert result["confusion_matrix"] == summary["eval"]["confusion_matrix"]
     assert json.loads((tmp_path / "eval.json").read_text())["macro_f1"] == summary["eval"]["macro_f1"]
+    rows = [json.loads(line) for line in (tmp_path / "eval_predictions.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == list(range(result["n"]))
 
     texts = load_splits("synthetic:2000")[0]["test"]["text"]
     preds = Classifier(str(model_dir), batch_size=50).predict(texts)
-    assert [p.label for p in preds] == [r["pred"] for r in result["predictions"]]
-    by_id = {r["id"]: r["probs"]["positive"] for r in result["predictions"]}
+    assert [p.label for p in preds] == [r["pred"] for r in rows]
+    by_id = {r["id"]: r["probs"]["positive"] for r in rows}
     assert all(abs(p.probs["positive"] - by_id[i]) < 1e-5 for i, p in enumerate(preds))
 
 
