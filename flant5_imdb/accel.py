@@ -8,7 +8,7 @@ import logging
 import os
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.state import AcceleratorState
 
 logger = logging.getLogger(__name__)
@@ -25,17 +25,24 @@ def make_accelerator(precision: str, **kwargs) -> Accelerator:
       CUDA, so an FSDP config on such a machine runs as gloo DDP, and says so.
     """
     AcceleratorState._reset_state()
-    accelerator = Accelerator(
-        mixed_precision="bf16" if precision == "bf16" else "no",
-        cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
-        **kwargs,
-    )
+    accelerator = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no", cpu=_gloo(), **kwargs)
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and not torch.cuda.is_available():
         logger.warning(
             "FSDP was asked for, but there is no CUDA: running as %s (gloo DDP) instead",
             accelerator.distributed_type,
         )
     return accelerator
+
+
+def _gloo() -> bool:
+    """Whether this is one of several processes on a machine without CUDA (see `make_accelerator`)."""
+    return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def process_state() -> PartialState:
+    """This process's place among those of a launch (or the only one), for work that needs no Accelerator
+    (prediction): its index, their number, its device, accelerate's split and gathers."""
+    return PartialState(cpu=_gloo())
 
 
 SMALL_MODEL = 30_000_000  # parameters: below this, one CPU thread is as fast as several, and never slower

@@ -1,17 +1,15 @@
 """Classify texts with a trained model, into the classes it was trained on.
 
 python scripts/predict.py --model runs/flant5-imdb/final "A wonderful film." "Two hours I will not get back."
-python scripts/predict.py --model runs/flant5-imdb/final --file reviews.csv --jsonl > predictions.jsonl
+python scripts/predict.py --model runs/flant5-imdb --file reviews.csv --output predictions.jsonl
 cat reviews.txt | python scripts/predict.py --model runs/flant5-imdb/final
+accelerate launch --config_file configs/multi_gpu.yaml --num_processes 4 scripts/predict.py \
+    --model runs/imdb --file reviews.parquet --output predictions.parquet
 """
 
-import json
 import sys
 
-from flant5_imdb.config import THREADS_HELP, Parser, positive_int
-from flant5_imdb.data import DataError, read_texts, text_problem
-from flant5_imdb.modeling import model_folder
-from flant5_imdb.predict import Classifier, InputError
+from flant5_imdb.config import THREADS_HELP, Parser, positive_int, speaker
 
 
 def parse(argv: list[str] | None = None):
@@ -20,15 +18,28 @@ def parse(argv: list[str] | None = None):
     p.add_argument("--model", required=True, help="a run's final/ folder, a checkpoint folder, or a Hub id")
     p.add_argument(
         "--file",
-        help=".txt (one text a line), .csv, .jsonl or .json with a 'text' column (any of them .gz)",
+        help=".txt (one text a line), .csv, .jsonl, .json or .parquet with a 'text' column (all but parquet "
+        "may be .gz); read as it goes, of any size",
     )
-    p.add_argument("--jsonl", action="store_true", help="JSON lines instead of a table")
     p.add_argument(
         "--text-column",
         default="text",
-        help="with --file (csv, jsonl): the column of the texts (default: text)",
+        help="with --file (csv, jsonl, json, parquet): the column of the texts (default: text)",
     )
+    p.add_argument(
+        "--output",
+        help="write the predictions to this .csv, .jsonl or .parquet file (default: a table on stdout); a "
+        "stopped job run again with the same --output continues where it stopped",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace --output, or start its stopped job over")
+    p.add_argument("--jsonl", action="store_true", help="on stdout: JSON lines instead of a table")
     p.add_argument("--batch-size", type=positive_int, default=32, help="texts per forward pass (default: 32)")
+    p.add_argument(
+        "--chunk-size",
+        type=positive_int,
+        default=4096,
+        help="texts in hand at a time: sorted by length, predicted, then written (default: 4096)",
+    )
     p.add_argument(
         "--skip-bad-rows",
         action="store_true",
@@ -42,48 +53,25 @@ def parse(argv: list[str] | None = None):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    speaks = speaker()  # under a launch, one process speaks (and writes) for all
+
+    from flant5_imdb.accel import MainFailed
+    from flant5_imdb.predict import Interrupted, PredictJob, run_job
+
     try:
-        if args.texts and args.file:
-            raise InputError("give texts as arguments or --file, not both")
-        if args.texts:
-            texts, skipped = args.texts, []
-            problems = [f"text {i + 1}: {p}" for i, t in enumerate(texts) if (p := text_problem(t))]
-            if problems:
-                raise InputError(problems[0])
-        else:
-            source = b"" if args.file else sys.stdin.buffer.read()
-            texts, skipped = read_texts(
-                args.file, source, skip_bad_rows=args.skip_bad_rows, text_column=args.text_column
-            )
-        for row in skipped:
-            print(f"skipped {row}", file=sys.stderr)
-        if not texts:
-            raise InputError(
-                "no texts given" + (f" (all {len(skipped)} records were skipped)" if skipped else "")
-            )
-        model = model_folder(args.model)  # a run's folder: its final/
-        clf = Classifier(model, verbalizer=args.verbalizer, prompt=args.prompt, batch_size=args.batch_size,
-                         threads=args.threads)  # fmt: skip
-        preds = clf.predict(texts)
-    except (InputError, DataError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        line = run_job(PredictJob(**{**vars(args), "texts": tuple(args.texts)}))
+    except MainFailed:  # the main process failed first and has said why
+        return 1
+    except Interrupted as e:
+        if speaks:
+            print(f"\n{e}", file=sys.stderr)
+        return e.exit_code
+    except ValueError as e:  # the input, an option or the output, said in one line
+        if speaks:
+            print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.jsonl:
-        for text, pred in zip(texts, preds, strict=True):
-            print(
-                json.dumps(
-                    {"text": text, "label": pred.label, "label_name": pred.label_name, "probs": pred.probs}
-                )
-            )
-        return 0
-    # One line per text: its class, that class's probability, and the text on one line, cut at 100 characters.
-    width = max(len("class"), *(len(p.label_name) for p in preds))
-    print(f"{'class':<{width}}  {'prob':>6}  text")
-    for text, pred in zip(texts, preds, strict=True):
-        line = " ".join(text.split())
-        print(
-            f"{pred.label_name:<{width}}  {pred.prob:6.4f}  {line if len(line) <= 100 else line[:97] + '...'}"
-        )
+    if speaks:
+        print(line, file=sys.stderr)
     return 0
 
 

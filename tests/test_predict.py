@@ -89,7 +89,7 @@ def test_every_input_form_gives_the_same_predictions(final, tmp_path, capsys):
     )
     assert predict_main(["--model", str(model_dir), "--file", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == (
-        f"error: {tmp_path}: a folder, not a file; name a .csv, .jsonl, .json or .txt file in it"
+        f"error: {tmp_path}: a folder, not a file; name a .txt, .csv, .jsonl, .json or .parquet file in it"
     )
 
 
@@ -221,3 +221,98 @@ def test_a_verbalizer_or_prompt_other_than_the_models_own_is_warned_about(final,
         "--prompt 'flan': this model was trained with the prompt 'none'; its inputs now differ"
     ]
     assert warnings(verbalizer="digits") == warnings(prompt="none") == warnings() == []
+
+
+def test_an_iterable_is_read_a_chunk_at_a_time_and_answered_in_order(final):
+    """A generator of texts is read `chunk_size` at a time: the first prediction comes after one chunk
+    is read, not the whole input; the predictions are in input order and the same as each text's alone."""
+    texts = [("wonderful superb " if i % 3 else "awful dull boring ") * (1 + i * 7 % 11) + f"film {i}"
+             for i in range(23)]  # fmt: skip
+    clf = Classifier(str(final[0]), chunk_size=5, batch_size=2)
+    pulled = []
+
+    def source():
+        for i, t in enumerate(texts):
+            pulled.append(i)
+            yield t
+
+    stream = clf.predict(source())
+    first = next(stream)
+    assert pulled == [0, 1, 2, 3, 4]
+    preds = [first, *stream]
+    alone = [clf.predict(t) for t in texts]
+    assert [p.label_name for p in preds] == [a.label_name for a in alone]
+    assert all(abs(p.prob - a.prob) < 1e-5 for p, a in zip(preds, alone, strict=True))
+    assert [p.label_name for p in preds] == ["negative" if i % 3 == 0 else "positive" for i in range(23)]
+    with pytest.raises(InputError, match="text 9: empty text"):
+        list(clf.predict(iter([*texts[:8], "  ", "fine"])))
+
+
+def test_texts_in_a_parquet_file_and_its_errors(final, tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    predict_main = load_script("predict").main
+    path = tmp_path / "texts.parquet"
+    pq.write_table(pa.table({"id": [1, 2, 3], "review": ["a wonderful film", None, "awful boring"]}), path)
+    assert predict_main(["--model", str(final[0]), "--file", str(path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {path}: no 'text' column (found: id, review); name yours with --text-column"
+    )
+    assert predict_main(["--model", str(final[0]), "--file", str(path), "--text-column", "review"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {path} row 2: no text (null); pass --skip-bad-rows to leave such records out"
+    )
+    args = ["--model", str(final[0]), "--file", str(path), "--text-column", "review", "--skip-bad-rows"]
+    assert predict_main([*args, "--jsonl"]) == 0
+    out, err = capsys.readouterr()
+    assert [json.loads(line)["label_name"] for line in out.splitlines()] == ["positive", "negative"]
+    assert err.splitlines()[0] == f"skipped {path} row 2: no text (null)"
+    assert err.splitlines()[-1].startswith("2 texts predicted in ")
+
+
+def test_two_processes_write_what_one_does(final, tmp_path):
+    """`accelerate launch` with 2 CPU processes: each predicts its share of every chunk; the main process
+    writes the file one process writes, byte for byte (and evaluate.py its predictions and metrics)."""
+    from tests.conftest import accelerate_launch
+
+    texts = tmp_path / "texts.jsonl"
+    words = ["wonderful", "superb", "awful", "boring", "film", "plot"]
+    rows = [{"text": " ".join(words[(i + k) % 6] for k in range(1 + i % 13))} for i in range(150)]
+    texts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    predict = ["--model", str(final[0]), "--file", str(texts), "--chunk-size", "64", "--batch-size", "7"]
+    evaluate = ["--model", str(final[0]), "--data", "synthetic:2000", "--batch-size", "16"]
+
+    def run(launcher: list[str], script: str, *args) -> str:
+        command = [*launcher, str(ROOT / "scripts" / script), *args]
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=240)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stderr
+
+    # One process: this one (single-threaded, as the launched ones are).
+    assert load_script("predict").main([*predict, "--output", str(tmp_path / "one.csv")]) == 0
+    assert load_script("evaluate").main([*evaluate, "--output-dir", str(tmp_path / "e1")]) == 0
+    launch = accelerate_launch("--config_file", str(ROOT / "configs" / "multi_gpu.yaml"), "--num_processes=2")
+    two = run(launch, "predict.py", *predict, "--output", str(tmp_path / "two.csv"))
+    assert two.count("150 texts predicted in") == 1 and "on 2 processes" in two  # one process speaks for both
+    assert (tmp_path / "two.csv").read_bytes() == (tmp_path / "one.csv").read_bytes()
+    run(launch, "evaluate.py", *evaluate, "--output-dir", str(tmp_path / "e2"))
+    for name in ("eval_predictions.jsonl", "eval.txt"):
+        assert (tmp_path / "e2" / name).read_bytes() == (tmp_path / "e1" / name).read_bytes(), name
+
+
+def test_a_second_evaluation_into_a_folder_is_refused_unless_overwritten(final, tmp_path, capsys):
+    evaluate_main = load_script("evaluate").main
+    args = ["--model", str(final[0]), "--data", "synthetic:2000", "--output-dir", str(tmp_path)]
+    assert evaluate_main([*args, "--max-samples", "20"]) == 0
+    first = (tmp_path / "eval_predictions.jsonl").read_text()
+    capsys.readouterr()
+    assert evaluate_main([*args, "--max-samples", "30"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {tmp_path} holds an evaluation already (eval.json, eval.txt, eval_predictions.jsonl); pass "
+        "--overwrite to replace it, or --output-dir to write elsewhere"
+    )
+    assert (tmp_path / "eval_predictions.jsonl").read_text() == first
+    assert evaluate_main([*args, "--max-samples", "30", "--overwrite"]) == 0
+    assert len((tmp_path / "eval_predictions.jsonl").read_text().splitlines()) == 30
+    assert not list(tmp_path.glob("*.partial"))
