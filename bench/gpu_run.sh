@@ -25,6 +25,7 @@
 # plan: 1    checks       105   120  CUDA graphs with gradient accumulation (tiny, ~50), no host sync (eager), compiled flex (table), the bias kernel in flan-t5-base's encoder (table), fused norm
 # plan: 1    profile        -    90  the step profile of kernels (inductor's cache from the kernels part: dynamo traces again, nothing is compiled again)
 # plan: 2    env           15    30  as in shot 1
+# plan: 2    predict       45    70  prediction: ours beside the plain transformers loop (generate), 1,000 IMDB reviews, random-init flan-t5-base (bench/scale.py versus)
 # plan: 2    gathered     150   180  kernels-gathered (the other bias lookup: one cold compile), for the lookup verdict
 # plan: 2    ckpt         160   190  kernels-8bit-ckpt (8-bit AdamW, activation checkpointing: one cold compile)
 # plan: 2    evalkernels   60    90  eval-kernels: score at batch 256 on the kernel path (flex forward, ~3 compiles in its warm-up pass)
@@ -32,9 +33,10 @@
 # plan: 3    throughput   170   200  kernels-throughput (the largest batch that fits: one cold compile per batch tried)
 # plan: 3    checks       235   260  the kernel path vs eager over 50 flan-t5-base steps in bf16 (one cold compile, ~160), the other compiled flex variants, the bias kernel (gathered)
 #
-# $OUT receives at most six files, flat: run.log (every part's output, as it is printed),
+# $OUT receives at most eight files: run.log (every part's output, as it is printed),
 # results.json and results.md (rewritten after every row; a row is there from its start, with how
-# far it got), chart.png, step_profile.txt. The summary comes last. Afterwards: copy them into
+# far it got), chart.png, step_profile.txt, and with shot 2 predict/results.json and predict/results.md
+# (bench/scale.py, rewritten after each command). The summary comes last. Afterwards: copy them into
 # bench/results/<card>-<date>/, the table into the README, and the outcomes into bench/NOTES.md.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -62,12 +64,15 @@ if [ "$REHEARSE" = 1 ]; then
   src=(--model-config tiny --data synthetic:400 --tokenizer word-level)
   timing=(--warmup 1 --steps "${REHEARSE_STEPS:-3}" --compiled-warmup 1 --eval-samples 32)
   profile=(--warmup 2 --steps 2)
+  scale=(versus --model-config tiny --texts 64)
 else
   # DATA may hold train.parquet only: evaluation timing then reads training examples.
   src=(--data "${DATA:-.device/data/imdb}" --tokenizer "${TOKENIZER:-.device/data/tokenizer/imdb-unigram-32k}" --examples 6000)
   timing=(--warmup 5 --steps 20 --compiled-warmup 40 --eval-samples 1000)
   profile=(--warmup 40 --steps 5)
+  scale=(versus --model-config flan-t5-base --texts 1000)
 fi
+scale+=(--tokenizer "${TOKENIZER:-.device/data/tokenizer/imdb-unigram-32k}" --reviews "${DATA:-.device/data/imdb}" --out "$OUT/predict")
 BENCH=(python3 -u bench/profile.py "${src[@]}" "${timing[@]}" --out "$OUT")
 PYTEST=(python3 -u -m pytest -o addopts= -q -s -m gpu -p no:cacheprovider)  # one process: no workers, -s prints
 KP=tests/kernels/test_kernel_path.py
@@ -115,6 +120,7 @@ shot1() {
 }
 shot2() {
   part env "${LIMIT_ENV:-30}" bash -c 'python3 bench/env_check.py; timeout -k 5 15 nvidia-smi || echo "nvidia-smi: not available"'
+  part predict "${LIMIT_PREDICT:-70}" python3 -u bench/scale.py "${scale[@]}"
   part gathered "${LIMIT_GATHERED:-180}" "${BENCH[@]}" --row-limit 170 --configs kernels-gathered
   part ckpt "${LIMIT_CKPT:-190}" "${BENCH[@]}" --append --row-limit 180 --configs kernels-8bit-ckpt
   part evalkernels "${LIMIT_EVALKERNELS:-90}" "${BENCH[@]}" --append --row-limit 80 --configs eval-kernels
@@ -141,4 +147,5 @@ rm -f "$OUT"/*.tmp "$OUT"/*.tmp.png  # left only by a write that a guard cut sho
   head -4 "$OUT/step_profile.txt" 2>/dev/null || echo "no step profile"
   echo
   cat "$OUT/results.md" 2>/dev/null || echo "no results.md: see the bench parts above"
+  cat "$OUT/predict/results.md" 2>/dev/null || true
 } 2>&1 | tee -a "$LOG"

@@ -259,7 +259,7 @@ class _Job:
         if job.output:
             progress.close()
         where = self.out.finish() if self.out is not None and job.output else None
-        took = duration(time.perf_counter() - started)
+        took = duration(time.perf_counter() - started, tenths=True)
         line = f"{progress.done - done:,} texts predicted in {took}"
         threads = f"{clf.threads} CPU thread{'s' * (clf.threads > 1)}" if clf.threads else None
         if self.state.num_processes > 1:

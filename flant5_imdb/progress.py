@@ -194,8 +194,10 @@ class StreamProgress:
         print(self.line().ljust(79) if self.tty else self.line(), end=end, file=self.stream, flush=True)
 
 
-def duration(seconds: float) -> str:
-    """`42 s`, `3 min 5 s`, `1 h 18 min`."""
+def duration(seconds: float, tenths: bool = False) -> str:
+    """`42 s` (`41.7 s` with `tenths`), `3 min 5 s`, `1 h 18 min`."""
+    if tenths and seconds < 59.95:
+        return f"{seconds:.1f} s"
     s = int(round(seconds))
     if s < 60:
         return f"{s} s"

@@ -167,7 +167,8 @@ def script_arrays(rehearse: bool, data: Path) -> dict[str, list[str]]:
     with `data` for the GPU's IMDB folder (.device/, which only a prepared checkout has)."""
     block = SCRIPT[SCRIPT.index('if [ "$REHEARSE" = 1 ]; then') :]
     block = block[: block.index("\nfi\n") + 4]
-    show = 'for a in src timing profile; do declare -n r=$a; echo "== $a"; printf "%s\\n" "${r[@]}"; done'
+    arrays = "src timing profile scale"
+    show = f'for a in {arrays}; do declare -n r=$a; echo "== $a"; printf "%s\\n" "${{r[@]}}"; done'
     out = subprocess.run(["bash", "-c", f"REHEARSE={int(rehearse)} DATA={data}\n{block}{show}"],
                          capture_output=True, text=True, check=True).stdout  # fmt: skip
     arrays: dict[str, list[str]] = {}
@@ -184,7 +185,7 @@ def script_arrays(rehearse: bool, data: Path) -> dict[str, list[str]]:
 def test_every_bench_command_of_the_script_parses(rehearse, tmp_path):
     """Each bench call of the run, with the arguments it gets on the GPU: an option renamed in the bench
     and not in the script would otherwise cost the one GPU call an argparse error."""
-    from bench import profile, step_profile
+    from bench import profile, scale, step_profile
 
     (tmp_path / "imdb").mkdir()
     (tmp_path / "imdb" / "train.csv").write_text("text,label\na film,1\n")
@@ -197,6 +198,9 @@ def test_every_bench_command_of_the_script_parses(rehearse, tmp_path):
         assert args.configs and set(args.configs) <= set(profile.PLAN), rest
     (rest,) = re.findall(r"bench/step_profile\.py (--config \w+) ", SCRIPT)
     step_profile.parse([*rest.split(), *arrays["src"], *arrays["profile"], "--out", "o"])
+    assert '"${scale[@]}"' in SCRIPT
+    scaled = scale.parse(arrays["scale"])
+    assert scaled.command == "versus" and scaled.model_config in ("flan-t5-base", "tiny")
     if not rehearse:
         assert arrays["src"][arrays["src"].index("--examples") + 1] == "6000"
         assert arrays["src"][arrays["src"].index("--data") + 1] == str(tmp_path / "imdb")

@@ -1,0 +1,315 @@
+"""How prediction and evaluation cost grows with the work: whole commands, timed and their peak memory read
+from the operating system (the largest process's resident set), every row under the same threads.
+
+    python bench/scale.py predict --texts 3000,60000          our predict.py at each size
+    python bench/scale.py versus --texts 10000,100000         ours beside the plain transformers loop
+    python bench/scale.py classes --classes 5000              train + evaluate a model of N classes
+
+The texts are IMDB reviews (`--reviews`: a folder with train.parquet / test.parquet), one a line,
+repeated to the size asked. The model is `--model`, or the offline walkthrough's (`--preset smoke`,
+trained once into `--work`), or with `--model-config NAME --tokenizer DIR` that architecture with
+random weights (for a GPU's timing: its predictions mean nothing). The peer of `versus` is
+bench/plain_predict.py. Rows go to `--out` as results.json and results.md, rewritten after each row.
+"""
+
+import sys
+from pathlib import Path
+
+# As in bench/profile.py: this folder must not shadow the standard library's `profile` (torch imports it).
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+sys.path.insert(0, str(ROOT))
+
+import argparse
+import json
+import os
+import platform
+import random
+import re
+import subprocess
+import time
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
+    conditions = dict(
+        command=args.command,
+        threads=args.threads,
+        batch_size=args.batch_size,
+        machine=machine(),
+        started=time.strftime("%Y-%m-%d %H:%M"),
+    )
+    rows: list[dict] = []
+    if args.command == "classes":
+        for n in args.classes:
+            rows.append(classes_row(args, n, work, env))
+            save(args.out, conditions, rows)
+        return 0
+    model = model_under_test(args, work, env)
+    conditions["model"] = model
+    for n in args.texts:
+        texts = texts_file(args.reviews, n, work)
+        ours = [
+            sys.executable,
+            str(ROOT / "scripts" / "predict.py"),
+            "--model",
+            model,
+            "--file",
+            str(texts),
+            "--output",
+            str(work / "ours.jsonl"),
+            "--overwrite",
+            "--threads",
+            str(args.threads),
+            "--batch-size",
+            str(args.batch_size),
+        ]
+        rows.append(measure("ours", ours, n, env))
+        save(args.out, conditions, rows)
+        if args.command == "versus":
+            plain = [
+                sys.executable,
+                str(ROOT / "bench" / "plain_predict.py"),
+                "--model",
+                model,
+                "--file",
+                str(texts),
+                "--output",
+                str(work / "plain.jsonl"),
+                "--threads",
+                str(args.threads),
+                "--batch-size",
+                str(args.batch_size),
+            ]
+            rows.append(measure("plain transformers", plain, n, env))
+            rows[-1]["agreement"] = agreement(work / "ours.jsonl", work / "plain.jsonl")
+            rows[-1]["ours_speedup"] = rows[-2]["texts_per_s"] / rows[-1]["texts_per_s"]
+            if "loop_texts_per_s" in rows[-1] and "loop_texts_per_s" in rows[-2]:
+                rows[-1]["ours_loop_speedup"] = rows[-2]["loop_texts_per_s"] / rows[-1]["loop_texts_per_s"]
+            save(args.out, conditions, rows)
+    return 0
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(description="Prediction and evaluation at scale: time and peak memory.")
+    p.add_argument("command", choices=("predict", "versus", "classes"))
+    p.add_argument("--texts", type=counts, default=[10_000], help="sizes, e.g. 3000,60000 (default: 10000)")
+    p.add_argument("--classes", type=counts, default=[5000], help="classes: how many (default: 5000)")
+    p.add_argument(
+        "--shared-first-word",
+        action="store_true",
+        help="classes: targets 'topic kN' that share their first word (scored whole)",
+    )
+    p.add_argument("--eval-samples", type=int, default=None, help="classes: this many test examples")
+    p.add_argument("--reviews", default="imdb", help="a folder with IMDB's train.parquet and test.parquet")
+    p.add_argument("--model", default=None, help="a trained model folder (default: the smoke model)")
+    p.add_argument("--model-config", default=None, help="random weights of this architecture instead")
+    p.add_argument("--tokenizer", default=None, help="with --model-config: its tokenizer folder")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads of every command (default: 1)")
+    p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: 32)")
+    p.add_argument("--work", default="/tmp/flant5-scale", help="inputs, outputs and models are made here")
+    p.add_argument("--out", default="bench/results/scale", help="results.json and results.md go here")
+    return p.parse_args(argv)
+
+
+def counts(text: str) -> list[int]:
+    try:
+        values = [int(v.replace("_", "")) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not whole numbers: {text!r}") from None
+    if min(values) < 1:
+        raise argparse.ArgumentTypeError(f"each must be at least 1: {text!r}")
+    return values
+
+
+def measure(name: str, command: list[str], n: int, env: dict) -> dict:
+    """One whole command: its wall time and its peak resident memory (the operating system's count for the
+    process and the children it waited for), printed as it ends."""
+    print(f"== {name}, {n:,}: {' '.join(command)}", flush=True)
+    started = time.perf_counter()
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - started
+    err = proc.stderr.read()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{name} failed ({proc.returncode}):\n{err[-3000:]}")
+    row = dict(
+        name=name,
+        texts=n,
+        seconds=round(seconds, 1),
+        texts_per_s=round(n / seconds, 1),
+        peak_rss_mb=round(usage.ru_maxrss / 1024),
+        command=" ".join(command[1:]),
+    )
+    loop = loop_seconds(err)
+    if loop:  # the prediction loop alone, as the command timed it: no start-up, no model load
+        row.update(loop_seconds=round(loop, 1), loop_texts_per_s=round(n / loop, 1))
+    print(
+        f"   {row['seconds']} s, {row['texts_per_s']} texts/s (predicting: {row.get('loop_texts_per_s')}), "
+        f"peak {row['peak_rss_mb']} MB",
+        flush=True,
+    )
+    return row
+
+
+def loop_seconds(stderr: str) -> float | None:
+    """The seconds of `N texts predicted in 41.7 s` (or `3 min 5 s`, `1 h 18 min`), the last line both
+    predict.py and plain_predict.py print; None where there is none (a training command)."""
+    found = re.findall(r"texts predicted in ((?:[\d.]+ (?:h|min|s)\b ?)+)", stderr)
+    if not found:
+        return None
+    units = {"h": 3600, "min": 60, "s": 1}
+    return sum(float(v) * units[u] for v, u in re.findall(r"([\d.]+) (h|min|s)\b", found[-1]))
+
+
+def agreement(a: Path, b: Path) -> float:
+    """The fraction of texts given the same class by the two outputs (in input order)."""
+    with open(a) as fa, open(b) as fb:
+        same = [
+            json.loads(x)["label_name"] == json.loads(y)["label_name"] for x, y in zip(fa, fb, strict=True)
+        ]
+    return round(sum(same) / len(same), 4)
+
+
+def texts_file(reviews: str, n: int, work: Path) -> Path:
+    """`n` IMDB reviews, one a line (a review's own line breaks folded), cycled; made once per size."""
+    path = work / f"texts-{n}.txt"
+    if path.is_file():
+        return path
+    import pyarrow.parquet as pq
+
+    folder = Path(reviews)
+    files = [p for p in (folder / "train.parquet", folder / "test.parquet") if p.is_file()]
+    texts = [" ".join(t.split()) for f in files for t in pq.read_table(f, columns=["text"])[0].to_pylist()]
+    if not texts:
+        raise SystemExit(f"--reviews {reviews}: no train.parquet or test.parquet there")
+    random.Random(0).shuffle(texts)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for i in range(n):  # a line at a time: the file may be larger than memory
+            f.write(texts[i % len(texts)] + "\n")
+    tmp.replace(path)
+    return path
+
+
+def model_under_test(args, work: Path, env: dict) -> str:
+    if args.model:
+        return args.model
+    if args.model_config:
+        return random_model(args.model_config, args.tokenizer, work)
+    smoke = work / "smoke"
+    if not (smoke / "final" / "model.safetensors").is_file():
+        train = [sys.executable, str(ROOT / "scripts" / "train.py"), "--preset", "smoke"]
+        subprocess.run([*train, "--output-dir", str(smoke), "--overwrite-output-dir"], env=env, check=True)
+    return str(smoke / "final")
+
+
+def random_model(config: str, tokenizer: str | None, work: Path) -> str:
+    """A model folder of `config` with random weights, IMDB's classes, as predict.py loads a trained one."""
+    from flant5_imdb.data import IMDB
+    from flant5_imdb.modeling import build_model, save_settings
+    from flant5_imdb.tokenizer import load_tokenizer
+
+    if not tokenizer:
+        raise SystemExit("--model-config needs --tokenizer (a folder)")
+    folder = work / f"random-{config}"
+    tok = load_tokenizer(tokenizer)
+    build_model("x", model_config=config, vocab_size=len(tok)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    save_settings(folder, verbalizer="digits", prompt=None, max_source_length=512, labels=IMDB)
+    return str(folder)
+
+
+def classes_row(args, n: int, work: Path, env: dict) -> dict:
+    """Train the smoke model on `n` classes (3 examples each, 30 steps) and evaluate it on the test split."""
+    data = work / f"classes-{n}{'-shared' if args.shared_first_word else ''}"
+    if not (data / "test.jsonl").is_file():
+        make_classes(data, n, args.shared_first_word)
+    command = [
+        sys.executable,
+        str(ROOT / "scripts" / "train.py"),
+        "--preset",
+        "smoke",
+        "--data",
+        str(data),
+        "--output-dir",
+        str(work / "classes-run"),
+        "--overwrite-output-dir",
+        "--max-steps",
+        "30",
+        "--threads",
+        str(args.threads),
+    ]
+    if args.eval_samples:
+        command += ["--max-eval-samples", str(args.eval_samples)]
+    row = measure(f"train + evaluate, {n:,} classes", command, args.eval_samples or n, env)
+    summary = json.loads((work / "classes-run" / "summary.json").read_text())
+    evaluated = summary["eval"]
+    row.update(
+        classes=n,
+        shared_first_word=args.shared_first_word,
+        eval_examples=evaluated["n"],
+        eval_seconds=round(evaluated["eval_seconds"], 1),
+        accuracy=evaluated["accuracy"],
+    )
+    return row
+
+
+def make_classes(folder: Path, n: int, shared: bool) -> None:
+    """Texts of `n` classes, each named by a word its texts hold: 3 training texts and 1 test text a class."""
+    rng = random.Random(0)
+    filler = ["the", "a", "service", "order", "account", "issue", "please", "help", "today", "thanks", "team"]
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, per in (("train", 3), ("test", 1)):
+        with open(folder / f"{split}.jsonl", "w") as f:
+            for _ in range(per):
+                for i in range(n):
+                    words = rng.sample(filler, 4)
+                    text = " ".join([*words[:2], f"k{i}", *words[2:]])
+                    f.write(json.dumps({"text": text, "label": f"topic k{i}" if shared else f"k{i}"}) + "\n")
+
+
+def machine() -> str:
+    info = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    names = [line.split(":", 1)[1].strip() for line in info if line.startswith("model name")]
+    cpu = names[0] if names else platform.processor()
+    return f"{os.cpu_count()} cores, {cpu}".strip(", ")
+
+
+def save(out: str, conditions: dict, rows: list[dict]) -> None:
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.json").write_text(json.dumps({"conditions": conditions, "rows": rows}, indent=2))
+    c = conditions
+    lines = [
+        f"{c['command']}: {c['machine']}; {c['threads']} CPU thread(s) per process, batch {c['batch_size']}; "
+        f"{c.get('model', 'the smoke model')}; {c['started']}",
+        "",
+        "| run | texts | seconds | texts/s | predicting: texts/s | peak RSS (MB) | notes |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        notes = []
+        if "agreement" in r:
+            notes.append(f"ours: {r['ours_speedup']:.2f}x its texts/s")
+            if "ours_loop_speedup" in r:
+                notes.append(f"{r['ours_loop_speedup']:.2f}x predicting")
+            notes.append(f"the same class: {r['agreement']:.2%}")
+        if "classes" in r:
+            notes.append(
+                f"{r['eval_examples']:,} examples evaluated in {r['eval_seconds']} s, accuracy "
+                f"{r['accuracy']:.3f}"
+            )
+        cells = [r["name"], f"{r['texts']:,}", r["seconds"], r["texts_per_s"], r.get("loop_texts_per_s", "")]
+        cells.append(r["peak_rss_mb"])
+        cells.append("; ".join(notes))
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    (folder / "results.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

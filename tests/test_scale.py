@@ -1,0 +1,30 @@
+"""bench/scale.py, and its peer bench/plain_predict.py: the loop a plain transformers user writes."""
+
+import json
+
+from bench import plain_predict, scale
+from flant5_imdb.predict import PredictJob, run_job
+
+
+def test_the_peer_predicts_what_ours_does_and_both_say_how_long_the_loop_took(smoke_run, tmp_path, capsys):
+    model = str(smoke_run[0] / "final")
+    texts = tmp_path / "texts.txt"
+    texts.write_text("".join(f"{('superb', 'awful')[i % 2]} film, fine acting {i}\n" for i in range(40)))
+    ours = PredictJob(model=model, file=str(texts), output=str(tmp_path / "ours.jsonl"))
+    ours_line = run_job(ours, say=lambda _: None)
+    plain = ["--model", model, "--file", str(texts), "--output", str(tmp_path / "plain.jsonl")]
+    assert plain_predict.main(plain) == 0
+    plain_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert plain_line.startswith("40 texts predicted in ") and ours_line.startswith("40 texts predicted in ")
+    assert scale.loop_seconds(plain_line) >= 0 and scale.loop_seconds(ours_line) >= 0
+    assert scale.agreement(tmp_path / "ours.jsonl", tmp_path / "plain.jsonl") == 1.0
+    names = [json.loads(line)["label_name"] for line in (tmp_path / "plain.jsonl").read_text().splitlines()]
+    assert names == ["positive", "negative"] * 20
+
+
+def test_loop_times_are_read_in_every_spelling():
+    assert scale.loop_seconds("4,096 texts predicted in 41.7 s on cpu (1 CPU thread); written: p.csv") == 41.7
+    assert scale.loop_seconds("x\n1,000,000 texts predicted in 1 h 18 min on cpu") == 4680
+    assert scale.loop_seconds("12 texts predicted in 3 min 5 s on cpu") == 185
+    assert scale.loop_seconds("done: 30 steps in 1.0 s") is None
+    assert scale.counts("3000,60_000") == [3000, 60000]
