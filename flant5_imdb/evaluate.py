@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from transformers.modeling_outputs import BaseModelOutput
 
 from flant5_imdb import hub
-from flant5_imdb.accel import cpu_threads, make_accelerator
+from flant5_imdb.accel import cpu_threads, main_first, make_accelerator
 from flant5_imdb.data import IMDB, Collator, Columns, DataSpec, check_splits, prepare, write_skipped
 from flant5_imdb.modeling import load_trained, source_mask
 
@@ -165,8 +165,11 @@ def evaluate(
     was_training = unwrapped.training
     unwrapped.eval()
     start = time.perf_counter()
-    counts, loss_sum, n_tok = Counter(), 0.0, 0
-    out = _Lines(predictions) if predictions is not None and accelerator.is_main_process else None
+    counts, loss_sum, n_tok, out = Counter(), 0.0, 0, None
+    # The main process writes; where that fails, every process stops (main_first), none waits for it.
+    with main_first(accelerator):
+        if predictions is not None and accelerator.is_main_process:
+            out = _Lines(predictions)
     try:
         with tqdm(total=len(ds), desc=f"eval ({mode})", unit="ex", leave=False,
                   disable=not accelerator.is_local_main_process) as bar:  # fmt: skip
@@ -192,11 +195,13 @@ def evaluate(
                     ]
                 rows = [row for _, row in sorted(gather_object(mine), key=lambda r: r[0])]
                 counts.update((r["label"], r["pred"]) for r in rows)
-                if out is not None:
-                    out.write(rows)
+                with main_first(accelerator):
+                    if out is not None:
+                        out.write(rows)
                 bar.update(len(rows))
-        if out is not None:
-            out.close()
+        with main_first(accelerator):
+            if out is not None:
+                out.close()
     finally:
         if out is not None:
             out.discard()  # a no-op once closed

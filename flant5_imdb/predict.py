@@ -253,8 +253,9 @@ class _Job:
         started = time.perf_counter()
         while chunk := list(itertools.islice(texts, job.chunk_size)):
             preds = clf.predict(chunk)
-            if self.out is not None:
-                self.out.write(chunk, preds)
+            with main_first(self.state):  # a write that fails stops every process, not the main one alone
+                if self.out is not None:
+                    self.out.write(chunk, preds)
             progress.update(len(chunk))
         if job.output:
             progress.close()
@@ -342,8 +343,9 @@ class _Job:
         digest = TextDigest()
         for t in itertools.islice(texts, n):
             digest.update(t)
-        if self.speaks:
-            self.out.check_skipped(digest)
+        with main_first(self.state):  # the others stop too where the main process refuses
+            if self.speaks:
+                self.out.check_skipped(digest)
 
 
 class _Terminated(Exception):

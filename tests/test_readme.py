@@ -1,6 +1,7 @@
 """What a newcomer meets: the README's commands run as printed, every documented command one its script
 accepts, clean logs, honest help texts."""
 
+import csv
 import importlib
 import logging
 import re
@@ -61,12 +62,19 @@ def test_the_readme_walkthrough_runs_as_printed(tmp_path):
 
 
 def test_your_own_data_runs_as_printed(tmp_path):
-    """A CSV with three string labels in `message`/`team` columns: file to predictions, four commands."""
-    scripts = ["scripts/example_data.py", "scripts/train.py", "scripts/evaluate.py", "scripts/predict.py"]
-    _, train, evaluate, predict = run_as_printed("own-data", scripts, tmp_path)
+    """A CSV with three string labels in `message`/`team` columns: file to predictions, five commands."""
+    scripts = ["scripts/example_data.py", "scripts/train.py", "scripts/evaluate.py", "scripts/predict.py",
+               "scripts/predict.py"]  # fmt: skip
+    _, train, evaluate, predict, _ = run_as_printed("own-data", scripts, tmp_path)
     assert_evaluation_repeats_training(train, evaluate)
     assert "billing" in evaluate and "feature" in evaluate
     assert [line.split()[0] for line in predict.splitlines()] == ["class", "billing", "bug"]
+    with open(tmp_path / "runs" / "tickets" / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    with open(tmp_path / "tickets" / "test.csv", newline="") as f:
+        tickets = list(csv.DictReader(f))
+    assert [r["text"] for r in rows] == [t["message"] for t in tickets]
+    assert sum(r["label_name"] == t["team"] for r, t in zip(rows, tickets, strict=True)) >= 0.95 * len(rows)
 
 
 def test_training_on_local_imdb_files_runs_as_printed(tmp_path):
