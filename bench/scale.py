@@ -247,6 +247,7 @@ def classes_row(args, n: int, work: Path, env: dict) -> dict:
     if args.eval_samples:
         command += ["--max-eval-samples", str(args.eval_samples)]
     row = measure(f"train + evaluate, {n:,} classes", command, args.eval_samples or n, env)
+    row["texts_per_s"] = None  # the command trains too: its texts/s would say nothing
     summary = json.loads((work / "classes-run" / "summary.json").read_text())
     evaluated = summary["eval"]
     row.update(
@@ -285,8 +286,9 @@ def save(out: str, conditions: dict, rows: list[dict]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "results.json").write_text(json.dumps({"conditions": conditions, "rows": rows}, indent=2))
     c = conditions
+    batches = "smoke's batches, 30 steps" if c["command"] == "classes" else f"batch {c['batch_size']}"
     lines = [
-        f"{c['command']}: {c['machine']}; {c['threads']} CPU thread(s) per process, batch {c['batch_size']}; "
+        f"{c['command']}: {c['machine']}; {c['threads']} CPU thread(s) per process, {batches}; "
         f"{c.get('model', 'the smoke model')}; {c['started']}",
         "",
         "| run | texts | seconds | texts/s | predicting: texts/s | peak RSS (MB) | notes |",
@@ -304,7 +306,8 @@ def save(out: str, conditions: dict, rows: list[dict]) -> None:
                 f"{r['eval_examples']:,} examples evaluated in {r['eval_seconds']} s, accuracy "
                 f"{r['accuracy']:.3f}"
             )
-        cells = [r["name"], f"{r['texts']:,}", r["seconds"], r["texts_per_s"], r.get("loop_texts_per_s", "")]
+        cells = [r["name"], f"{r['texts']:,}", r["seconds"], r["texts_per_s"] or ""]
+        cells.append(r.get("loop_texts_per_s", ""))
         cells.append(r["peak_rss_mb"])
         cells.append("; ".join(notes))
         lines.append("| " + " | ".join(map(str, cells)) + " |")

@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 from datasets import Dataset
-from sklearn.metrics import accuracy_score, classification_report, f1_score
 from tqdm.auto import tqdm
 from transformers.modeling_outputs import BaseModelOutput
 
@@ -280,6 +279,9 @@ def metrics_from_counts(counts: Counter, names: tuple[str, ...] = IMDB.names) ->
     and `confusion_counts` ([true, predicted, count] for every nonzero cell) and `top_confusions`
     say the same in a size that grows with the examples, not with N squared.
     """
+    # Here, not at the top: prediction imports this module, and scikit-learn costs it ~130 MB and 2 s.
+    from sklearn.metrics import accuracy_score, classification_report, f1_score
+
     pairs = sorted(counts.items())
     y_true, y_pred, weight = [t for (t, _), _ in pairs], [p for (_, p), _ in pairs], [n for _, n in pairs]
     in_data = set(y_true)

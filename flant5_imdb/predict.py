@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -227,7 +228,9 @@ class _Job:
         self.state = process_state()
         if not job.texts and not job.file and self.state.num_processes > 1:
             raise InputError("several processes cannot share stdin; give the texts with --file")
-        previous = signal.signal(signal.SIGTERM, _terminated)
+        # SIGTERM stops the job as Ctrl-C does (a handler can be set from the main thread only).
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
         try:
             return self._run()
         except KeyboardInterrupt:
@@ -235,7 +238,8 @@ class _Job:
         except _Terminated:
             raise Interrupted(self._kept(), 143) from None
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            if main_thread:
+                signal.signal(signal.SIGTERM, previous)
             if isinstance(self.out, PredictionsFile):
                 self.out.close()  # a no-op once finished
 

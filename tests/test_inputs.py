@@ -420,3 +420,35 @@ def test_another_tasks_classes_are_not_called_an_unlabelled_split(tmp_path):
         f"0/1/neg/pos/negative/positive; {test} line 3: label 'bug' is not one of "
         "0/1/neg/pos/negative/positive)"
     )
+
+
+@pytest.mark.parametrize("block", [1, 2, 3, 7, 64])
+def test_a_file_reads_the_same_whatever_the_size_of_its_blocks(tmp_path, monkeypatch, block):
+    """Files are read a block at a time: a character, a CRLF, a quoted newline or a JSON value cut by a
+    block's end is read whole, and an error names the same line and byte as with one block."""
+    from flant5_imdb.data import DataError, reader
+
+    rows = [('caf\u00e9, "quoted"\nline', "1"), ("\u65e5\u672c\u8a9e", "0"), ("x" * 50, "pos")]
+    quoted = ['"' + t.replace('"', '""') + f'",{y}\r\n' for t, y in rows]
+    files = {
+        "a.csv": "\ufefftext,label\r\n" + "".join(quoted),
+        "a.jsonl": "".join(json.dumps({"text": t, "label": y}, ensure_ascii=False) + "\r\n" for t, y in rows),
+        "a.json": json.dumps([{"text": t, "label": y} for t, y in rows], indent=1, ensure_ascii=False),
+    }
+    for name, content in files.items():
+        (tmp_path / name).write_text(content, newline="")
+    (tmp_path / "bad.txt").write_bytes("one\r\ntwo \u00e9\rthree ".encode() + b"\xff\n")
+    expected = {name: reader.read_table(tmp_path / name, "text", "label") for name in files}
+    with pytest.raises(DataError) as whole:
+        reader.read_table(tmp_path / "bad.txt", "text")
+    monkeypatch.setattr(reader, "BLOCK", block)
+    for name in files:
+        got = reader.read_table(tmp_path / name, "text", "label")
+        assert (got.texts, got.labels, got.places) == (expected[name].texts, expected[name].labels,
+                                                         expected[name].places), name  # fmt: skip
+        assert got.texts == [t for t, _ in rows]
+    with pytest.raises(DataError) as cut:
+        reader.read_table(tmp_path / "bad.txt", "text")
+    assert str(cut.value) == str(whole.value)
+    bad = tmp_path / "bad.txt"  # 5 + 7 + 6 bytes before the 0xff: "one\r\n", "two \u00e9\r", "three "
+    assert str(whole.value) == f"{bad} line 3: not UTF-8 (byte 0xff at offset 18); save the file as UTF-8"

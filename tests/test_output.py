@@ -200,3 +200,21 @@ def test_a_killed_job_continues_where_it_stopped(model, tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"an earlier run of this job predicted {kept:,} texts" in again.stderr
     assert out.read_bytes() == (tmp_path / "straight.csv").read_bytes()
+
+
+def test_sigterm_stops_the_job_like_ctrl_c_with_its_own_exit_code(model, texts_file, tmp_path, monkeypatch):
+    real, calls = Classifier.predict, []
+
+    def predict(self, texts):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler's preemption would
+        return real(self, texts)
+
+    monkeypatch.setattr(Classifier, "predict", predict)
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "p.jsonl"
+    with pytest.raises(Interrupted) as e:
+        run_job(job(model, texts_file, out), say=lambda _: None)
+    assert e.value.exit_code == 143 and "16 predictions kept" in str(e.value)
+    assert signal.getsignal(signal.SIGTERM) == before  # the job's handler is gone with it
