@@ -143,7 +143,7 @@ def measure(name: str, command: list[str], n: int, env: dict) -> dict:
         seconds=round(seconds, 1),
         texts_per_s=round(n / seconds, 1),
         peak_rss_mb=round(usage.ru_maxrss / 1024),
-        command=" ".join(command[1:]),
+        command=" ".join(os.path.relpath(a, ROOT) if a.startswith(str(ROOT)) else a for a in command[1:]),
     )
     loop = loop_seconds(err)
     if loop:  # the prediction loop alone, as the command timed it: no start-up, no model load

@@ -29,6 +29,12 @@ from flant5_imdb.evaluate import MAX_MATRIX_CLASSES
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
 JOB = "job.json"
+# A job's settings as a refusal names them (`predict._identity` makes the job).
+NAMES = {
+    "model": "--model", "weights": "model (its weights were saved again since)", "input": "input",
+    "text_column": "--text-column", "skip_bad_rows": "--skip-bad-rows", "classes": "classes",
+    "verbalizer": "--verbalizer", "prompt": "--prompt", "max_source_length": "--max-source-length",
+}  # fmt: skip
 
 
 class OutputError(ValueError):
@@ -159,9 +165,10 @@ class PredictionsFile:
         if saved is not None and saved["job"] != job and not overwrite:
             differs = next(k for k in sorted({*job, *saved["job"]}) if job.get(k) != saved["job"].get(k))
             was, now = saved["job"].get(differs), job.get(differs)
+            what = NAMES.get(differs, differs) + ("" if differs == "weights" else f" ({was!r}, not {now!r})")
             raise OutputError(
-                f"{self.folder} holds an unfinished job with another {differs} ({was!r}, not {now!r}); pass "
-                "--overwrite to start over, or another --output"
+                f"{self.folder} holds an unfinished job with another {what}; pass --overwrite to start over, "
+                "or another --output"
             )
         if saved is None or saved["job"] != job or overwrite:
             self._start()
@@ -215,6 +222,17 @@ class PredictionsFile:
 
     def _reopen(self) -> None:
         """Back to the last complete chunk: what a stopped run wrote after it is dropped."""
+        parts = [self._part(n) for n in range(self.progress["parts"])]
+        data = self._data()
+        if self.kind == "parquet":
+            lost = not all(p.is_file() for p in parts)
+        else:
+            lost = (data.stat().st_size if data.is_file() else -1) < self.progress["bytes"]
+        if lost:
+            raise OutputError(
+                f"{self.folder}: its records are not all there (a file removed or cut short); pass "
+                "--overwrite to start over"
+            )
         if self.kind == "parquet":
             for p in self.folder.glob("part-*.parquet*"):
                 if p.name.endswith(".tmp") or int(p.stem.split("-")[1]) >= self.progress["parts"]:

@@ -121,13 +121,18 @@ def test_nothing_is_replaced_or_mixed_silently(model, texts_file, tmp_path, monk
     with pytest.raises(Interrupted):
         run_job(job(model, texts_file, other), say=lambda _: None)
     monkeypatch.undo()
-    refused = r"q\.jsonl\.partial holds an unfinished job with another text_column \('text', not 'message'\)"
+    refused = r"\.partial holds an unfinished job with another --text-column \('text', not 'message'\)"
     with pytest.raises(OutputError, match=refused + "; pass --overwrite to start over, or another --output"):
         run_job(job(model, texts_file, other, text_column="message"))
     lines = texts_file.read_text().splitlines()
     texts_file.write_text("\n".join(["an edited first text", *lines[1:]]) + "\n")
     with pytest.raises(OutputError, match=r"the input's first 8 texts are not the ones predicted there"):
         run_job(job(model, texts_file, other), say=lambda _: None)
+    (tmp_path / "q.jsonl.partial" / "records.jsonl").write_text("")  # cut short by hand
+    texts_file.write_text("\n".join(lines) + "\n")
+    with pytest.raises(OutputError, match=r"q\.jsonl\.partial: its records are not all there"):
+        run_job(job(model, texts_file, other), say=lambda _: None)
+    texts_file.write_text("\n".join(["an edited first text", *lines[1:]]) + "\n")
     run_job(job(model, texts_file, other, overwrite=True), say=lambda _: None)
     assert [json.loads(x)["text"] for x in other.read_text().splitlines()][0] == "an edited first text"
 
