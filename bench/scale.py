@@ -142,7 +142,7 @@ def measure(name: str, command: list[str], n: int, env: dict) -> dict:
         texts=n,
         seconds=round(seconds, 1),
         texts_per_s=round(n / seconds, 1),
-        peak_rss_mb=round(usage.ru_maxrss / 1024),
+        peak_rss_mib=round(usage.ru_maxrss / 1024),
         command=" ".join(os.path.relpath(a, ROOT) if a.startswith(str(ROOT)) else a for a in command[1:]),
     )
     loop = loop_seconds(err)
@@ -150,7 +150,7 @@ def measure(name: str, command: list[str], n: int, env: dict) -> dict:
         row.update(loop_seconds=round(loop, 1), loop_texts_per_s=round(n / loop, 1))
     print(
         f"   {row['seconds']} s, {row['texts_per_s']} texts/s (predicting: {row.get('loop_texts_per_s')}), "
-        f"peak {row['peak_rss_mb']} MB",
+        f"peak {row['peak_rss_mib']} MiB",
         flush=True,
     )
     return row
@@ -289,9 +289,9 @@ def save(out: str, conditions: dict, rows: list[dict]) -> None:
     batches = "smoke's batches, 30 steps" if c["command"] == "classes" else f"batch {c['batch_size']}"
     lines = [
         f"{c['command']}: {c['machine']}; {c['threads']} CPU thread(s) per process, {batches}; "
-        f"{c.get('model', 'the smoke model')}; {c['started']}",
+        f"{c.get('model', 'the smoke model')}; {c['started']}" + (f" ({c['note']})" if c.get("note") else ""),
         "",
-        "| run | texts | seconds | texts/s | predicting: texts/s | peak RSS (MB) | notes |",
+        "| run | texts | seconds | texts/s | predicting: texts/s | peak RSS (MiB) | notes |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
@@ -308,7 +308,7 @@ def save(out: str, conditions: dict, rows: list[dict]) -> None:
             )
         cells = [r["name"], f"{r['texts']:,}", r["seconds"], r["texts_per_s"] or ""]
         cells.append(r.get("loop_texts_per_s", ""))
-        cells.append(r["peak_rss_mb"])
+        cells.append(r["peak_rss_mib"])
         cells.append("; ".join(notes))
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     (folder / "results.md").write_text("\n".join(lines) + "\n")
