@@ -12,7 +12,7 @@ import pytest
 
 from flant5_imdb.checkpoint import CheckpointError
 from flant5_imdb.config import preset
-from flant5_imdb.data import Columns, DataError, hold_out, load_labelled
+from flant5_imdb.data import IMDB, Columns, DataError, LabelSpace, hold_out, load_labelled, verbalize
 from flant5_imdb.data.labels import canonical, infer_labels, label_text, parse_label_names
 from flant5_imdb.evaluate import format_report, metrics, write_report
 from flant5_imdb.plots import plot_run
@@ -447,3 +447,53 @@ def test_an_output_folder_that_cannot_be_written_is_one_line(tmp_path, monkeypat
         f"error: --output-dir {tmp_path / 'new'}: cannot create or write it (Permission denied); "
         "choose another folder"
     )
+
+
+def class_label_parquet(path: Path, names: list[str], rows: list[tuple[str, int]]) -> str:
+    """A parquet file as `datasets` writes one: its label a `ClassLabel` (integers, the names in metadata)."""
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    features = Features({"text": Value("string"), "label": ClassLabel(names=names)})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    texts, labels = zip(*rows, strict=True)
+    Dataset.from_dict({"text": list(texts), "label": list(labels)}, features=features).to_parquet(str(path))
+    return str(path)
+
+
+def test_a_class_label_gives_its_names_in_its_order(tmp_path):
+    # Not alphabetical: the classes must be the ClassLabel's own order, class i its integer i.
+    names = ["feature", "billing", "bug"]
+    rows = [(f"{WORDS['abc'[y]]} {i}", y) for i in range(4) for y in (2, 0, 1)]
+    got = load_labelled(class_label_parquet(tmp_path / "train.parquet", names, rows))
+    assert got.labels.names == ("feature", "billing", "bug") and got.labels.kind == "name"
+    assert list(got.splits["train"]["label"]) == [y for _, y in rows]
+    assert verbalize("auto", got.labels) == names
+    # Two classes are two named classes, not IMDB's negative and positive.
+    spam = [("win money", 0), ("hi mum", 1), ("free pills", 0)]
+    two = load_labelled(class_label_parquet(tmp_path / "hs" / "train.parquet", ["spam", "ham"], spam))
+    assert two.labels.names == ("spam", "ham") and verbalize("auto", two.labels) == ["spam", "ham"]
+    # IMDB's own ClassLabel (neg, pos) stays the IMDB label space.
+    imdb = load_labelled(class_label_parquet(tmp_path / "im" / "train.parquet", ["neg", "pos"],
+                                             [("bad film", 0), ("good film", 1)]))  # fmt: skip
+    assert imdb.labels == IMDB
+
+
+def test_a_named_model_evaluates_class_label_integers_by_name_and_an_unlabelled_row_is_named(tmp_path):
+    names = ["feature", "billing", "bug"]
+    path = class_label_parquet(tmp_path / "test.parquet", names, [("a", 0), ("b", 1), ("c", 2), ("d", 1)])
+    model_space = LabelSpace(("bug", "billing", "feature"), ("bug", "billing", "feature"), "name")
+    got = load_labelled(path, labels=model_space, splits=["test"], train_split="train")
+    assert list(got.splits["test"]["label"]) == [2, 1, 0, 1]  # by name, in the model's order
+    unlabelled = class_label_parquet(tmp_path / "u" / "test.parquet", names, [("a", 0), ("b", -1)])
+    with pytest.raises(DataError, match=r"test.parquet row 2: label '-1' is not one of bug, billing, feat"):
+        load_labelled(unlabelled, labels=model_space, splits=["test"], train_split="train")
+
+
+def test_a_class_label_model_names_its_classes_in_the_summary_and_the_card(tmp_path):
+    names = ["feature", "billing", "bug"]
+    rows = [(f"{WORDS['abc'[y]]} {i}", y) for i in range(6) for y in (0, 1, 2)]
+    data = class_label_parquet(tmp_path / "data" / "train.parquet", names, rows)
+    summary = tiny_run(data, tmp_path / "out", validation_split=0.0, save_model=True)
+    assert [(c["name"], c["target"]) for c in summary["classes"]] == [(n, n) for n in names]
+    card = (tmp_path / "out" / "final" / "README.md").read_text()
+    assert "| billing | `billing` | 6 |" in card

@@ -19,7 +19,7 @@ import datasets
 import numpy as np
 from datasets import Dataset, DatasetDict
 
-from flant5_imdb.data.labels import IMDB, LabelSpace, canonical, infer_labels
+from flant5_imdb.data.labels import IMDB, IMDB_SPELLINGS, LabelSpace, canonical, infer_labels
 from flant5_imdb.data.reader import BadRow, DataError, RawSplit, text_problem
 from flant5_imdb.data.source import Columns, Source, parse_source, read_splits
 
@@ -51,9 +51,10 @@ def load_labelled(
     """Read `source` (a `Source`, or `--data` as written; only `splits`, if given) and validate every row.
 
     The label space is `labels` (a saved model's), or taken from the labels of the `train_split`'s rows
-    that have a usable text (`label_order`: the classes by name, in order; see `labels.infer_labels`):
-    a row dropped by `--skip-bad-rows` makes no class the model would never see. `eval_flag` is the
-    option that names another split to evaluate on, for the message about an unlabelled one.
+    that have a usable text (`label_order`: the classes by name, in order, else the names of the split's
+    `ClassLabel` where it has one; see `labels.infer_labels`): a row dropped by `--skip-bad-rows` makes
+    no class the model would never see. `eval_flag` is the option that names another split to evaluate
+    on, for the message about an unlabelled one.
 
     Raises:
         DataError: the source is missing, unreadable or malformed, a split lacks a column, or a row is
@@ -65,7 +66,7 @@ def load_labelled(
         first = raws.get(train_split) or next(iter(raws.values()), None)
         usable = [] if first is None else [y for x, y in zip(first.texts, first.labels, strict=True)
                                            if text_problem(x) is None]  # fmt: skip
-        labels = infer_labels(usable, label_order)
+        labels = infer_labels(usable, label_order or _named_order(first))
     out, dropped = {}, []
     for split, raw in raws.items():
         out[split], rows = _validate(
@@ -77,6 +78,15 @@ def load_labelled(
     if train_split in out:
         _warn_about_classes(source.text, out[train_split], labels, columns)
     return Labelled(DatasetDict(out), labels, dropped)
+
+
+def _named_order(raw: RawSplit | None) -> tuple[str, ...] | None:
+    """A `ClassLabel`'s names as the classes, in its order (class i is its integer i), unless they are
+    IMDB's own spellings (`neg`, `pos`: the IMDB label space, whose targets the seed recipe fixed)."""
+    names = raw.class_names if raw is not None else None
+    if not names or all(str(n).lower() in IMDB_SPELLINGS for n in names):
+        return None
+    return names
 
 
 def write_skipped(rows: list[BadRow], folder: Path) -> None:

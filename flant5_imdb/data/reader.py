@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from datasets import Dataset
+from datasets import ClassLabel, Dataset
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "json", ".txt": "txt", ".parquet": "parquet"}
 GZIP_MAGIC = b"\x1f\x8b"
@@ -83,10 +83,19 @@ class RawSplit:
     places: list[int] | None = None
     unit: str = "row"  # how a place is named: a table's row, or a text file's line
     ds: Dataset | None = None
+    class_names: tuple[str, ...] | None = None  # a `ClassLabel`'s names, in its order: labels are these
 
     @classmethod
     def of(cls, ds: Dataset, where: str) -> RawSplit:
-        return cls(list(ds["text"]), list(ds["label"]), where, ds=ds)  # plain lists: see labelled._validate
+        """`ds`'s texts and labels (plain lists: see labelled._validate). A `ClassLabel` column's integers
+        become its names (a Hub dataset's, or a parquet file's that `datasets` wrote): `billing`, not `0`.
+        An integer outside the names (a Hub test split's -1) stays as written, to be reported."""
+        labels = list(ds["label"])
+        feature = ds.features.get("label")
+        names = tuple(feature.names) if isinstance(feature, ClassLabel) else None
+        if names:
+            labels = [names[y] if isinstance(y, int) and 0 <= y < len(names) else y for y in labels]
+        return cls(list(ds["text"]), labels, where, ds=ds, class_names=names)
 
 
 def file_format(path: Path) -> str | None:
