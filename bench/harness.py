@@ -34,7 +34,7 @@ import torch
 
 from bench.flops import train_flops
 from flant5_imdb.config import positive_int, preset
-from flant5_imdb.data import Collator, DataError, DataSpec, load_labelled, parse_source, prepare
+from flant5_imdb.data import Collator, DataError, DataSpec, column, load_labelled, parse_source, prepare
 from flant5_imdb.evaluate import evaluate
 from flant5_imdb.guards import OutOfMemory, Preempted
 from flant5_imdb.kernels.graphs import recorded_cuda_graphs
@@ -201,7 +201,7 @@ class BenchData:
             "train": prepared.train,
             **({prepared.eval_source: prepared.eval} if prepared.eval else {}),
         }
-        self.lengths = list(self.splits["train"]["length"])
+        self.lengths = column(self.splits["train"], "length").tolist()
         self.target_len = len(self.splits["train"][0]["labels"])
 
 

@@ -42,6 +42,9 @@ def _opt(default, help: str, choices: tuple | None = None, resume: str = MATH, n
 
 THREADS_HELP = ("CPU threads per process (CPU runs only): auto = 1 for a small model, else the cores other "
                 "processes leave idle; or a number (default: auto)")  # fmt: skip
+DATA_CACHE_HELP = ("where the read, checked and tokenized data is kept for the next run, keyed by the data "
+                   "and the settings that shape it: a folder, or 'none' (default: $FLANT5_IMDB_DATA_CACHE, "
+                   "else ~/.cache/flant5_imdb/data)")  # fmt: skip
 NO_EVAL = "none"  # --eval-split none: no evaluation at all
 
 
@@ -79,6 +82,7 @@ class TrainConfig:
     skip_bad_rows: bool = _opt(
         False, "drop (and report) invalid rows instead of stopping with an error", resume=FREE
     )
+    data_cache: str | None = _opt(None, DATA_CACHE_HELP, resume=FREE)
     verbalizer: str = _opt("auto", "the text the model writes for each class: auto = digits for IMDB and "
                            "integer labels, the label names otherwise; digits ('0'/'1' for IMDB, the "
                            "baseline's); words ('negative'/'positive' for IMDB, the names otherwise); or "
@@ -431,7 +435,7 @@ def meant(given: str, known: list[str]) -> str:
 # --help's sections, in order: every TrainConfig field is in exactly one (a test checks).
 GROUPS = {
     "data": ("data", "data_config", "text_column", "label_column", "labels", "train_split", "eval_split",
-             "validation_split", "skip_bad_rows", "max_train_samples", "max_eval_samples"),
+             "validation_split", "skip_bad_rows", "data_cache", "max_train_samples", "max_eval_samples"),
     "model and targets": ("model", "model_config", "tokenizer", "attn_implementation", "dropout",
                           "verbalizer", "prompt", "max_source_length"),
     "training": ("batch_size", "grad_accum", "lr", "epochs", "max_steps", "optim", "adam_beta1", "adam_beta2",

@@ -382,6 +382,7 @@ def evaluate_saved(
     columns: Columns = Columns(),
     threads: str = "auto",
     overwrite: bool = False,
+    data_cache: str | None = None,
 ) -> dict:
     """Evaluate a saved model (final/, a checkpoint, or a Hub id such as google/flan-t5-base zero-shot).
 
@@ -404,7 +405,8 @@ def evaluate_saved(
                 "it, or --output-dir to write elsewhere"
             )
     spec = DataSpec(data, columns, train_split=None, eval_split=split, eval_flag="--split",
-                    skip_bad_rows=skip_bad_rows, max_eval_samples=max_samples, seed=seed)  # fmt: skip
+                    skip_bad_rows=skip_bad_rows, max_eval_samples=max_samples, seed=seed,
+                    data_cache=data_cache)  # fmt: skip
     check_splits(spec)  # before the model is loaded: a split that is not there fails now
     hub.preflight(hub.needs(model=model_path, data=data))
     model, tokenizer, settings = load_trained(model_path, verbalizer=verbalizer, prompt=prompt)

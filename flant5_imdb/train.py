@@ -51,7 +51,7 @@ from flant5_imdb.checkpoint import (
     store_tied_once,
 )
 from flant5_imdb.config import TrainConfig
-from flant5_imdb.data import Collator, DataSpec, Prepared, prepare, verbalize, write_skipped
+from flant5_imdb.data import Collator, DataSpec, Prepared, column, prepare, verbalize, write_skipped
 from flant5_imdb.evaluate import evaluate, write_report
 from flant5_imdb.guards import Preempted, StepCounters, StopSignal, oom_hint, rank_param_checksums
 from flant5_imdb.kernels.step import StepModel, apply_kernels, length_buckets
@@ -208,7 +208,7 @@ def build_trainable(cfg: TrainConfig, accelerator: Accelerator, vocab_size: int)
 def build_sampler(cfg: TrainConfig, accelerator: Accelerator, train_ds: Dataset) -> StepSampler:
     # The sampler shards the data itself (identical plan on every rank), so no dataloader is prepared.
     return StepSampler(
-        train_ds["length"], batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, seed=cfg.seed,
+        column(train_ds, "length"), batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, seed=cfg.seed,
         num_replicas=accelerator.num_processes, rank=accelerator.process_index,
         group_by_length=cfg.group_by_length,
     )  # fmt: skip

@@ -7,7 +7,7 @@ python scripts/evaluate.py --model google/flan-t5-base --verbalizer words --prom
 import sys
 from pathlib import Path
 
-from flant5_imdb.config import THREADS_HELP, Parser, positive_int
+from flant5_imdb.config import DATA_CACHE_HELP, THREADS_HELP, Parser, positive_int
 from flant5_imdb.data import Columns, DataError
 from flant5_imdb.evaluate import evaluate_saved, format_report
 from flant5_imdb.modeling import model_folder
@@ -47,6 +47,7 @@ def parse(argv: list[str] | None = None):
     p.add_argument(
         "--overwrite", action="store_true", help="replace the evaluation --output-dir holds (else refused)"
     )
+    p.add_argument("--data-cache", default=None, help=DATA_CACHE_HELP)
     p.add_argument("--threads", default="auto", help=THREADS_HELP)
     return p.parse_args(argv)
 
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             columns=Columns(args.text_column, args.label_column, args.data_config),
             threads=args.threads,
             overwrite=args.overwrite,
+            data_cache=args.data_cache,
         )
     except (DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -14,6 +14,12 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The data cache in a folder of this session's own (set before the workers start, so they share it: the
+# cache is built for runs that start at once), never the user's.
+if "FLANT5_IMDB_DATA_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["FLANT5_IMDB_DATA_CACHE"] = tempfile.mkdtemp(prefix="flant5-test-data-cache-")
 
 from pathlib import Path  # noqa: E402
 

@@ -19,6 +19,7 @@ import datasets
 import numpy as np
 from datasets import Dataset, DatasetDict
 
+from flant5_imdb.data.encode import column
 from flant5_imdb.data.labels import IMDB, IMDB_SPELLINGS, LabelSpace, canonical, infer_labels
 from flant5_imdb.data.reader import BadRow, DataError, RawSplit, text_problem
 from flant5_imdb.data.source import Columns, Source, parse_source, read_splits
@@ -199,17 +200,16 @@ def _warn_about_classes(source: str, ds: Dataset, space: LabelSpace, columns: Co
 def hold_out(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
     """(train, validation): a seeded, label-stratified `fraction` of `ds` held out for evaluation."""
     rng = random.Random(seed)
-    labels = list(ds["label"])  # a plain list: a datasets Column re-reads Arrow on every pass
+    labels = column(ds, "label")
     held = []
-    for label in sorted(set(labels)):
-        rows = [i for i, y in enumerate(labels) if y == label]
+    for label in np.unique(labels).tolist():
+        rows = np.flatnonzero(labels == label).tolist()
         rng.shuffle(rows)
         # At least one of each class held out, and at least one left to train on: a class moved wholly
         # into the validation set would be a class the model never sees.
         held += rows[: min(len(rows) - 1, max(1, round(fraction * len(rows))))]
-    held_set = set(held)
-    if not held or len(held_set) == len(ds):
-        swapped = len(set(labels)) == len(ds) and len(ds) >= 10
+    if not held or len(held) == len(ds):
+        swapped = len(np.unique(labels)) == len(ds) and len(ds) >= 10
         hint = (f"; every one of its {len(ds)} labels is a class of its own: are --text-column and "
                 "--label-column swapped?") if swapped else ""  # fmt: skip
         raise DataError(
@@ -222,4 +222,6 @@ def hold_out(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]
             "and keeps one; with classes this small, name an evaluation split (--eval-split) or pass "
             "--validation-split 0", fraction, len(held), len(ds), 100 * len(held) / len(ds),
         )  # fmt: skip
-    return ds.select([i for i in range(len(ds)) if i not in held_set]), ds.select(sorted(held))
+    kept = np.ones(len(ds), dtype=bool)
+    kept[held] = False
+    return ds.select(np.flatnonzero(kept)), ds.select(sorted(held))

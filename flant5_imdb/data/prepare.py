@@ -9,6 +9,7 @@ label-stratified `--validation-split` of train held out.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,11 +17,12 @@ from dataclasses import dataclass
 from datasets import Dataset
 
 from flant5_imdb.config import NO_EVAL
-from flant5_imdb.data.encode import subset, target_ids, tokenize
+from flant5_imdb.data.cache import cache_root, cached, tokenizer_digest
+from flant5_imdb.data.encode import column, prompt_template, subset, target_ids, tokenize
 from flant5_imdb.data.labelled import Labelled, class_counts, hold_out, load_labelled
 from flant5_imdb.data.labels import LabelSpace, parse_label_names, verbalize
 from flant5_imdb.data.reader import BadRow, DataError
-from flant5_imdb.data.source import Columns, Source, parse_source
+from flant5_imdb.data.source import Columns, Source, content_key, parse_source
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +46,7 @@ class DataSpec:
     max_eval_samples: int | None = None
     seed: int = 42
     evaluate: bool = True
+    data_cache: str | None = None  # a folder; None: the user's cache folder; "none": keep nothing
 
     @classmethod
     def from_config(cls, cfg) -> DataSpec:
@@ -55,6 +58,7 @@ class DataSpec:
             max_source_length=cfg.max_source_length, max_train_samples=cfg.max_train_samples,
             max_eval_samples=cfg.max_eval_samples, seed=cfg.seed,
             evaluate=bool(cfg.final_eval or cfg.eval_every) and cfg.eval_split != NO_EVAL,
+            data_cache=cfg.data_cache,
         )  # fmt: skip
 
 
@@ -96,24 +100,23 @@ def prepare(
     elif spec.train_split != "train" or spec.eval_split not in (None, "test", "validation"):
         others = (spec.eval_split, "test", "validation") if spec.evaluate else ()
         wanted = {spec.train_split, *(s for s in others if s)}
-    with main_process_first():  # the main process fills the datasets cache first
-        loaded = load_labelled(source, skip_bad_rows=spec.skip_bad_rows, splits=wanted, labels=labels,
-                               label_order=spec.label_order, columns=spec.columns,
-                               train_split=spec.train_split or "train", eval_flag=spec.eval_flag)  # fmt: skip
+    root = cache_root(spec.data_cache)
+    # The main process prepares (and keeps in the cache) first; the others then read what it kept.
+    with main_process_first():
+        loaded, checked = _checked(spec, source, wanted, labels, root)
         for flag, split in asked:
             if split and split not in loaded.splits:
                 raise DataError(_no_such_split(spec, flag, split, list(loaded.splits)))
         targets = verbalize(spec.verbalizer, loaded.labels)
         tokenizer = make_tokenizer(loaded, targets)
         ids = target_ids(tokenizer, spec.verbalizer, loaded.labels)
-        tokenized = tokenize(loaded.splits, tokenizer, ids, prompt=spec.prompt,
-                             max_source_length=spec.max_source_length)  # fmt: skip
+        tokenized = _tokenized(spec, loaded.splits, tokenizer, ids, checked, root)
     train, evaluated, eval_source, raw_split = _choose_eval(spec, tokenized)
     n = len(loaded.labels)
-    counts = class_counts(train["label"] if train is not None else [], n)
+    counts = class_counts(column(train, "label") if train is not None else [], n)
     if train is not None and spec.max_train_samples is not None:
         whole, train = counts, subset(train, spec.max_train_samples, spec.seed)
-        counts = class_counts(train["label"], n)
+        counts = class_counts(column(train, "label"), n)
         # Classes the data has but the subset lost (a class the data never has is warned about on reading).
         lost = [name for name, a, b in zip(loaded.labels.names, whole, counts, strict=True) if a and not b]
         if lost:
@@ -125,6 +128,48 @@ def prepare(
     example = loaded.splits[raw_split][int(first[0]["id"])]["text"] if first is not None else None
     return Prepared(source, tokenizer, train, evaluated, eval_source, loaded.labels, ids, loaded.skipped,
                     counts, example)  # fmt: skip
+
+
+def _checked(
+    spec: DataSpec, source: Source, wanted: set[str] | None, labels: LabelSpace | None, root
+) -> tuple[Labelled, str | None]:
+    """The splits read and validated (`load_labelled`), from the cache where an earlier run kept them;
+    and the cache entry's name (None where nothing is kept)."""
+
+    def build(_folder) -> tuple:
+        loaded = load_labelled(source, skip_bad_rows=spec.skip_bad_rows, splits=wanted, labels=labels,
+                               label_order=spec.label_order, columns=spec.columns,
+                               train_split=spec.train_split or "train", eval_flag=spec.eval_flag)  # fmt: skip
+        meta = {
+            "labels": dataclasses.asdict(loaded.labels),
+            "skipped": [dataclasses.asdict(r) for r in loaded.skipped],
+        }
+        return loaded.splits, meta
+
+    content = content_key(source, wanted, spec.columns) if root is not None else None
+    key = None if content is None else dict(
+        content=content, columns=dataclasses.asdict(spec.columns), splits=sorted(wanted) if wanted else None,
+        labels=dataclasses.asdict(labels) if labels else None, label_order=spec.label_order,
+        skip_bad_rows=spec.skip_bad_rows, train_split=spec.train_split or "train")  # fmt: skip
+    splits, meta, digest = cached(root, "checked", key, build)
+    space = LabelSpace(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["labels"].items()})
+    return Labelled(splits, space, [BadRow(**r) for r in meta["skipped"]]), digest
+
+
+def _tokenized(spec: DataSpec, splits, tokenizer, ids: list[list[int]], checked: str | None, root):
+    """`tokenize(...)` of the checked splits, from the cache where an earlier run tokenized them alike."""
+    tok = tokenizer_digest(tokenizer)
+    key = None
+    if checked is not None and tok is not None:
+        key = {"checked": checked, "tokenizer": tok, "prompt": prompt_template(spec.prompt), "targets": ids,
+               "max_source_length": spec.max_source_length}  # fmt: skip
+
+    def build(folder) -> tuple:
+        out = tokenize(splits, tokenizer, ids, prompt=spec.prompt, max_source_length=spec.max_source_length,
+                       folder=folder)  # fmt: skip
+        return out, {}
+
+    return cached(root, "tokenized", key, build)[0]
 
 
 def _asked(spec: DataSpec) -> list[tuple[str, str | None]]:

@@ -11,6 +11,7 @@ dataset's only the Hub knows), so a missing split or file fails before anything 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 import datasets
 from datasets import Dataset
 
+from flant5_imdb.data.cache import file_digest
 from flant5_imdb.data.reader import (
     BadRow,
     DataError,
@@ -176,6 +178,32 @@ def read_splits(source: Source, wanted: set[str] | None, columns: Columns = Colu
         )
         out[split] = _read_parquet(path, columns) if kind == "parquet" else _read_table(path, columns)
     return out
+
+
+def content_key(source: Source, wanted: set[str] | None, columns: Columns = Columns()) -> dict | None:
+    """What identifies the content `read_splits(source, wanted, columns)` reads, for the data cache: each
+    file's path, size and content hash; an aclImdb folder's files' names, sizes and modification times;
+    a Hub dataset's own fingerprints (`datasets` keeps it). None for a synthetic set: it is made in
+    memory, in less time than a cache entry takes to read."""
+    keep = set(SPLITS) if wanted is None else wanted
+    if source.kind == "synthetic":
+        return None
+    if source.kind == "hub":
+        found = _read_hub(source.text, columns.config)
+        return {"hub": source.text, "splits": {k: v._fingerprint for k, v in found.items() if k in keep}}
+    out = {}
+    for split, path in sorted((k, v) for k, v in source.files.items() if k in keep):
+        if source.kind == "aclimdb":
+            listing = hashlib.sha256()
+            subs = [path / sub for sub in ("neg", "pos") if (path / sub).is_dir()]
+            for f in sorted(p for sub in subs for p in sub.iterdir()):
+                st = f.stat()
+                listing.update(f"{f.relative_to(path)}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+            out[split] = {"folder": str(path.resolve()), "files": listing.hexdigest()[:32]}
+        else:
+            size = path.stat().st_size
+            out[split] = {"file": str(path.resolve()), "size": size, "content": file_digest(path)}
+    return {"kind": source.kind, "splits": out}
 
 
 def _renamed(ds: Dataset, where: str, columns: Columns) -> Dataset:

@@ -1,0 +1,202 @@
+"""The prepared data kept on disk as memory-mapped Arrow, so that a second run does not prepare it again.
+
+Two stages are kept, each keyed by everything that decides its result:
+
+    checked    the splits read and validated (text, class index), the label space and the rows dropped:
+               keyed by the source's content, the columns, the splits read and the label rules
+    tokenized  the model inputs: keyed by the checked entry, the tokenizer, the prompt, the targets'
+               ids and the maximum length
+
+A second run, a resume or the next trial on the same data reads both in seconds; a changed file or
+setting makes a new entry. An entry is built in a temporary folder and renamed into place whole, so a
+reader never sees half of one, and two runs building the same entry at once both succeed (the copy
+renamed second is thrown away). The warnings a stage logged are kept with it and said again when the
+entry is used: a cached run says what a fresh one would. Errors are never kept: bad data fails the
+same way every time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import datasets
+from datasets import Dataset, DatasetDict
+
+import flant5_imdb
+
+logger = logging.getLogger(__name__)
+
+NONE = "none"  # --data-cache none: prepare in memory, keep nothing
+ENV = "FLANT5_IMDB_DATA_CACHE"  # the default folder, where set
+FORMAT = 1  # bumped when what an entry holds changes: older entries are then never read
+META = "meta.json"
+STALE_S = 24 * 3600  # a temporary folder this old was left by a build that was killed
+WRITE_BATCH = 10_000  # rows per batch when a split held in memory is written to its Arrow file
+
+
+def cache_root(option: str | None) -> Path | None:
+    """The folder `--data-cache` names: `none` keeps nothing; unset, `$FLANT5_IMDB_DATA_CACHE`, else
+    `flant5_imdb/data` in the user's cache folder (`$XDG_CACHE_HOME`, else `~/.cache`), as `datasets`
+    keeps its own under `~/.cache/huggingface`."""
+    if option == NONE:
+        return None
+    if option:
+        return Path(option).expanduser()
+    if os.environ.get(ENV):
+        return Path(os.environ[ENV]).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
+    return base / "flant5_imdb" / "data"
+
+
+def key_digest(key: dict) -> str:
+    """A key's name on disk: the hash of its JSON, with this code's version and the entry format in it."""
+    versions = {"flant5_imdb": flant5_imdb.__version__, "datasets": datasets.__version__}
+    whole = {"format": FORMAT, **versions, **key}
+    return hashlib.sha256(json.dumps(whole, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+Build = Callable[[Path | None], tuple[DatasetDict, dict]]
+
+
+def cached(
+    root: Path | None, stage: str, key: dict | None, build: Build
+) -> tuple[DatasetDict, dict, str | None]:
+    """(splits, meta, the entry's digest): what `build(folder)` returns, or what it returned before under
+    the same `key`, read memory-mapped. `build` may write its splits' Arrow files into `folder` as
+    `SPLIT.arrow` (None: no cache, keep them in memory); those it does not are written after it. `meta`
+    must be JSON. With no `root` or no `key` (a source that cannot be identified), nothing is kept.
+
+    A cache folder that cannot be written is warned about once and the run goes on in memory; a damaged
+    entry is warned about and built again.
+    """
+    if root is None or key is None:
+        splits, meta = build(None)
+        return splits, meta, None
+    digest = key_digest(key)
+    final = root / stage / digest
+    if (final / META).is_file():
+        try:
+            splits, saved = _read(final)
+        except Exception as e:  # a truncated file, a folder emptied by hand: build it again
+            logger.warning("the data cache entry %s cannot be read (%s: %s): preparing the data again",
+                           final, type(e).__name__, str(e)[:200])  # fmt: skip
+            shutil.rmtree(final, ignore_errors=True)
+        else:
+            logger.info("%s data taken from the cache %s (prepared %s)", stage, final, saved["written"])
+            for name, level, message in saved["logs"]:
+                logging.getLogger(name).log(level, "%s", message)
+            return splits, saved["meta"], digest
+    _sweep(root / stage)
+    tmp = root / stage / f".tmp-{digest}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as e:
+        _unwritable(root, e)
+        splits, meta = build(None)
+        return splits, meta, None
+    try:
+        with _recorded() as logs:
+            splits, meta = build(tmp)
+        try:
+            written = time.strftime("%Y-%m-%d %H:%M")
+            _write(tmp, splits, {"key": key, "meta": meta, "logs": logs, "written": written})
+        except OSError as e:  # a full disk: the run goes on with what it built
+            _unwritable(root, e)
+            return splits, meta, None
+        try:
+            tmp.rename(final)
+        except OSError:  # another run renamed the same entry first: its copy is as good as this one
+            if not (final / META).is_file():
+                raise
+        splits, saved = _read(final)
+        logger.info("%s data kept in the cache %s for the next run", stage, final)
+        return splits, saved["meta"], digest
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _sweep(folder: Path) -> None:
+    """Temporary folders of builds killed part-way (a day old: none still being written) are removed."""
+    if folder.is_dir():
+        for tmp in folder.glob(".tmp-*"):
+            with contextlib.suppress(OSError):
+                if time.time() - tmp.stat().st_mtime > STALE_S:
+                    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write(folder: Path, splits: DatasetDict, saved: dict) -> None:
+    for name, ds in splits.items():
+        file = folder / f"{name}.arrow"
+        if not file.exists():  # held in memory (or in a file elsewhere): one Arrow file of its own
+            ds.map(None, batched=True, batch_size=WRITE_BATCH, cache_file_name=str(file),
+                   new_fingerprint=f"{folder.name}-{name}", desc=f"caching {name}")  # fmt: skip
+    saved["splits"] = list(splits)
+    (folder / META).write_text(json.dumps(saved, indent=1))  # last: an entry with its meta is whole
+
+
+def _read(folder: Path) -> tuple[DatasetDict, dict]:
+    saved = json.loads((folder / META).read_text())
+    splits = DatasetDict({name: Dataset.from_file(str(folder / f"{name}.arrow")) for name in saved["splits"]})
+    return splits, saved
+
+
+_warned: set[Path] = set()
+
+
+def _unwritable(root: Path, e: OSError) -> None:
+    if root not in _warned:
+        _warned.add(root)
+        logger.warning("the data cache %s cannot be written (%s): the data is prepared in memory and kept "
+                       "nowhere; --data-cache DIR puts it elsewhere, --data-cache none turns it off", root,
+                       e.strerror or e)  # fmt: skip
+
+
+@contextlib.contextmanager
+def _recorded() -> Iterator[list[tuple[str, int, str]]]:
+    """The package's log records of INFO and above made while a stage is built, to say again when its entry
+    is used."""
+    records: list[tuple[str, int, str]] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.name != __name__:
+                records.append((record.name, record.levelno, record.getMessage()))
+
+    # Only what the run's logging level lets through is made, so only that is kept.
+    package = logging.getLogger("flant5_imdb")
+    handler = Keep(logging.INFO)
+    package.addHandler(handler)
+    try:
+        yield records
+    finally:
+        package.removeHandler(handler)
+
+
+def file_digest(path: Path) -> str:
+    """The file's content hash, read a block at a time (memory does not grow with the file)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "blake2b").hexdigest()[:32]
+
+
+def tokenizer_digest(tokenizer) -> str | None:
+    """What decides how a fast tokenizer encodes: its class, its truncation side and its whole definition
+    (vocabulary, normalizer, pre-tokenizer, post-processor), without the truncation and padding settings
+    a call leaves on it. None for a tokenizer with no such definition: its tokenization is not kept."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    definition = json.loads(backend.to_str())
+    definition.pop("truncation", None)
+    definition.pop("padding", None)
+    body = json.dumps(definition, sort_keys=True)
+    head = f"{type(tokenizer).__name__}|{getattr(tokenizer, 'truncation_side', 'right')}|"
+    return hashlib.sha256((head + body).encode()).hexdigest()[:32]
