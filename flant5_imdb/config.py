@@ -83,6 +83,10 @@ class TrainConfig:
         False, "drop (and report) invalid rows instead of stopping with an error", resume=FREE
     )
     data_cache: str | None = _opt(None, DATA_CACHE_HELP, resume=FREE)
+    preprocess_workers: str = _opt(
+        "auto", "processes that tokenize the data: a number, or auto = the CPU cores this process may use, "
+        "one per 10,000 rows at most", resume=FREE,
+    )  # fmt: skip
     verbalizer: str = _opt("auto", "the text the model writes for each class: auto = digits for IMDB and "
                            "integer labels, the label names otherwise; digits ('0'/'1' for IMDB, the "
                            "baseline's); words ('negative'/'positive' for IMDB, the names otherwise); or "
@@ -233,9 +237,10 @@ class TrainConfig:
                 "--precision fp16 is refused: T5 overflows in fp16 (transformers #5651, #14189); use bf16 or "
                 "fp32"
             )
-        threads = str(self.threads)
-        if threads != "auto" and not (threads.isdigit() and int(threads) >= 1):
-            raise ConfigError(f"--threads {self.threads!r}: auto, or a whole number of at least 1")
+        for name in ("threads", "preprocess_workers"):
+            value = str(getattr(self, name))
+            if value != "auto" and not (value.isdigit() and int(value) >= 1):
+                raise ConfigError(f"--{flag(name)} {value!r}: auto, or a whole number of at least 1")
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             value = getattr(self, f.name)
@@ -435,7 +440,8 @@ def meant(given: str, known: list[str]) -> str:
 # --help's sections, in order: every TrainConfig field is in exactly one (a test checks).
 GROUPS = {
     "data": ("data", "data_config", "text_column", "label_column", "labels", "train_split", "eval_split",
-             "validation_split", "skip_bad_rows", "data_cache", "max_train_samples", "max_eval_samples"),
+             "validation_split", "skip_bad_rows", "data_cache", "preprocess_workers", "max_train_samples",
+             "max_eval_samples"),
     "model and targets": ("model", "model_config", "tokenizer", "attn_implementation", "dropout",
                           "verbalizer", "prompt", "max_source_length"),
     "training": ("batch_size", "grad_accum", "lr", "epochs", "max_steps", "optim", "adam_beta1", "adam_beta2",

@@ -217,3 +217,24 @@ def test_under_accelerate_launch_the_main_process_prepares_and_the_other_reads(t
         assert proc.stderr.count("tokenizing: 100%") == (2 if run_dir == "one" else 0), proc.stderr[-3000:]
     assert "tokenized data taken from the cache" in proc.stderr
     assert entries(tmp_path / "cache") == {"checked": 1, "tokenized": 1}
+
+
+def test_tokenized_by_two_processes_is_the_same_rows_kept_as_their_two_files(tmp_path):
+    folder, cache = data(tmp_path / "d", n=60), tmp_path / "cache"
+    two = run(folder, cache, preprocess_workers="2")
+    one = run(folder, "none")
+    assert rows(two.train) == rows(one.train) and rows(two.eval) == rows(one.eval)
+    (meta,) = (cache / "tokenized").glob("*/meta.json")
+    assert [len(files) for files in json.loads(meta.read_text())["splits"].values()] == [2, 2]
+    again = run(folder, cache, preprocess_workers="1")  # the same entry: workers do not change the rows
+    assert rows(again.train) == rows(one.train) and entries(cache) == {"checked": 1, "tokenized": 1}
+
+
+@pytest.mark.parametrize("setting, rows_, expected", [("3", 5, 3), ("auto", 5, 1), ("auto", 10**9, None)])
+def test_preprocess_workers(setting, rows_, expected):
+    from flant5_imdb.data.encode import preprocess_workers
+
+    cores = len(os.sched_getaffinity(0))
+    assert preprocess_workers(setting, rows_) == (cores if expected is None else expected)
+    with pytest.raises(ValueError, match="--preprocess-workers '0': auto, or a whole number of at least 1"):
+        preprocess_workers("0", 5)

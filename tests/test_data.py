@@ -194,12 +194,14 @@ def test_truncation_keeps_eos_and_records_lengths(word_tokenizer, synthetic, cap
     assert out["train"]["id"] == list(range(400))
 
 
-def test_tokenization_of_files_is_cached(tmp_path, word_tokenizer):
+def test_tokenization_into_a_folder_is_memory_mapped_and_the_same(tmp_path, word_tokenizer):
     write(tmp_path / "train.parquet", ROWS * 10, "parquet")
     digits = target_ids(word_tokenizer, "digits")
-    first = tokenize(load_splits(str(tmp_path))[0], word_tokenizer, digits)
-    second = tokenize(load_splits(str(tmp_path))[0], word_tokenizer, digits)
-    assert first["train"].cache_files and first["train"].cache_files == second["train"].cache_files
+    (tmp_path / "out").mkdir()
+    kept = tokenize(load_splits(str(tmp_path))[0], word_tokenizer, digits, folder=tmp_path / "out")
+    held = tokenize(load_splits(str(tmp_path))[0], word_tokenizer, digits)
+    assert [f["filename"] for f in kept["train"].cache_files] == [str(tmp_path / "out" / "train.arrow")]
+    assert not held["train"].cache_files and kept["train"].to_list() == held["train"].to_list()
 
 
 def test_synthetic_is_balanced_and_deterministic():

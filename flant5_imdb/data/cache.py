@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import datasets
-from datasets import Dataset, DatasetDict
+from datasets import Dataset, DatasetDict, concatenate_datasets
 
 import flant5_imdb
 
@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 NONE = "none"  # --data-cache none: prepare in memory, keep nothing
 ENV = "FLANT5_IMDB_DATA_CACHE"  # the default folder, where set
-FORMAT = 1  # bumped when what an entry holds changes: older entries are then never read
+FORMAT = 2  # bumped when what an entry holds changes: older entries are then never read
 META = "meta.json"
 STALE_S = 24 * 3600  # a temporary folder this old was left by a build that was killed
 WRITE_BATCH = 10_000  # rows per batch when a split held in memory is written to its Arrow file
@@ -71,8 +71,8 @@ def cached(
     root: Path | None, stage: str, key: dict | None, build: Build
 ) -> tuple[DatasetDict, dict, str | None]:
     """(splits, meta, the entry's digest): what `build(folder)` returns, or what it returned before under
-    the same `key`, read memory-mapped. `build` may write its splits' Arrow files into `folder` as
-    `SPLIT.arrow` (None: no cache, keep them in memory); those it does not are written after it. `meta`
+    the same `key`, read memory-mapped. `build` may write its splits' Arrow files into `folder`
+    (None: no cache, keep them in memory); a split it does not is written after it. `meta`
     must be JSON. With no `root` or no `key` (a source that cannot be identified), nothing is kept.
 
     A cache folder that cannot be written is warned about once and the run goes on in memory; a damaged
@@ -134,18 +134,26 @@ def _sweep(folder: Path) -> None:
 
 
 def _write(folder: Path, splits: DatasetDict, saved: dict) -> None:
+    """Each split's Arrow files in `folder` (those `build` wrote there, in order: one, or one per worker
+    process), else one file of its own, written here; then the meta, naming them."""
+    saved["splits"] = {}
     for name, ds in splits.items():
-        file = folder / f"{name}.arrow"
-        if not file.exists():  # held in memory (or in a file elsewhere): one Arrow file of its own
+        files = [Path(f["filename"]) for f in ds.cache_files]
+        if not files or ds._indices is not None or any(f.parent != folder for f in files):
+            file = folder / f"{name}.arrow"  # held in memory, selected from, or elsewhere: written whole
             ds.map(None, batched=True, batch_size=WRITE_BATCH, cache_file_name=str(file),
                    new_fingerprint=f"{folder.name}-{name}", desc=f"caching {name}")  # fmt: skip
-    saved["splits"] = list(splits)
+            files = [file]
+        saved["splits"][name] = [f.name for f in files]
     (folder / META).write_text(json.dumps(saved, indent=1))  # last: an entry with its meta is whole
 
 
 def _read(folder: Path) -> tuple[DatasetDict, dict]:
     saved = json.loads((folder / META).read_text())
-    splits = DatasetDict({name: Dataset.from_file(str(folder / f"{name}.arrow")) for name in saved["splits"]})
+    splits = DatasetDict()
+    for name, files in saved["splits"].items():
+        parts = [Dataset.from_file(str(folder / f)) for f in files]
+        splits[name] = parts[0] if len(parts) == 1 else concatenate_datasets(parts)
     return splits, saved
 
 

@@ -7,6 +7,7 @@ tokens, for the length-grouped sampler), `id` (the row in its split) and `label`
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,9 +72,11 @@ def tokenize(
     prompt: str | None = None,
     max_source_length: int = 512,
     folder: Path | None = None,
+    workers: int = 1,
 ) -> DatasetDict:
-    """Tokenize every split with `datasets.map` (batched), into `folder/SPLIT.arrow` where a folder is
-    given (memory-mapped: memory does not grow with the rows), else in memory.
+    """Tokenize every split with `datasets.map` (batched; in `workers` processes, each a share of the rows),
+    into `folder/SPLIT*.arrow` where a folder is given (memory-mapped: memory does not grow with the
+    rows), else in memory.
 
     `labels` are the target ids of each row's class (`targets[class]`, from `target_ids`). Sources
     longer than `max_source_length` are truncated (EOS kept); the count is logged.
@@ -92,7 +95,7 @@ def tokenize(
 
     files = {split: str(folder / f"{split}.arrow") for split in dsd} if folder is not None else None
     out = dsd.map(encode, batched=True, with_indices=True, remove_columns=["text"], desc="tokenizing",
-                  cache_file_names=files)  # fmt: skip
+                  cache_file_names=files, num_proc=workers if workers > 1 else None)  # fmt: skip
     for split, ds in out.items():
         # Counted by Arrow on the column, not by a Python list of every row's length.
         n_trunc = pc.sum(pc.greater_equal(ds.data.column("length"), max_source_length)).as_py() or 0
@@ -108,6 +111,24 @@ def tokenize(
             logger.log(level, "%s: %d of %d sources truncated to %d tokens%s", split, n_trunc, len(ds),
                        max_source_length, note)  # fmt: skip
     return out
+
+
+WORKER_ROWS = 10_000  # rows worth a process of their own (one takes about a second to start)
+
+
+def preprocess_workers(setting: str | int, rows: int) -> int:
+    """The processes that tokenize `rows` rows: `setting` as a number, or `auto`: the CPU cores this process
+    may use (its affinity), one per `WORKER_ROWS` rows at most.
+
+    Raises:
+        ValueError: a setting that is neither `auto` nor a whole number of at least 1.
+    """
+    if str(setting) != "auto":
+        if not str(setting).isdigit() or int(setting) < 1:
+            raise ValueError(f"--preprocess-workers {setting!r}: auto, or a whole number of at least 1")
+        return int(setting)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, rows // WORKER_ROWS))
 
 
 def column(ds: Dataset, name: str) -> np.ndarray:

@@ -7,17 +7,20 @@ and listed. What a label space may get wrong without being an error is warned ab
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import random
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import datasets
 import numpy as np
-from datasets import Dataset, DatasetDict
+import pyarrow as pa
+from datasets import Dataset, DatasetDict, Features, Value
+from datasets.arrow_writer import ArrowWriter
 
 from flant5_imdb.data.encode import column
 from flant5_imdb.data.labels import IMDB, IMDB_SPELLINGS, LabelSpace, canonical, infer_labels
@@ -48,6 +51,7 @@ def load_labelled(
     columns: Columns = Columns(),
     train_split: str = "train",
     eval_flag: str = "--eval-split",
+    folder: Path | None = None,
 ) -> Labelled:
     """Read `source` (a `Source`, or `--data` as written; only `splits`, if given) and validate every row.
 
@@ -57,34 +61,36 @@ def load_labelled(
     no class the model would never see. `eval_flag` is the option that names another split to evaluate
     on, for the message about an unlabelled one.
 
+    Each split is read once, a batch of rows at a time, into Arrow: in `folder` where one is given (files
+    `SPLIT.arrow`, memory-mapped: memory is bounded by a batch, not by the rows), else in memory.
+
     Raises:
         DataError: the source is missing, unreadable or malformed, a split lacks a column, or a row is
             bad and `skip_bad_rows` is off.
     """
     source = parse_source(source) if isinstance(source, str) else source
     raws = read_splits(source, None if splits is None else set(splits), columns)
+    staged = {split: _stage(raw, folder, split) for split, raw in raws.items()}
     if labels is None:
-        first = raws.get(train_split) or next(iter(raws.values()), None)
-        usable = [] if first is None else [y for x, y in zip(first.texts, first.labels, strict=True)
-                                           if text_problem(x) is None]  # fmt: skip
-        labels = infer_labels(usable, label_order or _named_order(first))
+        first = staged.get(train_split) or next(iter(staged.values()), None)
+        labels = infer_labels(list(first.label_texts) if first else [], label_order or _named_order(first))
     out, dropped = {}, []
-    for split, raw in raws.items():
-        out[split], rows = _validate(
-            raw, skip_bad_rows, split, labels, None if split == train_split else eval_flag
+    for split, rows in staged.items():
+        out[split], bad = _validate(
+            rows, skip_bad_rows, split, labels, None if split == train_split else eval_flag, folder
         )
-        dropped += rows
+        dropped += bad
     if dropped:
         logger.warning("--skip-bad-rows: dropped %d bad row(s): %s", len(dropped), _some(dropped))
     if train_split in out:
-        _warn_about_classes(source.text, out[train_split], labels, columns)
+        _warn_about_classes(source.text, out[train_split], labels, columns, staged[train_split].few_texts)
     return Labelled(DatasetDict(out), labels, dropped)
 
 
-def _named_order(raw: RawSplit | None) -> tuple[str, ...] | None:
+def _named_order(staged: _Staged | None) -> tuple[str, ...] | None:
     """A `ClassLabel`'s names as the classes, in its order (class i is its integer i), unless they are
     IMDB's own spellings (`neg`, `pos`: the IMDB label space, whose targets the seed recipe fixed)."""
-    names = raw.class_names if raw is not None else None
+    names = staged.class_names if staged is not None else None
     if not names or all(str(n).lower() in IMDB_SPELLINGS for n in names):
         return None
     return names
@@ -103,25 +109,107 @@ def _some(rows: list[BadRow], count_the_rest: bool = True) -> str:
     return "; ".join(map(str, rows[:MAX_REPORTED_ROWS])) + (f" (and {more} more)" if more > 0 else "")
 
 
-def _validate(
-    raw: RawSplit, skip: bool, split: str, space: LabelSpace = IMDB, other_flag: str | None = None
-) -> tuple[Dataset, list[BadRow]]:
-    """Check every row; labels become class indices in `space`; only text and label are kept.
-    `other_flag` names another split to use where this one may hold no labels (none for training)."""
-    places = raw.places or range(1, len(raw.texts) + 1)
-    labels, bad, good = [], list(raw.bad), []
-    labelless = 0  # bad rows whose text is fine: their label is none, or none of the classes
-    for i, (text, value, place) in enumerate(zip(raw.texts, raw.labels, places, strict=True)):
-        shown, problem = canonical(value)
+BATCH = 10_000  # rows written (and checked against the classes) at a time
+STAGED = Features({"text": Value("string"), "label": Value("string"), "written": Value("string"),
+                   "place": Value("int64")})  # fmt: skip
+CHECKED = Features({"text": Value("string"), "label": Value("int64")})
+FEW = (10, 20)  # a text column of at most 10 distinct values of at most 20 characters looks like labels
+
+
+@dataclass
+class _Staged:
+    """A split after one pass over its records: the rows with a usable text and a label (the label's
+    canonical text, how it was written where that differs, where the record starts), the bad rows, and
+    what the next steps need without another pass: each label text's count, and a text column's few
+    distinct values where it has only a few short ones."""
+
+    rows: Dataset
+    where: str
+    unit: str
+    bad: list[BadRow]
+    label_texts: Counter
+    labelless: int  # bad rows whose text is fine: their label is none
+    class_names: tuple[str, ...] | None
+    few_texts: set[str] | None
+
+
+def _stage(raw: RawSplit, folder: Path | None, split: str) -> _Staged:
+    """Read `raw`'s records once, a batch at a time, checking each text and label as it comes."""
+    writer = _Writer(None if folder is None else folder / f"{split}.read.arrow", STAGED)
+    bad, counts, labelless, few = [], Counter(), 0, set()
+    for item in raw.rows():
+        if isinstance(item, BadRow):
+            bad.append(item)
+            continue
+        place, text, value = item
         bad_text = text_problem(text)
-        problem = bad_text or problem
-        label = None if problem else space.index_of(shown)
-        if problem or label is None:
-            bad.append(BadRow(raw.where, place, problem or not_a_class(value, shown, space), raw.unit))
+        shown, problem = canonical(value)
+        if bad_text or problem:
+            bad.append(BadRow(raw.where, place, bad_text or problem, raw.unit))
             labelless += bad_text is None
-        else:
-            good.append(i)
-            labels.append(label)
+            continue
+        counts[shown] += 1
+        if few is not None:
+            few.add(text)
+            if len(text) > FEW[1] or len(few) > FEW[0]:
+                few = None
+        # How the label was written, where it reads otherwise (for the message if it is no class).
+        written = value if isinstance(value, str) and value != shown and value.strip() != shown else None
+        writer.add(text=text, label=shown, written=written, place=place)
+    return _Staged(writer.finish(), raw.where, raw.unit, bad, counts, labelless, raw.class_names, few)
+
+
+class _Writer:
+    """Rows written a batch at a time into an Arrow file, read back memory-mapped; or, with no file,
+    kept in memory."""
+
+    def __init__(self, path: Path | None, features: Features):
+        self.path, self.rows = path, {name: [] for name in features}
+        self.stream = None if path is not None else pa.BufferOutputStream()
+        where = None if path is None else str(path)
+        self.writer = ArrowWriter(features=features, path=where, stream=self.stream)
+
+    def add(self, **row) -> None:
+        for name, value in row.items():
+            self.rows[name].append(value)
+        if len(self.rows["text"]) >= BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.rows["text"]:
+            self.writer.write_batch(self.rows)
+            self.rows = {name: [] for name in self.rows}
+
+    def finish(self) -> Dataset:
+        self._flush()
+        if self.path is not None:
+            self.writer.finalize()
+            return Dataset.from_file(str(self.path))
+        self.writer.finalize(close_stream=False)
+        return Dataset.from_buffer(self.stream.getvalue())
+
+
+def _validate(
+    staged: _Staged,
+    skip: bool,
+    split: str,
+    space: LabelSpace = IMDB,
+    other_flag: str | None = None,
+    folder: Path | None = None,
+) -> tuple[Dataset, list[BadRow]]:
+    """Labels become class indices in `space`; only text and label are kept (in `folder/SPLIT.arrow` where
+    a folder is given). `other_flag` names another split to use where this one may hold no labels (none
+    for training)."""
+    index = {text: space.index_of(text) for text in staged.label_texts}
+    bad, labelless = list(staged.bad), staged.labelless
+    if None in index.values():  # the rows whose label is none of the classes, by where they start
+        for batch in staged.rows.select_columns(["label", "written", "place"]).iter(batch_size=BATCH):
+            for shown, written, place in zip(batch["label"], batch["written"], batch["place"], strict=True):
+                if index[shown] is None:
+                    why = not_a_class(shown if written is None else written, shown, space)
+                    bad.append(BadRow(staged.where, place, why, staged.unit))
+                    labelless += 1
+    good = sum(n for text, n in staged.label_texts.items() if index[text] is not None)
     bad = [
         dataclasses.replace(r, split=split) for r in sorted(bad, key=lambda r: (r.row is None, r.row or 0))
     ]
@@ -136,17 +224,26 @@ def _validate(
         # are more likely another task's classes: the reason already lists the classes.)
         unlabelled = other_flag and alike and labelless == len(bad)
         hint = f"; is the split unlabelled? name another with {other_flag}" if unlabelled else ""
-        raise DataError(f"{raw.where}: no usable rows" + (f" ({why})" if bad else "") + hint)
+        raise DataError(f"{staged.where}: no usable rows" + (f" ({why})" if bad else "") + hint)
     if bad and not skip:
         raise DataError(
-            f"{raw.where}: {len(bad)} bad row(s): {_some(bad, False)}; pass --skip-bad-rows to drop them"
+            f"{staged.where}: {len(bad)} bad row(s): {_some(bad, False)}; pass --skip-bad-rows to drop them"
         )
-    if raw.ds is None:
-        return Dataset.from_dict({"text": [raw.texts[i] for i in good], "label": labels}), bad
-    ds = (raw.ds.select(good) if len(good) != len(raw.ds) else raw.ds).select_columns(["text", "label"])
-    if getattr(ds.features["label"], "dtype", None) != "int64" or list(ds["label"]) != labels:
-        ds = ds.remove_columns("label").add_column("label", labels)
-    return ds.cast_column("label", datasets.Value("int64")), bad
+
+    def classes(batch: dict) -> dict:
+        kept = [(text, index[shown]) for text, shown in zip(batch["text"], batch["label"], strict=True)
+                if index[shown] is not None]  # fmt: skip
+        return {"text": [t for t, _ in kept], "label": [y for _, y in kept]}
+
+    out = None if folder is None else str(folder / f"{split}.arrow")
+    rows = staged.rows
+    checked = rows.map(classes, batched=True, batch_size=BATCH, remove_columns=rows.column_names,
+                       features=CHECKED, cache_file_name=out, keep_in_memory=out is None,
+                       new_fingerprint=f"checked-{split}-{len(bad)}", desc=f"checking {split}")  # fmt: skip
+    if folder is not None:  # the rows as read are not needed once checked
+        with contextlib.suppress(OSError):
+            (folder / f"{split}.read.arrow").unlink()
+    return checked, bad
 
 
 def not_a_class(value, shown: str, space: LabelSpace) -> str:
@@ -164,11 +261,14 @@ def class_counts(labels, n_classes: int) -> list[int]:
     return np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_classes).tolist()
 
 
-def _warn_about_classes(source: str, ds: Dataset, space: LabelSpace, columns: Columns) -> None:
+def _warn_about_classes(
+    source: str, ds: Dataset, space: LabelSpace, columns: Columns, few_texts: set[str] | None
+) -> None:
     """What a label space may get wrong without being an error, warned about by name at any data size:
     one class only; a class so rare beside another that it may be a typo; a class named by --labels
-    that training never shows; columns that look swapped."""
-    labels = list(ds["label"])  # a plain list: a datasets Column re-reads Arrow on every pass
+    that training never shows; columns that look swapped (`few_texts`: the text column's values, where
+    it holds only a few short ones)."""
+    labels = column(ds, "label")
     counts = class_counts(labels, len(space))
     present = [i for i, c in enumerate(counts) if c]
     swap = "(name the columns with --text-column and --label-column)"
@@ -190,8 +290,8 @@ def _warn_about_classes(source: str, ds: Dataset, space: LabelSpace, columns: Co
     if len(labels) >= 10 and len(present) >= 0.9 * len(labels):
         logger.warning("%s: %d of %d training rows have a label of their own: is --label-column %r a text "
                        "column? %s", source, len(present), len(labels), columns.label, swap)  # fmt: skip
-    texts = set(ds["text"]) if len(labels) >= 20 else set()
-    if texts and len(texts) <= 10 and max(map(len, texts)) <= 20:
+    texts = few_texts if len(labels) >= 20 and few_texts else set()
+    if texts and len(texts) <= FEW[0] and max(map(len, texts)) <= FEW[1]:
         shown = ", ".join(map(repr, sorted(texts)[:5]))
         logger.warning("%s: --text-column %r holds only %d distinct short values (%s): is it a label "
                        "column? %s", source, columns.text, len(texts), shown, swap)  # fmt: skip

@@ -18,7 +18,14 @@ from datasets import Dataset
 
 from flant5_imdb.config import NO_EVAL
 from flant5_imdb.data.cache import cache_root, cached, tokenizer_digest
-from flant5_imdb.data.encode import column, prompt_template, subset, target_ids, tokenize
+from flant5_imdb.data.encode import (
+    column,
+    preprocess_workers,
+    prompt_template,
+    subset,
+    target_ids,
+    tokenize,
+)
 from flant5_imdb.data.labelled import Labelled, class_counts, hold_out, load_labelled
 from flant5_imdb.data.labels import LabelSpace, parse_label_names, verbalize
 from flant5_imdb.data.reader import BadRow, DataError
@@ -47,6 +54,7 @@ class DataSpec:
     seed: int = 42
     evaluate: bool = True
     data_cache: str | None = None  # a folder; None: the user's cache folder; "none": keep nothing
+    preprocess_workers: str = "auto"  # processes that tokenize: a number, or auto
 
     @classmethod
     def from_config(cls, cfg) -> DataSpec:
@@ -58,7 +66,7 @@ class DataSpec:
             max_source_length=cfg.max_source_length, max_train_samples=cfg.max_train_samples,
             max_eval_samples=cfg.max_eval_samples, seed=cfg.seed,
             evaluate=bool(cfg.final_eval or cfg.eval_every) and cfg.eval_split != NO_EVAL,
-            data_cache=cfg.data_cache,
+            data_cache=cfg.data_cache, preprocess_workers=cfg.preprocess_workers,
         )  # fmt: skip
 
 
@@ -136,10 +144,11 @@ def _checked(
     """The splits read and validated (`load_labelled`), from the cache where an earlier run kept them;
     and the cache entry's name (None where nothing is kept)."""
 
-    def build(_folder) -> tuple:
+    def build(folder) -> tuple:
         loaded = load_labelled(source, skip_bad_rows=spec.skip_bad_rows, splits=wanted, labels=labels,
                                label_order=spec.label_order, columns=spec.columns,
-                               train_split=spec.train_split or "train", eval_flag=spec.eval_flag)  # fmt: skip
+                               train_split=spec.train_split or "train", eval_flag=spec.eval_flag,
+                               folder=folder)  # fmt: skip
         meta = {
             "labels": dataclasses.asdict(loaded.labels),
             "skipped": [dataclasses.asdict(r) for r in loaded.skipped],
@@ -165,8 +174,9 @@ def _tokenized(spec: DataSpec, splits, tokenizer, ids: list[list[int]], checked:
                "max_source_length": spec.max_source_length}  # fmt: skip
 
     def build(folder) -> tuple:
+        workers = preprocess_workers(spec.preprocess_workers, max(map(len, splits.values()), default=0))
         out = tokenize(splits, tokenizer, ids, prompt=spec.prompt, max_source_length=spec.max_source_length,
-                       folder=folder)  # fmt: skip
+                       folder=folder, workers=workers)  # fmt: skip
         return out, {}
 
     return cached(root, "tokenized", key, build)[0]

@@ -70,11 +70,16 @@ class BadRow:
         return {"split": self.split, "file": self.where, self.unit: self.row, "reason": self.reason}
 
 
+ROWS_BATCH = 10_000  # rows taken at a time from a dataset
+
+
 @dataclass
 class RawSplit:
     """A split as read: texts and labels as written (`places`: where each record starts, named by `unit`;
-    else its row), and the records no reader could take. `ds` is the source's own dataset where it has
-    one: selecting from it keeps `datasets`' cache for tokenization. Texts to predict have no labels."""
+    else its row), and the records no reader could take. Texts to predict have no labels.
+
+    Its records come from lists, from `ds` (the source's own dataset, read a batch at a time) or from
+    `stream` (a file read as the records are taken): `rows()` gives them all, once, whichever it is."""
 
     texts: list
     labels: list
@@ -84,18 +89,35 @@ class RawSplit:
     unit: str = "row"  # how a place is named: a table's row, or a text file's line
     ds: Dataset | None = None
     class_names: tuple[str, ...] | None = None  # a `ClassLabel`'s names, in its order: labels are these
+    stream: Iterator | None = None
 
     @classmethod
     def of(cls, ds: Dataset, where: str) -> RawSplit:
-        """`ds`'s texts and labels (plain lists: see labelled._validate). A `ClassLabel` column's integers
+        """`ds`'s texts and labels, read a batch at a time by `rows()`. A `ClassLabel` column's integers
         become its names (a Hub dataset's, or a parquet file's that `datasets` wrote): `billing`, not `0`.
         An integer outside the names (a Hub test split's -1) stays as written, to be reported."""
-        labels = list(ds["label"])
         feature = ds.features.get("label")
         names = tuple(feature.names) if isinstance(feature, ClassLabel) else None
-        if names:
-            labels = [names[y] if isinstance(y, int) and 0 <= y < len(names) else y for y in labels]
-        return cls(list(ds["text"]), labels, where, ds=ds, class_names=names)
+        return cls([], [], where, ds=ds, class_names=names)
+
+    def rows(self) -> Iterator[tuple[int, object, object] | BadRow]:
+        """Every record, in the order read: (its place, its text, its label as written), or the `BadRow`
+        of one no reader could take."""
+        if self.stream is not None:
+            yield from self.stream
+            return
+        yield from self.bad
+        if self.ds is None:
+            yield from zip(self.places or range(1, len(self.texts) + 1), self.texts, self.labels, strict=True)
+            return
+        names, row = self.class_names, 0
+        for batch in self.ds.select_columns(["text", "label"]).iter(batch_size=ROWS_BATCH):
+            labels = batch["label"]
+            if names:
+                labels = [names[y] if isinstance(y, int) and 0 <= y < len(names) else y for y in labels]
+            for text, label in zip(batch["text"], labels, strict=True):
+                row += 1
+                yield row, text, label
 
 
 def file_format(path: Path) -> str | None:
@@ -119,11 +141,35 @@ def file_kind(path: Path, allowed: tuple[str, ...], use: str) -> str:
 
 
 def read_table(path: str | Path, text_column: str, label_column: str | None = None) -> RawSplit:
-    """Read a csv / jsonl / json / txt file's text and label columns (a .txt file: texts, one a line).
+    """Read a csv / jsonl / json / txt file's text and label columns (a .txt file: texts, one a line),
+    all of them into lists (`stream_table` reads them as they are taken).
 
     Raises:
         DataError: the file is missing, of an unknown type, empty, only a header, not UTF-8, or lacks
             a column (a CSV's header; a JSON record without one is a bad row).
+    """
+    streamed = stream_table(path, text_column, label_column)
+    table = RawSplit([], [], streamed.where, places=[])
+    for item in streamed.rows():
+        if isinstance(item, BadRow):
+            table.bad.append(item)
+            continue
+        number, text, label = item
+        table.texts.append(text)
+        if label_column is not None:
+            table.labels.append(label)
+        table.places.append(number)
+    table.unit = streamed.unit
+    return table
+
+
+def stream_table(path: str | Path, text_column: str, label_column: str | None = None) -> RawSplit:
+    """`read_table`'s records, read as `rows()` takes them (once): memory holds a block of the file and
+    one record, whatever its size. A whole-file problem is raised here, before any record is taken (the
+    first is read now), or, for a damaged end, where the records reach it.
+
+    Raises:
+        DataError: as `read_table`.
     """
     path = Path(path)
     kind = _checked_file(path, ("csv", "jsonl", "json", "txt"), "use .csv, .jsonl, .json or .txt")
@@ -132,21 +178,26 @@ def read_table(path: str | Path, text_column: str, label_column: str | None = No
             f"{path}: a .txt file holds texts only, one a line; labelled data needs .csv, .jsonl or .parquet"
         )
     columns = (text_column,) if label_column is None else (text_column, label_column)
-    with open(path, "rb") as raw:
-        unit, records = table_records(raw, str(path), kind, columns)
-        table = RawSplit([], [], str(path), places=[], unit=unit)
-        for number, record in records:
-            problem = record if isinstance(record, str) else _record_problem(record, columns, unit)
-            if problem:
-                table.bad.append(BadRow(str(path), number, problem, unit))
-                continue
-            table.texts.append(record[text_column])
-            if label_column is not None:
-                table.labels.append(record[label_column])
-            table.places.append(number)
-    if not table.places and not table.bad:
-        raise DataError(f"{path}: no records" + (" (only a header)" if kind == "csv" else ""))
-    return table
+    split = RawSplit([], [], str(path))
+
+    def records():
+        with open(path, "rb") as raw:
+            split.unit, found = table_records(raw, str(path), kind, columns)
+            seen = False
+            for number, record in found:
+                seen = True
+                problem = record if isinstance(record, str) else _record_problem(record, columns, split.unit)
+                if problem:
+                    yield BadRow(str(path), number, problem, split.unit)
+                else:
+                    yield number, record[text_column], None if label_column is None else record[label_column]
+        if not seen:
+            raise DataError(f"{path}: no records" + (" (only a header)" if kind == "csv" else ""))
+
+    stream = records()
+    first = next(stream)  # a file with no record raises before this returns
+    split.stream = itertools.chain([first], stream)
+    return split
 
 
 def _checked_file(path: Path, allowed: tuple[str, ...], use: str) -> str:

@@ -27,7 +27,7 @@ from flant5_imdb.data.reader import (
     RawSplit,
     file_format,
     file_kind,
-    read_table,
+    stream_table,
 )
 from flant5_imdb.data.synthetic import make_synthetic
 
@@ -261,11 +261,12 @@ def _read_parquet(path: Path, columns: Columns) -> RawSplit:
 
 
 def _read_table(path: Path, columns: Columns) -> RawSplit:
-    """csv / jsonl / json (+ .gz) through the project's reader, not `datasets`' loaders: those turn a CSV's
-    `NA` into a missing value and `0`/`neg` labels into numbers or nulls, and name no line when a record
-    is bad; here values stay what the file holds and every bad record is named by its line."""
+    """csv / jsonl / json (+ .gz) through the project's reader (as the records are taken), not `datasets`'
+    loaders: those turn a CSV's `NA` into a missing value and `0`/`neg` labels into numbers or nulls, and
+    name no line when a record is bad; here values stay what the file holds and every bad record is named
+    by its line."""
     try:
-        return read_table(path, columns.text, columns.label)
+        return stream_table(path, columns.text, columns.label)
     except MissingColumn as e:
         if (columns.text, columns.label) == ("text", "label"):
             raise DataError(f"{e}; name yours with --text-column / --label-column") from None
