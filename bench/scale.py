@@ -4,12 +4,16 @@ from the operating system (the largest process's resident set), every row under 
     python bench/scale.py predict --texts 3000,60000          our predict.py at each size
     python bench/scale.py versus --texts 10000,100000         ours beside the plain transformers loop
     python bench/scale.py classes --classes 5000              train + evaluate a model of N classes
+    python bench/scale.py data --texts 20000,150000 --tokenizer DIR
+                                    training's data stage, cold and warm, beside datasets' csv + map
 
 The texts are IMDB reviews (`--reviews`: a folder with train.parquet / test.parquet), one a line,
 repeated to the size asked. The model is `--model`, or the offline walkthrough's (`--preset smoke`,
 trained once into `--work`), or with `--model-config NAME --tokenizer DIR` that architecture with
 random weights (for a GPU's timing: its predictions mean nothing). The peer of `versus` is
-bench/plain_predict.py. Rows go to `--out` as results.json and results.md, rewritten after each row.
+bench/plain_predict.py; of `data`, bench/plain_data.py (`data` times `train.py --max-steps 1`, the data
+read, checked, tokenized and one step: each side's first run with an empty cache, then its second).
+Rows go to `--out` as results.json and results.md, rewritten after each row.
 """
 
 import sys
@@ -26,6 +30,7 @@ import os
 import platform
 import random
 import re
+import shutil
 import subprocess
 import time
 
@@ -47,6 +52,15 @@ def main(argv: list[str] | None = None) -> int:
         for n in args.classes:
             rows.append(classes_row(args, n, work, env))
             save(args.out, conditions, rows)
+        return 0
+    if args.command == "data":
+        if not args.tokenizer:
+            raise SystemExit("data: --tokenizer DIR, the tokenizer both sides use (e.g. flan-t5's)")
+        conditions.update(tokenizer=args.tokenizer, workers=args.workers)
+        for n in args.texts:
+            for row in data_rows(args, n, work, env):
+                rows.append(row)
+                save(args.out, conditions, rows)
         return 0
     model = model_under_test(args, work, env)
     conditions["model"] = model
@@ -95,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def parse(argv):
     p = argparse.ArgumentParser(description="Prediction and evaluation at scale: time and peak memory.")
-    p.add_argument("command", choices=("predict", "versus", "classes"))
+    p.add_argument("command", choices=("predict", "versus", "classes", "data"))
     p.add_argument("--texts", type=counts, default=[10_000], help="sizes, e.g. 3000,60000 (default: 10000)")
     p.add_argument("--classes", type=counts, default=[5000], help="classes: how many (default: 5000)")
     p.add_argument(
@@ -110,6 +124,9 @@ def parse(argv):
     p.add_argument("--tokenizer", default=None, help="with --model-config: its tokenizer folder")
     p.add_argument("--threads", type=int, default=1, help="CPU threads of every command (default: 1)")
     p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: 32)")
+    p.add_argument(
+        "--workers", type=int, default=1, help="data: processes that tokenize, both sides (default: 1)"
+    )
     p.add_argument("--work", default="/tmp/flant5-scale", help="inputs, outputs and models are made here")
     p.add_argument("--out", default="bench/results/scale", help="results.json and results.md go here")
     return p.parse_args(argv)
@@ -148,11 +165,9 @@ def measure(name: str, command: list[str], n: int, env: dict) -> dict:
     loop = loop_seconds(err)
     if loop:  # the prediction loop alone, as the command timed it: no start-up, no model load
         row.update(loop_seconds=round(loop, 1), loop_texts_per_s=round(n / loop, 1))
-    print(
-        f"   {row['seconds']} s, {row['texts_per_s']} texts/s (predicting: {row.get('loop_texts_per_s')}), "
-        f"peak {row['peak_rss_mib']} MiB",
-        flush=True,
-    )
+    predicting = f" (predicting: {row['loop_texts_per_s']})" if loop else ""
+    print(f"   {row['seconds']} s, {row['texts_per_s']} a second{predicting}, peak {row['peak_rss_mib']} MiB",
+          flush=True)  # fmt: skip
     return row
 
 
@@ -175,25 +190,73 @@ def agreement(a: Path, b: Path) -> float:
     return round(sum(same) / len(same), 4)
 
 
+def reviews_of(reviews: str) -> list[tuple[str, int]]:
+    """IMDB's reviews and labels (train, then test), shuffled with seed 0."""
+    import pyarrow.parquet as pq
+
+    folder = Path(reviews)
+    files = [p for p in (folder / "train.parquet", folder / "test.parquet") if p.is_file()]
+    tables = [pq.read_table(f, columns=["text", "label"]) for f in files]
+    pairs = [pair for t in tables for pair in zip(t["text"].to_pylist(), t["label"].to_pylist(), strict=True)]
+    if not pairs:
+        raise SystemExit(f"--reviews {reviews}: no train.parquet or test.parquet there")
+    random.Random(0).shuffle(pairs)
+    return pairs
+
+
 def texts_file(reviews: str, n: int, work: Path) -> Path:
     """`n` IMDB reviews, one a line (a review's own line breaks folded), cycled; made once per size."""
     path = work / f"texts-{n}.txt"
     if path.is_file():
         return path
-    import pyarrow.parquet as pq
-
-    folder = Path(reviews)
-    files = [p for p in (folder / "train.parquet", folder / "test.parquet") if p.is_file()]
-    texts = [" ".join(t.split()) for f in files for t in pq.read_table(f, columns=["text"])[0].to_pylist()]
-    if not texts:
-        raise SystemExit(f"--reviews {reviews}: no train.parquet or test.parquet there")
-    random.Random(0).shuffle(texts)
+    texts = [" ".join(t.split()) for t, _ in reviews_of(reviews)]
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         for i in range(n):  # a line at a time: the file may be larger than memory
             f.write(texts[i % len(texts)] + "\n")
     tmp.replace(path)
     return path
+
+
+def csv_file(reviews: str, n: int, work: Path) -> Path:
+    """`n` IMDB reviews and their labels as a CSV (text,label), cycled; made once per size."""
+    import csv
+
+    path = work / f"reviews-{n}.csv"
+    if path.is_file():
+        return path
+    pairs = reviews_of(reviews)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["text", "label"])
+        for i in range(n):
+            out.writerow(pairs[i % len(pairs)])
+    tmp.replace(path)
+    return path
+
+
+def data_rows(args, n: int, work: Path, env: dict) -> list[dict]:
+    """Ours (train.py's data stage and one step) and the datasets csv + map pipeline on the same CSV and
+    tokenizer: each first with an empty cache (cold), then again (warm)."""
+    table = csv_file(args.reviews, n, work)
+    cache, hf, out = work / f"data-cache-{n}", work / f"hf-cache-{n}", work / "data-run"
+    for folder in (cache, hf):
+        shutil.rmtree(folder, ignore_errors=True)
+    ours = [sys.executable, str(ROOT / "scripts" / "train.py"), "--preset", "smoke", "--tokenizer",
+            args.tokenizer, "--data", str(table), "--max-source-length", "512", "--max-steps", "1",
+            "--eval-split", "none", "--threads", str(args.threads), "--data-cache", str(cache),
+            "--preprocess-workers", str(args.workers), "--output-dir", str(out)]  # fmt: skip
+    peer = [sys.executable, str(ROOT / "bench" / "plain_data.py"), "--file", str(table), "--tokenizer",
+            args.tokenizer, "--cache-dir", str(hf), "--max-length", "512"]  # fmt: skip
+    if args.workers > 1:
+        peer += ["--num-proc", str(args.workers)]
+    rows = []
+    for when in ("cold", "warm"):
+        shutil.rmtree(out, ignore_errors=True)
+        rows.append(measure(f"ours, {when}", ours, n, env))
+        rows.append(measure(f"datasets + map, {when}", peer, n, env))
+    return rows
 
 
 def model_under_test(args, work: Path, env: dict) -> str:
@@ -287,11 +350,14 @@ def save(out: str, conditions: dict, rows: list[dict]) -> None:
     (folder / "results.json").write_text(json.dumps({"conditions": conditions, "rows": rows}, indent=2))
     c = conditions
     batches = "smoke's batches, 30 steps" if c["command"] == "classes" else f"batch {c['batch_size']}"
+    if c["command"] == "data":
+        batches = f"tokenizer {Path(c['tokenizer']).name}, {c['workers']} tokenizing process(es) a side"
+    unit = "rows" if c["command"] == "data" else "texts"
     lines = [
         f"{c['command']}: {c['machine']}; {c['threads']} CPU thread(s) per process, {batches}; "
         f"{c.get('model', 'the smoke model')}; {c['started']}" + (f" ({c['note']})" if c.get("note") else ""),
         "",
-        "| run | texts | seconds | texts/s | predicting: texts/s | peak RSS (MiB) | notes |",
+        f"| run | {unit} | seconds | {unit}/s | predicting: texts/s | peak RSS (MiB) | notes |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:

@@ -28,3 +28,37 @@ def test_loop_times_are_read_in_every_spelling():
     assert scale.loop_seconds("12 texts predicted in 3 min 5 s on cpu") == 185
     assert scale.loop_seconds("done: 30 steps in 1.0 s") is None
     assert scale.counts("3000,60_000") == [3000, 60000]
+
+
+def test_the_data_rows_run_both_sides_on_one_csv_and_tokenizer_cold_then_warm(tmp_path, monkeypatch):
+    reviews = tmp_path / "imdb"
+    reviews.mkdir()
+    import pandas as pd
+
+    pd.DataFrame({"text": ['a fine, "quoted"\nfilm', "dull"], "label": [1, 0]}).to_parquet(
+        reviews / "train.parquet"
+    )
+    (tmp_path / "work" / "data-cache-5").mkdir(parents=True)  # a previous run's: emptied before the cold run
+    ran = []
+
+    def measure(name, command, n, env):
+        ran.append((name, command, (tmp_path / "work" / "data-cache-5").exists()))
+        return {"name": name}
+
+    monkeypatch.setattr(scale, "measure", measure)
+    args = scale.parse(
+        ["data", "--texts", "5", "--tokenizer", "TOK", "--reviews", str(reviews), "--workers", "2"]
+    )
+    rows = scale.data_rows(args, 5, tmp_path / "work", {})
+    assert [r["name"] for r in rows] == [
+        "ours, cold",
+        "datasets + map, cold",
+        "ours, warm",
+        "datasets + map, warm",
+    ]
+    assert not ran[0][2]
+    table = tmp_path / "work" / "reviews-5.csv"
+    assert pd.read_csv(table, keep_default_na=False).shape == (5, 2)
+    for _, command, _ in ran:
+        assert str(table) in command and "TOK" in command and "512" in command
+    assert ran[0][1][ran[0][1].index("--preprocess-workers") + 1] == "2" and "--num-proc" in ran[1][1]
