@@ -353,12 +353,15 @@ def save(out: str, conditions: dict, rows: list[dict]) -> None:
     if c["command"] == "data":
         batches = f"tokenizer {Path(c['tokenizer']).name}, {c['workers']} tokenizing process(es) a side"
     unit = "rows" if c["command"] == "data" else "texts"
+    predicting = c["command"] in ("predict", "versus")  # the commands that say how long their loop took
     lines = [
         f"{c['command']}: {c['machine']}; {c['threads']} CPU thread(s) per process, {batches}; "
         f"{c.get('model', 'the smoke model')}; {c['started']}" + (f" ({c['note']})" if c.get("note") else ""),
         "",
-        f"| run | {unit} | seconds | {unit}/s | predicting: texts/s | peak RSS (MiB) | notes |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        f"| run | {unit} | seconds | {unit}/s |"
+        + (" predicting: texts/s |" if predicting else "")
+        + " peak RSS (MiB) | notes |",
+        "| --- " * (6 + predicting) + "|",
     ]
     for r in rows:
         notes = []
@@ -373,7 +376,8 @@ def save(out: str, conditions: dict, rows: list[dict]) -> None:
                 f"{r['accuracy']:.3f}"
             )
         cells = [r["name"], f"{r['texts']:,}", r["seconds"], r["texts_per_s"] or ""]
-        cells.append(r.get("loop_texts_per_s", ""))
+        if predicting:
+            cells.append(r.get("loop_texts_per_s", ""))
         cells.append(r["peak_rss_mib"])
         cells.append("; ".join(notes))
         lines.append("| " + " | ".join(map(str, cells)) + " |")

@@ -113,6 +113,7 @@ BATCH = 10_000  # rows written (and checked against the classes) at a time
 STAGED = Features({"text": Value("string"), "label": Value("string"), "written": Value("string"),
                    "place": Value("int64")})  # fmt: skip
 CHECKED = Features({"text": Value("string"), "label": Value("int64")})
+KNOWN = 10_000  # distinct label values remembered (a column of mostly distinct values is not labels)
 FEW = (10, 20)  # a text column of at most 10 distinct values of at most 20 characters looks like labels
 
 
@@ -137,13 +138,19 @@ def _stage(raw: RawSplit, folder: Path | None, split: str) -> _Staged:
     """Read `raw`'s records once, a batch at a time, checking each text and label as it comes."""
     writer = _Writer(None if folder is None else folder / f"{split}.read.arrow", STAGED)
     bad, counts, labelless, few = [], Counter(), 0, set()
+    known: dict = {}  # label values seen, with their canonical text: a split repeats a few of them
     for item in raw.rows():
         if isinstance(item, BadRow):
             bad.append(item)
             continue
         place, text, value = item
         bad_text = text_problem(text)
-        shown, problem = canonical(value)
+        if type(value) is str and value in known:  # exactly str: 1, 1.0 and True are equal keys
+            shown, problem = known[value]
+        else:
+            shown, problem = canonical(value)
+            if type(value) is str and len(known) < KNOWN:
+                known[value] = shown, problem
         if bad_text or problem:
             bad.append(BadRow(raw.where, place, bad_text or problem, raw.unit))
             labelless += bad_text is None
