@@ -32,6 +32,7 @@ import random
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 
 
@@ -146,11 +147,15 @@ def measure(name: str, command: list[str], n: int, env: dict) -> dict:
     """One whole command: its wall time and its peak resident memory (the operating system's count for the
     process and the children it waited for), printed as it ends."""
     print(f"== {name}, {n:,}: {' '.join(command)}", flush=True)
-    started = time.perf_counter()
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - started
-    err = proc.stderr.read()
+    # stderr into a file, not a pipe: a pipe read only at the end fills (64 KiB of progress bars) and
+    # stops the command at its next write, for ever.
+    with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as log:
+        started = time.perf_counter()
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - started
+        log.seek(0)
+        err = log.read()
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed ({proc.returncode}):\n{err[-3000:]}")

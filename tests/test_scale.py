@@ -62,3 +62,24 @@ def test_the_data_rows_run_both_sides_on_one_csv_and_tokenizer_cold_then_warm(tm
     for _, command, _ in ran:
         assert str(table) in command and "TOK" in command and "512" in command
     assert ran[0][1][ran[0][1].index("--preprocess-workers") + 1] == "2" and "--num-proc" in ran[1][1]
+
+
+def test_a_command_that_says_a_lot_on_stderr_is_not_stopped_by_it():
+    """measure() read the command's stderr only once it ended: past a pipe's 64 KiB (a million rows'
+    progress bars) the command waited to write, and the bench with it, for ever."""
+    import os
+    import sys
+    import threading
+
+    loud = (
+        "import sys\nfor i in range(20000): print('progress', i, file=sys.stderr)\n"
+        "print('5 texts predicted in 2 s', file=sys.stderr)"
+    )
+    got = []
+    worker = threading.Thread(
+        target=lambda: got.append(scale.measure("loud", [sys.executable, "-c", loud], 5, dict(os.environ))),
+        daemon=True,
+    )
+    worker.start()
+    worker.join(timeout=60)
+    assert got and got[0]["loop_seconds"] == 2.0
