@@ -13,7 +13,7 @@ import json
 import logging
 import random
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 from datasets import Dataset, DatasetDict, Features, Value
 from datasets.arrow_writer import ArrowWriter
+from datasets.table import InMemoryTable
 
 from flant5_imdb.data.encode import column
 from flant5_imdb.data.labels import IMDB, IMDB_SPELLINGS, LabelSpace, canonical, infer_labels
@@ -124,7 +125,7 @@ class _Staged:
     what the next steps need without another pass: each label text's count, and a text column's few
     distinct values where it has only a few short ones."""
 
-    rows: Dataset
+    rows: Path | pa.Table  # an Arrow file, read a batch at a time (`_batches`), or a table in memory
     where: str
     unit: str
     bad: list[BadRow]
@@ -163,7 +164,17 @@ def _stage(raw: RawSplit, folder: Path | None, split: str) -> _Staged:
         # How the label was written, where it reads otherwise (for the message if it is no class).
         written = value if isinstance(value, str) and value != shown and value.strip() != shown else None
         writer.add(text=text, label=shown, written=written, place=place)
-    return _Staged(writer.finish(), raw.where, raw.unit, bad, counts, labelless, raw.class_names, few)
+    return _Staged(writer.close(), raw.where, raw.unit, bad, counts, labelless, raw.class_names, few)
+
+
+def _batches(rows: Path | pa.Table) -> Iterator[pa.RecordBatch]:
+    """The staged rows a batch at a time, read from the file (not memory-mapped: a mapped file's pages
+    stay resident as they are read, and a process would hold the whole corpus's)."""
+    if isinstance(rows, pa.Table):
+        yield from rows.to_batches(max_chunksize=BATCH)
+        return
+    with pa.OSFile(str(rows)) as f:
+        yield from pa.ipc.open_stream(f)
 
 
 class _Writer:
@@ -187,13 +198,19 @@ class _Writer:
             self.writer.write_batch(self.rows)
             self.rows = {name: [] for name in self.rows}
 
-    def finish(self) -> Dataset:
+    def close(self) -> Path | pa.Table:
+        """The file written, or the table held."""
         self._flush()
         if self.path is not None:
             self.writer.finalize()
-            return Dataset.from_file(str(self.path))
+            return self.path
         self.writer.finalize(close_stream=False)
-        return Dataset.from_buffer(self.stream.getvalue())
+        return pa.ipc.open_stream(self.stream.getvalue()).read_all()
+
+    def finish(self) -> Dataset:
+        """The rows as a dataset: the file memory-mapped, or the table."""
+        rows = self.close()
+        return Dataset.from_file(str(rows)) if isinstance(rows, Path) else Dataset(InMemoryTable(rows))
 
 
 def _validate(
@@ -210,8 +227,9 @@ def _validate(
     index = {text: space.index_of(text) for text in staged.label_texts}
     bad, labelless = list(staged.bad), staged.labelless
     if None in index.values():  # the rows whose label is none of the classes, by where they start
-        for batch in staged.rows.select_columns(["label", "written", "place"]).iter(batch_size=BATCH):
-            for shown, written, place in zip(batch["label"], batch["written"], batch["place"], strict=True):
+        for batch in _batches(staged.rows):
+            columns = (batch.column(name).to_pylist() for name in ("label", "written", "place"))
+            for shown, written, place in zip(*columns, strict=True):
                 if index[shown] is None:
                     why = not_a_class(shown if written is None else written, shown, space)
                     bad.append(BadRow(staged.where, place, why, staged.unit))
@@ -237,20 +255,17 @@ def _validate(
             f"{staged.where}: {len(bad)} bad row(s): {_some(bad, False)}; pass --skip-bad-rows to drop them"
         )
 
-    def classes(batch: dict) -> dict:
-        kept = [(text, index[shown]) for text, shown in zip(batch["text"], batch["label"], strict=True)
-                if index[shown] is not None]  # fmt: skip
-        return {"text": [t for t, _ in kept], "label": [y for _, y in kept]}
-
-    out = None if folder is None else str(folder / f"{split}.arrow")
-    rows = staged.rows
-    checked = rows.map(classes, batched=True, batch_size=BATCH, remove_columns=rows.column_names,
-                       features=CHECKED, cache_file_name=out, keep_in_memory=out is None,
-                       new_fingerprint=f"checked-{split}-{len(bad)}", desc=f"checking {split}")  # fmt: skip
-    if folder is not None:  # the rows as read are not needed once checked
+    writer = _Writer(None if folder is None else folder / f"{split}.arrow", CHECKED)
+    for batch in _batches(staged.rows):
+        for text, shown in zip(
+            batch.column("text").to_pylist(), batch.column("label").to_pylist(), strict=True
+        ):
+            if index[shown] is not None:
+                writer.add(text=text, label=index[shown])
+    if isinstance(staged.rows, Path):  # the rows as read are not needed once checked
         with contextlib.suppress(OSError):
-            (folder / f"{split}.read.arrow").unlink()
-    return checked, bad
+            staged.rows.unlink()
+    return writer.finish(), bad
 
 
 def not_a_class(value, shown: str, space: LabelSpace) -> str:
