@@ -497,3 +497,22 @@ def test_a_class_label_model_names_its_classes_in_the_summary_and_the_card(tmp_p
     assert [(c["name"], c["target"]) for c in summary["classes"]] == [(n, n) for n in names]
     card = (tmp_path / "out" / "final" / "README.md").read_text()
     assert "| billing | `billing` | 6 |" in card
+
+
+def test_an_arrow_file_datasets_wrote_is_read_with_its_class_names(tmp_path):
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    features = Features({"text": Value("string"), "label": ClassLabel(names=["feature", "billing", "bug"])})
+    ds = Dataset.from_dict({"text": ["add dark mode", "charged twice", "crash"], "label": [0, 1, 2]},
+                           features=features)  # fmt: skip
+    path = tmp_path / "train.arrow"
+    ds.map(None, cache_file_name=str(path), new_fingerprint="written")  # one Arrow file, as datasets writes
+    got = load_labelled(str(path))
+    assert got.labels.names == ("feature", "billing", "bug") and list(got.splits["train"]["label"]) == [
+        0,
+        1,
+        2,
+    ]
+    (tmp_path / "bad.arrow").write_text("not arrow")
+    with pytest.raises(DataError, match=r"bad.arrow: cannot be read as Arrow"):
+        load_labelled(str(tmp_path / "bad.arrow"))

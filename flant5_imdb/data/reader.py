@@ -35,7 +35,14 @@ from typing import BinaryIO
 
 from datasets import ClassLabel, Dataset
 
-FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "json", ".txt": "txt", ".parquet": "parquet"}
+FORMATS = {
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".json": "json",
+    ".txt": "txt",
+    ".parquet": "parquet",
+    ".arrow": "arrow",
+}
 GZIP_MAGIC = b"\x1f\x8b"
 STDIN = "<stdin>"
 LINE_END = r"\r\n|\r|\n"  # as Python's text files and the csv module end a line

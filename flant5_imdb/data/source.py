@@ -1,6 +1,6 @@
 """`--data`, parsed once into a `Source`, and read into raw splits (texts and labels as written).
 
-Kinds of source: a Hugging Face Hub id; a parquet / csv / jsonl / json file (csv, jsonl and json
+Kinds of source: a Hugging Face Hub id; a parquet / arrow / csv / jsonl / json file (csv, jsonl and json
 also gzipped); a folder holding `train.*`, `test.*` and/or `validation.*`; an explicit mapping
 `train=PATH,test=PATH`; the original `aclImdb/` folder (`train/pos/*.txt`, `train/neg/*.txt`,
 `test/...`; `train/unsup/` is unlabelled and not read); `synthetic[:N]`, the generated sentiment
@@ -149,8 +149,8 @@ def _split_files(folder: Path) -> dict[str, Path]:
             files[split] = p
     if not files:
         raise DataError(
-            f"{folder}: no train.* / test.* file (parquet, csv, jsonl, json, optionally .gz) "
-            "and no aclImdb layout (train/pos/, train/neg/)"
+            f"{folder}: no train.* / test.* file (parquet, arrow, csv, jsonl, json; the last three optionally"
+            " .gz) and no aclImdb layout (train/pos/, train/neg/)"
         )
     return files
 
@@ -173,10 +173,12 @@ def read_splits(source: Source, wanted: set[str] | None, columns: Columns = Colu
         return {k: _read_aclimdb(folder, k) for k, folder in source.files.items() if k in keep}
     out = {}
     for split, path in ((k, v) for k, v in source.files.items() if k in keep):
-        kind = file_kind(
-            path, ("parquet", "csv", "jsonl", "json"), "use parquet, csv, jsonl or json, optionally .gz"
-        )
-        out[split] = _read_parquet(path, columns) if kind == "parquet" else _read_table(path, columns)
+        kind = file_kind(path, ("parquet", "arrow", "csv", "jsonl", "json"),
+                         "use parquet, arrow, csv, jsonl or json, the last three optionally .gz")  # fmt: skip
+        if kind == "arrow":
+            out[split] = _read_arrow(path, columns)
+        else:
+            out[split] = _read_parquet(path, columns) if kind == "parquet" else _read_table(path, columns)
     return out
 
 
@@ -256,6 +258,18 @@ def _read_parquet(path: Path, columns: Columns) -> RawSplit:
     except Exception as e:
         raise DataError(
             f"{path}: cannot be read as parquet ({type(e).__name__}: {str(e).strip()[:200]})"
+        ) from None
+    return RawSplit.of(_renamed(ds, str(path), columns), str(path))
+
+
+def _read_arrow(path: Path, columns: Columns) -> RawSplit:
+    """An Arrow file as `datasets` writes one (a split's cache file; its `ClassLabel` names kept),
+    memory-mapped."""
+    try:
+        ds = Dataset.from_file(str(path))
+    except Exception as e:
+        raise DataError(
+            f"{path}: cannot be read as Arrow ({type(e).__name__}: {str(e).strip()[:200]})"
         ) from None
     return RawSplit.of(_renamed(ds, str(path), columns), str(path))
 
