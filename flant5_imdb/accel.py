@@ -11,6 +11,8 @@ import torch
 from accelerate import Accelerator, PartialState
 from accelerate.state import AcceleratorState
 
+from flant5_imdb.config import count_or_auto
+
 logger = logging.getLogger(__name__)
 
 
@@ -63,13 +65,10 @@ def cpu_threads(setting: str | int, parameters: int, device: torch.device) -> in
     """
     if device.type != "cpu":
         return None
-    if str(setting) != "auto":
-        if not str(setting).isdigit() or int(setting) < 1:
-            raise ValueError(f"--threads {setting!r}: auto, or a whole number of at least 1")
-        n = int(setting)
-    elif parameters < SMALL_MODEL:
+    n = count_or_auto("--threads", setting)
+    if n is None and parameters < SMALL_MODEL:
         n = 1
-    else:
+    elif n is None:
         others = max(0.0, os.getloadavg()[0] - 1.0)  # this process is one of the runnable ones
         n = max(1, min(torch.get_num_threads(), int((os.cpu_count() or 1) - others)))
     if n != torch.get_num_threads():

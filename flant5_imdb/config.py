@@ -48,6 +48,19 @@ DATA_CACHE_HELP = ("where the read, checked and tokenized data is kept for the n
 NO_EVAL = "none"  # --eval-split none: no evaluation at all
 
 
+def count_or_auto(option: str, setting: str | int) -> int | None:
+    """`setting` of `option` (`--threads`, `--preprocess-workers`) as a count, or None for `auto`.
+
+    Raises:
+        ConfigError: neither `auto` nor a whole number of at least 1.
+    """
+    if str(setting) == "auto":
+        return None
+    if not str(setting).isdigit() or int(setting) < 1:
+        raise ConfigError(f"{option} {setting!r}: auto, or a whole number of at least 1")
+    return int(setting)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     # Model
@@ -238,9 +251,7 @@ class TrainConfig:
                 "fp32"
             )
         for name in ("threads", "preprocess_workers"):
-            value = str(getattr(self, name))
-            if value != "auto" and not (value.isdigit() and int(value) >= 1):
-                raise ConfigError(f"--{flag(name)} {value!r}: auto, or a whole number of at least 1")
+            count_or_auto(f"--{flag(name)}", str(getattr(self, name)))
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             value = getattr(self, f.name)

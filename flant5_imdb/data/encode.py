@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 import torch
 from datasets import Dataset, DatasetDict
 
+from flant5_imdb.config import count_or_auto
 from flant5_imdb.data.labels import IMDB, LabelSpace, verbalize
 from flant5_imdb.data.reader import DataError
 
@@ -123,10 +124,9 @@ def preprocess_workers(setting: str | int, rows: int) -> int:
     Raises:
         ValueError: a setting that is neither `auto` nor a whole number of at least 1.
     """
-    if str(setting) != "auto":
-        if not str(setting).isdigit() or int(setting) < 1:
-            raise ValueError(f"--preprocess-workers {setting!r}: auto, or a whole number of at least 1")
-        return int(setting)
+    n = count_or_auto("--preprocess-workers", setting)
+    if n is not None:
+        return n
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(cores, rows // WORKER_ROWS))
 
