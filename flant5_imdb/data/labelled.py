@@ -323,9 +323,11 @@ def hold_out(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]
     """(train, validation): a seeded, label-stratified `fraction` of `ds` held out for evaluation."""
     rng = random.Random(seed)
     labels = column(ds, "label")
+    # Each class's rows in ascending order, classes in ascending order: one sort, not a scan per class.
+    order = np.argsort(labels, kind="stable")
+    starts = np.unique(labels[order], return_index=True)[1]
     held = []
-    for label in np.unique(labels).tolist():
-        rows = np.flatnonzero(labels == label).tolist()
+    for rows in (group.tolist() for group in np.split(order, starts[1:])):
         rng.shuffle(rows)
         # At least one of each class held out, and at least one left to train on: a class moved wholly
         # into the validation set would be a class the model never sees.
