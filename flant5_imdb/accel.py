@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator, PartialState
@@ -48,17 +50,63 @@ def process_state() -> PartialState:
 
 
 SMALL_MODEL = 30_000_000  # parameters: below this, one CPU thread is as fast as several, and never slower
+IDLE_SAMPLE_S = 0.25  # how long the cores are watched to see which are idle
+SPARE = 0.3  # a core's worth of idle time short by less than this (a light background task) still counts
+
+
+def _cpu_times() -> dict[int, tuple[int, int]]:
+    """(idle, total) jiffies of each core (/proc/stat's `cpuN` lines); empty where there is no /proc."""
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return {}
+    times = {}
+    for line in lines:
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit():
+            ticks = [int(f) for f in fields[:8]]  # user nice system idle iowait irq softirq steal
+            times[int(name[3:])] = (ticks[3] + ticks[4], sum(ticks))
+    return times
+
+
+def _usable_cores() -> set[int]:
+    """The cores this process may run on (its CPU affinity; every core where the OS has no such call)."""
+    if hasattr(os, "sched_getaffinity"):
+        return set(os.sched_getaffinity(0))
+    return set(range(os.cpu_count() or 1))
+
+
+def idle_cores(seconds: float = IDLE_SAMPLE_S) -> int:
+    """How many of this process's cores other processes leave idle now: the idle time of its cores over
+    `seconds` (/proc/stat), in whole cores. Summed, not counted core by core: one busy process the
+    scheduler moves between two cores leaves each half idle, and still takes one.
+
+    Why not the load average: it trails by a minute or more, so a run started right after a busy one
+    (the bench's previous row, a test run) would count cores that are idle again as taken. Where
+    /proc/stat cannot be read: the usable cores."""
+    usable = _usable_cores()
+    before = _cpu_times()
+    if not before:
+        return len(usable)
+    time.sleep(seconds)
+    after = _cpu_times()
+    idle = 0.0
+    for core in usable & before.keys() & after.keys():
+        d_idle, d_total = after[core][0] - before[core][0], after[core][1] - before[core][1]
+        idle += d_idle / d_total if d_total > 0 else 1.0  # no ticks at all: a core nothing ran on
+    return int(idle + SPARE)
 
 
 def cpu_threads(setting: str | int, parameters: int, device: torch.device) -> int | None:
-    """Set torch's intra-op CPU threads for a run of a model of `parameters` on `device`; returns the
-    number set (None: a GPU run, left alone).
+    """Set torch's intra-op CPU threads for a run of a model of `parameters` on `device`, and flush
+    denormal numbers to zero (see below); returns the number of threads set (None: a GPU run, left
+    alone).
 
-    `setting` is a number, or `auto`: one thread for a small model, else as many as the cores other
-    processes leave idle (the 1-minute load average), never more than torch had. Why: intra-op threads
-    spin-wait for one another, so a thread whose core another process holds stalls every operator:
-    on a 2-core machine beside one busy process, 40 steps of the tiny model took 26 s with 2 threads
-    and 2.7 s with 1.
+    `setting` is a number, or `auto`: one thread for a small model, else the cores idle now
+    (`idle_cores`) shared among this machine's processes of the launch, never more than torch had.
+    Why: intra-op threads spin-wait for one another, so a thread whose core another process holds
+    stalls every operator: on a 2-core machine beside one busy process, 40 steps of the tiny model
+    took 26 s with 2 threads and 2.7 s with 1.
 
     Raises:
         ValueError: a setting that is neither `auto` nor a whole number of at least 1.
@@ -66,14 +114,28 @@ def cpu_threads(setting: str | int, parameters: int, device: torch.device) -> in
     if device.type != "cpu":
         return None
     n = count_or_auto("--threads", setting)
+    # Numbers below float32's normal range (1.2e-38) flushed to zero: the CPU's matrix products take a
+    # slow path on them, and a T5 backward meets them (gradients that small): on flan-t5-small, fp32,
+    # batch 8 x 512, one thread, the 4th step's backward took 46 s instead of 5 (aten::mm), and steps
+    # like it come and go with the batches. A change below 1.2e-38 and nothing else.
+    torch.set_flush_denormal(True)
     if n is None and parameters < SMALL_MODEL:
         n = 1
     elif n is None:
-        others = max(0.0, os.getloadavg()[0] - 1.0)  # this process is one of the runnable ones
-        n = max(1, min(torch.get_num_threads(), int((os.cpu_count() or 1) - others)))
+        share = idle_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        n = max(1, min(torch.get_num_threads(), share))
     if n != torch.get_num_threads():
         torch.set_num_threads(n)
     return n
+
+
+def run_on(device: torch.device, threads: int | None, precision: str, processes: int = 1) -> str:
+    """Where a command runs, in the words every script logs it with: "cpu, 2 CPU threads, fp32"."""
+    parts = (
+        [str(device.type)] + ([f"{threads} CPU thread{'s' * (threads > 1)}"] if threads else []) + [precision]
+    )
+    each = f"{processes} processes, each: " if processes > 1 else ""
+    return each + ", ".join(parts)
 
 
 class MainFailed(RuntimeError):
