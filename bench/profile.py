@@ -5,20 +5,15 @@
     python bench/profile.py --model-config tiny --data synthetic:400 --tokenizer word-level   # CPU, < 1
     minute
 
-Every configuration runs in this one process, one after another, in the bench's order: every
-eager row and the eager evaluation timing first (hf-trainer, hf-trainer-tuned, fast, ..., eval),
-then the compiled ones (kernels, eval-kernels, ...), since one cold compilation can take minutes;
-each for W warm-up and N timed optimizer steps of the real training code; `hf-trainer`
-runs `transformers.Seq2SeqTrainer` itself with the baseline recipe. Weights are random unless --model
-names real ones: time and memory do not depend on weight values (generation length does: see the
-eval note in the output).
+Every row of bench/rows.py (or of --configs) runs in this one process, in that order: the eager rows
+and the eager evaluation timing first, then the compiled ones (a cold compilation can take minutes);
+each for W warm-up and N timed optimizer steps of the real training code, or of
+`transformers.Seq2SeqTrainer` itself for the Trainer rows. Every row runs on the same CPU threads,
+decided once at the start (--threads) and recorded. Weights are random unless --model names real
+ones: time and memory do not depend on weight values (generation length does: see the eval note).
 
-Reported per configuration: ms per optimizer step (median, 10th-90th percentile), samples/s, real
-(non-padding) source tokens/s, model TFLOP/s and MFU against --peak-tflops (formula in
-bench/flops.py), the projected time of the baseline's job (2 epochs x 25,000 = 50,000 samples), the
-seconds of set-up and warm-up (compilation included), peak GPU memory (allocated, reserved, and
-the process's usage as the driver reports it), and ratios to `hf-trainer` measured in the same
-run and to the documented 26 minutes / 11500 MiB.
+Reported per row: step times, samples/s, tokens/s, MFU, the projected 2-epoch job, set-up seconds,
+peak GPU memory beside its prediction, and the ratio to each Trainer row (docs/benchmarks.md).
 
 results.json and results.md are rewritten after every row, each atomically, so a run stopped at
 any moment keeps what it measured. SIGTERM (a time guard) stops the run after the training step
@@ -30,9 +25,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# Run as `python bench/profile.py`, this file's folder comes first on sys.path, and this file is
-# named like the standard library's `profile`, which torch imports (through cProfile): take the
-# folder off the path before anything imports torch, and put the checkout's root on it instead.
+# Run as `python bench/profile.py`, bench/ comes first on sys.path, where this file shadows the standard
+# library's `profile` (torch imports it): bench/ off the path before torch, the checkout's root on it.
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
@@ -44,32 +38,18 @@ import logging
 import signal
 import tempfile
 
-from bench.harness import (
-    CONFIGS,
-    EVAL_MODES,
-    EVAL_NOTE,
-    PLAN,
-    RANDOM_WEIGHTS_NOTE,
-    SEED_JOB_SAMPLES,
-    BenchData,
-    add_source_args,
-    check_sources,
-    device_name,
-    measure_eval,
-    measure_row,
-    row_setups,
-    slug,
-    versions,
-)
-from bench.report import DOCUMENTED, PEAK_TFLOPS, write_results
+from bench.clocks import device_name, slug
+from bench.eval_timing import EVAL_NOTE, RANDOM_WEIGHTS_NOTE, measure_eval
+from bench.harness import SEED_JOB_SAMPLES, measure_row, row_setups
+from bench.report import PEAK_TFLOPS, start_results, write_results
+from bench.rows import PLAN, ROWS
+from bench.sources import BenchData, add_source_args, bench_threads, check_sources
+from flant5_imdb.config import positive_int
 from flant5_imdb.guards import Preempted
 
 
-class Stopped(BaseException):
-    """SIGTERM arrived outside a training step: stop measuring and keep what was measured.
-
-    A BaseException, so that no row's error handling mistakes it for that row's failure.
-    """
+class Stopped(BaseException):  # not an Exception: no row's error handling mistakes it for its failure
+    """SIGTERM arrived outside a training step: stop measuring and keep what was measured."""
 
 
 def main(argv=None) -> dict:
@@ -81,26 +61,25 @@ def main(argv=None) -> dict:
         memory.save_predictions(row_setups(args, BenchData(args)))
         return {"runs": [{"complete": True}]}
     device = device_name()
-    peak = args.peak_tflops
-    if peak is None:
-        peak = next((v for k, v in PEAK_TFLOPS.items() if k in device), None)
+    peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in device), None)
     # A local run goes where git ignores it; a GPU run worth keeping is copied into bench/results/.
     out = Path(args.out or ROOT / "runs" / "bench" / f"{slug(device)}-{dt.date.today().isoformat()}")
     out.mkdir(parents=True, exist_ok=True)
-    result = start_results(args, out, device, peak)
+    result = start_results(args, out, device, peak, SEED_JOB_SAMPLES)
     command = "python bench/profile.py " + " ".join(argv if argv is not None else sys.argv[1:])
     this_run = dict(command=command, configs=args.configs, complete=False, stopped=None)
     result["runs"].append(this_run)
-    write_results(
-        result, out, with_chart=False
-    )  # there from the start: a guard that fires early leaves a file
+    write_results(result, out, with_chart=False)  # there from the start: a guard that fires early leaves it
 
     def stop(signum, frame):
         raise Stopped(f"stopped by {signal.Signals(signum).name} (its time guard)")
 
     signal.signal(signal.SIGTERM, stop)
     try:
-        measure_plan(args, BenchData(args), peak, result, out)
+        data = BenchData(args)
+        args.threads = this_run["cpu_threads"] = bench_threads(args, data)
+        this_run["flush_denormal"] = bool(args.threads)  # set with the threads, for every row (accel.py)
+        measure_plan(args, data, peak, result, out)
         this_run["complete"] = True
     except (Stopped, Preempted) as e:
         this_run["stopped"] = str(e)
@@ -108,50 +87,39 @@ def main(argv=None) -> dict:
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         table = write_results(result, out)
-    print(table)
-    print(f"\nwritten: {out}/results.json, results.md, chart.png")
+    print(f"{table}\n\nwritten: {out}/results.json, results.md, chart.png")
     return result
-
-
-def start_results(args, out: Path, device: str, peak) -> dict:
-    """The results document: the one in --out with --append, else a new one."""
-    weights = f"from {args.model}" if args.model else f"random init of {args.model_config}"
-    print(f"device: {device}; weights: {weights}; data: {args.data}; tokenizer: {args.tokenizer}; "
-          f"{args.warmup} warm-up + {args.steps} timed steps per configuration", flush=True)  # fmt: skip
-    if args.append and (out / "results.json").is_file():
-        return json.loads((out / "results.json").read_text())
-    if not args.model:
-        weights += " (time and memory do not depend on weight values)"
-    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    return dict(device=device, date=now, versions=versions(), weights=weights, data=args.data,
-                examples=args.examples, tokenizer=args.tokenizer, model_config=args.model_config,
-                warmup_steps=args.warmup, timed_steps=args.steps, peak_tflops=peak,
-                seed_job_samples=SEED_JOB_SAMPLES, documented_baseline=DOCUMENTED,
-                runs=[], rows=[], eval=[])  # fmt: skip
 
 
 def measure_plan(args, data: BenchData, peak, result: dict, out: Path) -> None:
     """Each selected row (and evaluation timing) in the bench's order, results saved after each."""
-    for name in [n for n in PLAN if n in args.configs and (n not in EVAL_MODES or args.eval_samples)]:
-        print(f"--- {name}", flush=True)
-        if name in EVAL_MODES:
-            measure_evals(name, args, data, result, out)
+    for row in [
+        ROWS[n] for n in PLAN if n in args.configs and (ROWS[n].measures != "eval" or args.eval_samples)
+    ]:
+        print(f"--- {row.name}", flush=True)
+        if row.measures == "eval":
+            measure_evals(row, args, data, result, out)
         else:
-            measure_one(name, args, data, peak, result, out)
+            measure_one(row, args, data, peak, result, out)
 
 
-def measure_evals(group: str, args, data: BenchData, result: dict, out: Path) -> None:
-    """One group of evaluation timings, added to those already in the results."""
+def measure_evals(row, args, data: BenchData, result: dict, out: Path) -> None:
+    """One row of evaluation timings, added to those already in the results."""
     earlier = [e for e in result["eval"] if "mode" in e]
     note = dict(note=EVAL_NOTE + ("" if args.model else RANDOM_WEIGHTS_NOTE))
-    rows = measure_eval(args, data, group, on_row=lambda rows: save(result, earlier + rows + [note], out))
-    result["eval"] = earlier + rows + [note]
+
+    def save(rows):
+        result["eval"] = earlier + rows + [note]
+        write_results(result, out, with_chart=False)
+
+    save(measure_eval(row, args, data, on_row=save))
 
 
-def measure_one(name: str, args, data: BenchData, peak, result: dict, out: Path) -> None:
-    """One row. It is in results.json from the moment it starts (`running`), with how far it got as
-    it gets there: a row cut short by a guard's SIGKILL still says so."""
-    live = dict(name=name, running=True)
+def measure_one(row, args, data: BenchData, peak, result: dict, out: Path) -> None:
+    """One row. It is in results.json from the moment it starts (`running`), with how far it got as it
+    gets there (steps, compile time, graphs), kept beside what it measured: a row cut short by a guard's
+    SIGKILL still says so."""
+    live = dict(name=row.name, **row.described(), running=True)
     result["rows"].append(live)
     write_results(result, out, with_chart=False)
 
@@ -159,35 +127,30 @@ def measure_one(name: str, args, data: BenchData, peak, result: dict, out: Path)
         live.update(fields)
         write_results(result, out, with_chart=False)
 
+    folder, got = (
+        Path(tempfile.mkdtemp(prefix=f"bench-{row.name}-")),
+        dict(error="stopped before it finished"),
+    )
     try:
-        row = measure_row(name, args, data, peak, Path(tempfile.mkdtemp(prefix=f"bench-{name}-")), progress)
+        got = measure_row(row, args, data, peak, folder, progress)
     except Preempted as e:  # SIGTERM inside a training step: the step finished, the run stopped
-        finish_row(live, dict(error=f"stopped by the time guard after step {e.step}"))
+        got = dict(error=f"stopped by the time guard after step {e.step}")
         raise
     except Stopped:
-        finish_row(live, dict(error="stopped by the time guard before it finished"))
+        got = dict(error="stopped by the time guard before it finished")
         raise
-    finish_row(live, row)
+    finally:
+        live.pop("running")
+        live.update(got)
     if args.json_rows:
         print(json.dumps(live), flush=True)
     write_results(result, out)  # after every row: a run stopped by its time guard keeps what it measured
 
 
-def finish_row(live: dict, row: dict) -> None:
-    """The row as measured (or failed), keeping how far it got (steps, compile time, graphs) beside it."""
-    live.pop("running")
-    live.update(row)
-
-
-def save(result: dict, eval_rows: list[dict], out: Path) -> None:
-    result["eval"] = eval_rows
-    write_results(result, out, with_chart=False)
-
-
 # flag, type, default, help: the options besides --configs and the sources
 OPTIONS = [
-    ("--warmup", int, 5, "untimed optimizer steps first (default 5, at least 1)"),
-    ("--steps", int, 20, "timed optimizer steps (default 20)"),
+    ("--warmup", positive_int, 5, "untimed optimizer steps first (default 5, at least 1)"),
+    ("--steps", positive_int, 20, "timed optimizer steps (default 20)"),
     ("--compiled-warmup", int, 40, "warm-up steps of compiled rows on a GPU (default 40: compilation and "
      "one CUDA graph per length bucket)"),
     ("--throughput-batch", int, None, "batch of the throughput rows (default: the largest of 128/96/64/32 "
@@ -197,6 +160,11 @@ OPTIONS = [
      "included, before it is recorded as timed out (default: none)"),
     ("--peak-tflops", float, None, "peak for MFU (default: the card's dense bf16 peak, if known)"),
     ("--out", str, None, "results folder (default runs/bench/<device>-<date>/)"),
+    ("--full", bool, False, "also run each configuration's whole 2-epoch job end to end"),
+    ("--append", bool, False, "add to the results.json in --out instead of starting anew"),
+    ("--json-rows", bool, False, "print each row's JSON as it is measured"),
+    ("--save-predictions", bool, False, "measure nothing: predict the peak memory of every row "
+     "(bench/memory.py) on this CPU and keep it in bench/predicted_memory.json, where a GPU run reads it"),
 ]  # fmt: skip
 
 
@@ -212,32 +180,19 @@ def parse(argv):
     )
     add_source_args(p)
     for flag, kind, default, text in OPTIONS:
-        p.add_argument(flag, type=kind, default=default, help=text)
-    p.add_argument(
-        "--full", action="store_true", help="also run each configuration's whole 2-epoch job end to end"
-    )
-    p.add_argument(
-        "--append", action="store_true", help="add to the results.json in --out instead of starting anew"
-    )
-    p.add_argument("--json-rows", action="store_true", help="print each row's JSON as it is measured")
-    p.add_argument(
-        "--save-predictions",
-        action="store_true",
-        help="measure nothing: predict the peak memory of every row (bench/memory.py) on this CPU and keep "
-        "it in bench/predicted_memory.json, where a GPU run reads it instead of spending its time on it",
-    )
+        how = dict(action="store_true") if kind is bool else dict(type=kind, default=default)
+        p.add_argument(flag, help=text, **how)
     args = p.parse_args(argv)
-    if args.warmup < 1 or args.steps < 1:
-        p.error("--warmup and --steps must be at least 1")
     if args.eval_samples < 0:
         p.error(f"--eval-samples must be 0 (no evaluation timing) or more, got {args.eval_samples}")
     if args.row_limit is not None and not args.row_limit > 0:
         p.error(f"--row-limit must be a positive number of seconds, got {args.row_limit:g}")
     check_sources(p, args)
-    args.configs = [c for c in args.configs.split(",") if c]
-    unknown = [n for n in args.configs if n not in CONFIGS and n not in EVAL_MODES]
-    if unknown:
+    asked = [c for c in args.configs.split(",") if c]
+    if unknown := [n for n in asked if n not in ROWS]:
         p.error(f"--configs: unknown {', '.join(unknown)} (choose from {', '.join(PLAN)})")
+    # The bench's order, whatever the order asked; evaluation rows only with examples to time.
+    args.configs = [n for n in PLAN if n in asked and (ROWS[n].measures != "eval" or args.eval_samples)]
     return args
 
 

@@ -29,13 +29,14 @@ import contextlib
 import json
 import os
 import platform
-import random
 import re
 import shutil
 import subprocess
 import tempfile
 import threading
 import time
+
+from bench.scale_inputs import csv_file, make_classes, random_model, texts_file
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -236,52 +237,6 @@ def agreement(a: Path, b: Path) -> float:
     return round(sum(same) / len(same), 4)
 
 
-def reviews_of(reviews: str) -> list[tuple[str, int]]:
-    """IMDB's reviews and labels (train, then test), shuffled with seed 0."""
-    import pyarrow.parquet as pq
-
-    folder = Path(reviews)
-    files = [p for p in (folder / "train.parquet", folder / "test.parquet") if p.is_file()]
-    tables = [pq.read_table(f, columns=["text", "label"]) for f in files]
-    pairs = [pair for t in tables for pair in zip(t["text"].to_pylist(), t["label"].to_pylist(), strict=True)]
-    if not pairs:
-        raise SystemExit(f"--reviews {reviews}: no train.parquet or test.parquet there")
-    random.Random(0).shuffle(pairs)
-    return pairs
-
-
-def texts_file(reviews: str, n: int, work: Path) -> Path:
-    """`n` IMDB reviews, one a line (a review's own line breaks folded), cycled; made once per size."""
-    path = work / f"texts-{n}.txt"
-    if path.is_file():
-        return path
-    texts = [" ".join(t.split()) for t, _ in reviews_of(reviews)]
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for i in range(n):  # a line at a time: the file may be larger than memory
-            f.write(texts[i % len(texts)] + "\n")
-    tmp.replace(path)
-    return path
-
-
-def csv_file(reviews: str, n: int, work: Path) -> Path:
-    """`n` IMDB reviews and their labels as a CSV (text,label), cycled; made once per size."""
-    import csv
-
-    path = work / f"reviews-{n}.csv"
-    if path.is_file():
-        return path
-    pairs = reviews_of(reviews)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        out = csv.writer(f)
-        out.writerow(["text", "label"])
-        for i in range(n):
-            out.writerow(pairs[i % len(pairs)])
-    tmp.replace(path)
-    return path
-
-
 def data_rows(args, n: int, work: Path, env: dict) -> list[dict]:
     """Ours (train.py's data stage and one step) and the datasets csv + map pipeline on the same CSV and
     tokenizer: each first with an empty cache (cold), then again (warm)."""
@@ -315,22 +270,6 @@ def model_under_test(args, work: Path, env: dict) -> str:
         train = [sys.executable, str(ROOT / "scripts" / "train.py"), "--preset", "smoke"]
         subprocess.run([*train, "--output-dir", str(smoke), "--overwrite-output-dir"], env=env, check=True)
     return str(smoke / "final")
-
-
-def random_model(config: str, tokenizer: str | None, work: Path) -> str:
-    """A model folder of `config` with random weights, IMDB's classes, as predict.py loads a trained one."""
-    from flant5_imdb.data import IMDB
-    from flant5_imdb.modeling import build_model, save_settings
-    from flant5_imdb.tokenizer import load_tokenizer
-
-    if not tokenizer:
-        raise SystemExit("--model-config needs --tokenizer (a folder)")
-    folder = work / f"random-{config}"
-    tok = load_tokenizer(tokenizer)
-    build_model("x", model_config=config, vocab_size=len(tok)).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    save_settings(folder, verbalizer="digits", prompt=None, max_source_length=512, labels=IMDB)
-    return str(folder)
 
 
 def classes_row(args, n: int, work: Path, env: dict) -> dict:
@@ -367,20 +306,6 @@ def classes_row(args, n: int, work: Path, env: dict) -> dict:
         accuracy=evaluated["accuracy"],
     )
     return row
-
-
-def make_classes(folder: Path, n: int, shared: bool) -> None:
-    """Texts of `n` classes, each named by a word its texts hold: 3 training texts and 1 test text a class."""
-    rng = random.Random(0)
-    filler = ["the", "a", "service", "order", "account", "issue", "please", "help", "today", "thanks", "team"]
-    folder.mkdir(parents=True, exist_ok=True)
-    for split, per in (("train", 3), ("test", 1)):
-        with open(folder / f"{split}.jsonl", "w") as f:
-            for _ in range(per):
-                for i in range(n):
-                    words = rng.sample(filler, 4)
-                    text = " ".join([*words[:2], f"k{i}", *words[2:]])
-                    f.write(json.dumps({"text": text, "label": f"topic k{i}" if shared else f"k{i}"}) + "\n")
 
 
 def machine() -> str:

@@ -32,7 +32,11 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, schedule
 
-from bench.harness import CONFIGS, BenchData, StepClock, add_source_args, check_sources, train_config
+from bench.clocks import StepClock
+from bench.harness import train_config
+from bench.rows import ROWS
+from bench.sources import BenchData, add_source_args, bench_threads, check_sources
+from bench.trainer_row import measure_trainer
 from flant5_imdb.train import run
 
 
@@ -42,7 +46,8 @@ def main(argv=None) -> dict:
     data = BenchData(args)
     # train_config reads warmup + steps as the run's length; one more step warms the profiler up.
     args.warmup += 1
-    cfg = train_config(args.config, args, data, Path(tempfile.mkdtemp(prefix="step-profile-")))
+    args.threads = bench_threads(args, data)
+    cfg = train_config(ROWS[args.config], args, data, Path(tempfile.mkdtemp(prefix="step-profile-")))
     if args.batch_size:
         cfg = dataclasses.replace(cfg, batch_size=args.batch_size)
     cuda = torch.cuda.is_available()
@@ -52,11 +57,15 @@ def main(argv=None) -> dict:
     window = schedule(skip_first=args.warmup - 1, wait=0, warmup=1, active=args.steps, repeat=1)
     with profile(activities=activities, schedule=window, acc_events=True) as prof:
 
-        def on_step(state, step, model):
+        def on_step(*_):
             clock.mark()
             prof.step()
 
-        run(cfg, on_step=on_step)
+        if ROWS[args.config].measures == "trainer":  # the Trainer's step, profiled the same way
+            args.full = False
+            measure_trainer(cfg, args, data, timed=lambda *_: {}, on_step=on_step)
+        else:
+            run(cfg, on_step=on_step)
     seconds = clock.seconds()
     wall_ms = [
         1000 * (b - a) for a, b in zip(seconds[args.warmup - 1 :], seconds[args.warmup :], strict=False)
@@ -108,7 +117,9 @@ def parse(argv):
     p = argparse.ArgumentParser(
         description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--config", default="kernels", choices=[c for c in CONFIGS if c != "hf-trainer"])
+    p.add_argument(
+        "--config", default="kernels", choices=[n for n, r in ROWS.items() if r.measures == "loop"]
+    )
     add_source_args(p)
     p.add_argument("--batch-size", type=int, default=None, help="override the configuration's batch")
     p.add_argument(

@@ -34,6 +34,13 @@ IMDB_DIR = SHARED_DATA / "imdb"
 IMDB_TOKENIZER = SHARED_DATA / "tokenizer" / "imdb-unigram-32k"
 
 
+# A GPU test is marked, never returns early: on a GPU it runs and asserts, elsewhere pytest says it skipped.
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+off_cuda = pytest.mark.skipif(
+    torch.cuda.is_available(), reason="checks the CPU path; its GPU twin runs there"
+)
+
+
 def load_script(name: str):
     """scripts/NAME.py as a module, to call its `main(argv)` in this process (no second torch import)."""
     import importlib.util

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import device_carry, harness
+from bench import device_carry, rows
 from tests.conftest import ROOT
 
 SCRIPT = (ROOT / "bench" / "gpu_run.sh").read_text()
@@ -57,15 +57,15 @@ def test_no_compiled_row_comes_before_an_eager_one():
     """Within a shot, and in the bench's own order: one cold compile can take minutes."""
     for shot in plan():
         configs = [c for _, _, cs in script_parts(shot) for c in cs]
-        kinds = [harness.compiles(c) for c in configs]
+        kinds = [rows.compiles(c) for c in configs]
         assert kinds == sorted(kinds), (shot, configs)  # every False (eager) before every True
-    kinds = [harness.compiles(n) for n in harness.PLAN]
-    assert kinds == sorted(kinds) and kinds.count(False) == 8
-    assert {c for shot in plan() for _, _, cs in script_parts(shot) for c in cs} == set(harness.PLAN)
+    kinds = [rows.compiles(n) for n in rows.PLAN]
+    assert kinds == sorted(kinds) and kinds.count(False) == 7
+    assert {c for shot in plan() for _, _, cs in script_parts(shot) for c in cs} == set(rows.PLAN)
 
 
 def test_the_compiled_rows_are_the_kernel_path_and_its_evaluation():
-    compiled = {n for n in harness.PLAN if harness.compiles(n)}
+    compiled = {n for n in rows.PLAN if rows.compiles(n)}
     assert compiled == {
         "kernels",
         "eval-kernels",
@@ -205,3 +205,26 @@ def test_every_bench_command_of_the_script_parses(rehearse, tmp_path):
         assert arrays["src"][arrays["src"].index("--examples") + 1] == "6000"
         assert arrays["src"][arrays["src"].index("--data") + 1] == str(tmp_path / "imdb")
         assert '--data "${DATA:-.device/data/imdb}"' in SCRIPT  # the folder prepare_device.sh fills
+
+
+def test_gpu_tests_skip_by_their_marker_and_never_return_early():
+    """A test that returns early when CUDA is (or is not) there passes without checking anything: on the
+    GPU run, a GPU test that asserts nothing would read as a check made. Every `*_on_gpu` test carries
+    `needs_cuda`; no test body tests for CUDA to return or skip."""
+    import ast
+
+    on_gpu = []
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        tree = ast.parse(path.read_text())
+        for fn in (
+            n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")
+        ):
+            where = f"{path.name}::{fn.name}"
+            for node in ast.walk(fn):
+                if isinstance(node, ast.If) and "cuda.is_available" in ast.unparse(node.test):
+                    first = ast.unparse(node.body[0])
+                    assert first != "return" and not first.startswith("pytest.skip"), where
+            if "on_gpu" in fn.name:
+                on_gpu.append(where)
+                assert "needs_cuda" in [ast.unparse(d) for d in fn.decorator_list], where
+    assert len(on_gpu) >= 6  # the kernel path's GPU checks were found, not an empty walk

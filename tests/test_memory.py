@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from bench import memory
-from bench.memory import ANCHORS, ROUND, LiveBytes, Setup, make_optimizer, predict, run_step
+from bench.memory import ANCHORS
+from bench.memory_model import GIB, ROUND, LiveBytes, Setup, make_optimizer, predict, run_step
 from flant5_imdb.modeling import build_model
 
 TINY = Setup(model="tiny", batch=4, source_len=48, target_len=3, vocab=256)
@@ -48,7 +49,7 @@ def test_a_fake_step_holds_what_the_real_cpu_step_holds(setup):
     leaves alive is what autograd keeps for the backward (counted by a saved-tensor hook) and the loss."""
     tracker, after_forward, kept, weights = real_step(setup)
     predicted = predict(setup, cuda=False)
-    gib = memory.GIB
+    gib = GIB
     assert predicted["parts_gib"] == pytest.approx({k: v / gib for k, v in tracker.peak.items()}, rel=1e-9)
     assert predicted["after_forward_gib"] == pytest.approx({k: v / gib for k, v in after_forward.items()})
     assert predicted["peak_gib"] == pytest.approx(tracker.peak_total / gib)
@@ -73,7 +74,7 @@ def test_cuda_rules_keep_what_cuda_keeps():
     weights = base8["parts_gib"]["weights"]
     assert fp32["parts_gib"]["optimizer"] == pytest.approx(2 * fp32["parts_gib"]["weights"], rel=0.05)
     # 8-bit: one byte per moment element, the embedding and lm_head (2 x 32128 x 512) in 32 bits.
-    embeddings = 2 * 32128 * 512 * 4 / memory.GIB
+    embeddings = 2 * 32128 * 512 * 4 / GIB
     rest = weights - embeddings
     assert base8["parts_gib"]["optimizer"] == pytest.approx(2 * embeddings + 2 * rest / 4, rel=0.02)
     paged = predict(Setup(model="flan-t5-small", batch=1, source_len=8, optim="paged_adamw8bit"))
@@ -99,6 +100,7 @@ def test_the_gpu_runs_rows_find_their_predictions_committed():
     from types import SimpleNamespace
 
     from bench import harness, profile
+    from bench.rows import ROWS
 
     class Tokenizer:  # the shared 32,100-token tokenizer, as far as the setups look at it
         pad_token_id = 0
@@ -112,7 +114,8 @@ def test_the_gpu_runs_rows_find_their_predictions_committed():
     )
     setups = harness.row_setups(args, data)
     saved = json.loads(memory.PREDICTIONS.read_text())
-    assert len(setups) == len(harness.CONFIGS) + 2 * 3 and all(memory.key(s) in saved for s in setups)
+    training = [r for r in ROWS.values() if r.measures != "eval"]
+    assert len(setups) == len(training) + 2 * 3 and all(memory.key(s) in saved for s in setups)
     kernels_8bit = next(s for s in setups if s.checkpointing)
     assert memory.predicted(kernels_8bit)["from"] == memory.PREDICTIONS.name
     assert saved[memory.key(kernels_8bit)]["peak_gib"] == pytest.approx(predict(kernels_8bit)["peak_gib"])

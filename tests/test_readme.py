@@ -254,7 +254,7 @@ def test_help_texts_show_each_default_once_and_only_accepted_choices(capsys):
 
 @pytest.mark.parametrize("baseline", ["baseline"])
 def test_the_baseline_is_named_for_what_it_is(baseline):
-    from bench.harness import CONFIGS
+    from bench.rows import ROWS as CONFIGS
     from flant5_imdb.config import PRESETS
 
     assert baseline in PRESETS and "seed" not in PRESETS

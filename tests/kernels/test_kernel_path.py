@@ -11,6 +11,7 @@ from flant5_imdb.config import PRESETS, preset
 from flant5_imdb.kernels import step as step_module
 from flant5_imdb.kernels.step import length_buckets
 from flant5_imdb.train import run
+from tests.conftest import needs_cuda, off_cuda
 
 KERNEL_FLAGS = {k: v for k, v in PRESETS["kernels"].items() if k != "output_dir"}
 
@@ -48,6 +49,7 @@ def compare(tmp_path, tokenizer_dir, steps=50, kernel_extra=None, **kw):
     return a, b, kernels, worst
 
 
+@off_cuda
 def test_kernel_path_runs_eagerly_off_cuda_with_the_same_losses(tmp_path, tokenizer_dir):
     """fp32 on the CPU: every flag takes its fallback (the bias kernel its materialised reference),
     and only the padding differs (buckets 32 and 64).
@@ -56,21 +58,18 @@ def test_kernel_path_runs_eagerly_off_cuda_with_the_same_losses(tmp_path, tokeni
     order and the trajectories drift apart by rounding alone (under 1e-4 relative, seen here, as the
     loss falls towards 1e-2). Tolerance: 1e-6 at step 1, 1e-3 over the 50 steps.
     """
-    if torch.cuda.is_available():
-        pytest.skip("the CPU fallback is what this checks")
     a, b, kernels, worst = compare(tmp_path, tokenizer_dir, precision="fp32")
     assert kernels["compiled"] is False
     assert b[0] == pytest.approx(a[0], rel=1e-6)
     assert worst < 1e-3
 
 
+@off_cuda
 def test_traced_graphed_loop_matches_eager(tmp_path, tokenizer_dir, monkeypatch, counting_backend):
     """The loop's compiled/graphed branch on the CPU: the model traced by dynamo and AOTAutograd
     (the graphs torch.compile would hand to inductor, run eagerly), one graph for every source
     length, grads allocated up front and zeroed in place, with gradient accumulation (4 x 4) and
     activation checkpointing (the `kernels-8bit-ckpt` bench row's extra flag)."""
-    if torch.cuda.is_available():
-        pytest.skip("the GPU test runs the real compiled path")
     monkeypatch.setattr(
         step_module,
         "maybe_compile",
@@ -108,12 +107,11 @@ def test_allocate_grads_gives_zeroed_grads_that_backward_adds_into():
     assert model.weight.grad is grad and torch.equal(grad, torch.ones(2, 3))  # added in place, not replaced
 
 
+@needs_cuda
 @pytest.mark.gpu
 def test_cuda_graphs_with_gradient_accumulation_on_gpu(tmp_path, tokenizer_dir):
     """The graphed backward with 4 micro-batches per step (pytorch/pytorch#169545 corrupts exactly
     this when .grad adopts graph memory): fp32, tiny model, so the tolerance is rounding's, 1e-3."""
-    if not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
     a, b, kernels, worst = compare(
         tmp_path, tokenizer_dir, steps=20, precision="fp32", batch_size=4, grad_accum=4
     )
@@ -121,6 +119,7 @@ def test_cuda_graphs_with_gradient_accumulation_on_gpu(tmp_path, tokenizer_dir):
     assert worst < 1e-3
 
 
+@needs_cuda
 @pytest.mark.gpu
 def test_kernel_path_matches_eager_on_gpu_in_bf16(tmp_path, tokenizer_dir):
     """flan-t5-base architecture, bf16, every kernel flag (compiled, CUDA graphs, flex bias, fused
@@ -130,8 +129,6 @@ def test_kernel_path_matches_eager_on_gpu_in_bf16(tmp_path, tokenizer_dir):
     runs take different roundings into every update, and a per-step relative bound would tighten
     as the loss falls; instead the mean over the last 10 steps must agree within 5% of itself plus
     0.02 (one run learning and the other not would differ by far more)."""
-    if not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
     a, b, kernels, _ = compare(
         tmp_path, tokenizer_dir, precision="bf16", model_config="flan-t5-base", batch_size=8, lr=3e-4
     )
@@ -143,13 +140,12 @@ def test_kernel_path_matches_eager_on_gpu_in_bf16(tmp_path, tokenizer_dir):
     assert eager < 0.5 * a[0]  # both learned: the comparison is not of two stalled runs
 
 
+@needs_cuda
 @pytest.mark.gpu
 def test_no_host_sync_inside_the_step_on_gpu(tmp_path, tokenizer_dir):
     """From step 3 to the last, every synchronising CUDA call raises (torch.cuda.set_sync_debug_mode).
     Eager bf16 loop with fused AdamW: the loop's own code (batches, token counts, clipping, the
     non-finite skip, the schedule) must leave the GPU running ahead. Logging is at step 1 only."""
-    if not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
     steps = 30
 
     def strict_after_warmup(state, step, model):

@@ -21,6 +21,7 @@ from flant5_imdb.kernels.attention import (
 from flant5_imdb.kernels.norm import fuse_norms, rms_norm, rms_norm_reference
 from flant5_imdb.kernels.step import mark_length_dynamic
 from flant5_imdb.modeling import build_model
+from tests.conftest import needs_cuda
 
 
 def rel_err(out, ref):
@@ -101,12 +102,11 @@ def test_unknown_bias_lookup_is_refused():
         use_bias_kernel(model, lookup="dense")
 
 
+@needs_cuda
 @pytest.mark.gpu
 @pytest.mark.parametrize("lookup", ["table", "gathered"])
 @pytest.mark.parametrize("bidirectional", [True, False])
 def test_compiled_flex_attention_matches_reference_forward_and_backward_on_gpu(bidirectional, lookup):
-    if not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
     q, k, v, table, key_mask = attention_inputs(torch.bfloat16, "cuda", bidirectional, requires_grad=True)
     kw = dict(bidirectional=bidirectional, max_distance=128, lookup=lookup)
     out = torch.compile(attention_flex)(q, k, v, table, key_mask, **kw)
@@ -137,10 +137,9 @@ def test_rms_norm_matches_t5_layer_norm(dtype, tol):
         assert rel_err(a, b) < tol * 5
 
 
+@needs_cuda
 @pytest.mark.gpu
 def test_fused_rms_norm_on_gpu():
-    if not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
     layer = T5LayerNorm(768).cuda()
     layer.weight.data.normal_(1.0, 0.1)
     x = torch.randn(8, 512, 768, device="cuda", dtype=torch.bfloat16, requires_grad=True)
@@ -230,13 +229,12 @@ def test_bias_kernel_refuses_flex_attention_masks():
         use_bias_kernel(model)
 
 
+@needs_cuda
 @pytest.mark.gpu
 @pytest.mark.parametrize("lookup", ["table", "gathered"])
 def test_bias_kernel_in_t5_on_gpu_in_bf16(lookup):
     """flan-t5-base encoder, bf16 autocast, batch 8 x 512 with padding: the compiled flex kernel
     inside T5 against T5's own attention, forward and backward (relative error, bf16 tolerance)."""
-    if not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
     torch.manual_seed(3)
     model = build_model("x", model_config="flan-t5-base", vocab_size=32128, dropout=0.0).cuda()
     patched = copy.deepcopy(model)
