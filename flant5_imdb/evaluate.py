@@ -21,20 +21,25 @@ import logging
 import time
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import gather_object
-from datasets import Dataset
 from tqdm.auto import tqdm
 from transformers.modeling_outputs import BaseModelOutput
 
 from flant5_imdb import hub
-from flant5_imdb.accel import cpu_threads, main_first, make_accelerator
-from flant5_imdb.data import IMDB, Collator, Columns, DataSpec, check_splits, prepare, write_skipped
+
+if TYPE_CHECKING:  # an annotation only: prediction imports this module and needs no datasets
+    from datasets import Dataset
+from flant5_imdb.accel import cpu_threads, main_first, make_accelerator, run_on
+from flant5_imdb.data import IMDB, Collator, Columns
+from flant5_imdb.guards import interruptible
 from flant5_imdb.modeling import load_trained, source_mask
+from flant5_imdb.rundir import refuse_held_evaluation
 
 logger = logging.getLogger(__name__)
 
@@ -355,9 +360,6 @@ def format_report(result: dict) -> str:
     return "\n".join(lines)
 
 
-REPORT_FILES = ("eval.json", "eval.txt", "eval_predictions.jsonl")
-
-
 def write_report(result: dict, out_dir: Path, name: str = "eval") -> None:
     """`name.json` (the metrics) and `name.txt` (the table); `evaluate` writes `name_predictions.jsonl`."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -394,16 +396,14 @@ def evaluate_saved(
         DataError: the data or split is unusable.
         ValueError: the model cannot be loaded, or `output_dir` holds an evaluation.
     """
-    for name, value in (("batch_size", batch_size), ("max_samples", max_samples)):
+    for name, value in (("--batch-size", batch_size), ("--max-eval-samples", max_samples)):
         if value is not None and value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+            raise ValueError(f"{name} must be at least 1, got {value}")
     if output_dir is not None and not overwrite:
-        held = [name for name in REPORT_FILES if (Path(output_dir) / name).exists()]
-        if held:
-            raise ValueError(
-                f"{output_dir} holds an evaluation already ({', '.join(held)}); pass --overwrite to replace "
-                "it, or --output-dir to write elsewhere"
-            )
+        refuse_held_evaluation(output_dir)
+    # The data pipeline (datasets, pyarrow) is imported here: prediction imports this module, not it.
+    from flant5_imdb.data import DataSpec, check_splits, prepare, write_skipped
+
     spec = DataSpec(data, columns, train_split=None, eval_split=split, eval_flag="--split",
                     skip_bad_rows=skip_bad_rows, max_eval_samples=max_samples, seed=seed,
                     data_cache=data_cache)  # fmt: skip
@@ -416,23 +416,32 @@ def evaluate_saved(
     prepared = prepare(spec, lambda *_: tokenizer, labels=settings["labels"])
     ds, space, skipped = prepared.eval, prepared.labels, prepared.skipped
     accelerator = make_accelerator(precision)
-    cpu_threads(threads, sum(p.numel() for p in model.parameters()), accelerator.device)
+    n = cpu_threads(threads, sum(p.numel() for p in model.parameters()), accelerator.device)
+    logger.info(
+        "evaluating %d examples on %s",
+        len(ds),
+        run_on(accelerator.device, n, precision, accelerator.num_processes),
+    )
     model = model.to(accelerator.device)
     out = Path(output_dir) if output_dir is not None else None
     if out is not None and accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-    result = evaluate(
-        model,
-        ds,
-        targets=prepared.targets,
-        accelerator=accelerator,
-        mode=mode,
-        batch_size=batch_size,
-        tokenizer=tokenizer,
-        collator=Collator(tokenizer.pad_token_id),
-        names=space.names,
-        predictions=out / "eval_predictions.jsonl" if out is not None else None,
-    )
+    predictions = out / "eval_predictions.jsonl" if out is not None else None
+    # An evaluation does not resume: what it wrote so far goes (a report is written whole or not at all).
+    stopped = "during the evaluation; nothing was written (--max-eval-samples N evaluates a part)"
+    with interruptible(stopped):
+        result = evaluate(
+            model,
+            ds,
+            targets=prepared.targets,
+            accelerator=accelerator,
+            mode=mode,
+            batch_size=batch_size,
+            tokenizer=tokenizer,
+            collator=Collator(tokenizer.pad_token_id),
+            names=space.names,
+            predictions=predictions,
+        )
     result.update(
         model=model_path,
         data=data,

@@ -12,6 +12,8 @@
   A NaN or inf loss always makes the gradient norm non-finite, so the (global) norm is what is
   tested: it is the same number on every rank, so every rank skips the same updates. The counts stay
   on the device; the host reads them at log steps and every `--max-bad-steps` steps (one sync then).
+- SIGTERM / SIGINT during an evaluation (`interruptible`): it stops at once with `Interrupted`, whose
+  one line says what was kept (the trained model is saved before the final evaluation).
 - Out of GPU memory (`oom_hint`): `OutOfMemory` names the micro-batch and a smaller --batch-size
   with a larger --grad-accum that keeps the effective batch.
 """
@@ -46,6 +48,42 @@ class Preempted(RuntimeError):
 
 class NonFiniteError(RuntimeError):
     pass
+
+
+class Interrupted(RuntimeError):
+    """SIGINT or SIGTERM arrived during work that stops at once (an evaluation); the message says what
+    was kept. The script exits 128 + the signal number, with that one line."""
+
+    def __init__(self, signum: int, message: str):
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name} {message}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class interruptible:  # noqa: N801 - used as a context manager, like torch.no_grad
+    """SIGINT/SIGTERM inside the block raise `Interrupted(signum, message)` at once: for an evaluation,
+    which keeps nothing by running on (a Ctrl-C would otherwise end in a traceback, a SIGTERM in
+    silence). The handlers in place before are restored after; off the main thread, nothing changes."""
+
+    def __init__(self, message: str):
+        self.message, self._previous = message, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+    def _handle(self, signum, frame):
+        raise Interrupted(signum, self.message)
 
 
 class OutOfMemory(RuntimeError):

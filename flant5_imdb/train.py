@@ -34,7 +34,7 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 from flant5_imdb import hub
-from flant5_imdb.accel import cpu_threads, main_first, make_accelerator
+from flant5_imdb.accel import cpu_threads, main_first, make_accelerator, run_on
 from flant5_imdb.card import publish
 from flant5_imdb.checkpoint import (
     CheckpointError,
@@ -53,7 +53,15 @@ from flant5_imdb.checkpoint import (
 from flant5_imdb.config import TrainConfig
 from flant5_imdb.data import Collator, DataSpec, Prepared, column, prepare, verbalize, write_skipped
 from flant5_imdb.evaluate import evaluate, write_report
-from flant5_imdb.guards import Preempted, StepCounters, StopSignal, oom_hint, rank_param_checksums
+from flant5_imdb.guards import (
+    Interrupted,
+    Preempted,
+    StepCounters,
+    StopSignal,
+    interruptible,
+    oom_hint,
+    rank_param_checksums,
+)  # fmt: skip
 from flant5_imdb.kernels.step import StepModel, apply_kernels, length_buckets
 from flant5_imdb.modeling import build_model, save_settings, source_mask
 from flant5_imdb.optim import build_scheduler, optimizer_from
@@ -152,8 +160,9 @@ def setup(cfg: TrainConfig) -> Job:
     tokenizer, train_ds = data.tokenizer, data.train
     model, raw_optimizer, optimizer, step_model = build_trainable(cfg, accelerator, len(tokenizer))
     threads = cpu_threads(cfg.threads, sum(p.numel() for p in model.parameters()), accelerator.device)
-    if threads is not None:
-        logger.info("%d CPU thread(s) per process (--threads %s)", threads, cfg.threads)
+    logger.info(
+        "running on %s", run_on(accelerator.device, threads, cfg.precision, accelerator.num_processes)
+    )
     sampler = build_sampler(cfg, accelerator, train_ds)
     total_steps = cfg.max_steps or cfg.epochs * sampler.steps_per_epoch
     # Not prepared by accelerate (a prepared scheduler steps once per process per step), but
@@ -309,7 +318,11 @@ def train(job: Job, on_step=None) -> None:
                 state.samples_seen += plan.global_examples
                 bar.update(1)
                 maybe_log(cfg, state, window, counters, log, bar, lr=lr, grad_norm=grad_norm)
-                maybe_evaluate(job, log)
+                try:
+                    with interruptible("during an evaluation"):
+                        maybe_evaluate(job, log)
+                except Interrupted as e:  # the step is done: checkpointed and stopped as for any signal
+                    stop.signum = e.signum
                 stopping = stop.requested()
                 maybe_save(job, counters, window, force=stopping)
                 if on_step is not None:
@@ -495,10 +508,14 @@ def finish(job: Job) -> dict:
     checksums = rank_param_checksums(acc, job.model)
     # Read while the compiled model is alive: the graph tree goes with it.
     graphs, graph_skips = job.step_model.graphs()
-    final_eval = cfg.final_eval and job.data.eval is not None
-    result = evaluate_now(job, out / "eval_predictions.jsonl") if final_eval else None
+    # The model is saved before the final evaluation, which can take hours on a CPU: stopping it
+    # (Ctrl-C, SIGTERM) loses no training.
     if cfg.save_model:
         save_final(acc, job.model, out / "final", functools.partial(save_loading_files, job))
+    kept = f"the trained model is saved in {out / 'final'}" if cfg.save_model else f"checkpoints are in {out}"
+    final_eval = cfg.final_eval and job.data.eval is not None
+    with interruptible(f"during the final evaluation; {kept}"):
+        result = evaluate_now(job, out / "eval_predictions.jsonl") if final_eval else None
     space, targets = job.data.labels, verbalize(cfg.verbalizer, job.data.labels)
     summary = dict(
         model=f"{cfg.model_config} architecture, random init" if cfg.model_config else cfg.model,

@@ -4,13 +4,12 @@ python scripts/evaluate.py --model runs/flant5-imdb/final --data stanfordnlp/imd
 python scripts/evaluate.py --model google/flan-t5-base --verbalizer words --prompt flan --eval-mode generate
 """
 
+import argparse
 import sys
 from pathlib import Path
 
-from flant5_imdb.config import DATA_CACHE_HELP, THREADS_HELP, Parser, positive_int
-from flant5_imdb.data import Columns, DataError
-from flant5_imdb.evaluate import evaluate_saved, format_report
-from flant5_imdb.modeling import model_folder
+# The standard library and the options only: --help and a bad option answer before torch is imported.
+from flant5_imdb.config import DATA_CACHE_HELP, THREADS_HELP, Parser, positive_int, speaker
 
 
 def parse(argv: list[str] | None = None):
@@ -34,7 +33,15 @@ def parse(argv: list[str] | None = None):
     )
     p.add_argument("--batch-size", type=positive_int, default=64, help="texts per forward pass (default: 64)")
     p.add_argument(
-        "--max-samples", type=positive_int, default=None, help="a random subset of this many examples"
+        "--max-eval-samples",
+        dest="max_samples",
+        type=positive_int,
+        default=None,
+        help="a random subset of this many examples (as train.py's option of the same name)",
+    )
+    # The earlier spelling, still taken: the one line in main() points to the option's name.
+    p.add_argument(
+        "--max-samples", dest="old_max_samples", type=positive_int, default=None, help=argparse.SUPPRESS
     )
     p.add_argument("--verbalizer", default=None, help="default: the model's own (digits for a Hub model)")
     p.add_argument("--prompt", default=None, help="default: the model's own (none for a Hub model)")
@@ -49,14 +56,40 @@ def parse(argv: list[str] | None = None):
     )
     p.add_argument("--data-cache", default=None, help=DATA_CACHE_HELP)
     p.add_argument("--threads", default="auto", help=THREADS_HELP)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.old_max_samples is not None:
+        print(
+            "note: --max-samples is spelled --max-eval-samples (as in train.py); taken as that",
+            file=sys.stderr,
+        )
+        args.max_samples = args.max_samples or args.old_max_samples
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    try:
+    import logging
+
+    logging.basicConfig(level=logging.INFO if speaker() else logging.ERROR,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    from flant5_imdb.data.reader import DataError
+    from flant5_imdb.data.source import parse_source
+    from flant5_imdb.rundir import model_folder, refuse_held_evaluation
+
+    try:  # what can be refused from the options and the files alone, before torch is imported
         model = model_folder(args.model)  # a run's folder: its final/
         out = args.output_dir or (model if Path(model).is_dir() else None)
+        parse_source(args.data)
+        if out is not None and not args.overwrite:
+            refuse_held_evaluation(out)
+    except (DataError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from flant5_imdb.data import Columns
+    from flant5_imdb.evaluate import evaluate_saved, format_report
+    from flant5_imdb.guards import Interrupted
+
+    try:
         result = evaluate_saved(
             model,
             args.data,
@@ -77,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:  # Ctrl-C or SIGTERM mid-evaluation: one line, what was kept
+        print(str(e), file=sys.stderr)
+        return e.exit_code
     print(format_report(result))
     if out:
         print(f"written: {out}/eval.json, eval.txt, eval_predictions.jsonl")

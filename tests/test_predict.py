@@ -161,7 +161,7 @@ def test_evaluate_script_writes_the_report(final, tmp_path):
             "synthetic:2000",
             "--output-dir",
             str(tmp_path),
-            "--max-samples",
+            "--max-eval-samples",
             "100",
         ],
         capture_output=True,
@@ -269,6 +269,7 @@ def test_texts_in_a_parquet_file_and_its_errors(final, tmp_path, capsys):
     assert [json.loads(line)["label_name"] for line in out.splitlines()] == ["positive", "negative"]
     assert err.splitlines()[0] == f"skipped {path} row 2: no text (null)"
     assert err.splitlines()[-1].startswith("2 texts predicted in ")
+    assert err.splitlines()[-1].endswith(" on cpu, 1 CPU thread, fp32")  # where it ran, in one line
 
 
 def test_two_processes_write_what_one_does(final, tmp_path):
@@ -304,15 +305,104 @@ def test_two_processes_write_what_one_does(final, tmp_path):
 def test_a_second_evaluation_into_a_folder_is_refused_unless_overwritten(final, tmp_path, capsys):
     evaluate_main = load_script("evaluate").main
     args = ["--model", str(final[0]), "--data", "synthetic:2000", "--output-dir", str(tmp_path)]
-    assert evaluate_main([*args, "--max-samples", "20"]) == 0
+    assert evaluate_main([*args, "--max-eval-samples", "20"]) == 0
     first = (tmp_path / "eval_predictions.jsonl").read_text()
     capsys.readouterr()
-    assert evaluate_main([*args, "--max-samples", "30"]) == 2
+    assert evaluate_main([*args, "--max-eval-samples", "30"]) == 2
     assert capsys.readouterr().err.strip() == (
         f"error: {tmp_path} holds an evaluation already (eval.json, eval.txt, eval_predictions.jsonl); pass "
         "--overwrite to replace it, or --output-dir to write elsewhere"
     )
     assert (tmp_path / "eval_predictions.jsonl").read_text() == first
-    assert evaluate_main([*args, "--max-samples", "30", "--overwrite"]) == 0
+    assert evaluate_main([*args, "--max-eval-samples", "30", "--overwrite"]) == 0
     assert len((tmp_path / "eval_predictions.jsonl").read_text().splitlines()) == 30
     assert not list(tmp_path.glob("*.partial"))
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_mid_evaluation_stops_with_one_line_and_says_what_was_kept(
+    final, tmp_path, capsys, monkeypatch, sig
+):
+    """Ctrl-C (or a SIGTERM) while evaluate.py evaluates: one line saying what was kept (nothing: a report
+    is written whole or not at all), exit 130 (143), no traceback, no half-written file left."""
+    import os
+    import signal
+    import time
+
+    from flant5_imdb import evaluate as evaluate_module
+
+    real, batches = evaluate_module.score_batch, []
+
+    def signalled(*a, **kw):
+        batches.append(1)
+        if len(batches) == 3:
+            os.kill(os.getpid(), getattr(signal, sig))
+            time.sleep(1)  # the handler runs here
+        return real(*a, **kw)
+
+    monkeypatch.setattr(evaluate_module, "score_batch", signalled)
+    args = [
+        "--model",
+        str(final[0]),
+        "--data",
+        "synthetic:2000",
+        "--output-dir",
+        str(tmp_path),
+        "--batch-size",
+        "8",
+    ]
+    code = load_script("evaluate").main([*args, "--max-eval-samples", "64"])
+    err = capsys.readouterr().err
+    assert code == 128 + getattr(signal, sig), err
+    assert err.strip().splitlines()[-1] == (
+        f"stopped by {sig} during the evaluation; nothing was written (--max-eval-samples N evaluates a part)"
+    )
+    assert "Traceback" not in err and len(batches) == 3  # stopped at once, not after the remaining batches
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_old_spelling_of_the_evaluation_bound_is_taken_with_a_pointer(final, tmp_path, capsys, caplog):
+    """And the evaluation says where it runs, in the one line every script uses."""
+    import logging
+
+    evaluate_main = load_script("evaluate").main
+    args = ["--model", str(final[0]), "--data", "synthetic:2000", "--output-dir", str(tmp_path)]
+    with caplog.at_level(logging.INFO, logger="flant5_imdb"):
+        assert evaluate_main([*args, "--max-samples", "12"]) == 0
+    assert "evaluating 12 examples on cpu, 1 CPU thread, fp32" in caplog.text
+    err = capsys.readouterr().err
+    assert "note: --max-samples is spelled --max-eval-samples (as in train.py); taken as that" in err
+    assert len((tmp_path / "eval_predictions.jsonl").read_text().splitlines()) == 12
+
+
+def test_evaluate_and_predict_refuse_a_missing_file_or_a_held_folder_before_torch(final, tmp_path):
+    from tests.test_train import refused_light
+
+    missing = tmp_path / "nothere.csv"
+    rc, err, heavy, _ = refused_light("evaluate", "--model", str(final[0]), "--data", str(missing))
+    assert (rc, err.strip().splitlines()[-1], heavy) == (
+        2,
+        f"error: --data {missing}: no such file or folder",
+        [],
+    )
+    held = tmp_path / "held"
+    held.mkdir()
+    (held / "eval.json").write_text("{}")
+    rc, err, heavy, _ = refused_light("evaluate", "--model", str(final[0]), "--data", "synthetic:200",
+                                      "--output-dir", str(held))  # fmt: skip
+    assert (
+        rc == 2
+        and heavy == []
+        and err.strip().splitlines()[-1].startswith(f"error: {held} holds an evaluation")
+    )
+    rc, err, heavy, _ = refused_light("predict", "--model", str(final[0]), "--file", str(missing))
+    assert rc == 2 and heavy == [] and str(missing) in err.strip().splitlines()[-1]
+
+
+def test_prediction_says_how_many_texts_were_cut_to_the_models_length(final, capsys):
+    """The smoke model reads 128 tokens: a text of 300 words is cut, and the closing line says so."""
+    predict_main = load_script("predict").main
+    long = " ".join(["a wonderful film"] * 100)
+    assert predict_main(["--model", str(final[0]), long, "an awful mess"]) == 0
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "; 1 cut to their first 128 tokens (the model's --max-source-length)" in line

@@ -17,7 +17,7 @@ from flant5_imdb.modeling import build_model
 from flant5_imdb.optim import optimizer_from
 from flant5_imdb.tokenizer import load_tokenizer
 from flant5_imdb.train import run
-from tests.conftest import ROOT, accelerate_launch, flags, real_data_or_skip, run_script
+from tests.conftest import ROOT, accelerate_launch, flags, load_script, real_data_or_skip, run_script
 from tests.helpers import load_splits
 
 
@@ -450,29 +450,99 @@ def test_a_training_step_reads_nothing_back_from_the_device(tmp_path, tokenizer_
     assert mode.reads == []
 
 
-def test_cpu_threads_auto_is_one_for_a_small_model_and_the_idle_cores_for_a_large_one(monkeypatch):
-    """torch's threads spin-wait for one another: a thread whose core another process holds stalls every
-    operator, so `auto` never asks for a core that the load average says is taken."""
-    from flant5_imdb import accel
+def signal_in_evaluation(monkeypatch, sig: str, at_call: int = 1):
+    """Send `sig` to this process from inside training's `at_call`-th evaluation, as Ctrl-C would."""
+    import signal
+    import time
 
-    cpu = torch.device("cpu")
-    before = torch.get_num_threads()
-    try:
-        monkeypatch.setattr(accel.os, "cpu_count", lambda: 8)
-        torch.set_num_threads(8)
-        assert accel.cpu_threads("auto", 1_000_000, cpu) == 1 == torch.get_num_threads()
-        torch.set_num_threads(8)
-        monkeypatch.setattr(accel.os, "getloadavg", lambda: (3.0, 3.0, 3.0))  # us and two others busy
-        assert accel.cpu_threads("auto", 250_000_000, cpu) == 6
-        monkeypatch.setattr(accel.os, "getloadavg", lambda: (20.0, 20.0, 20.0))
-        assert accel.cpu_threads("auto", 250_000_000, cpu) == 1
-        assert accel.cpu_threads("3", 1_000, cpu) == 3 == torch.get_num_threads()
-        assert accel.cpu_threads("auto", 1_000, torch.device("cuda")) is None  # a GPU run: left alone
-        with pytest.raises(ValueError, match=r"--threads 'many': auto, or a whole number of at least 1"):
-            accel.cpu_threads("many", 1_000, cpu)
-        from flant5_imdb.config import ConfigError, TrainConfig
+    from flant5_imdb import train as train_module
 
-        with pytest.raises(ConfigError, match=r"--threads '0': auto, or a whole number of at least 1"):
-            TrainConfig(threads="0")  # refused when parsed, before anything is read
-    finally:
-        torch.set_num_threads(before)
+    real, calls = train_module.evaluate, []
+
+    def signalled(*a, **kw):
+        calls.append(1)
+        if len(calls) == at_call:
+            os.kill(os.getpid(), getattr(signal, sig))
+            time.sleep(1)  # the handler runs here
+        return real(*a, **kw)
+
+    monkeypatch.setattr(train_module, "evaluate", signalled)
+    return 128 + getattr(signal, sig)
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_in_the_final_evaluation_keeps_the_model_and_says_so(
+    tmp_path, monkeypatch, capsys, caplog, sig
+):
+    """The final evaluation can take hours on a CPU: the model is saved before it, and stopping it is one
+    line saying where the model is, exit 130 (143), no traceback. (The run says where it runs, too.)"""
+    import logging
+
+    code = signal_in_evaluation(monkeypatch, sig)
+    out = tmp_path / "run"
+    argv = ["--preset", "smoke", "--data", "synthetic:200", "--max-steps", "2", "--output-dir", str(out)]
+    with caplog.at_level(logging.INFO, logger="flant5_imdb"):
+        assert load_script("train").main(argv) == code
+    assert "running on cpu, 1 CPU thread, fp32" in caplog.text
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == (
+        f"stopped by {sig} during the final evaluation; the trained model is saved in {out / 'final'}"
+    )
+    assert "Traceback" not in err
+    assert (out / "final" / "model.safetensors").is_file() and (out / "final" / "config.json").is_file()
+
+
+def test_a_signal_in_an_evaluation_during_training_checkpoints_and_stops(tmp_path, monkeypatch, capsys):
+    """`--eval-every`: Ctrl-C inside an evaluation between steps stops it at once; the step before it is
+    checkpointed, as for a signal between steps, and `--resume auto` goes on from there."""
+    code = signal_in_evaluation(monkeypatch, "SIGINT")
+    out = tmp_path / "run"
+    argv = ["--preset", "smoke", "--data", "synthetic:200", "--max-steps", "6", "--eval-every", "2",
+            "--output-dir", str(out)]  # fmt: skip
+    assert load_script("train").main(argv) == code == 130
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith("preempted by SIGINT after step 2; checkpoint ")
+    assert "--resume auto" in err and "Traceback" not in err
+    assert (out / "checkpoints" / "step-2").is_dir() and not (out / "final").exists()
+
+
+HEAVY = ("torch", "transformers", "datasets", "pyarrow", "accelerate")
+
+
+def refused_light(script: str, *argv: str) -> tuple[int, str, list[str], float]:
+    """Run scripts/SCRIPT.py's main(argv) in a fresh interpreter: its exit code, its stderr, which heavy
+    packages it had imported when it returned, and how long it took."""
+    import time
+
+    code = (
+        "import sys, importlib.util\n"
+        f"spec = importlib.util.spec_from_file_location('s', {str(ROOT / 'scripts' / f'{script}.py')!r})\n"
+        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+        f"rc = m.main({list(argv)!r})\n"
+        f"print(','.join(p for p in {HEAVY!r} if p in sys.modules)); sys.exit(rc)\n"
+    )
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    took = time.perf_counter() - started
+    return proc.returncode, proc.stderr, [p for p in proc.stdout.strip().split(",") if p], took
+
+
+def test_a_missing_file_or_a_folder_in_use_is_refused_before_torch_is_imported(tmp_path):
+    """Refused from the options, the files and the folder alone: nothing heavy imported, nothing read
+    (was 7.5 s for a missing --data, and a folder in use only after tokenizing the data)."""
+    rc, err, heavy, took = refused_light(
+        "train", "--preset", "smoke", "--data", str(tmp_path / "nothere.csv")
+    )
+    assert (rc, err.strip(), heavy) == (
+        2,
+        f"error: --data {tmp_path / 'nothere.csv'}: no such file or folder",
+        [],
+    )
+    assert took < 10  # an interpreter and the options module: well under a second on an idle machine
+    earlier = tmp_path / "earlier"
+    (earlier / "checkpoints" / "step-1").mkdir(parents=True)
+    (earlier / "metrics.jsonl").write_text('{"step": 1}\n')
+    rc, err, heavy, _ = refused_light("train", "--preset", "smoke", "--output-dir", str(earlier))
+    assert (
+        rc == 2 and heavy == [] and err.strip().startswith(f"error: --output-dir {earlier} holds another run")
+    )
