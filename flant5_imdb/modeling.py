@@ -19,6 +19,7 @@ from transformers.models.t5.modeling_t5 import T5Attention
 
 from flant5_imdb.data.labels import IMDB, LabelSpace, verbalize
 from flant5_imdb.data.source import looks_like_path
+from flant5_imdb.rundir import model_folder
 from flant5_imdb.tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -180,32 +181,6 @@ def saved_settings(path: str | Path) -> dict:
     """What `save_settings` wrote beside a model or checkpoint; {} where nothing was (a Hub model)."""
     settings_file = Path(path, SETTINGS_FILE)
     return json.loads(settings_file.read_text()) if settings_file.is_file() else {}
-
-
-WEIGHTS = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
-
-
-def model_folder(path: str) -> str:
-    """`path`, or, where it is a run's folder (a `final/` inside, no weights of its own), that `final/`.
-
-    Raises:
-        ValueError: a folder that holds no weights and is no run's folder.
-    """
-    folder = Path(path).expanduser()
-    if not folder.is_dir() or any((folder / w).is_file() for w in WEIGHTS):
-        return path
-    if any((folder / "final" / w).is_file() for w in WEIGHTS):
-        logger.info("%s is a run's folder: using its model, %s", path, folder / "final")
-        return str(folder / "final")
-    raise ValueError(
-        f"--model {path}: a folder with no model weights in it; a run keeps its model in final/, a "
-        "checkpoint in checkpoints/step-N/"
-    )
 
 
 def load_trained(

@@ -26,7 +26,7 @@ import torch
 from accelerate.utils import broadcast_object_list, gather_object
 
 from flant5_imdb import hub
-from flant5_imdb.accel import cpu_threads, main_first, process_state
+from flant5_imdb.accel import cpu_threads, main_first, process_state, run_on
 from flant5_imdb.config import speaker
 from flant5_imdb.data import (
     BadRow,
@@ -40,9 +40,10 @@ from flant5_imdb.data import (
     texts_to_predict,
 )
 from flant5_imdb.evaluate import CHUNK, MAX_MATRIX_CLASSES, TOP_PROBS, deal, score_batch
-from flant5_imdb.modeling import WEIGHTS, load_trained, model_folder
+from flant5_imdb.modeling import load_trained
 from flant5_imdb.output import JsonLines, OutputError, PredictionsFile, Table, TextDigest, output_format
 from flant5_imdb.progress import StreamProgress, duration
+from flant5_imdb.rundir import WEIGHTS, model_folder
 
 
 class InputError(ValueError):
@@ -266,12 +267,7 @@ class _Job:
         where = self.out.finish() if self.out is not None and job.output else None
         took = duration(time.perf_counter() - started, tenths=True)
         line = f"{progress.done - done:,} texts predicted in {took}"
-        threads = f"{clf.threads} CPU thread{'s' * (clf.threads > 1)}" if clf.threads else None
-        if self.state.num_processes > 1:
-            each = ", ".join(filter(None, [clf.device.type, threads]))
-            line += f" on {self.state.num_processes} processes ({each} each)"
-        else:
-            line += f" on {clf.device.type}" + (f" ({threads})" if threads else "")
+        line += f" on {run_on(clf.device, clf.threads, 'fp32', self.state.num_processes)}"
         if clf.truncated:
             n, cut = clf.truncated, clf.max_source_length
             line += f"; {n:,} cut to their first {cut} tokens (the model's --max-source-length)"

@@ -20,7 +20,6 @@ import os
 import shutil
 from pathlib import Path
 
-from flant5_imdb.accel import main_first
 from flant5_imdb.config import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -110,6 +109,68 @@ def check_writable(folder: str | Path) -> None:
         raise ConfigError(unwritable(folder, PermissionError(13, f"{existing} is not writable")))
 
 
+def preflight(cfg) -> None:
+    """What a training run can be refused for from its options, its files and its output folder alone,
+    checked before torch is imported (under a second): a missing or malformed `--data`, an output folder
+    that cannot be written, that another training holds, or that holds an earlier run a fresh start
+    would mix with. `setup` checks the same again (for callers of `train.run`, and for what changed since).
+
+    Raises:
+        ConfigError: the output folder.
+        DataError: the data source.
+    """
+    from flant5_imdb.data.source import parse_source
+
+    parse_source(cfg.data)
+    check_writable(cfg.output_dir)
+    RunLock(cfg.output_dir).check()
+    if cfg.resume is None and not cfg.overwrite_output_dir and held_run(cfg.output_dir):
+        refuse_earlier_run(cfg.output_dir, held_run(cfg.output_dir))
+
+
+WEIGHTS = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def model_folder(path: str) -> str:
+    """`path`, or, where it is a run's folder (a `final/` inside, no weights of its own), that `final/`.
+
+    Raises:
+        ValueError: a folder that holds no weights and is no run's folder.
+    """
+    folder = Path(path).expanduser()
+    if not folder.is_dir() or any((folder / w).is_file() for w in WEIGHTS):
+        return path
+    if any((folder / "final" / w).is_file() for w in WEIGHTS):
+        logger.info("%s is a run's folder: using its model, %s", path, folder / "final")
+        return str(folder / "final")
+    raise ValueError(
+        f"--model {path}: a folder with no model weights in it; a run keeps its model in final/, a "
+        "checkpoint in checkpoints/step-N/"
+    )
+
+
+REPORT_FILES = ("eval.json", "eval.txt", "eval_predictions.jsonl")  # what an evaluation writes
+
+
+def refuse_held_evaluation(folder: str | Path) -> None:
+    """Raise if `folder` holds an evaluation already (evaluate.py replaces one only with --overwrite).
+
+    Raises:
+        ValueError: naming the files and the two ways on.
+    """
+    held = [name for name in REPORT_FILES if (Path(folder) / name).exists()]
+    if held:
+        raise ValueError(
+            f"{folder} holds an evaluation already ({', '.join(held)}); pass --overwrite to replace it, or "
+            "--output-dir to write elsewhere"
+        )
+
+
 def held_run(folder: str | Path) -> list[str]:
     """What in `folder` belongs to an earlier run (empty if nothing does)."""
     folder = Path(folder)
@@ -155,6 +216,8 @@ def claim_on_main(accelerator, folder: Path, **claim_args) -> RunLock | None:
     Raises:
         ConfigError: as `claim`, on the main process (the others raise `MainFailed`, and say nothing).
     """
+    from flant5_imdb.accel import main_first  # torch: imported by training, not by the checks above
+
     lock = None
     with main_first(accelerator):
         if accelerator.is_main_process:

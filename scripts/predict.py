@@ -54,7 +54,15 @@ def parse(argv: list[str] | None = None):
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     speaks = speaker()  # under a launch, one process speaks (and writes) for all
+    from flant5_imdb.data.reader import DataError, check_text_file
 
+    try:  # a file that is not there, or of no format read here: refused before torch is imported
+        if args.file:
+            check_text_file(args.file)
+    except DataError as e:
+        if speaks:
+            print(f"error: {e}", file=sys.stderr)
+        return 2
     from flant5_imdb.accel import MainFailed
     from flant5_imdb.predict import Interrupted, PredictJob, run_job
 

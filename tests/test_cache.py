@@ -17,7 +17,7 @@ from flant5_imdb.tokenizer import train_word_tokenizer
 
 # The modules themselves (the package exports functions of the same names).
 labelled_module = importlib.import_module("flant5_imdb.data.labelled")
-prepare_module = importlib.import_module("flant5_imdb.data.prepare")
+prepare_module = importlib.import_module("flant5_imdb.data.pipeline")
 
 TEXTS = ["a fine film with a fine cast", "dull and long and dull", "loved it", "hated every minute of it"]
 

@@ -10,15 +10,19 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pyarrow.compute as pc
 import torch
-from datasets import Dataset, DatasetDict
 
 from flant5_imdb.config import count_or_auto
 from flant5_imdb.data.labels import IMDB, LabelSpace, verbalize
 from flant5_imdb.data.reader import DataError
+
+if (
+    TYPE_CHECKING
+):  # datasets and pyarrow are imported by the functions that tokenize: prediction needs neither
+    from datasets import Dataset, DatasetDict
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +103,8 @@ def tokenize(
                   cache_file_names=files, num_proc=workers if workers > 1 else None)  # fmt: skip
     for split, ds in out.items():
         # Counted by Arrow on the column, not by a Python list of every row's length.
+        import pyarrow.compute as pc
+
         n_trunc = pc.sum(pc.greater_equal(ds.data.column("length"), max_source_length)).as_py() or 0
         if n_trunc:
             # Most texts cut short is worth a warning: the model then learns from their beginnings only.

@@ -346,6 +346,12 @@ def hold_out(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]
             "and keeps one; with classes this small, name an evaluation split (--eval-split) or pass "
             "--validation-split 0", fraction, len(held), len(ds), 100 * len(held) / len(ds),
         )  # fmt: skip
+    if len(ds) - len(held) < len(held):
+        logger.warning(
+            "--validation-split %g leaves %d of %d training rows to train on and holds out %d: the model "
+            "learns from fewer rows than it is evaluated on; a split of 0.1 to 0.2 is usual",
+            fraction, len(ds) - len(held), len(ds), len(held),
+        )  # fmt: skip
     kept = np.ones(len(ds), dtype=bool)
     kept[held] = False
     return ds.select(np.flatnonzero(kept)), ds.select(sorted(held))

@@ -167,12 +167,7 @@ def infer_labels(raw_labels: Iterable, explicit: Iterable[str] | None = None) ->
         values = tuple(sorted(texts))
         space = LabelSpace(values, values, "name")
         if ints:
-            logger.warning(
-                "the labels mix integers (%s) and words (%s): one class each, named as written; if the "
-                "integers are codes for the words, write every label one way",
-                ", ".join(ints[:5]),
-                ", ".join(sorted(t for t in texts if not _is_int(t))[:5]),
-            )
+            _warn_mixed(ints, sorted(t for t in texts if not _is_int(t)))
     _warn_case_twins(space.values)
     return space
 
@@ -193,6 +188,30 @@ def _warn_case_twins(values: Iterable[str]) -> None:
 
 def _is_int(text: str) -> bool:
     return re.fullmatch(r"-?[0-9]+", text) is not None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+def _warn_mixed(ints: list[str], others: list[str]) -> None:
+    """Integer labels beside words, or beside numbers that are not whole (0.5 beside 0 and 1): each is a
+    class of its own, named as written; said by what the others are."""
+    numbers = [t for t in others if _is_number(t)]
+    words = [t for t in others if t not in numbers]
+    kinds = ([f"words ({', '.join(words[:5])})"] if words else []) + (
+        [f"numbers that are not whole ({', '.join(numbers[:5])})"] if numbers else []
+    )
+    advice = ["if the integers are codes for the words, write every label one way"] * bool(words) + [
+        "if the numbers are scores rather than classes, turn them into classes first"
+    ] * bool(numbers)
+    logger.warning(
+        "the labels mix integers (%s) and %s: one class each, named as written; %s",
+        ", ".join(ints[:5]), " and ".join(kinds), "; ".join(advice),
+    )  # fmt: skip
 
 
 def verbalize(verbalizer: str, space: LabelSpace = IMDB) -> list[str]:

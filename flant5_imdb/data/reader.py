@@ -31,9 +31,11 @@ import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-from datasets import ClassLabel, Dataset
+if TYPE_CHECKING:
+    from datasets import Dataset
+
 
 FORMATS = {
     ".csv": "csv",
@@ -103,6 +105,8 @@ class RawSplit:
         """`ds`'s texts and labels, read a batch at a time by `rows()`. A `ClassLabel` column's integers
         become its names (a Hub dataset's, or a parquet file's that `datasets` wrote): `billing`, not `0`.
         An integer outside the names (a Hub test split's -1) stays as written, to be reported."""
+        from datasets import ClassLabel
+
         feature = ds.features.get("label")
         names = tuple(feature.names) if isinstance(feature, ClassLabel) else None
         return cls([], [], where, ds=ds, class_names=names)

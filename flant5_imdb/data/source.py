@@ -15,11 +15,8 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import datasets
-from datasets import Dataset
-
-from flant5_imdb.data.cache import file_digest
 from flant5_imdb.data.reader import (
     BadRow,
     DataError,
@@ -29,7 +26,12 @@ from flant5_imdb.data.reader import (
     file_kind,
     stream_table,
 )
-from flant5_imdb.data.synthetic import make_synthetic
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+# `datasets` (and what reads with it) is imported where a split is read, not here: parsing `--data`
+# answers before any of it is loaded (a missing file is refused at once).
 
 SPLITS = ("train", "test", "validation")
 SYNTHETIC_MIN = 10
@@ -163,6 +165,8 @@ def read_splits(source: Source, wanted: set[str] | None, columns: Columns = Colu
     """The `wanted` splits of `source` (all if None; a Hub dataset's unlabelled extra splits are not read)."""
     keep = set(SPLITS) if wanted is None else wanted
     if source.kind == "synthetic":
+        from flant5_imdb.data.synthetic import make_synthetic
+
         made = make_synthetic(n_train=source.size, n_test=max(source.size // 4, 50))
         return {k: RawSplit.of(v, f"synthetic/{k}") for k, v in made.items() if k in keep}
     if source.kind == "hub":
@@ -203,6 +207,8 @@ def content_key(source: Source, wanted: set[str] | None, columns: Columns = Colu
                 listing.update(f"{f.relative_to(path)}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
             out[split] = {"folder": str(path.resolve()), "files": listing.hexdigest()[:32]}
         else:
+            from flant5_imdb.data.cache import file_digest
+
             size = path.stat().st_size
             out[split] = {"file": str(path.resolve()), "size": size, "content": file_digest(path)}
     return {"kind": source.kind, "splits": out}
@@ -227,6 +233,8 @@ def _renamed(ds: Dataset, where: str, columns: Columns) -> Dataset:
 @contextlib.contextmanager
 def _quiet_datasets():
     """datasets logs an ERROR line of its own before raising; the error raised here says it all."""
+    import datasets
+
     verbosity = datasets.logging.get_verbosity()
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)
     try:
@@ -236,6 +244,8 @@ def _quiet_datasets():
 
 
 def _read_hub(name: str, config: str | None = None) -> dict[str, Dataset]:
+    import datasets
+
     try:
         with _quiet_datasets():
             return dict(datasets.load_dataset(name, config))
@@ -249,6 +259,7 @@ def _read_hub(name: str, config: str | None = None) -> dict[str, Dataset]:
 
 def _read_parquet(path: Path, columns: Columns) -> RawSplit:
     """Through `datasets` (cached, so tokenization is too); checked with pyarrow first for a clear error."""
+    import datasets
     import pyarrow.parquet as pq
 
     try:
@@ -265,6 +276,8 @@ def _read_parquet(path: Path, columns: Columns) -> RawSplit:
 def _read_arrow(path: Path, columns: Columns) -> RawSplit:
     """An Arrow file as `datasets` writes one (a split's cache file; its `ClassLabel` names kept),
     memory-mapped."""
+    from datasets import Dataset
+
     try:
         ds = Dataset.from_file(str(path))
     except Exception as e:
