@@ -19,18 +19,53 @@ def model_card(summary: dict, repo: str | None = None) -> str:
     """The card's markdown: front matter, evaluation, training, cost, use; every figure from `summary`."""
     lines = _front_matter(summary, repo) + _classes(summary) + _evaluation(summary) + _training(summary)
     lines += _cost(summary)
-    lines += [
+    lines += _use(summary, repo or "path/to/final")
+    return "\n".join(lines)
+
+
+def _use(summary: dict, where: str) -> list[str]:
+    """How to use the model: with this package, and with plain transformers (the prompt, `generate` and
+    the class texts it writes), so that the card alone is enough."""
+    from flant5_imdb.data.encode import prompt_template
+
+    cfg, classes = summary["config"], summary.get("classes") or []
+    written = {c["target"]: c["name"] for c in classes}
+    return [
         "## Use",
+        "",
+        "With flant5_imdb installed: the prompt, truncation and classes come with the model.",
         "",
         "```python",
         "from flant5_imdb import Classifier",
         "",
-        f'clf = Classifier("{repo or "path/to/final"}")',
+        f'clf = Classifier("{where}")',
         f"print(clf.predict([{_example(summary)!r}]))",
         "```",
         "",
+        "With transformers alone: the model writes a class's text (greedy `generate`).",
+        "",
+        "```python",
+        "from transformers import AutoModelForSeq2SeqLM, AutoTokenizer",
+        "",
+        f'tokenizer = AutoTokenizer.from_pretrained("{where}")',
+        f'model = AutoModelForSeq2SeqLM.from_pretrained("{where}")',
+        f"prompt = {prompt_template(cfg.get('prompt'))!r}  # the prompt it was trained with",
+        f"classes = {written!r}  # what it writes -> the class",
+        f"texts = [{_example(summary)!r}]",
+        "batch = tokenizer([prompt.format(text=t) for t in texts], padding=True, truncation=True,",
+        f'                  max_length={cfg["max_source_length"]}, return_tensors="pt")',
+        "out = model.generate(**batch, max_new_tokens=32)",
+        "print([classes.get(t, t) for t in tokenizer.batch_decode(out, skip_special_tokens=True)])",
+        "```",
+        "",
+        "Loading it prints transformers' warning that the embedding and `lm_head` \"have different values, "
+        "so we will NOT tie them\": that is right. FLAN-T5's output layer is a weight of its own, which "
+        "transformers 5's T5 configuration cannot declare; the weights load as saved. transformers 5 has no "
+        "pipeline for "
+        "a text-to-text model (and its `text-classification` pipeline would put an untrained head on this "
+        "one), hence `generate` above.",
+        "",
     ]
-    return "\n".join(lines)
 
 
 HUB_IMDB = ("stanfordnlp/imdb", "imdb")
@@ -74,7 +109,8 @@ def _front_matter(summary: dict, repo: str | None) -> list[str]:
         "---",
         "license: apache-2.0",
         "library_name: transformers",
-        "pipeline_tag: text2text-generation",
+        # No pipeline_tag: transformers 5 serves no pipeline for a text-to-text model, and its
+        # text-classification pipeline would load this one with an untrained head. The tag says the task.
         *([f"datasets:\n- {cfg['data']}"] if imdb else []),
         f"tags:\n- {'sentiment-analysis' if sentiment else 'text-classification'}\n- flan-t5\n- flant5_imdb",
         *([f"base_model: {cfg['model']}"] if not cfg.get("model_config") else []),

@@ -89,3 +89,27 @@ def test_plots_are_readable(smoke_run):
     assert list(throughput.lines[0].get_ydata()) == [r["samples_per_s"] for r in rows if "loss" in r]
     assert throughput.get_ylabel() == "samples/s"
     plt.close("all")
+
+
+def test_the_cards_plain_transformers_code_runs_and_agrees_with_the_classifier(smoke_run, capsys):
+    """Someone who finds the model on the Hub can use it from the card alone: its transformers-only block
+    (tokenizer, AutoModelForSeq2SeqLM, the prompt, generate, the class texts) runs as written on the saved
+    model and names the class the package's Classifier gives. No pipeline tag names a pipeline that
+    transformers 5 does not serve."""
+    import re
+
+    from flant5_imdb import Classifier
+
+    out, summary = smoke_run
+    final = out / "final"
+    card = model_card(summary, repo=str(final))
+    blocks = re.findall(r"```python\n(.*?)```", card, flags=re.S)
+    assert len(blocks) == 2 and "AutoModelForSeq2SeqLM" in blocks[1] and "Classifier" in blocks[0]
+    exec(compile(blocks[1], "model card", "exec"), {})
+    printed = capsys.readouterr().out.strip()
+    text = re.search(r"texts = \[(.*)\]", blocks[1]).group(1)
+    expected = Classifier(str(final)).predict(eval(text)).label_name
+    assert printed == repr([expected])
+    front = card.split("---")[1]
+    assert "pipeline_tag" not in front and "text-classification" not in front.split("tags:")[0]
+    assert 'so we will NOT tie them": that is right' in card
