@@ -151,6 +151,14 @@ def test_suspicious_label_spaces_are_warned_about_at_any_size(tmp_path, caplog):
         load_labelled(str(write_jsonl(tmp_path / "train.jsonl", labelled(["1", "2", "three"] * 4))))
     assert "the labels mix integers (1, 2) and words (three)" in caplog.text
     caplog.clear()
+    with caplog.at_level(logging.WARNING):  # a number beside integers is called a number, not a word
+        load_labelled(str(write_jsonl(tmp_path / "train.jsonl", labelled(["0", "1", "0.5"] * 4))))
+    assert (
+        "the labels mix integers (0, 1) and numbers that are not whole (0.5): one class each, named as "
+        "written; if the numbers are scores rather than classes, turn them into classes first" in caplog.text
+    )
+    assert "words" not in caplog.text
+    caplog.clear()
     with caplog.at_level(logging.WARNING):
         load_labelled(
             str(write_jsonl(tmp_path / "train.jsonl", labelled(["a", "b"] * 4))), label_order=["a", "b", "z"]
@@ -215,6 +223,26 @@ def test_a_hold_out_far_larger_than_asked_is_warned_about(caplog):
         train, held = hold_out(ds, 0.1, seed=0)
     assert len(train) == len(held) == 500
     assert "--validation-split 0.1 held out 500 of 1000 training rows (50%)" in caplog.text
+    assert "leaves" not in caplog.text  # as many left to train on as held out: not fewer
+
+
+def test_a_hold_out_that_leaves_fewer_rows_to_train_on_than_it_holds_is_warned_about(caplog):
+    """--validation-split 0.999 on 60 rows of 2 classes: each class keeps one row, so 2 train and 58 are
+    held out; said by the option's name, not in passing."""
+    from datasets import Dataset
+
+    ds = Dataset.from_dict({"text": [f"t{i}" for i in range(60)], "label": [0, 1] * 30})
+    with caplog.at_level(logging.WARNING):
+        train, held = hold_out(ds, 0.999, seed=0)
+    assert (len(train), len(held)) == (2, 58)
+    assert (
+        "--validation-split 0.999 leaves 2 of 60 training rows to train on and holds out 58: the model "
+        "learns from fewer rows than it is evaluated on" in caplog.text
+    )
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        hold_out(ds, 0.2, seed=0)
+    assert caplog.text == ""
 
 
 def test_columns_must_differ_and_a_header_names_each_column_once(tmp_path):
