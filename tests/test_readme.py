@@ -79,7 +79,7 @@ def test_your_own_data_runs_as_printed(tmp_path):
 
 def test_training_on_local_imdb_files_runs_as_printed(tmp_path):
     """The README's commands for IMDB without the Hub, in a folder holding `imdb/` (a seeded sample of
-    the real parquet files: 400 training and 100 test reviews) and `flan-t5-base/` (a local model
+    the real parquet files: 400 training and 200 test reviews) and `flan-t5-base/` (a local model
     folder: a tiny T5 with a T5-style tokenizer in place of the real weights), a few steps only."""
     import random
 
@@ -90,7 +90,7 @@ def test_training_on_local_imdb_files_runs_as_printed(tmp_path):
 
     imdb, tokenizer_dir = real_data_or_skip()
     (tmp_path / "imdb").mkdir()
-    for split, n in (("train", 400), ("test", 100)):
+    for split, n in (("train", 400), ("test", 200)):
         table = pq.read_table(imdb / f"{split}.parquet")
         pq.write_table(table.take(sorted(random.Random(0).sample(range(table.num_rows), n))),
                        tmp_path / "imdb" / f"{split}.parquet")  # fmt: skip
@@ -99,12 +99,15 @@ def test_training_on_local_imdb_files_runs_as_printed(tmp_path):
         tmp_path / "flan-t5-base"
     )
     tokenizer.save_pretrained(tmp_path / "flan-t5-base")
-    limits = {0: ["--max-steps", "4", "--max-eval-samples", "32"], 1: ["--max-samples", "32"]}
+    limits = {0: ["--max-steps", "4", "--max-eval-samples", "32"], 1: ["--max-eval-samples", "32"]}
     train, evaluate = run_as_printed(
         "local-files", ["scripts/train.py", "scripts/evaluate.py"], tmp_path, limits
     )
     assert "done: 4 steps" in train and "32 examples" in evaluate
     assert (tmp_path / "runs" / "imdb" / "final" / "eval.json").is_file()
+    # The CPU-sized form, as printed: its bounds are its own.
+    train, evaluate = run_as_printed("local-files-cpu", ["scripts/train.py", "scripts/evaluate.py"], tmp_path)
+    assert "done: 10 steps" in train and "200 examples" in evaluate
 
 
 # Commands the pages may give that are not this project's: installing, downloading, reading a file.
