@@ -63,15 +63,15 @@ class Interrupted(RuntimeError):
         return 128 + self.signum
 
 
-class interruptible:  # noqa: N801 - used as a context manager, like torch.no_grad
-    """SIGINT/SIGTERM inside the block raise `Interrupted(signum, message)` at once: for an evaluation,
-    which keeps nothing by running on (a Ctrl-C would otherwise end in a traceback, a SIGTERM in
-    silence). The handlers in place before are restored after; off the main thread, nothing changes."""
+class _Signals:
+    """A context manager that hands SIGTERM and SIGINT to `self._handle` inside its block and restores the
+    handlers in place before after it; off the main thread (where Python allows no handler) it changes
+    nothing."""
 
-    def __init__(self, message: str):
-        self.message, self._previous = message, {}
+    _previous: dict
 
     def __enter__(self):
+        self._previous = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -83,6 +83,18 @@ class interruptible:  # noqa: N801 - used as a context manager, like torch.no_gr
         return False
 
     def _handle(self, signum, frame):
+        raise NotImplementedError
+
+
+class interruptible(_Signals):  # noqa: N801 - used as a context manager, like torch.no_grad
+    """SIGINT/SIGTERM inside the block raise `Interrupted(signum, message)` at once: for an evaluation,
+    which keeps nothing by running on (a Ctrl-C would otherwise end in a traceback, a SIGTERM in
+    silence)."""
+
+    def __init__(self, message: str):
+        self.message = message
+
+    def _handle(self, signum, frame):
         raise Interrupted(signum, self.message)
 
 
@@ -90,7 +102,7 @@ class OutOfMemory(RuntimeError):
     pass
 
 
-class StopSignal:
+class StopSignal(_Signals):
     """Context manager: SIGTERM/SIGINT set a flag that the loop reads between optimizer steps."""
 
     # Set in the environment of the processes a launcher starts: torch's elastic agent (accelerate
@@ -101,7 +113,6 @@ class StopSignal:
         self.accelerator = accelerator
         self.signum = 0
         self.reason: str | None = None
-        self._previous = {}
         self._launcher = os.getppid() if any(k in os.environ for k in self.LAUNCHED) else None
         # A host-side group for the per-step agreement: on GPUs the default group is NCCL, whose
         # collectives would put a device sync into every step.
@@ -109,17 +120,6 @@ class StopSignal:
         if accelerator.num_processes > 1:
             backend = torch.distributed.get_backend()
             self._group = None if backend == "gloo" else torch.distributed.new_group(backend="gloo")
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        return False
 
     def _handle(self, signum, frame):
         if self.signum == signal.SIGINT and signum == signal.SIGINT:
