@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -76,6 +77,28 @@ def _usable_cores() -> set[int]:
     return set(range(os.cpu_count() or 1))
 
 
+CGROUP_LIMITS = (Path("/sys/fs/cgroup/cpu.max"), Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"))
+
+
+def cpu_quota() -> int | None:
+    """The whole CPUs a container's CPU limit allows this process (cgroup v2 `cpu.max`, or v1's quota and
+    period), rounded up; None where there is no limit. /proc/stat and the affinity show the host's cores:
+    threads beyond the quota are throttled, and spin-waiting threads stall on each other."""
+    v2, v1 = CGROUP_LIMITS
+    try:
+        if v2.is_file():
+            quota, period = v2.read_text().split()[:2]
+        elif v1.is_file():
+            quota, period = v1.read_text().strip(), (v1.parent / "cpu.cfs_period_us").read_text().strip()
+        else:
+            return None
+        if quota in ("max", "-1"):
+            return None
+        return max(1, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        return None
+
+
 def idle_cores(seconds: float = IDLE_SAMPLE_S) -> int:
     """How many of this process's cores other processes leave idle now: the idle time of its cores over
     `seconds` (/proc/stat), in whole cores. Summed, not counted core by core: one busy process the
@@ -83,18 +106,19 @@ def idle_cores(seconds: float = IDLE_SAMPLE_S) -> int:
 
     Why not the load average: it trails by a minute or more, so a run started right after a busy one
     (the bench's previous row, a test run) would count cores that are idle again as taken. Where
-    /proc/stat cannot be read: the usable cores."""
+    /proc/stat cannot be read: the usable cores. Never more than a container's CPU limit (`cpu_quota`)."""
     usable = _usable_cores()
+    quota = cpu_quota() or len(usable)
     before = _cpu_times()
     if not before:
-        return len(usable)
+        return min(len(usable), quota)
     time.sleep(seconds)
     after = _cpu_times()
     idle = 0.0
     for core in usable & before.keys() & after.keys():
         d_idle, d_total = after[core][0] - before[core][0], after[core][1] - before[core][1]
         idle += d_idle / d_total if d_total > 0 else 1.0  # no ticks at all: a core nothing ran on
-    return int(idle + SPARE)
+    return min(int(idle + SPARE), quota)
 
 
 def cpu_threads(setting: str | int, parameters: int, device: torch.device) -> int | None:

@@ -106,3 +106,25 @@ def test_a_cpu_run_flushes_denormal_numbers_and_a_gpu_run_is_left_alone(threads)
     assert (tiny * 1.0).item() != 0.0  # a GPU run did not change the CPU's arithmetic
     accel.cpu_threads("1", 1_000, CPU)
     assert (tiny * 1.0).item() == 0.0
+
+
+@pytest.mark.parametrize(
+    "files, expected",
+    [
+        ({"cpu.max": "150000 100000\n"}, 2),  # cgroup v2: 1.5 CPUs -> 2 threads at most
+        ({"cpu.max": "max 100000\n"}, None),  # no limit
+        ({"cpu/cpu.cfs_quota_us": "300000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 3),  # cgroup v1
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({}, None),  # not in a container
+    ],
+)
+def test_a_containers_cpu_limit_caps_the_idle_cores(tmp_path, monkeypatch, files, expected):
+    """A container sees the host's cores in /proc/stat and its affinity; its CPU limit is what it gets."""
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    monkeypatch.setattr(accel, "CGROUP_LIMITS", (tmp_path / "cpu.max", tmp_path / "cpu" / "cpu.cfs_quota_us"))
+    assert accel.cpu_quota() == expected
+    before, after = stat(*[(0, 0)] * 8), stat(*[(100, 100)] * 8)  # 8 host cores, all idle
+    fake_proc(monkeypatch, before, after, usable=range(8))
+    assert accel.idle_cores() == (expected or 8)
