@@ -162,6 +162,14 @@ def run_on(device: torch.device, threads: int | None, precision: str, processes:
     return each + ", ".join(parts)
 
 
+def close_processes() -> None:
+    """Close a launch's process group before the process exits (training does it in `end_training`).
+    Left to the interpreter's exit, gloo's threads can abort a finished process ("terminate called
+    without an active exception", exit -6: seen once with 2 CPU processes on a busy machine)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 class MainFailed(RuntimeError):
     """The main process failed in a block every process runs after it (`main_first`); it says why."""
 

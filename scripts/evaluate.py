@@ -67,6 +67,16 @@ def parse(argv: list[str] | None = None):
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    finally:
+        if "torch" in sys.modules:  # a launch's processes close their group before they exit
+            from flant5_imdb.accel import close_processes
+
+            close_processes()
+
+
+def _main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     import logging
 

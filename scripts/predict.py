@@ -52,6 +52,16 @@ def parse(argv: list[str] | None = None):
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    finally:
+        if "torch" in sys.modules:  # a launch's processes close their group before they exit
+            from flant5_imdb.accel import close_processes
+
+            close_processes()
+
+
+def _main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     speaks = speaker()  # under a launch, one process speaks (and writes) for all
     from flant5_imdb.data.reader import DataError, check_text_file
