@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 # The standard library and the options only: --help and a bad option answer before torch is imported.
-from flant5_imdb.config import DATA_CACHE_HELP, THREADS_HELP, Parser, positive_int, speaker
+from flant5_imdb.config import DATA_CACHE_HELP, THREADS_HELP, Parser, closes_launch, positive_int, speaker
 
 
 def parse(argv: list[str] | None = None):
@@ -66,17 +66,8 @@ def parse(argv: list[str] | None = None):
     return args
 
 
+@closes_launch  # a launch's processes close their group before they exit
 def main(argv: list[str] | None = None) -> int:
-    try:
-        return _main(argv)
-    finally:
-        if "torch" in sys.modules:  # a launch's processes close their group before they exit
-            from flant5_imdb.accel import close_processes
-
-            close_processes()
-
-
-def _main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     import logging
 

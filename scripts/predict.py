@@ -9,7 +9,7 @@ accelerate launch --config_file configs/multi_gpu.yaml --num_processes 4 scripts
 
 import sys
 
-from flant5_imdb.config import THREADS_HELP, Parser, positive_int, speaker
+from flant5_imdb.config import THREADS_HELP, Parser, closes_launch, positive_int, speaker
 
 
 def parse(argv: list[str] | None = None):
@@ -51,17 +51,8 @@ def parse(argv: list[str] | None = None):
     return p.parse_args(argv)
 
 
+@closes_launch  # a launch's processes close their group before they exit
 def main(argv: list[str] | None = None) -> int:
-    try:
-        return _main(argv)
-    finally:
-        if "torch" in sys.modules:  # a launch's processes close their group before they exit
-            from flant5_imdb.accel import close_processes
-
-            close_processes()
-
-
-def _main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     speaks = speaker()  # under a launch, one process speaks (and writes) for all
     from flant5_imdb.data.reader import DataError, check_text_file

@@ -41,6 +41,25 @@ off_cuda = pytest.mark.skipif(
 )
 
 
+def signal_on_call(monkeypatch, owner, name: str, sig: str, at_call: int = 1) -> tuple[int, list]:
+    """Replace `owner.name` with itself sending `sig` to this process on its `at_call`-th call, as Ctrl-C
+    (or a scheduler's SIGTERM) would arrive there; returns (the exit code that signal means, the calls)."""
+    import signal
+    import time
+
+    real, calls = getattr(owner, name), []
+
+    def signalled(*a, **kw):
+        calls.append(1)
+        if len(calls) == at_call:
+            os.kill(os.getpid(), getattr(signal, sig))
+            time.sleep(1)  # the handler runs here
+        return real(*a, **kw)
+
+    monkeypatch.setattr(owner, name, signalled)
+    return 128 + getattr(signal, sig), calls
+
+
 def load_script(name: str):
     """scripts/NAME.py as a module, to call its `main(argv)` in this process (no second torch import)."""
     import importlib.util

@@ -325,22 +325,10 @@ def test_a_signal_mid_evaluation_stops_with_one_line_and_says_what_was_kept(
 ):
     """Ctrl-C (or a SIGTERM) while evaluate.py evaluates: one line saying what was kept (nothing: a report
     is written whole or not at all), exit 130 (143), no traceback, no half-written file left."""
-    import os
-    import signal
-    import time
-
     from flant5_imdb import evaluate as evaluate_module
+    from tests.conftest import signal_on_call
 
-    real, batches = evaluate_module.score_batch, []
-
-    def signalled(*a, **kw):
-        batches.append(1)
-        if len(batches) == 3:
-            os.kill(os.getpid(), getattr(signal, sig))
-            time.sleep(1)  # the handler runs here
-        return real(*a, **kw)
-
-    monkeypatch.setattr(evaluate_module, "score_batch", signalled)
+    expected, batches = signal_on_call(monkeypatch, evaluate_module, "score_batch", sig, at_call=3)
     args = [
         "--model",
         str(final[0]),
@@ -353,7 +341,7 @@ def test_a_signal_mid_evaluation_stops_with_one_line_and_says_what_was_kept(
     ]
     code = load_script("evaluate").main([*args, "--max-eval-samples", "64"])
     err = capsys.readouterr().err
-    assert code == 128 + getattr(signal, sig), err
+    assert code == expected == {"SIGINT": 130, "SIGTERM": 143}[sig], err
     assert err.strip().splitlines()[-1] == (
         f"stopped by {sig} during the evaluation; nothing was written (--max-eval-samples N evaluates a part)"
     )

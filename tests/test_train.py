@@ -17,7 +17,15 @@ from flant5_imdb.modeling import build_model
 from flant5_imdb.optim import optimizer_from
 from flant5_imdb.tokenizer import load_tokenizer
 from flant5_imdb.train import run
-from tests.conftest import ROOT, accelerate_launch, flags, load_script, real_data_or_skip, run_script
+from tests.conftest import (
+    ROOT,
+    accelerate_launch,
+    flags,
+    load_script,
+    real_data_or_skip,
+    run_script,
+    signal_on_call,
+)  # fmt: skip
 from tests.helpers import load_splits
 
 
@@ -450,24 +458,11 @@ def test_a_training_step_reads_nothing_back_from_the_device(tmp_path, tokenizer_
     assert mode.reads == []
 
 
-def signal_in_evaluation(monkeypatch, sig: str, at_call: int = 1):
-    """Send `sig` to this process from inside training's `at_call`-th evaluation, as Ctrl-C would."""
-    import signal
-    import time
-
+def signal_in_evaluation(monkeypatch, sig: str) -> int:
+    """Send `sig` to this process from inside training's first evaluation; the exit code it means."""
     from flant5_imdb import train as train_module
 
-    real, calls = train_module.evaluate, []
-
-    def signalled(*a, **kw):
-        calls.append(1)
-        if len(calls) == at_call:
-            os.kill(os.getpid(), getattr(signal, sig))
-            time.sleep(1)  # the handler runs here
-        return real(*a, **kw)
-
-    monkeypatch.setattr(train_module, "evaluate", signalled)
-    return 128 + getattr(signal, sig)
+    return signal_on_call(monkeypatch, train_module, "evaluate", sig)[0]
 
 
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
