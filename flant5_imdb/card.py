@@ -61,9 +61,8 @@ def _use(summary: dict, where: str) -> list[str]:
         "Loading it prints transformers' warning that the embedding and `lm_head` \"have different values, "
         "so we will NOT tie them\": that is right. FLAN-T5's output layer is a weight of its own, which "
         "transformers 5's T5 configuration cannot declare; the weights load as saved. transformers 5 has no "
-        "pipeline for "
-        "a text-to-text model (and its `text-classification` pipeline would put an untrained head on this "
-        "one), hence `generate` above.",
+        "pipeline for a text-to-text model (and its `text-classification` pipeline would put an untrained "
+        "head on this one), hence `generate` above.",
         "",
     ]
 

@@ -32,14 +32,14 @@ from tqdm.auto import tqdm
 from transformers.modeling_outputs import BaseModelOutput
 
 from flant5_imdb import hub
-
-if TYPE_CHECKING:  # an annotation only: prediction imports this module and needs no datasets
-    from datasets import Dataset
 from flant5_imdb.accel import cpu_threads, main_first, make_accelerator, run_on
 from flant5_imdb.data import IMDB, Collator, Columns
 from flant5_imdb.guards import interruptible
 from flant5_imdb.modeling import load_trained, source_mask
 from flant5_imdb.rundir import refuse_held_evaluation
+
+if TYPE_CHECKING:  # an annotation only: prediction imports this module and needs no datasets
+    from datasets import Dataset
 
 logger = logging.getLogger(__name__)
 

@@ -113,7 +113,8 @@ def preflight(cfg) -> None:
     """What a training run can be refused for from its options, its files and its output folder alone,
     checked before torch is imported (under a second): a missing or malformed `--data`, an output folder
     that cannot be written, that another training holds, or that holds an earlier run a fresh start
-    would mix with. `setup` checks the same again (for callers of `train.run`, and for what changed since).
+    would mix with. Called by scripts/train.py before torch is imported and again by `train.setup` (for
+    callers of `train.run`, and for what changed since); `claim` checks the folder once more as it locks it.
 
     Raises:
         ConfigError: the output folder.
@@ -124,8 +125,9 @@ def preflight(cfg) -> None:
     parse_source(cfg.data)
     check_writable(cfg.output_dir)
     RunLock(cfg.output_dir).check()
-    if cfg.resume is None and not cfg.overwrite_output_dir and held_run(cfg.output_dir):
-        refuse_earlier_run(cfg.output_dir, held_run(cfg.output_dir))
+    earlier = held_run(cfg.output_dir)
+    if earlier and cfg.resume is None and not cfg.overwrite_output_dir:
+        refuse_earlier_run(cfg.output_dir, earlier)
 
 
 WEIGHTS = (

@@ -67,7 +67,7 @@ from flant5_imdb.modeling import build_model, save_settings, source_mask
 from flant5_imdb.optim import build_scheduler, optimizer_from
 from flant5_imdb.plots import plot_run
 from flant5_imdb.progress import MetricsLog, Window, maybe_log
-from flant5_imdb.rundir import METRICS, RunLock, check_writable, claim_on_main, truncate_metrics
+from flant5_imdb.rundir import METRICS, RunLock, claim_on_main, preflight, truncate_metrics
 from flant5_imdb.sampler import StepPlan, StepSampler
 from flant5_imdb.tokenizer import TRAIN_HERE, load_tokenizer, train_word_tokenizer
 
@@ -141,10 +141,9 @@ def setup(cfg: TrainConfig) -> Job:
         project_dir=cfg.output_dir,
     )
     out = Path(cfg.output_dir)
-    with main_first(accelerator):  # stop now, not after loading the data
+    with main_first(accelerator):  # stop now, not after loading the data (the script checked it too)
         if accelerator.is_main_process:
-            check_writable(out)
-            RunLock(out).check()  # another training there
+            preflight(cfg)
     hub.preflight(
         hub.needs(
             model=None if cfg.model_config else cfg.model,
@@ -319,8 +318,7 @@ def train(job: Job, on_step=None) -> None:
                 bar.update(1)
                 maybe_log(cfg, state, window, counters, log, bar, lr=lr, grad_norm=grad_norm)
                 try:
-                    with interruptible("during an evaluation"):
-                        maybe_evaluate(job, log)
+                    maybe_evaluate(job, log)
                 except Interrupted as e:  # the step is done: checkpointed and stopped as for any signal
                     stop.signum = e.signum
                 stopping = stop.requested()
@@ -459,7 +457,8 @@ def maybe_save(job: Job, counters: StepCounters, window: Window, force: bool) ->
 def maybe_evaluate(job: Job, log: MetricsLog) -> None:
     if not job.cfg.eval_every or job.state.step % job.cfg.eval_every or job.data.eval is None:
         return
-    r = evaluate_now(job)
+    with interruptible("during an evaluation"):  # Interrupted: the loop checkpoints this step and stops
+        r = evaluate_now(job)
     log.write(
         step=job.state.step,
         eval_accuracy=r["accuracy"],

@@ -19,9 +19,8 @@ from flant5_imdb.config import count_or_auto
 from flant5_imdb.data.labels import IMDB, LabelSpace, verbalize
 from flant5_imdb.data.reader import DataError
 
-if (
-    TYPE_CHECKING
-):  # datasets and pyarrow are imported by the functions that tokenize: prediction needs neither
+# datasets and pyarrow are imported by the functions that tokenize: prediction needs neither.
+if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
 
 logger = logging.getLogger(__name__)
