@@ -216,14 +216,12 @@ def measure_loop(name, cfg, args, data: BenchData, peak, progress=None) -> dict:
         warmup_steps=warmup,
         seconds_to_first_step=first_step[0],
         warmup_seconds=warm_s,
-        projected_minutes_with_warmup=(
-            warm_s + (SEED_JOB_SAMPLES - sum(examples[:warmup])) / row["samples_per_s"]
-        )
-        / 60,
+        warmup_examples=sum(examples[:warmup]),
         new_shapes_in_timed_window=unseen,
         compiles_in_timed_window=c1 - c0,
         cuda_graphs_recorded_in_timed_window=None if None in (g0, g1) else g1 - g0,
     )
+    row["projected_minutes_with_warmup"] = with_warmup(row, row["samples_per_s"])
     if args.full:
         row["full_minutes"] = summary["train_seconds"] / 60
     return row
@@ -284,19 +282,28 @@ def timing_row(name, cfg, marks, examples, tokens, flops, warmup, peak) -> dict:
     # the first step (which has no mark before it) is always a warm-up step.
     step_s = [marks[i] - marks[i - 1] for i in range(warmup, len(marks))]
     timed = slice(warmup, len(marks))
-    seconds = sum(step_s)
-    samples_per_s = sum(examples[timed]) / seconds
-    tflops = sum(flops[timed]) / seconds / 1e12
-    ms = sorted(1000 * s for s in step_s)
-    # The ratios between rows use the median step's rate: a step slowed by another process (a row takes
-    # minutes on a CPU) moves a mean, not a median.
-    per_step = [n / s for n, s in zip(examples[timed], step_s, strict=True)]
     return dict(
         batch_size=cfg.batch_size,
         grad_accum=cfg.grad_accum,
         precision=cfg.precision,
         optim=cfg.optim,
         padding=padding(cfg),
+        **step_figures(step_s, examples[timed], tokens[timed], flops[timed], peak),
+        cpu_threads=cpu_threads_now(),
+    )
+
+
+def step_figures(step_s, examples, tokens, flops, peak) -> dict:
+    """What a row's timed steps say: step-time percentiles, rates, MFU, the projected job; each step
+    kept (its time, examples, tokens and FLOPs), so that rounds of one row can be pooled."""
+    seconds = sum(step_s)
+    samples_per_s = sum(examples) / seconds
+    tflops = sum(flops) / seconds / 1e12
+    ms = sorted(1000 * s for s in step_s)
+    # The ratios between rows use the median step's rate: a step slowed by another process (a row takes
+    # minutes on a CPU) moves a mean, not a median.
+    per_step = [n / s for n, s in zip(examples, step_s, strict=True)]
+    return dict(
         timed_steps=len(step_s),
         ms_per_step=statistics.median(ms),
         ms_p10=ms[len(ms) // 10],
@@ -304,14 +311,43 @@ def timing_row(name, cfg, marks, examples, tokens, flops, warmup, peak) -> dict:
         ms_per_step_mean=statistics.fmean(ms),
         samples_per_s=samples_per_s,
         samples_per_s_median=statistics.median(per_step),
-        step_ms=[round(1000 * x, 1) for x in step_s],  # each timed step, in order: the spread behind a median
-        step_examples=list(examples[timed]),
-        tokens_per_s=sum(tokens[timed]) / seconds,
+        step_ms=[round(1000 * x, 3) for x in step_s],  # each timed step, in order: the spread behind a median
+        step_examples=list(examples),
+        step_tokens=list(tokens),
+        step_flops=list(flops),
+        tokens_per_s=sum(tokens) / seconds,
         model_tflops=tflops,
         mfu=tflops / peak if peak else None,
         projected_minutes=SEED_JOB_SAMPLES / samples_per_s / 60,
-        cpu_threads=cpu_threads_now(),
     )
+
+
+# What each round of a row keeps in the pooled row's `rounds`: enough to see the drift between rounds.
+ROUND_FIELDS = ("samples_per_s_median", "ms_per_step", "ms_p10", "ms_p90", "host_user_s", "host_sys_s",
+                "page_faults", "peak_allocated_gib", "cpu_threads")  # fmt: skip
+
+
+def pooled(rounds: list[dict], peak) -> dict:
+    """One row measured in several rounds (`--rounds`, interleaved with the other rows) as one row: every
+    round's timed steps pooled into one set of figures; set-up and warm-up as the first round measured
+    them; peak memory the highest; each round's own figures under `rounds`, in order."""
+    if len(rounds) == 1:
+        return rounds[0]
+    steps = {k: [x for r in rounds for x in r[f"step_{k}"]] for k in ("ms", "examples", "tokens", "flops")}
+    figures = step_figures([ms / 1000 for ms in steps.pop("ms")], *steps.values(), peak)
+    peaks = {
+        k: max(r[k] for r in rounds) if all(r.get(k) is not None for r in rounds) else None
+        for k in ("peak_allocated_gib", "peak_reserved_gib", "peak_driver_mib")
+    }
+    row = {**rounds[0], **figures, **peaks, "rounds": [{k: r.get(k) for k in ROUND_FIELDS} for r in rounds]}
+    if "warmup_examples" in row:
+        row["projected_minutes_with_warmup"] = with_warmup(row, row["samples_per_s"])
+    return row
+
+
+def with_warmup(row: dict, samples_per_s: float) -> float:
+    """The 2-epoch job projected: set-up and warm-up as measured, the rest at the timed rate."""
+    return (row["warmup_seconds"] + (SEED_JOB_SAMPLES - row["warmup_examples"]) / samples_per_s) / 60
 
 
 def padding(cfg) -> str:

@@ -33,23 +33,17 @@ sys.path.insert(0, str(ROOT))
 
 import argparse
 import datetime as dt
-import json
 import logging
 import signal
-import tempfile
 
 from bench.clocks import device_name, slug
-from bench.eval_timing import EVAL_NOTE, RANDOM_WEIGHTS_NOTE, measure_eval
-from bench.harness import SEED_JOB_SAMPLES, measure_row, row_setups
+from bench.harness import SEED_JOB_SAMPLES, row_setups
 from bench.report import PEAK_TFLOPS, start_results, write_results
 from bench.rows import PLAN, ROWS
+from bench.runner import Stopped, measure_plan
 from bench.sources import BenchData, add_source_args, bench_threads, check_sources
 from flant5_imdb.config import positive_int
 from flant5_imdb.guards import Preempted
-
-
-class Stopped(BaseException):  # not an Exception: no row's error handling mistakes it for its failure
-    """SIGTERM arrived outside a training step: stop measuring and keep what was measured."""
 
 
 def main(argv=None) -> dict:
@@ -91,66 +85,12 @@ def main(argv=None) -> dict:
     return result
 
 
-def measure_plan(args, data: BenchData, peak, result: dict, out: Path) -> None:
-    """Each selected row (and evaluation timing) in the bench's order, results saved after each."""
-    for row in [
-        ROWS[n] for n in PLAN if n in args.configs and (ROWS[n].measures != "eval" or args.eval_samples)
-    ]:
-        print(f"--- {row.name}", flush=True)
-        if row.measures == "eval":
-            measure_evals(row, args, data, result, out)
-        else:
-            measure_one(row, args, data, peak, result, out)
-
-
-def measure_evals(row, args, data: BenchData, result: dict, out: Path) -> None:
-    """One row of evaluation timings, added to those already in the results."""
-    earlier = [e for e in result["eval"] if "mode" in e]
-    note = dict(note=EVAL_NOTE + ("" if args.model else RANDOM_WEIGHTS_NOTE))
-
-    def save(rows):
-        result["eval"] = earlier + rows + [note]
-        write_results(result, out, with_chart=False)
-
-    save(measure_eval(row, args, data, on_row=save))
-
-
-def measure_one(row, args, data: BenchData, peak, result: dict, out: Path) -> None:
-    """One row. It is in results.json from the moment it starts (`running`), with how far it got as it
-    gets there (steps, compile time, graphs), kept beside what it measured: a row cut short by a guard's
-    SIGKILL still says so."""
-    live = dict(name=row.name, **row.described(), running=True)
-    result["rows"].append(live)
-    write_results(result, out, with_chart=False)
-
-    def progress(**fields):
-        live.update(fields)
-        write_results(result, out, with_chart=False)
-
-    folder, got = (
-        Path(tempfile.mkdtemp(prefix=f"bench-{row.name}-")),
-        dict(error="stopped before it finished"),
-    )
-    try:
-        got = measure_row(row, args, data, peak, folder, progress)
-    except Preempted as e:  # SIGTERM inside a training step: the step finished, the run stopped
-        got = dict(error=f"stopped by the time guard after step {e.step}")
-        raise
-    except Stopped:
-        got = dict(error="stopped by the time guard before it finished")
-        raise
-    finally:
-        live.pop("running")
-        live.update(got)
-    if args.json_rows:
-        print(json.dumps(live), flush=True)
-    write_results(result, out)  # after every row: a run stopped by its time guard keeps what it measured
-
-
 # flag, type, default, help: the options besides --configs and the sources
 OPTIONS = [
     ("--warmup", positive_int, 5, "untimed optimizer steps first (default 5, at least 1)"),
     ("--steps", positive_int, 20, "timed optimizer steps (default 20)"),
+    ("--rounds", positive_int, 1, "measure the training rows this many times, interleaved (A B, B A, ...), "
+     "each row's timed steps pooled: drift of the machine falls on every row alike (default 1)"),
     ("--compiled-warmup", int, 40, "warm-up steps of compiled rows on a GPU (default 40: compilation and "
      "one CUDA graph per length bucket)"),
     ("--throughput-batch", int, None, "batch of the throughput rows (default: the largest of 128/96/64/32 "

@@ -37,7 +37,7 @@ def start_results(args, out: Path, device: str, peak, seed_job_samples: int) -> 
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     return dict(device=device, date=now, versions=versions(), weights=weights, data=args.data,
                 examples=args.examples, tokenizer=args.tokenizer, model_config=args.model_config,
-                warmup_steps=args.warmup, timed_steps=args.steps, peak_tflops=peak,
+                warmup_steps=args.warmup, timed_steps=args.steps, rounds=args.rounds, peak_tflops=peak,
                 seed_job_samples=seed_job_samples, documented_baseline=DOCUMENTED,
                 runs=[], rows=[], eval=[])  # fmt: skip
 
@@ -131,12 +131,17 @@ def threads_said(result: dict) -> str:
     return " · **CPU threads differ between rows**: " + ", ".join(f"{n} {t}" for n, t in counts.items())
 
 
+def rounds_said(result: dict) -> str:
+    rounds = result.get("rounds", 1)
+    return f"{rounds} interleaved rounds of " if rounds > 1 else ""
+
+
 def markdown(result: dict) -> str:
     incomplete = [r for r in result["runs"] if not r["complete"]]
     lines = [
-        f"**{result['device']}** · {result['weights']} · {result['timed_steps']} timed steps after "
-        f"{result['warmup_steps']} warm-up · MFU against {fmt(result['peak_tflops'], '.0f')} TFLOP/s"
-        + threads_said(result),
+        f"**{result['device']}** · {result['weights']} · {rounds_said(result)}{result['timed_steps']} timed "
+        f"steps after {result['warmup_steps']} warm-up"
+        f" · MFU against {fmt(result['peak_tflops'], '.0f')} TFLOP/s" + threads_said(result),
         "",
         *[
             f"`{r['command']}`"
@@ -206,6 +211,15 @@ def notes(result: dict) -> list[str]:
         for r in rows
         if r.get("errors")
     ]
+    lines += [
+        f"\n{r['name']}: pooled without {'; '.join(r['round_errors'])}" for r in rows if r.get("round_errors")
+    ]
+    if rounds := [r for r in rows if len(r.get("rounds") or ()) > 1]:
+        each = "; ".join(
+            f"{r['name']} " + ", ".join(fmt(x["samples_per_s_median"], ".3g") for x in r["rounds"])
+            for r in rounds
+        )
+        lines += ["", f"**Each round's median samples/s** (the table pools every round's steps): {each}"]
     doc = result["documented_baseline"]
     lines += [
         "",

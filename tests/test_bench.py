@@ -1,6 +1,7 @@
 import dataclasses
 import json
 import re
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -72,7 +73,13 @@ def test_suite_runs_on_cpu_and_reports_every_configuration(tmp_path, capsys):
     assert by_name["hf-trainer"]["predicted_setup"].startswith("tiny, batch 8 x 512 tokens, fp32, sdpa")
     assert "the model's own loss" in by_name["hf-trainer"]["predicted_setup"]
     assert by_name["throughput"]["predicted_setup"].startswith("tiny, batch 16 x ")
-    assert by_name["kernels-8bit-ckpt"]["predicted_setup"].endswith("adamw8bit, activation checkpointing")
+    assert by_name["kernels-8bit-ckpt"]["predicted_setup"].endswith(
+        "adamw8bit, activation checkpointing, CUDA graphs"
+    )
+    assert by_name["lean"]["predicted_setup"].endswith(
+        "adamw8bit, activation checkpointing, optimizer in backward"
+    )
+    assert by_name["lean"]["predicted_peak_gib"] < by_name["fast-8bit"]["predicted_peak_gib"]
     assert by_name["baseline-loop"]["predicted_peak_gib"] > by_name["fast"]["predicted_peak_gib"]
     assert "| predicted GiB |" in (out / "results.md").read_text()
     k = by_name["kernels"]
@@ -590,8 +597,6 @@ def test_our_loop_with_the_trainers_math_costs_no_more_than_the_trainer(tmp_path
     one thread, alternated three times so that a busy moment of the machine falls on both: the median
     ratio of their median steps is at least 0.98. The bench holds every run to the same target; this is
     the check that fails when the loop's own overhead (host work per step) comes back."""
-    import statistics
-
     from bench.sources import bench_threads
 
     argv = [*SOURCES, "--warmup", "3", "--steps", "30", "--threads", "1", "--eval-samples", "0"]
@@ -630,3 +635,97 @@ def test_every_row_runs_on_the_threads_decided_once(tmp_path, monkeypatch):
     assert saved["rows"][0]["trainer_args"]["torch_threads"] == 2
     assert {e["cpu_threads"] for e in saved["eval"] if "mode" in e} == {2}
     assert "(2 CPU threads, every row)" in (out / "results.md").read_text()
+
+
+def test_rounds_interleave_the_rows_and_pool_each_rows_steps(tmp_path, monkeypatch):
+    """--rounds 3: the training rows run A B, B A, A B (the evaluation timing once, in the first round);
+    each row is one row in the results, its timed steps those of its three rounds pooled (the median, the
+    rates and the ratio to the Trainer from all of them), each round's own median kept."""
+    from bench import runner
+
+    ran, real = [], runner.measure_row
+    monkeypatch.setattr(
+        runner, "measure_row", lambda row, *a, **kw: ran.append(row.name) or real(row, *a, **kw)
+    )
+    out = tmp_path / "bench"
+    argv = [
+        "--configs",
+        "fast,hf-trainer,eval",
+        *TINY,
+        "--steps",
+        "2",
+        "--rounds",
+        "3",
+        "--eval-samples",
+        "8",
+    ]
+    result = profile.main([*argv, "--out", str(out)])
+    assert ran == ["hf-trainer", "fast", "fast", "hf-trainer", "hf-trainer", "fast"]
+    assert len([e for e in result["eval"] if "mode" in e]) == 2  # score and generate, once
+    trainer, fast = result["rows"]
+    for r in (trainer, fast):
+        assert r["timed_steps"] == 6 and len(r["step_ms"]) == 6 and len(r["rounds"]) == 3, r["name"]
+        rates = [1000 * n / ms for n, ms in zip(r["step_examples"], r["step_ms"], strict=True)]
+        assert r["samples_per_s_median"] == pytest.approx(statistics.median(rates))
+        assert r["samples_per_s"] == pytest.approx(1000 * sum(r["step_examples"]) / sum(r["step_ms"]))
+        assert r["ms_per_step"] == pytest.approx(statistics.median(r["step_ms"]))
+        assert all(x["cpu_threads"] == r["cpu_threads"] for x in r["rounds"])
+    assert fast["ratio_vs_hf_trainer"] == pytest.approx(
+        fast["samples_per_s_median"] / trainer["samples_per_s_median"]
+    )
+    md = (out / "results.md").read_text()
+    assert "3 interleaved rounds of 2 timed steps after 1 warm-up" in md.splitlines()[0]
+    assert "**Each round's median samples/s**" in md and result["rounds"] == 3
+
+
+def test_pooled_rounds_are_the_figures_of_all_their_steps():
+    a = harness.step_figures([1.0, 3.0], [8, 8], [800, 900], [1e12, 1e12], peak=2.0)
+    b = harness.step_figures([2.0, 6.0, 4.0], [8, 4, 8], [800, 400, 800], [1e12, 5e11, 1e12], peak=2.0)
+    rows = [{**a, "peak_allocated_gib": 1.5, "warmup_seconds": 10.0, "warmup_examples": 16, "name": "x"},
+            {**b, "peak_allocated_gib": 2.5, "warmup_seconds": 99.0, "warmup_examples": 16}]  # fmt: skip
+    got = harness.pooled(rows, peak=2.0)
+    whole = harness.step_figures([1.0, 3.0, 2.0, 6.0, 4.0], [8, 8, 8, 4, 8], [800, 900, 800, 400, 800],
+                                 [1e12, 1e12, 1e12, 5e11, 1e12], peak=2.0)  # fmt: skip
+    for k, v in whole.items():
+        assert got[k] == pytest.approx(v), k
+    assert got["samples_per_s"] == pytest.approx(36 / 16) and got["samples_per_s_median"] == pytest.approx(
+        8 / 3
+    )
+    assert got["tokens_per_s"] == pytest.approx(3700 / 16) and got["mfu"] == pytest.approx(4.5 / 16 / 2)
+    assert got["peak_allocated_gib"] == 2.5 and got["warmup_seconds"] == 10.0 and got["name"] == "x"
+    assert got["projected_minutes_with_warmup"] == pytest.approx((10.0 + (50_000 - 16) * 16 / 36) / 60)
+    assert [r["samples_per_s_median"] for r in got["rounds"]] == [
+        a["samples_per_s_median"],
+        b["samples_per_s_median"],
+    ]
+    assert harness.pooled(rows[:1], peak=2.0) is rows[0]
+
+
+def test_a_later_round_that_fails_leaves_the_rounds_before_it(tmp_path, monkeypatch):
+    from bench import runner
+
+    calls, real = [], runner.measure_row
+
+    def second_fails(row, *a, **kw):
+        calls.append(row.name)
+        if len(calls) == 2:
+            return dict(name=row.name, error="RuntimeError: out of luck")
+        return real(row, *a, **kw)
+
+    monkeypatch.setattr(runner, "measure_row", second_fails)
+    out = tmp_path / "bench"
+    result = profile.main(
+        ["--configs", "fast", *TINY, "--rounds", "3", "--eval-samples", "0", "--out", str(out)]
+    )
+    (row,) = result["rows"]
+    assert "error" not in row and row["timed_steps"] == 2 and len(row["rounds"]) == 2
+    assert row["round_errors"] == ["round 2: RuntimeError: out of luck"]
+    assert "fast: pooled without round 2: RuntimeError: out of luck" in (out / "results.md").read_text()
+
+
+def test_the_steadiness_check_times_one_fixed_piece_of_work(capsys):
+    from bench import steadiness
+
+    got = steadiness.main(["--threads", "1", "--repeats", "5"])
+    assert 0 < got["min"] <= got["p50"] <= got["p90"] <= got["max"] and got["threads"] == 1
+    assert capsys.readouterr().out.startswith("1 thread(s): min ")

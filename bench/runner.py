@@ -1,0 +1,95 @@
+"""The bench's plan run: each selected row in the bench's order, with --rounds the training rows again
+in alternating order, each row's rounds pooled; results.json and results.md rewritten after every row.
+
+`bench/profile.py` is the command; `bench/harness.py` measures one training row, `bench/eval_timing.py`
+one evaluation row.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from bench.eval_timing import EVAL_NOTE, RANDOM_WEIGHTS_NOTE, measure_eval
+from bench.harness import measure_row, pooled
+from bench.report import write_results
+from bench.rows import ROWS
+from bench.sources import BenchData
+from flant5_imdb.guards import Preempted
+
+
+class Stopped(BaseException):  # not an Exception: no row's error handling mistakes it for its failure
+    """SIGTERM arrived outside a training step: stop measuring and keep what was measured."""
+
+
+def measure_plan(args, data: BenchData, peak, result: dict, out: Path) -> None:
+    """Each selected row (and evaluation timing) in the bench's order, results saved after each; with
+    --rounds R, the training rows R times over, each round in the reverse order of the one before (A B,
+    B A, A B...): a machine that drifts slows every row alike, and each row's rounds are pooled."""
+    rows = [ROWS[n] for n in args.configs]
+    training, so_far = [r for r in rows if r.measures != "eval"], {}
+    for n in range(args.rounds):
+        for row in rows if n == 0 else training[:: -1 if n % 2 else 1]:
+            if n and "error" in so_far[row.name][0]:
+                continue  # a row that failed in its first round is not run again
+            print(f"--- {row.name}" + (f" (round {n + 1} of {args.rounds})" if n else ""), flush=True)
+            if row.measures == "eval":
+                measure_evals(row, args, data, result, out)
+            else:
+                so_far[row.name] = measure_one(row, args, data, peak, result, out, so_far.get(row.name))
+
+
+def measure_evals(row, args, data: BenchData, result: dict, out: Path) -> None:
+    """One row of evaluation timings, added to those already in the results."""
+    earlier = [e for e in result["eval"] if "mode" in e]
+    note = dict(note=EVAL_NOTE + ("" if args.model else RANDOM_WEIGHTS_NOTE))
+
+    def save(rows):
+        result["eval"] = earlier + rows + [note]
+        write_results(result, out, with_chart=False)
+
+    save(measure_eval(row, args, data, on_row=save))
+
+
+def measure_one(row, args, data: BenchData, peak, result: dict, out: Path, so_far=None) -> tuple:
+    """One round of a row; returns (its entry in the results, every round it measured). The entry is in
+    results.json from the moment the row starts (`running`), with how far it got as it gets there
+    (steps, compile time, graphs), kept beside what it measured: a row cut short by a guard's SIGKILL
+    still says so. After a later round it holds the rounds pooled (`harness.pooled`); a later round that
+    fails or is stopped leaves the rounds before it standing and says so (`round_errors`)."""
+    live, rounds = so_far or (dict(name=row.name, **row.described()), [])
+    if not rounds:
+        result["rows"].append(live)
+    live["running"] = True
+    write_results(result, out, with_chart=False)
+
+    def progress(**fields):
+        live.update(fields)
+        write_results(result, out, with_chart=False)
+
+    folder, got = (
+        Path(tempfile.mkdtemp(prefix=f"bench-{row.name}-")),
+        dict(error="stopped before it finished"),
+    )
+    try:
+        got = measure_row(row, args, data, peak, folder, progress)
+    except Preempted as e:  # SIGTERM inside a training step: the step finished, the run stopped
+        got = dict(error=f"stopped by the time guard after step {e.step}")
+        raise
+    except Stopped:
+        got = dict(error="stopped by the time guard before it finished")
+        raise
+    finally:
+        live.pop("running")
+        if not rounds:
+            live.update(got)
+        elif "error" in got:
+            live.setdefault("round_errors", []).append(f"round {len(rounds) + 1}: {got['error']}")
+        else:
+            rounds.append(got)
+            live.update(pooled(rounds, peak))
+    if args.json_rows:
+        print(json.dumps(live), flush=True)
+    write_results(result, out)  # after every row: a run stopped by its time guard keeps what it measured
+    return live, rounds or [got]
