@@ -149,6 +149,12 @@ class TrainConfig:
     max_grad_norm: float | None = _opt(
         1.0, "clip the gradient norm to this (the Trainer's default, 1.0); 'none' to turn off"
     )
+    # Free: the same update as the standard step (see optim.UpdateInBackward), so a resume may switch it.
+    optimizer_in_backward: bool = _opt(
+        False, "update each parameter the moment its gradient is complete and free that gradient, so the "
+        "model's gradients are never all held at once (one process, --grad-accum 1, --max-grad-norm none, "
+        "no --compile)", resume=FREE,
+    )  # fmt: skip
     precision: str = _opt(
         "bf16", "bf16 autocast or fp32 (fp16 is refused: T5 overflows in fp16)", ("bf16", "fp32")
     )
@@ -293,6 +299,7 @@ class TrainConfig:
             raise ConfigError(
                 "--cuda-graphs needs --compile and --bucket-multiple (one graph per length bucket)"
             )
+        self._check_optimizer_in_backward()
         if self.bias_kernel and self.attn_implementation == "flex_attention":
             raise ConfigError(
                 "--bias-kernel replaces the encoder's attention: use it with --attn-implementation sdpa or "
@@ -317,6 +324,28 @@ class TrainConfig:
                 if not folder.is_dir():
                     raise ConfigError(f"--output-dir {self.output_dir}: {folder} is a file, not a folder")
                 break
+
+    def _check_optimizer_in_backward(self) -> None:
+        """What --optimizer-in-backward cannot do with the standard step's math, refused by name (more than
+        one process is refused at set-up, where the launch is known)."""
+        if not self.optimizer_in_backward:
+            return
+        if self.grad_accum > 1:
+            raise ConfigError(
+                f"--optimizer-in-backward with --grad-accum {self.grad_accum}: each parameter is updated "
+                "as its gradient arrives, before a window's micro-batches could be summed; use "
+                "--grad-accum 1 (a larger --batch-size for a larger batch)"
+            )
+        if self.max_grad_norm is not None:
+            raise ConfigError(
+                f"--optimizer-in-backward with --max-grad-norm {self.max_grad_norm:g}: clipping by the "
+                "global norm needs every gradient before the first update; add --max-grad-norm none"
+            )
+        if self.compile:
+            raise ConfigError(
+                "--optimizer-in-backward with --compile: the compiled backward hands over every gradient at "
+                "once, so nothing would be saved; drop one of the two"
+            )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -477,8 +506,9 @@ GROUPS = {
     "model and targets": ("model", "model_config", "tokenizer", "attn_implementation", "dropout",
                           "verbalizer", "prompt", "max_source_length"),
     "training": ("batch_size", "grad_accum", "lr", "epochs", "max_steps", "optim", "adam_beta1", "adam_beta2",
-                 "adam_eps", "weight_decay", "schedule", "warmup_steps", "max_grad_norm", "precision", "seed",
-                 "group_by_length", "pad_to_max_length", "pad_to_multiple_of", "max_bad_steps", "threads"),
+                 "adam_eps", "weight_decay", "schedule", "warmup_steps", "max_grad_norm",
+                 "optimizer_in_backward", "precision", "seed", "group_by_length", "pad_to_max_length",
+                 "pad_to_multiple_of", "max_bad_steps", "threads"),
     "evaluation": ("eval_mode", "eval_batch_size", "eval_every", "final_eval"),
     "output and checkpoints": ("output_dir", "log_every", "report_to", "save_model", "save_every",
                                "keep_checkpoints", "resume", "force_resume", "overwrite_output_dir"),

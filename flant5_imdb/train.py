@@ -50,7 +50,7 @@ from flant5_imdb.checkpoint import (
     save_final,
     store_tied_once,
 )
-from flant5_imdb.config import TrainConfig
+from flant5_imdb.config import ConfigError, TrainConfig
 from flant5_imdb.data import Collator, DataSpec, Prepared, column, prepare, verbalize, write_skipped
 from flant5_imdb.evaluate import evaluate, write_report
 from flant5_imdb.guards import (
@@ -64,7 +64,7 @@ from flant5_imdb.guards import (
 )  # fmt: skip
 from flant5_imdb.kernels.step import StepModel, apply_kernels, length_buckets
 from flant5_imdb.modeling import build_model, save_settings, source_mask
-from flant5_imdb.optim import build_scheduler, optimizer_from
+from flant5_imdb.optim import UpdateInBackward, build_scheduler, on_device_skip, optimizer_from
 from flant5_imdb.plots import plot_run
 from flant5_imdb.progress import MetricsLog, Window, maybe_log
 from flant5_imdb.rundir import METRICS, RunLock, claim_on_main, preflight, truncate_metrics
@@ -124,6 +124,7 @@ class Job:
     samples_at_start: int = 0  # samples seen before this process started (a resumed run's)
     train_seconds: float = 0.0  # this process's time in the loop
     last_loss: float | None = None
+    update_in_backward: UpdateInBackward | None = None  # --optimizer-in-backward: the update's hooks
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -141,6 +142,7 @@ def setup(cfg: TrainConfig) -> Job:
         project_dir=cfg.output_dir,
     )
     out = Path(cfg.output_dir)
+    refuse_in_backward_across_processes(cfg, accelerator.num_processes)
     with main_first(accelerator):  # stop now, not after loading the data (the script checked it too)
         if accelerator.is_main_process:
             preflight(cfg)
@@ -182,6 +184,7 @@ def setup(cfg: TrainConfig) -> Job:
         model=model, optimizer=optimizer, raw_optimizer=raw_optimizer, scheduler=scheduler, sampler=sampler,
         step_model=step_model, collate=make_collator(cfg, tokenizer), total_steps=total_steps,
         state=TrainState(), resume_from=resume_from,
+        update_in_backward=UpdateInBackward(raw_optimizer) if cfg.optimizer_in_backward else None,
     )  # fmt: skip
     # Everything checked: from here on the run writes into its folder.
     resuming = dict(resuming=resume_from is not None, resume_asked=cfg.resume is not None)
@@ -191,6 +194,15 @@ def setup(cfg: TrainConfig) -> Job:
     logger.info("training %d steps (%d per epoch), effective batch %d, %d examples",
                 total_steps, sampler.steps_per_epoch, sampler.global_batch, len(train_ds))  # fmt: skip
     return job
+
+
+def refuse_in_backward_across_processes(cfg: TrainConfig, processes: int) -> None:
+    """--optimizer-in-backward on one process only (the options alone cannot say how many there are)."""
+    if cfg.optimizer_in_backward and processes > 1:
+        raise ConfigError(
+            f"--optimizer-in-backward runs on one process, not {processes}: each parameter would be "
+            "updated before its gradient is averaged across processes"
+        )
 
 
 def build_trainable(cfg: TrainConfig, accelerator: Accelerator, vocab_size: int):
@@ -291,9 +303,6 @@ def train(job: Job, on_step=None) -> None:
     job.model.train()
     window = Window(job.accelerator, state)
     counters = StepCounters(job.accelerator.device, state, cfg.max_bad_steps)
-    # The fused AdamW kernel can skip a non-finite update on the device; other optimizers need the host.
-    raw = job.raw_optimizer
-    skip_on_device = isinstance(raw, torch.optim.AdamW) and bool(raw.defaults.get("fused"))
     filler = job.data.train[:1]  # the example behind an empty micro-batch slot (all labels masked)
     bar = tqdm(total=job.total_steps, initial=state.step, desc="train", dynamic_ncols=True,
                disable=not job.accelerator.is_local_main_process)  # fmt: skip
@@ -305,11 +314,10 @@ def train(job: Job, on_step=None) -> None:
                 batches = [micro_batch(job.data.train, i, job.collate, filler) for i in plan.micro_batches]
                 n_tokens, grad_norm = forward_backward(job, batches, window)
                 bad = counters.update(n_tokens, grad_norm)
-                if skip_on_device:  # the fused kernel reads found_inf: params and moments stay as they are
-                    raw.found_inf = bad
-                    job.optimizer.step()
-                elif not bad.item():  # the one host sync per step of the bitsandbytes optimizers
-                    job.optimizer.step()
+                if job.update_in_backward is None:
+                    optimizer_step(job, bad)
+                else:  # each gradient was applied and freed in the backward: this step finds none and
+                    job.optimizer.step()  # changes nothing, but the schedule sees the step it expects
                 job.scheduler.step()  # the schedule moves on over a skipped update, as with AMP's GradScaler
                 job.step_model.zero_grad(job.optimizer)
 
@@ -365,11 +373,25 @@ def forward_backward(job: Job, batches: list[dict], window: Window):
             oom_hint(batch["input_ids"].shape, job.cfg.batch_size, job.cfg.grad_accum),
         ):
             loss_sum = token_loss_sum(job.step_model.model, batch)
+            if job.update_in_backward is not None:
+                job.update_in_backward.begin(loss_sum)
             acc.backward(loss_sum * scale)
         window.add(loss_sum.detach(), count)
     # accumulate() has now synchronised the gradients (the last micro-batch of the window).
     # The norm is always computed: a NaN/inf loss shows up in it, on every rank alike.
+    if job.update_in_backward is not None:  # the gradients are gone: the norm was taken as each arrived
+        return n_tokens, job.update_in_backward.grad_norm()
     return n_tokens, acc.clip_grad_norm_(job.model.parameters(), job.cfg.max_grad_norm or math.inf)
+
+
+def optimizer_step(job: Job, bad: torch.Tensor) -> None:
+    """The update, unless `bad` (1.0: a non-finite loss or gradient norm), where it is skipped."""
+    raw = job.raw_optimizer
+    if on_device_skip(raw):  # the fused kernel reads found_inf: params and moments stay as they are
+        raw.found_inf = bad
+        job.optimizer.step()
+    elif not bad.item():  # the one host sync per step of the bitsandbytes optimizers
+        job.optimizer.step()
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:

@@ -31,6 +31,7 @@ TWO_PROCESSES = ("--multi_gpu", "--num_processes", "2", "--num_machines", "1", "
                  "--dynamo_backend", "no")  # fmt: skip
 # 160 examples, batch 16: 10 steps per epoch; 12 steps cross one epoch boundary.
 STEPS, PER_EPOCH = 12, 10
+LEAN = dict(optimizer_in_backward=True, max_grad_norm=None)  # each parameter updated in the backward
 
 ENCODE_LOG = "flant5_imdb.data.encode"  # its truncation warning: the tiny runs here cut most texts
 
@@ -92,11 +93,11 @@ class Crash(Exception):
 
 
 @pytest.mark.parametrize(
-    "resume_at, optim",
-    [(5, "adamw"), (PER_EPOCH, "adamw"), (5, "adamw8bit")],
-    ids=["mid-epoch", "epoch-boundary", "adamw8bit"],
+    "resume_at, optim, lean",
+    [(5, "adamw", {}), (PER_EPOCH, "adamw", {}), (5, "adamw8bit", {}), (5, "adamw8bit", LEAN)],
+    ids=["mid-epoch", "epoch-boundary", "adamw8bit", "adamw8bit-in-backward"],
 )
-def test_bitwise_resume_and_data_order(tmp_path, tokenizer_dir, resume_at, optim):
+def test_bitwise_resume_and_data_order(tmp_path, tokenizer_dir, resume_at, optim, lean):
     ids_straight, ids_resumed = {}, {}
 
     def record(into):
@@ -104,19 +105,20 @@ def test_bitwise_resume_and_data_order(tmp_path, tokenizer_dir, resume_at, optim
             state.step, sorted(i for mb in step.micro_batches for i in mb)
         )
 
-    straight = cfg_for(tmp_path, tokenizer_dir, "straight", optim=optim)
+    straight = cfg_for(tmp_path, tokenizer_dir, "straight", optim=optim, **lean)
     run(straight, on_step=record(ids_straight))
 
     def crash_a_step_later(state, step, model):
         if state.step == resume_at + 1:
             raise Crash
 
-    broken = cfg_for(tmp_path, tokenizer_dir, "broken", optim=optim)
+    broken = cfg_for(tmp_path, tokenizer_dir, "broken", optim=optim, **lean)
     with pytest.raises(Crash):
         run(broken, on_step=crash_a_step_later)
     assert latest_complete(broken.output_dir).name == f"step-{resume_at}"
     summary = run(
-        cfg_for(tmp_path, tokenizer_dir, "broken", optim=optim, resume="auto"), on_step=record(ids_resumed)
+        cfg_for(tmp_path, tokenizer_dir, "broken", optim=optim, resume="auto", **lean),
+        on_step=record(ids_resumed),
     )
 
     assert summary["resumed_from"].endswith(f"step-{resume_at}") and summary["steps"] == STEPS
@@ -277,7 +279,8 @@ def nan_at(monkeypatch, steps: set[int]):
 
 
 @pytest.mark.parametrize("optim", ["adamw", "adamw8bit"])  # fused kernel skip vs host-side skip
-def test_a_nan_loss_skips_that_update(tmp_path, tokenizer_dir, monkeypatch, optim):
+@pytest.mark.parametrize("lean", [{}, LEAN], ids=["standard", "in-backward"])
+def test_a_nan_loss_skips_that_update(tmp_path, tokenizer_dir, monkeypatch, optim, lean):
     nan_at(monkeypatch, {4})
     snapshots = {}
 
@@ -285,7 +288,7 @@ def test_a_nan_loss_skips_that_update(tmp_path, tokenizer_dir, monkeypatch, opti
         snapshots[state.step] = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     summary = run(
-        cfg_for(tmp_path, tokenizer_dir, "nan", optim=optim, max_steps=6, dropout=0.0), on_step=snap
+        cfg_for(tmp_path, tokenizer_dir, "nan", optim=optim, max_steps=6, dropout=0.0, **lean), on_step=snap
     )
     assert all(torch.equal(snapshots[3][k], snapshots[4][k]) for k in snapshots[3])
     assert not all(torch.equal(snapshots[4][k], snapshots[5][k]) for k in snapshots[4])
