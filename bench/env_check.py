@@ -81,10 +81,34 @@ def key_versions() -> str:
     return "versions: " + ", ".join(one(n) for n in KEY_VERSIONS) + f", python {platform.python_version()}"
 
 
+def sdpa_choice() -> str:
+    """The third line: the sdpa kernel this card's torch picks for T5's training attention (bf16, a float
+    bias with a gradient, dropout 0.1, head dimension 64), beside what bench/memory.py assumes for it."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return "sdpa kernel: no CUDA device"
+        from bench.attention_kernel import CARDS, choose
+
+        b, h, n, d = 8, 12, 512, 64
+        q, k, v = (torch.empty(b, h, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+        bias = torch.empty(b, h, n, n, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        picked = torch._fused_sdp_choice(q, k, v, attn_mask=bias, dropout_p=0.1)
+        name = torch.cuda.get_device_name()
+        card = next((c for c in CARDS if c in name), None)
+        assumed = choose(card).said() if card else f"{name}: not a card bench/attention_kernel.py names"
+        names = {int(v): n for n, v in torch.nn.attention.SDPBackend.__members__.items()}
+        return f"sdpa kernel: torch picks {names.get(picked, picked)}; bench/memory.py assumes {assumed}"
+    except Exception as e:
+        return f"sdpa kernel: unknown ({type(e).__name__}: {e})"
+
+
 def main() -> int:
     started = time.perf_counter()
     print(card(), flush=True)
     print(key_versions(), flush=True)
+    print(sdpa_choice(), flush=True)
     print(f"python {platform.python_version()} ({sys.executable})", flush=True)
     failed = []
     for name in MODULES:

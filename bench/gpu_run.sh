@@ -20,7 +20,7 @@
 #
 # plan: shot part      expect guard  what
 # plan: 1    env           15    30  the card and the versions first (bench/env_check.py), then nvidia-smi
-# plan: 1    eager        150   190  hf-trainer, hf-trainer-tuned, fast, baseline-loop, fast-8bit, throughput, eval (score, generate): 10 s of imports, 15 of data, ~12 a row, 26 throughput, 20 eval
+# plan: 1    eager        150   190  hf-trainer, hf-trainer-tuned, fast, baseline-loop, fast-8bit, lean, throughput, eval (score, generate): 10 s of imports, 15 of data, ~12 a row, 26 throughput, 20 eval
 # plan: 1    kernels      150   180  the kernels row: one cold compile of flan-t5-base (flex forward and backward, ~90 s), ~8 CUDA graphs, 40+ warm-up and 20 timed steps; --row-limit 170
 # plan: 1    checks       105   120  CUDA graphs with gradient accumulation (tiny, ~50), no host sync (eager), compiled flex (table), the bias kernel in flan-t5-base's encoder (table), fused norm
 # plan: 1    profile        -    90  the step profile of kernels (inductor's cache from the kernels part: dynamo traces again, nothing is compiled again)
@@ -113,7 +113,7 @@ extra() {  # extra NAME GUARD CMD...: a part outside the plan, only when its who
 
 shot1() {
   part env "${LIMIT_ENV:-30}" bash -c 'python3 bench/env_check.py; timeout -k 5 15 nvidia-smi || echo "nvidia-smi: not available"'
-  part eager "${LIMIT_EAGER:-190}" "${BENCH[@]}" --row-limit 60 --configs hf-trainer,hf-trainer-tuned,fast,baseline-loop,fast-8bit,throughput,eval
+  part eager "${LIMIT_EAGER:-190}" "${BENCH[@]}" --row-limit 60 --configs hf-trainer,hf-trainer-tuned,fast,baseline-loop,fast-8bit,lean,throughput,eval
   part kernels "${LIMIT_KERNELS:-180}" "${BENCH[@]}" --append --row-limit 170 --configs kernels
   part checks "${LIMIT_CHECKS:-120}" "${PYTEST[@]}" $KP::test_cuda_graphs_with_gradient_accumulation_on_gpu $KP::test_no_host_sync_inside_the_step_on_gpu "$FLEX[True-table]" "$NA::test_bias_kernel_in_t5_on_gpu_in_bf16[table]" $NA::test_fused_rms_norm_on_gpu
   extra profile "${LIMIT_PROFILE:-90}" python3 -u bench/step_profile.py --config kernels "${src[@]}" "${profile[@]}" --out "$OUT/step_profile.txt"

@@ -15,10 +15,10 @@ configuration (`CudaRules`, the constants below):
     applied above autograd, so that the cast copies a backward keeps are counted as real autocast
     keeps them (`torch.autocast("cuda")` itself refuses to run without CUDA);
   * dropout: CUDA's fused kernel keeps a one-byte mask (the CPU's keeps a float noise tensor);
-  * sdpa: T5 hands it a float bias that needs a gradient. The measured anchor (batch 64, 56 GiB)
-    says CUDA ran it on the math path, in float32 (torch's default for bf16 inputs there), which
-    keeps the attention matrix; `--sdpa-kernel efficient` models the memory-efficient kernel
-    instead (output and log-sum-exp kept), for comparison;
+  * sdpa: the kernel is the one torch's dispatcher picks for the card, dtype, dropout and T5's float
+    bias (`bench/attention_kernel.py`, `--sdpa-kernel auto`): the memory-efficient kernel keeps its
+    output and log-sum-exp; the math path, in float32, keeps the attention matrix (`--sdpa-kernel`
+    names one instead);
   * the caching allocator rounds each block up to 512 bytes (`ROUND`), and cuBLAS keeps a 32 MiB
     workspace in it (`WORKSPACE`);
   * bitsandbytes' 8-bit AdamW cannot run on fake tensors: its states are allocated from their
@@ -26,6 +26,11 @@ configuration (`CudaRules`, the constants below):
     32-bit moments for tensors under 4,096 elements and for the embedding and lm_head (this
     project's rule). The paged variant keeps its states in managed memory, outside the allocator's
     count.
+
+What the training loop does differently is run as it runs: `--optimizer-in-backward` applies the
+loop's own per-parameter update (`flant5_imdb.optim.UpdateInBackward`) and frees each gradient in its
+hook; with CUDA graphs the gradients stay allocated between steps (zeroed in place), so they are
+held from the step's start, under the forward's activations too.
 """
 
 from __future__ import annotations
@@ -43,8 +48,9 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 
-from flant5_imdb.modeling import build_model, checkpoint_activations, source_mask
-from flant5_imdb.optim import embedding_params, param_groups
+from bench.attention_kernel import MEMORY_AS, Choice, choose
+from flant5_imdb.modeling import architecture_config, build_model, checkpoint_activations, source_mask
+from flant5_imdb.optim import UpdateInBackward, embedding_params, param_groups
 from flant5_imdb.train import token_loss_sum
 
 GIB = 2**30
@@ -62,26 +68,39 @@ class Setup:
     batch: int = 8
     source_len: int = 512  # the longest source of a batch (the batch a peak comes from)
     target_len: int = 2  # target tokens with EOS ("0"/"1" + EOS)
-    precision: str = "fp32"  # or "bf16": autocast over fp32 weights
+    precision: str = "bf16"  # autocast over fp32 weights (train.py's default), or "fp32"
     optim: str = "adamw"  # fused torch AdamW, "adamw8bit" or "paged_adamw8bit"
     checkpointing: bool = False  # activation checkpointing of every T5 block
-    attention: str = "eager"  # or "sdpa"
-    sdpa_kernel: str = "math"  # how CUDA runs T5's sdpa (see the module's doc): "math" or "efficient"
+    attention: str = "sdpa"  # train.py's default, or "eager"
+    sdpa_kernel: str = (
+        "auto"  # torch's dispatcher's pick for `card` (bench/attention_kernel.py), or "math"/"efficient"
+    )
+    card: str = "H100"  # what the dispatcher is asked about (only the kernel depends on it)
     loss: str = "loop"  # this project's summed token loss, or "model": the model's own (the Trainer's)
     grad_accum: int = 1
+    optimizer_in_backward: bool = False  # each parameter updated in its gradient's hook, the gradient freed
+    cuda_graphs: bool = False  # the compiled step replayed as CUDA graphs: gradients held between steps
+    tied: bool = False  # transformers' own T5 (lm_head tied to the embedding), as the H200 anchors ran
     vocab: int = VOCAB
     dropout: float = 0.1
 
+    def kernel(self) -> Choice | None:
+        """The sdpa kernel this setup runs with (None: eager attention)."""
+        if self.attention != "sdpa":
+            return None
+        if self.sdpa_kernel != "auto":
+            return Choice(self.sdpa_kernel, "named")
+        return choose(self.card, self.precision, self.dropout)
+
     def describe(self) -> str:
-        fused = (
-            " (fused: no attention matrix kept)"
-            if self.attention == "sdpa" and self.sdpa_kernel == "efficient"
-            else ""
-        )
-        extras = [f"{self.attention} attention{fused}", self.optim]
+        choice = self.kernel()
+        kernel = f" ({MEMORY_AS[choice.kernel]} kernel)" if choice else ""
+        extras = [f"{self.attention} attention{kernel}", self.optim]
         extras += ["activation checkpointing"] * self.checkpointing + ["the model's own loss"] * (
             self.loss == "model"
         )
+        extras += ["optimizer in backward"] * self.optimizer_in_backward + ["CUDA graphs"] * self.cuda_graphs
+        extras += ["tied lm_head"] * self.tied
         shape = f"batch {self.batch} x {self.source_len} tokens"
         return f"{self.model}, {shape}, {self.precision}, {', '.join(extras)}"
 
@@ -245,7 +264,10 @@ class Adam8bitStates:
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:
-            p.grad = None
+            if set_to_none or p.grad is None:
+                p.grad = None
+            else:
+                p.grad.zero_()
 
     def tensors(self) -> list[torch.Tensor]:
         return [t for ts in self.state.values() for t in ts]
@@ -256,26 +278,43 @@ def predict(setup: Setup, cuda: bool = True) -> dict:
     their sum plus the modelled workspace (`peak_gib`), and the parts alive when the forward ended
     (`after_forward_gib`). `cuda=False`: no CUDA rules and no workspace, what a CPU run of the same
     step holds (the tests compare it with one)."""
+    if setup.optimizer_in_backward and (setup.grad_accum > 1 or setup.cuda_graphs):
+        raise ValueError(
+            "--optimizer-in-backward takes --grad-accum 1 and no CUDA graphs (train.py refuses both)"
+        )
+    choice = setup.kernel()
+    kernel = MEMORY_AS[choice.kernel] if choice else "math"
     tracker = LiveBytes()
     with FakeTensorMode(allow_non_fake_inputs=True):
-        model = build_model("x", model_config=setup.model, vocab_size=setup.vocab,
-                            attn_implementation=setup.attention, dropout=setup.dropout)  # fmt: skip
+        model = fake_model(setup)
         if setup.checkpointing:  # the recompute in the backward under the forward's CUDA rules, as autocast's
             dtype = torch.bfloat16 if setup.precision == "bf16" else None
-            rules = (
-                (lambda: (contextlib.nullcontext(), CudaRules(dtype, setup.sdpa_kernel))) if cuda else None
-            )
+            rules = (lambda: (contextlib.nullcontext(), CudaRules(dtype, kernel))) if cuda else None
             checkpoint_activations(model, context_fn=rules)
         model.train()
         optimizer = make_optimizer(model, setup.optim)
         batch = dict(input_ids=torch.zeros((setup.batch, setup.source_len), dtype=torch.long),
                      attention_mask=torch.ones((setup.batch, setup.source_len), dtype=torch.long),
                      labels=torch.zeros((setup.batch, setup.target_len), dtype=torch.long))  # fmt: skip
-        after_forward = run_step(model, optimizer, batch, setup, tracker, cuda)
+        after_forward = run_step(model, optimizer, batch, setup, tracker, cuda, kernel)
     parts = {k: v / GIB for k, v in tracker.peak.items()}
     return dict(setup=dataclasses.asdict(setup), parts_gib=parts,
                 peak_gib=sum(parts.values()) + (WORKSPACE / GIB if cuda else 0),
-                after_forward_gib={k: v / GIB for k, v in after_forward.items()})  # fmt: skip
+                after_forward_gib={k: v / GIB for k, v in after_forward.items()},
+                attention_kernel=choice.said() if choice else "eager attention (no sdpa)")  # fmt: skip
+
+
+def fake_model(setup: Setup):
+    """The model of `setup`: this project's FLAN-T5 (its own lm_head), or transformers' own T5 with
+    lm_head tied to the embedding (`tied`: what the H200 anchors were measured on)."""
+    if not setup.tied:
+        return build_model("x", model_config=setup.model, vocab_size=setup.vocab,
+                           attn_implementation=setup.attention, dropout=setup.dropout)  # fmt: skip
+    import transformers
+
+    cfg = architecture_config(setup.model, setup.vocab, dropout_rate=setup.dropout, tie_word_embeddings=True)
+    cfg._attn_implementation = setup.attention
+    return transformers.T5ForConditionalGeneration(cfg)
 
 
 def make_optimizer(model, name: str):
@@ -285,7 +324,8 @@ def make_optimizer(model, name: str):
     return torch.optim.AdamW(param_groups(model, 0.0), lr=3e-4, fused=True)
 
 
-def run_step(model, optimizer, batch: dict, setup: Setup, tracker: LiveBytes, cuda: bool = True) -> dict:
+def run_step(model, optimizer, batch: dict, setup: Setup, tracker: LiveBytes, cuda: bool = True,
+             kernel: str = "math") -> dict:  # fmt: skip
     """One training step on `batch` under `tracker`, after the optimizer's states are made (one update
     of zero gradients); returns the parts alive when the forward ended."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -297,12 +337,17 @@ def run_step(model, optimizer, batch: dict, setup: Setup, tracker: LiveBytes, cu
         tracker.count(t, "weights")
     for t in optimizer_states(optimizer):
         tracker.count(t, "optimizer")
+    if setup.cuda_graphs:  # graphed: the gradients are allocated once and stay, zeroed in place
+        for p in params:
+            p.grad = torch.zeros_like(p)
+            tracker.count(p.grad, "gradients")
     for p in params:
         p.register_post_accumulate_grad_hook(lambda p: tracker.recount(p.grad, "gradients"))
+    lean = update_in_backward(optimizer, params) if setup.optimizer_in_backward else None
     dtype = torch.bfloat16 if setup.precision == "bf16" else None
 
     def rules(autocast):
-        return CudaRules(autocast, setup.sdpa_kernel) if cuda else contextlib.nullcontext()
+        return CudaRules(autocast, kernel) if cuda else contextlib.nullcontext()
 
     with tracker:
         # With accumulation, every micro-batch after the first runs beside the gradients of the ones
@@ -318,15 +363,29 @@ def run_step(model, optimizer, batch: dict, setup: Setup, tracker: LiveBytes, cu
                     )
             after_forward = dict(tracker.now)
             tracker.part = "temporaries"
+            if lean is not None:
+                lean.begin(loss)
             with rules(None):
                 loss.backward()
                 del loss
-        with rules(None):
-            optimizer.step()
+        if lean is None:
+            with rules(None):
+                optimizer.step()
         for t in optimizer_states(optimizer):
             tracker.recount(t, "optimizer")
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=not setup.cuda_graphs)
     return after_forward
+
+
+def update_in_backward(optimizer, params) -> UpdateInBackward | None:
+    """--optimizer-in-backward: the loop's own update for AdamW (each parameter's fused update in its
+    gradient's hook, the gradient freed); the 8-bit states are updated in place by bitsandbytes'
+    kernel, so for them only the freeing is run (None: nothing to begin)."""
+    if not isinstance(optimizer, Adam8bitStates):
+        return UpdateInBackward(optimizer)
+    for p in params:
+        p.register_post_accumulate_grad_hook(lambda p: setattr(p, "grad", None))
+    return None
 
 
 def optimizer_states(optimizer) -> list[torch.Tensor]:

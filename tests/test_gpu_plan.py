@@ -60,7 +60,7 @@ def test_no_compiled_row_comes_before_an_eager_one():
         kinds = [rows.compiles(c) for c in configs]
         assert kinds == sorted(kinds), (shot, configs)  # every False (eager) before every True
     kinds = [rows.compiles(n) for n in rows.PLAN]
-    assert kinds == sorted(kinds) and kinds.count(False) == 7
+    assert kinds == sorted(kinds) and kinds.count(False) == 8
     assert {c for shot in plan() for _, _, cs in script_parts(shot) for c in cs} == set(rows.PLAN)
 
 
