@@ -66,49 +66,37 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row)
                 save(args.out, conditions, rows)
         return 0
-    model = model_under_test(args, work, env)
-    conditions["model"] = model
+    conditions["model"] = model = model_under_test(args, work, env)
     for n in args.texts:
-        texts = texts_file(args.reviews, n, work)
-        ours = [
-            sys.executable,
-            str(ROOT / "scripts" / "predict.py"),
-            "--model",
-            model,
-            "--file",
-            str(texts),
-            "--output",
-            str(work / "ours.jsonl"),
-            "--overwrite",
-            "--threads",
-            str(args.threads),
-            "--batch-size",
-            str(args.batch_size),
-        ]
-        rows.append(measure("ours", ours, n, env))
-        save(args.out, conditions, rows)
-        if args.command == "versus":
-            plain = [
-                sys.executable,
-                str(ROOT / "bench" / "plain_predict.py"),
-                "--model",
-                model,
-                "--file",
-                str(texts),
-                "--output",
-                str(work / "plain.jsonl"),
-                "--threads",
-                str(args.threads),
-                "--batch-size",
-                str(args.batch_size),
-            ]
-            rows.append(measure("plain transformers", plain, n, env))
-            rows[-1]["agreement"] = agreement(work / "ours.jsonl", work / "plain.jsonl")
-            rows[-1]["ours_speedup"] = rows[-2]["texts_per_s"] / rows[-1]["texts_per_s"]
-            if "loop_texts_per_s" in rows[-1] and "loop_texts_per_s" in rows[-2]:
-                rows[-1]["ours_loop_speedup"] = rows[-2]["loop_texts_per_s"] / rows[-1]["loop_texts_per_s"]
-            save(args.out, conditions, rows)
+        prediction_rows(args, n, model, work, env, rows, lambda: save(args.out, conditions, rows))
     return 0
+
+
+def prediction_rows(args, n: int, model: str, work: Path, env: dict, rows: list[dict], save) -> None:
+    """`predict` (and `versus`) at `n` texts: our predict.py, then the plain transformers loop on the same
+    texts with the same threads and batch, and how far they agree; `save()` after each."""
+    texts = texts_file(args.reviews, n, work)
+    same = ["--model", model, "--file", str(texts), "--threads", str(args.threads), "--batch-size",
+            str(args.batch_size)]  # fmt: skip
+    ours = [sys.executable, str(ROOT / "scripts" / "predict.py"), *same, "--output", str(work / "ours.jsonl"),
+            "--overwrite"]  # fmt: skip
+    rows.append(measure("ours", ours, n, env))
+    save()
+    if args.command != "versus":
+        return
+    plain = [
+        sys.executable,
+        str(ROOT / "bench" / "plain_predict.py"),
+        *same,
+        "--output",
+        str(work / "plain.jsonl"),
+    ]
+    rows.append(measure("plain transformers", plain, n, env))
+    rows[-1]["agreement"] = agreement(work / "ours.jsonl", work / "plain.jsonl")
+    rows[-1]["ours_speedup"] = rows[-2]["texts_per_s"] / rows[-1]["texts_per_s"]
+    if "loop_texts_per_s" in rows[-1] and "loop_texts_per_s" in rows[-2]:
+        rows[-1]["ours_loop_speedup"] = rows[-2]["loop_texts_per_s"] / rows[-1]["loop_texts_per_s"]
+    save()
 
 
 def parse(argv):

@@ -66,7 +66,19 @@ def main(argv=None) -> dict:
             measure_trainer(cfg, args, data, timed=lambda *_: {}, on_step=on_step)
         else:
             run(cfg, on_step=on_step)
-    seconds = clock.seconds()
+    summary, lines = report(args, cfg, prof, clock.seconds())
+    path = Path(args.out or f"step_profile-{args.config}.txt")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[:4]), flush=True)
+    print(f"written: {path}")
+    return summary
+
+
+def report(args, cfg, prof, seconds: list[float]) -> tuple[dict, list[str]]:
+    """The profiled steps' summary (wall and device time, kernels and graph launches per step) and the
+    report's lines: the summary, then the top operators by device and by host time."""
+    cuda = torch.cuda.is_available()
     wall_ms = [
         1000 * (b - a) for a, b in zip(seconds[args.warmup - 1 :], seconds[args.warmup :], strict=False)
     ]
@@ -105,12 +117,7 @@ def main(argv=None) -> dict:
         "top operators by self host time:",
         table.table(sort_by="self_cpu_time_total", row_limit=25),
     ]
-    path = Path(args.out or f"step_profile-{args.config}.txt")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines[:4]), flush=True)
-    print(f"written: {path}")
-    return summary
+    return summary, lines
 
 
 def parse(argv):

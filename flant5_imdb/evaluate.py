@@ -179,24 +179,10 @@ def evaluate(
                   disable=not accelerator.is_local_main_process) as bar:  # fmt: skip
             for first in range(0, len(ds), CHUNK):
                 chunk = ds[first : first + CHUNK]
-                mine = []
-                for idx in deal(chunk["length"], batch_size, accelerator):
-                    rows = {k: [chunk[k][i] for i in idx] for k in ("input_ids", "labels")}
-                    batch = {k: v.to(accelerator.device) for k, v in collator.from_columns(rows).items()}
-                    with accelerator.autocast():
-                        if mode == "score":
-                            scores, ls, nt = score_batch(unwrapped, batch, targets)
-                            pred = scores.argmax(-1).cpu()
-                            probs = torch.softmax(scores.float(), -1).cpu()
-                            loss_sum, n_tok = loss_sum + ls.item(), n_tok + int(nt)
-                        else:  # greedy decoding gives no distribution: all of it on what was written
-                            pred = generate_batch(unwrapped, batch, targets, tokenizer)
-                            probs = F.one_hot(pred.clamp(min=0), len(targets)).float()
-                            probs *= (pred >= 0).float()[:, None]
-                    mine += [
-                        (i, prediction_row(int(chunk["id"][i]), int(chunk["label"][i]), p, q, names))
-                        for i, p, q in zip(idx, pred.tolist(), probs.tolist(), strict=True)
-                    ]
+                mine, ls, nt = predict_chunk(unwrapped, chunk, mode=mode, batch_size=batch_size,
+                                             targets=targets, tokenizer=tokenizer, collator=collator,
+                                             names=names, accelerator=accelerator)  # fmt: skip
+                loss_sum, n_tok = loss_sum + ls, n_tok + nt
                 rows = [row for _, row in sorted(gather_object(mine), key=lambda r: r[0])]
                 counts.update((r["label"], r["pred"]) for r in rows)
                 with main_first(accelerator):
@@ -210,18 +196,38 @@ def evaluate(
         if out is not None:
             out.discard()  # a no-op once closed
     seconds = time.perf_counter() - start
-    losses = gather_object([(loss_sum, n_tok)])
+    losses = gather_object([(loss_sum, n_tok)])  # every process's: the loss is over all the targets
     total_tok = sum(n for _, n in losses)
     result = metrics_from_counts(counts, names)
-    result.update(
-        mode=mode,
-        eval_loss=sum(s for s, _ in losses) / total_tok if total_tok else None,
-        eval_seconds=seconds,
-        examples_per_s=result["n"] / seconds,
-    )
+    eval_loss = sum(s for s, _ in losses) / total_tok if total_tok else None
+    result.update(mode=mode, eval_loss=eval_loss, eval_seconds=seconds, examples_per_s=result["n"] / seconds)
     if was_training:
         unwrapped.train()
     return result
+
+
+def predict_chunk(model, chunk: dict, *, mode, batch_size, targets, tokenizer, collator, names, accelerator):
+    """This process's share of one chunk of rows: [(position in the chunk, prediction row)], and (score
+    mode) the chunk's summed target loss and target tokens."""
+    mine, loss_sum, n_tok = [], 0.0, 0
+    for idx in deal(chunk["length"], batch_size, accelerator):
+        rows = {k: [chunk[k][i] for i in idx] for k in ("input_ids", "labels")}
+        batch = {k: v.to(accelerator.device) for k, v in collator.from_columns(rows).items()}
+        with accelerator.autocast():
+            if mode == "score":
+                scores, ls, nt = score_batch(model, batch, targets)
+                pred = scores.argmax(-1).cpu()
+                probs = torch.softmax(scores.float(), -1).cpu()
+                loss_sum, n_tok = loss_sum + ls.item(), n_tok + int(nt)
+            else:  # greedy decoding gives no distribution: all of it on what was written
+                pred = generate_batch(model, batch, targets, tokenizer)
+                probs = F.one_hot(pred.clamp(min=0), len(targets)).float()
+                probs *= (pred >= 0).float()[:, None]
+        mine += [
+            (i, prediction_row(int(chunk["id"][i]), int(chunk["label"][i]), p, q, names))
+            for i, p, q in zip(idx, pred.tolist(), probs.tolist(), strict=True)
+        ]
+    return mine, loss_sum, n_tok
 
 
 class _Lines:
@@ -367,6 +373,25 @@ def write_report(result: dict, out_dir: Path, name: str = "eval") -> None:
     (out_dir / f"{name}.txt").write_text(format_report(result) + "\n")
 
 
+def load_for_evaluation(model_path: str, data: str, *, split, columns, skip_bad_rows, max_samples, seed,
+                        data_cache, verbalizer, prompt):  # fmt: skip
+    """(model, tokenizer, data spec, prepared split) of `evaluate_saved`: the split checked before the model
+    is loaded, then read in the model's label space with its verbalizer, prompt and truncation."""
+    # The data pipeline (datasets, pyarrow) is imported here: prediction imports this module, not it.
+    from flant5_imdb.data import DataSpec, check_splits, prepare
+
+    spec = DataSpec(data, columns, train_split=None, eval_split=split, eval_flag="--split",
+                    skip_bad_rows=skip_bad_rows, max_eval_samples=max_samples, seed=seed,
+                    data_cache=data_cache)  # fmt: skip
+    check_splits(spec)  # before the model is loaded: a split that is not there fails now
+    hub.preflight(hub.needs(model=model_path, data=data))
+    model, tokenizer, settings = load_trained(model_path, verbalizer=verbalizer, prompt=prompt)
+    spec = dataclasses.replace(spec, verbalizer=settings["verbalizer"], prompt=settings["prompt"],
+                               max_source_length=settings["max_source_length"])  # fmt: skip
+    # Only the split evaluated is read, in the model's label space.
+    return model, tokenizer, spec, prepare(spec, lambda *_: tokenizer, labels=settings["labels"])
+
+
 def evaluate_saved(
     model_path: str,
     data: str,
@@ -396,32 +421,16 @@ def evaluate_saved(
         DataError: the data or split is unusable.
         ValueError: the model cannot be loaded, or `output_dir` holds an evaluation.
     """
-    for name, value in (("--batch-size", batch_size), ("--max-eval-samples", max_samples)):
-        if value is not None and value < 1:
-            raise ValueError(f"{name} must be at least 1, got {value}")
-    if output_dir is not None and not overwrite:
-        refuse_held_evaluation(output_dir)
-    # The data pipeline (datasets, pyarrow) is imported here: prediction imports this module, not it.
-    from flant5_imdb.data import DataSpec, check_splits, prepare, write_skipped
-
-    spec = DataSpec(data, columns, train_split=None, eval_split=split, eval_flag="--split",
-                    skip_bad_rows=skip_bad_rows, max_eval_samples=max_samples, seed=seed,
-                    data_cache=data_cache)  # fmt: skip
-    check_splits(spec)  # before the model is loaded: a split that is not there fails now
-    hub.preflight(hub.needs(model=model_path, data=data))
-    model, tokenizer, settings = load_trained(model_path, verbalizer=verbalizer, prompt=prompt)
-    spec = dataclasses.replace(spec, verbalizer=settings["verbalizer"], prompt=settings["prompt"],
-                               max_source_length=settings["max_source_length"])  # fmt: skip
-    # Only the split evaluated is read, in the model's label space.
-    prepared = prepare(spec, lambda *_: tokenizer, labels=settings["labels"])
+    refuse_before_loading(batch_size, max_samples, output_dir, overwrite)
+    model, tokenizer, spec, prepared = load_for_evaluation(
+        model_path, data, split=split, columns=columns, skip_bad_rows=skip_bad_rows, max_samples=max_samples,
+        seed=seed, data_cache=data_cache, verbalizer=verbalizer, prompt=prompt,
+    )  # fmt: skip
     ds, space, skipped = prepared.eval, prepared.labels, prepared.skipped
     accelerator = make_accelerator(precision)
     n = cpu_threads(threads, sum(p.numel() for p in model.parameters()), accelerator.device)
-    logger.info(
-        "evaluating %d examples on %s",
-        len(ds),
-        run_on(accelerator.device, n, precision, accelerator.num_processes),
-    )
+    logger.info("evaluating %d examples on %s", len(ds), run_on(accelerator.device, n, precision,
+                                                                accelerator.num_processes))  # fmt: skip
     model = model.to(accelerator.device)
     out = Path(output_dir) if output_dir is not None else None
     if out is not None and accelerator.is_main_process:
@@ -430,27 +439,24 @@ def evaluate_saved(
     # An evaluation does not resume: what it wrote so far goes (a report is written whole or not at all).
     stopped = "during the evaluation; nothing was written (--max-eval-samples N evaluates a part)"
     with interruptible(stopped):
-        result = evaluate(
-            model,
-            ds,
-            targets=prepared.targets,
-            accelerator=accelerator,
-            mode=mode,
-            batch_size=batch_size,
-            tokenizer=tokenizer,
-            collator=Collator(tokenizer.pad_token_id),
-            names=space.names,
-            predictions=predictions,
-        )
-    result.update(
-        model=model_path,
-        data=data,
-        split=split,
-        verbalizer=spec.verbalizer,
-        prompt=spec.prompt,
-        skipped_rows=len(skipped),
-    )
+        result = evaluate(model, ds, targets=prepared.targets, accelerator=accelerator, mode=mode,
+                          batch_size=batch_size, tokenizer=tokenizer, names=space.names,
+                          collator=Collator(tokenizer.pad_token_id), predictions=predictions)  # fmt: skip
+    result.update(model=model_path, data=data, split=split, verbalizer=spec.verbalizer, prompt=spec.prompt,
+                  skipped_rows=len(skipped))  # fmt: skip
     if out is not None and accelerator.is_main_process:
+        from flant5_imdb.data import write_skipped
+
         write_report(result, out)
         write_skipped(skipped, out)
     return result
+
+
+def refuse_before_loading(batch_size: int, max_samples: int | None, output_dir, overwrite: bool) -> None:
+    """`evaluate_saved`'s arguments refused before anything is loaded: a size under 1, or an output folder
+    that holds an evaluation already (unless `overwrite`)."""
+    for name, value in (("--batch-size", batch_size), ("--max-eval-samples", max_samples)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    if output_dir is not None and not overwrite:
+        refuse_held_evaluation(output_dir)

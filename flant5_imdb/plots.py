@@ -27,8 +27,15 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
     train = {r["step"]: r for r in rows if "loss" in r}  # a resumed run's later lines win
     steps = sorted(train)
-    written = []
+    written = [_loss_lr(plt, steps, train, rows, run_dir / "loss_lr.png"),
+               _throughput(plt, steps, train, run_dir / "throughput.png")]  # fmt: skip
+    eval_file = run_dir / "eval.json"
+    if eval_file.is_file():
+        written.append(_confusion(plt, json.loads(eval_file.read_text()), run_dir / "confusion_matrix.png"))
+    return written
 
+
+def _loss_lr(plt, steps: list[int], train: dict, rows: list[dict], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(steps, [train[s]["loss"] for s in steps], color="#2e86c1", label="training loss")
     ax.set_xlabel("optimizer step")
@@ -44,8 +51,10 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     ax.set_title(title)
     ax.legend(handles=ax.get_lines() + lr_ax.get_lines(), loc="upper right", fontsize=8)  # inside the axes
     fig.tight_layout()
-    written.append(_save(fig, run_dir / "loss_lr.png", plt))
+    return _save(fig, path, plt)
 
+
+def _throughput(plt, steps: list[int], train: dict, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.plot(steps, [train[s]["samples_per_s"] for s in steps], color="#27ae60")
     ax.set_xlabel("optimizer step")
@@ -53,32 +62,30 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     ax.set_title("training throughput (each point: the steps since the previous log line)")
     ax.set_ylim(bottom=0)
     fig.tight_layout()
-    written.append(_save(fig, run_dir / "throughput.png", plt))
+    return _save(fig, path, plt)
 
-    eval_file = run_dir / "eval.json"
-    if eval_file.is_file():
-        ev = json.loads(eval_file.read_text())
-        cm, names, title = _drawn_confusions(ev)
-        n = len(names)
-        # Grows with the classes; numbers shrink with the cells (readable at 20 classes).
-        side = max(4.2, 0.45 * n + 2.5)
-        fig, ax = plt.subplots(figsize=(side, side * 0.9))
-        image = ax.imshow(cm, cmap="Blues", vmin=0)
-        threshold = max(max(row) for row in cm) / 2
-        size = 12 if n <= 4 else max(6, 14 - n // 2)
-        for i in range(n):
-            for j in range(n):  # white on dark cells, black on light ones
-                color = "white" if cm[i][j] > threshold else "black"
-                ax.text(j, i, f"{cm[i][j]:,}", ha="center", va="center", color=color, fontsize=size)
-        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-        ax.set_xticks(range(n), names, rotation=45 if n > 4 else 0, ha="right" if n > 4 else "center")
-        ax.set_yticks(range(n), names)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        ax.set_title(f"accuracy {ev['accuracy']:.4f}, macro-F1 {ev['macro_f1']:.4f}{title}")
-        fig.tight_layout()
-        written.append(_save(fig, run_dir / "confusion_matrix.png", plt))
-    return written
+
+def _confusion(plt, ev: dict, path: Path) -> Path:
+    cm, names, title = _drawn_confusions(ev)
+    n = len(names)
+    # Grows with the classes; numbers shrink with the cells (readable at 20 classes).
+    side = max(4.2, 0.45 * n + 2.5)
+    fig, ax = plt.subplots(figsize=(side, side * 0.9))
+    image = ax.imshow(cm, cmap="Blues", vmin=0)
+    threshold = max(max(row) for row in cm) / 2
+    size = 12 if n <= 4 else max(6, 14 - n // 2)
+    for i in range(n):
+        for j in range(n):  # white on dark cells, black on light ones
+            color = "white" if cm[i][j] > threshold else "black"
+            ax.text(j, i, f"{cm[i][j]:,}", ha="center", va="center", color=color, fontsize=size)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_xticks(range(n), names, rotation=45 if n > 4 else 0, ha="right" if n > 4 else "center")
+    ax.set_yticks(range(n), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"accuracy {ev['accuracy']:.4f}, macro-F1 {ev['macro_f1']:.4f}{title}")
+    fig.tight_layout()
+    return _save(fig, path, plt)
 
 
 DRAWN_CLASSES = 30  # a matrix of more classes is unreadable (and slow to draw): the most confused are drawn

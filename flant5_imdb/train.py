@@ -171,14 +171,7 @@ def setup(cfg: TrainConfig) -> Job:
     scheduler = build_scheduler(optimizer, cfg.schedule, cfg.warmup_steps, total_steps)
     accelerator.register_for_checkpointing(scheduler)
     accelerator.register_save_state_pre_hook(store_tied_once)
-    if resume_from is not None:
-        saved = read_checkpoint(resume_from)
-        check_compatible(saved, cfg.to_dict(), accelerator.num_processes, cfg.force_resume)
-        if not cfg.force_resume:  # the data order: refused here, before a byte is written
-            try:
-                copy.deepcopy(sampler).load_state_dict(saved["state"]["sampler"])
-            except ValueError as e:
-                raise CheckpointError(f"cannot resume the data order: {e}") from e
+    check_resume_point(cfg, resume_from, sampler, accelerator.num_processes)
     job = Job(
         cfg=cfg, accelerator=accelerator, out=out, lock=None, started=started, data=data,
         model=model, optimizer=optimizer, raw_optimizer=raw_optimizer, scheduler=scheduler, sampler=sampler,
@@ -270,6 +263,27 @@ def make_tokenizer(cfg: TrainConfig, resume_from: Path | None, labelled, targets
     return load_tokenizer(cfg.tokenizer or cfg.model, hint=hint)
 
 
+def check_resume_point(
+    cfg: TrainConfig, resume_from: Path | None, sampler: StepSampler, processes: int
+) -> None:
+    """A resume refused before a byte is written: a checkpoint of other math (unless --force-resume), or
+    a data order this run cannot continue (tried on a copy of the sampler)."""
+    if resume_from is None:
+        return
+    saved = read_checkpoint(resume_from)
+    check_compatible(saved, cfg.to_dict(), processes, cfg.force_resume)
+    if not cfg.force_resume:
+        restore_sampler(copy.deepcopy(sampler), saved["state"]["sampler"], force=False)
+
+
+def restore_sampler(sampler: StepSampler, state: dict, force: bool) -> None:
+    """The data order continued from a checkpoint's sampler `state` (see `StepSampler.restore`)."""
+    try:
+        sampler.restore(state, force)
+    except ValueError as e:
+        raise CheckpointError(f"cannot resume the data order: {e}") from e
+
+
 def restore(job: Job) -> None:
     """Weights, optimizer, scheduler, RNG states, sampler position, counters and the metrics window
     of the checkpoint to resume from (a fresh start: epoch 0). metrics.jsonl keeps the lines up to
@@ -280,10 +294,7 @@ def restore(job: Job) -> None:
         job.state = load_checkpoint(job.accelerator, job.resume_from)
         # --force-resume's new values (or the same ones)
         apply_hyperparameters(job.optimizer, job.scheduler, job.cfg)
-        try:
-            job.sampler.restore(job.state.sampler, job.cfg.force_resume)
-        except ValueError as e:
-            raise CheckpointError(f"cannot resume the data order: {e}") from e
+        restore_sampler(job.sampler, job.state.sampler, job.cfg.force_resume)
         logger.info("resumed from %s at step %d (epoch %d)", job.resume_from, job.state.step, job.state.epoch)
     job.samples_at_start = job.state.samples_seen
     if job.accelerator.is_main_process:
@@ -524,7 +535,7 @@ def save_loading_files(job: Job, path: Path) -> None:
 
 def finish(job: Job) -> dict:
     """Final evaluation, model, summary, plots and card."""
-    cfg, acc, state, out = job.cfg, job.accelerator, job.state, job.out
+    cfg, acc, out = job.cfg, job.accelerator, job.out
     acc.wait_for_everyone()
     checksums = rank_param_checksums(acc, job.model)
     # Read while the compiled model is alive: the graph tree goes with it.
@@ -537,8 +548,25 @@ def finish(job: Job) -> dict:
     final_eval = cfg.final_eval and job.data.eval is not None
     with interruptible(f"during the final evaluation; {kept}"):
         result = evaluate_now(job, out / "eval_predictions.jsonl") if final_eval else None
+    summary = run_summary(job, result, graphs, graph_skips, checksums)
+    if acc.is_main_process:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        if result:  # the report itself is the caller's to show (scripts/train.py prints it): once
+            write_report(result, out)
+        plot_run(out)
+        if cfg.save_model:
+            publish(out / "final", summary, cfg.push_to_hub, upload=not cfg.model_card_only)
+    acc.end_training()
+    return summary
+
+
+def run_summary(job: Job, result: dict | None, graphs, graph_skips, checksums) -> dict:
+    """What a finished run says of itself (summary.json, and the card made from it): the data and its
+    classes, the steps, time and memory it took, how it ran, the final evaluation `result`, the options."""
+    cfg, acc, state = job.cfg, job.accelerator, job.state
     space, targets = job.data.labels, verbalize(cfg.verbalizer, job.data.labels)
-    summary = dict(
+    source = job.data.source
+    return dict(
         model=f"{cfg.model_config} architecture, random init" if cfg.model_config else cfg.model,
         labels=list(space.names),
         targets=targets,
@@ -569,20 +597,9 @@ def finish(job: Job) -> dict:
         last_logged_loss=job.last_loss,
         rank_param_checksums=checksums,
         eval_source=job.data.eval_source,
-        data_kind=job.data.source.kind,
-        data_files={k: v.name for k, v in job.data.source.files.items()}
-        if job.data.source.kind == "files"
-        else None,
+        data_kind=source.kind,
+        data_files={k: v.name for k, v in source.files.items()} if source.kind == "files" else None,
         example_text=job.data.example_text,
         eval=result,
         config=cfg.to_dict(),
     )
-    if acc.is_main_process:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
-        if result:  # the report itself is the caller's to show (scripts/train.py prints it): once
-            write_report(result, out)
-        plot_run(out)
-        if cfg.save_model:
-            publish(out / "final", summary, cfg.push_to_hub, upload=not cfg.model_card_only)
-    acc.end_training()
-    return summary

@@ -157,18 +157,39 @@ def test_every_option_says_what_a_resume_may_do_with_it():
 
 
 def test_help_is_in_sections_with_the_chosen_presets_defaults(capsys):
-    """Every option is in one section of --help; --preset smoke shows smoke's values as the defaults."""
+    """Every option names its section of --help; --preset smoke shows smoke's values as the defaults."""
     import dataclasses
 
-    from flant5_imdb.config import GROUPS, TrainConfig, parse_args
+    from flant5_imdb.config import SECTIONS, TrainConfig, parse_args
 
-    grouped = [name for names in GROUPS.values() for name in names]
-    assert sorted(grouped) == sorted(f.name for f in dataclasses.fields(TrainConfig))
+    assert {f.metadata["group"] for f in dataclasses.fields(TrainConfig)} == set(SECTIONS)
     with pytest.raises(SystemExit):
         parse_args(["--help", "--preset", "smoke"])
     out = capsys.readouterr().out
-    assert [t for t in GROUPS if f"\n{t}:\n" in out] == list(GROUPS)
+    assert [t for t in SECTIONS if f"\n{t}:\n" in out] == list(SECTIONS)
     assert "micro-batch per process (default: 16)" in out and "(default: 0.002)" in out
+    batch = out.index("  --batch-size BATCH_SIZE")
+    assert out.rindex("\ntraining:\n", 0, batch) > out.rindex("\ndata:\n", 0, batch)  # under its own section
+
+
+def test_the_docs_option_table_is_the_options_own():
+    """docs/options.md's table of every option is written from the fields' declarations (help, default,
+    choices, bounds, section): an option added, renamed or re-bounded changes it, and this test says so."""
+    from flant5_imdb.config import options_table
+    from tests.conftest import ROOT
+
+    docs = (ROOT / "docs" / "options.md").read_text()
+    table = docs.split("<!-- options-table -->\n", 1)[1].split("\n<!-- /options-table -->", 1)[0]
+    assert table == options_table()
+    assert "| `--batch-size` | `8` | micro-batch per process (at least 1) |" in table
+    assert "| `--seed` | `42` | seed for initialisation, data order and dropout (in [0, 2**32)) |" in table
+
+
+def test_the_baseline_preset_states_only_what_differs_from_the_defaults():
+    from flant5_imdb.config import PRESETS, TrainConfig
+
+    defaults = TrainConfig()
+    assert all(getattr(defaults, k) != v for k, v in PRESETS["baseline"].items())
 
 
 @pytest.mark.parametrize(

@@ -428,78 +428,88 @@ NEAR_END = 1024  # characters: a JSON error this close to the end of what is rea
 def _json_array(where: str, blocks: Iterator[str]) -> Records:
     """The elements of a JSON array, parsed one at a time as the blocks come (a file of any size, in
     memory bounded by a block and the element in hand); an error names the line and column of the file."""
-    decoder = json.JSONDecoder(object_pairs_hook=_Object)
-    buf, pos, done = "", 0, False
-    base_line, base_col = 1, 0  # the line of buf[0] and the characters before it on that line
-
-    def more() -> bool:
-        """Drop what is parsed, read a block more; False at the end of the file."""
-        nonlocal buf, pos, done, base_line, base_col
-        if done:
-            return False
-        consumed, buf, pos = buf[:pos], buf[pos:], 0
-        if "\n" in consumed:  # lines counted as json counts them, by LF
-            base_line += consumed.count("\n")
-            base_col = len(consumed) - consumed.rfind("\n") - 1
-        else:
-            base_col += len(consumed)
-        text = next(blocks, None)
-        if text is None:
-            done = True
-            return False
-        buf += text
-        return True
-
-    def fail(msg: str, at: int):
-        e = json.JSONDecodeError(msg, buf, at)
-        line = base_line + e.lineno - 1
-        col = e.colno + (base_col if e.lineno == 1 else 0)
-        raise DataError(f"{where} line {line}: invalid JSON ({msg} at column {col})")
-
-    def skip_space() -> str | None:
-        nonlocal pos
-        while True:
-            while pos < len(buf) and buf[pos] in " \t\n\r":
-                pos += 1
-            if pos < len(buf):
-                return buf[pos]
-            if not more():
-                return None
-
-    skip_space()
-    pos += 1  # the "[" that made this an array
+    text = _JsonBlocks(where, blocks)
+    text.skip_space()
+    text.pos += 1  # the "[" that made this an array
     number = 0
     while True:
-        c = skip_space()
+        c = text.skip_space()
         if c == "]" and number == 0:
-            pos += 1
-            break
-        while True:
-            try:
-                value, end = decoder.raw_decode(buf, pos)
-            except json.JSONDecodeError as e:
-                cut_short = e.msg.startswith("Unterminated string") or e.pos >= len(buf) - NEAR_END
-                if cut_short and not done:
-                    more()  # and parse again: at the end of the file, the error is the file's
-                    continue
-                fail(e.msg, e.pos)
-            if end == len(buf) and not done:
-                more()  # a number or a word may go on in the next block
-                continue
+            text.pos += 1
             break
         number += 1
-        pos = end
-        yield number, value
-        c = skip_space()
+        yield number, text.value()
+        c = text.skip_space()
         if c == ",":
-            pos += 1
+            text.pos += 1
         elif c == "]":
-            pos += 1
+            text.pos += 1
             break
         else:
-            fail("Expecting ',' delimiter", pos)
-    if skip_space() is not None:
-        fail("Extra data", pos)
+            text.fail("Expecting ',' delimiter", text.pos)
+    if text.skip_space() is not None:
+        text.fail("Extra data", text.pos)
+
+
+class _JsonBlocks:
+    """A JSON text read a block at a time: what is not parsed yet is `buf` from `pos`; `base_line` and
+    `base_col` say where buf[0] is in the file, for the errors."""
+
+    def __init__(self, where: str, blocks: Iterator[str]):
+        self.where, self.blocks = where, blocks
+        self.decoder = json.JSONDecoder(object_pairs_hook=_Object)
+        self.buf, self.pos, self.done = "", 0, False
+        self.base_line, self.base_col = 1, 0
+
+    def more(self) -> bool:
+        """Drop what is parsed, read a block more; False at the end of the file."""
+        if self.done:
+            return False
+        consumed, self.buf, self.pos = self.buf[: self.pos], self.buf[self.pos :], 0
+        if "\n" in consumed:  # lines counted as json counts them, by LF
+            self.base_line += consumed.count("\n")
+            self.base_col = len(consumed) - consumed.rfind("\n") - 1
+        else:
+            self.base_col += len(consumed)
+        text = next(self.blocks, None)
+        if text is None:
+            self.done = True
+            return False
+        self.buf += text
+        return True
+
+    def fail(self, msg: str, at: int):
+        e = json.JSONDecodeError(msg, self.buf, at)
+        line = self.base_line + e.lineno - 1
+        col = e.colno + (self.base_col if e.lineno == 1 else 0)
+        raise DataError(f"{self.where} line {line}: invalid JSON ({msg} at column {col})")
+
+    def skip_space(self) -> str | None:
+        """The next character that is not white space (None at the end of the file), reading on."""
+        while True:
+            while self.pos < len(self.buf) and self.buf[self.pos] in " \t\n\r":
+                self.pos += 1
+            if self.pos < len(self.buf):
+                return self.buf[self.pos]
+            if not self.more():
+                return None
+
+    def value(self):
+        """The JSON value at `pos`, read on across the ends of blocks."""
+        while True:
+            try:
+                value, end = self.decoder.raw_decode(self.buf, self.pos)
+            except json.JSONDecodeError as e:
+                cut_short = e.msg.startswith("Unterminated string") or e.pos >= len(self.buf) - NEAR_END
+                if cut_short and not self.done:
+                    self.more()  # and parse again: at the end of the file, the error is the file's
+                    continue
+                self.fail(e.msg, e.pos)
+            if end == len(self.buf) and not self.done:
+                self.more()  # a number or a word may go on in the next block
+                continue
+            self.pos = end
+            return value
 
 
 def _record_problem(record, columns, unit: str) -> str | None:
