@@ -37,7 +37,6 @@ def measure_eval(row: Row, args, data, on_row=None) -> list[dict]:
     else:
         model = build_model("x", model_config=args.model_config, vocab_size=len(data.tokenizer))
     model = model.to(acc.device)
-    targets = data.targets
     rows = []
     for mode, batch, kernels in row.eval_modes:
         what = dict(group=row.name, **row.described(), mode=mode, batch_size=batch, kernels=kernels,
@@ -46,9 +45,8 @@ def measure_eval(row: Row, args, data, on_row=None) -> list[dict]:
             with time_limit(args.row_limit, f"eval {mode}"):
                 if kernels:  # the kernel path's attention and norms: what a `kernels` run evaluates with
                     apply_kernels(model, preset("kernels"))
-                kw = dict(
-                    targets=targets, accelerator=acc, mode=mode, batch_size=batch, tokenizer=data.tokenizer
-                )
+                kw = dict(targets=data.target_ids, names=data.names, accelerator=acc, mode=mode,
+                          batch_size=batch, tokenizer=data.tokenizer)  # fmt: skip
                 evaluate(model, ds, **kw)  # warm-up: every shape of the timed pass, compiled where it is
                 sync()
                 compiled_before = graphs_compiled()

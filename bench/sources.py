@@ -93,7 +93,7 @@ class BenchData:
         self.tokenizer = load_tokenizer(str(self.tok_dir))
         spec = DataSpec(self.data, verbalizer="digits", max_source_length=512)
         prepared = prepare(spec, lambda *_: self.tokenizer)
-        self.targets = prepared.targets
+        self.target_ids, self.names = prepared.target_ids, prepared.labels.names
         self.splits = {
             "train": prepared.train,
             **({prepared.eval_source: prepared.eval} if prepared.eval else {}),

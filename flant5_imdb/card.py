@@ -227,8 +227,9 @@ def _cost(summary: dict) -> list[str]:
 
 def _targets(summary: dict) -> str:
     """ "`0` for negative and `1` for positive": each class's target text, from the summary."""
+    # A summary from before label spaces was IMDB's.
     names = summary.get("labels") or list(IMDB.names)
-    targets = summary.get("targets") or verbalize(summary["config"]["verbalizer"])
+    targets = summary.get("targets") or verbalize(summary["config"]["verbalizer"], IMDB)
     pairs = [f"`{t}` for {n}" for t, n in zip(targets, names, strict=True)]
     return ", ".join(pairs[:-1]) + " and " + pairs[-1]
 

@@ -155,10 +155,11 @@ class TrainConfig:
         "auto", "processes that tokenize the data: a number, or auto = the CPU cores this process may use, "
         "one per 10,000 rows at most", resume=FREE, group=DATA,
     )  # fmt: skip
-    verbalizer: str = _opt("auto", "the text the model writes for each class: auto = digits for IMDB and "
-                           "integer labels, the label names otherwise; digits ('0'/'1' for IMDB, the "
-                           "baseline's); words ('negative'/'positive' for IMDB, the names otherwise); or "
-                           "'T1,T2,...'", group=MODEL)  # fmt: skip
+    verbalizer: str = _opt("auto", "the text the model writes for each class: auto = digits for 0/1 "
+                           "(negative/positive) labels such as IMDB's and for integer labels, the label "
+                           "names otherwise; digits ('0'/'1' there, the baseline's); words "
+                           "('negative'/'positive' there, the names otherwise); or 'T1,T2,...'",
+                           group=MODEL)  # fmt: skip
     prompt: str | None = _opt(None, "prompt: 'none', 'flan', or a template containing {text}", group=MODEL)
     max_source_length: int = _opt(
         512,

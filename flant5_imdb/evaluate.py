@@ -154,7 +154,7 @@ def evaluate(
     batch_size: int = 64,
     tokenizer=None,
     collator: Collator | None = None,
-    names: tuple[str, ...] = IMDB.names,
+    names: tuple[str, ...],
     predictions: Path | None = None,
 ) -> dict:
     """Evaluate on `ds` (tokenized, with `label` and `id`), sharded over the processes, CHUNK rows at a
@@ -271,12 +271,12 @@ def prediction_row(example: int, label: int, pred: int, probs: list[float], name
 MAX_MATRIX_CLASSES = 30
 
 
-def metrics(y_true: list[int], y_pred: list[int], names: tuple[str, ...] = IMDB.names) -> dict:
+def metrics(y_true: list[int], y_pred: list[int], names: tuple[str, ...]) -> dict:
     """The metrics of `metrics_from_counts` from the labels and predictions themselves."""
     return metrics_from_counts(Counter(zip(y_true, y_pred, strict=True)), names)
 
 
-def metrics_from_counts(counts: Counter, names: tuple[str, ...] = IMDB.names) -> dict:
+def metrics_from_counts(counts: Counter, names: tuple[str, ...]) -> dict:
     """Accuracy, macro-F1 (the baseline's "F1"), per-class report and confusion counts, from how many
     examples of each true class got each prediction (`counts[true, predicted]`): what an evaluation of
     any size keeps. A prediction of -1 (generated text that is no class's target) counts as wrong.
@@ -439,7 +439,7 @@ def evaluate_saved(
     # An evaluation does not resume: what it wrote so far goes (a report is written whole or not at all).
     stopped = "during the evaluation; nothing was written (--max-eval-samples N evaluates a part)"
     with interruptible(stopped):
-        result = evaluate(model, ds, targets=prepared.targets, accelerator=accelerator, mode=mode,
+        result = evaluate(model, ds, targets=prepared.target_ids, accelerator=accelerator, mode=mode,
                           batch_size=batch_size, tokenizer=tokenizer, names=space.names,
                           collator=Collator(tokenizer.pad_token_id), predictions=predictions)  # fmt: skip
     result.update(model=model_path, data=data, split=split, verbalizer=spec.verbalizer, prompt=spec.prompt,

@@ -17,7 +17,7 @@ from accelerate.utils import extract_model_from_parallel
 from transformers import T5Config
 from transformers.models.t5.modeling_t5 import T5Attention
 
-from flant5_imdb.data.labels import IMDB, LabelSpace, verbalize
+from flant5_imdb.data.labels import LabelSpace, verbalize
 from flant5_imdb.data.source import looks_like_path
 from flant5_imdb.rundir import model_folder
 from flant5_imdb.tokenizer import load_tokenizer
@@ -170,7 +170,7 @@ SETTINGS_FILE = "flant5_imdb.json"  # beside a saved model: how its inputs and t
 
 
 def save_settings(path: str | Path, *, verbalizer: str, prompt: str | None, max_source_length: int,
-                  labels: LabelSpace = IMDB) -> None:  # fmt: skip
+                  labels: LabelSpace) -> None:  # fmt: skip
     """How a model's inputs and targets were made, saved beside its weights for evaluation and prediction."""
     settings = dict(verbalizer=verbalizer, prompt=prompt, max_source_length=max_source_length,
                     labels=labels.to_dict(), targets=verbalize(verbalizer, labels))  # fmt: skip

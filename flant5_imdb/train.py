@@ -248,17 +248,17 @@ def write_run_files(job: Job, skipped: list) -> None:
         job.accelerator.init_trackers("flant5_imdb", config=flat)
 
 
-def make_tokenizer(cfg: TrainConfig, resume_from: Path | None, labelled, targets: list[str]):
+def make_tokenizer(cfg: TrainConfig, resume_from: Path | None, labelled, target_texts: list[str]):
     """The run's tokenizer, once the classes are known. A resumed run is first checked to have the
     checkpoint's classes (refused even with --force-resume); with `--tokenizer word-level` it takes the
     checkpoint's tokenizer: one built anew from the data would give the restored embeddings other words."""
     if resume_from is not None:
-        check_same_classes(resume_from, labelled.labels, targets)
+        check_same_classes(resume_from, labelled.labels, target_texts)
     if cfg.tokenizer == TRAIN_HERE and resume_from is not None:
         logger.info("--tokenizer word-level: resuming with the tokenizer built for %s", resume_from)
         return load_tokenizer(str(resume_from))
     if cfg.tokenizer == TRAIN_HERE:
-        return train_word_tokenizer(labelled.splits[cfg.train_split]["text"], targets=targets)
+        return train_word_tokenizer(labelled.splits[cfg.train_split]["text"], targets=target_texts)
     hint = "; offline, pass --tokenizer with a local folder (or --tokenizer word-level)"
     return load_tokenizer(cfg.tokenizer or cfg.model, hint=hint)
 
@@ -505,7 +505,7 @@ def evaluate_now(job: Job, predictions: Path | None = None) -> dict:
     return evaluate(
         job.model,
         job.data.eval,
-        targets=job.data.targets,
+        targets=job.data.target_ids,
         accelerator=job.accelerator,
         mode=job.cfg.eval_mode,
         batch_size=job.cfg.eval_batch_size,

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from flant5_imdb.data import (
+    IMDB,
     Collator,
     DataError,
     load_labelled,
@@ -151,8 +152,8 @@ def test_folder_without_data(tmp_path):
 
 def test_verbalizers_and_prompt(word_tokenizer, synthetic):
     eos = word_tokenizer.eos_token_id
-    digits = target_ids(word_tokenizer, "digits")
-    words = target_ids(word_tokenizer, "words")
+    digits = target_ids(word_tokenizer, "digits", IMDB)
+    words = target_ids(word_tokenizer, "words", IMDB)
     assert [t[-1] for t in digits + words] == [eos] * 4
     assert word_tokenizer.decode(digits[1], skip_special_tokens=True) == "1"
     assert word_tokenizer.decode(words[0], skip_special_tokens=True) == "negative"
@@ -175,7 +176,9 @@ def test_bad_prompts():
 
 def test_truncation_keeps_eos_and_records_lengths(word_tokenizer, synthetic, caplog):
     with caplog.at_level(logging.INFO):
-        out = tokenize(synthetic, word_tokenizer, target_ids(word_tokenizer, "digits"), max_source_length=16)
+        out = tokenize(
+            synthetic, word_tokenizer, target_ids(word_tokenizer, "digits", IMDB), max_source_length=16
+        )
     lengths = out["train"]["length"]
     cut = sum(n == 16 for n in lengths)
     assert cut > 200  # most: warned about, where a few cut short is only logged
@@ -186,7 +189,7 @@ def test_truncation_keeps_eos_and_records_lengths(word_tokenizer, synthetic, cap
     )
     caplog.clear()
     with caplog.at_level(logging.INFO):
-        tokenize(synthetic, word_tokenizer, target_ids(word_tokenizer, "digits"), max_source_length=100)
+        tokenize(synthetic, word_tokenizer, target_ids(word_tokenizer, "digits", IMDB), max_source_length=100)
     assert {r.levelname for r in caplog.records if "truncated" in r.getMessage()} == {"INFO"}
     assert max(lengths) == 16
     assert all(len(ids) == n for ids, n in zip(out["train"]["input_ids"], lengths, strict=True))
@@ -196,7 +199,7 @@ def test_truncation_keeps_eos_and_records_lengths(word_tokenizer, synthetic, cap
 
 def test_tokenization_into_a_folder_is_memory_mapped_and_the_same(tmp_path, word_tokenizer):
     write(tmp_path / "train.parquet", ROWS * 10, "parquet")
-    digits = target_ids(word_tokenizer, "digits")
+    digits = target_ids(word_tokenizer, "digits", IMDB)
     (tmp_path / "out").mkdir()
     kept = tokenize(load_splits(str(tmp_path))[0], word_tokenizer, digits, folder=tmp_path / "out")
     held = tokenize(load_splits(str(tmp_path))[0], word_tokenizer, digits)
@@ -224,7 +227,7 @@ def test_real_imdb_length_grouping_pads_under_10_percent():
     data_dir, tok_dir = real_data_or_skip()
     tok = AutoTokenizer.from_pretrained(str(tok_dir))
     dsd, _ = load_splits(str(data_dir / "train.parquet"))
-    ds = tokenize(dsd, tok, target_ids(tok, "digits"), max_source_length=512)["train"]
+    ds = tokenize(dsd, tok, target_ids(tok, "digits", IMDB), max_source_length=512)["train"]
     assert ds.num_rows == 25_000
     lengths = np.asarray(ds["length"])
     real = lengths.sum()
@@ -246,7 +249,12 @@ def test_real_imdb_length_grouping_pads_under_10_percent():
 @pytest.mark.parametrize(
     "labels, kind, values, names",
     [
-        ([1, 0, "pos", "negative"], "imdb", ("0", "1"), ("negative", "positive")),  # IMDB's spellings, mixed
+        (
+            [1, 0, "pos", "negative"],
+            "polarity",
+            ("0", "1"),
+            ("negative", "positive"),
+        ),  # IMDB's spellings, mixed
         ([3, 10, 2, 3], "int", ("2", "3", "10"), ("2", "3", "10")),  # integers ascending, not as text
         (
             ["bug", "billing", "other", "bug"],
@@ -261,7 +269,7 @@ def test_the_label_space_comes_from_the_training_split(tmp_path, labels, kind, v
     loaded = load_labelled(str(path))
     assert (loaded.labels.kind, loaded.labels.values, loaded.labels.names) == (kind, values, names)
     assert [loaded.labels.values[y] for y in loaded.splits["train"]["label"]][-1] == (
-        "0" if kind == "imdb" else str(labels[-1])  # IMDB's "negative" is class 0
+        "0" if kind == "polarity" else str(labels[-1])  # IMDB's "negative" is class 0
     )
 
 
@@ -329,9 +337,9 @@ def test_one_rule_says_what_is_a_path_for_every_option(name, is_path):
 def test_targets_the_tokenizer_cannot_tell_apart_are_refused_by_name(word_tokenizer):
     unk, eos = word_tokenizer.unk_token_id, word_tokenizer.eos_token_id
     with pytest.raises(DataError) as e:
-        target_ids(word_tokenizer, "yes,no")
+        target_ids(word_tokenizer, "yes,no", IMDB)
     assert str(e.value) == (
         f"the tokenizer maps the targets 'yes' and 'no' to the same ids [{unk}, {eos}] "
         "(its unknown token: it does not know these words)"
     )
-    assert target_ids(word_tokenizer, "great,awful") != target_ids(word_tokenizer, "awful,great")
+    assert target_ids(word_tokenizer, "great,awful", IMDB) != target_ids(word_tokenizer, "awful,great", IMDB)

@@ -6,7 +6,7 @@ import torch
 from accelerate import Accelerator
 from transformers import T5ForConditionalGeneration
 
-from flant5_imdb.data import Collator, target_ids, tokenize
+from flant5_imdb.data import IMDB, Collator, target_ids, tokenize
 from flant5_imdb.evaluate import evaluate, format_report, metrics, score_batch
 from flant5_imdb.modeling import build_model
 from flant5_imdb.tokenizer import load_tokenizer
@@ -19,7 +19,7 @@ def trained(smoke_run):
     model = T5ForConditionalGeneration.from_pretrained(out / "final")
     tok = load_tokenizer(str(out / "final"))
     splits = load_splits("synthetic:2000")[0]
-    test = tokenize(splits, tok, target_ids(tok, "digits"), max_source_length=128)["test"]
+    test = tokenize(splits, tok, target_ids(tok, "digits", IMDB), max_source_length=128)["test"]
     return model, tok, test, summary
 
 
@@ -30,12 +30,13 @@ def rows(path) -> list[dict]:
 def test_score_and_generate_agree_on_a_trained_model(trained, tmp_path):
     model, tok, test, summary = trained
     acc = Accelerator(cpu=True)
-    targets = target_ids(tok, "digits")
+    targets = target_ids(tok, "digits", IMDB)
     t0 = time.perf_counter()
     scored = evaluate(model, test, targets=targets, accelerator=acc, mode="score", batch_size=64,
-                      predictions=tmp_path / "scored.jsonl")  # fmt: skip
+                      names=IMDB.names, predictions=tmp_path / "scored.jsonl")  # fmt: skip
     t1 = time.perf_counter()
     generated = evaluate(model, test, targets=targets, accelerator=acc, mode="generate", batch_size=64,
+                         names=IMDB.names,
                          tokenizer=tok, predictions=tmp_path / "generated.jsonl")  # fmt: skip
     t2 = time.perf_counter()
     print(
@@ -55,7 +56,7 @@ def test_score_and_generate_agree_on_a_trained_model(trained, tmp_path):
 def test_score_with_shared_first_token_scores_whole_targets(trained, word_tokenizer):
     """Targets 'negative' and 'negative great' share their first token: each whole target is scored."""
     model, tok, test, _ = trained
-    targets = target_ids(tok, "negative,negative great")
+    targets = target_ids(tok, "negative,negative great", IMDB)
     assert targets[0][0] == targets[1][0]
     rows = test.select(range(8))
     batch = Collator()(
@@ -74,14 +75,17 @@ def test_score_with_shared_first_token_scores_whole_targets(trained, word_tokeni
 
 def test_generate_counts_unparseable_output_as_wrong(word_tokenizer, synthetic, tmp_path):
     model = build_model("x", model_config="tiny", vocab_size=len(word_tokenizer))  # untrained: emits anything
-    test = tokenize(synthetic, word_tokenizer, target_ids(word_tokenizer, "digits"))["test"].select(range(16))
+    test = tokenize(synthetic, word_tokenizer, target_ids(word_tokenizer, "digits", IMDB))["test"].select(
+        range(16)
+    )
     r = evaluate(
         model,
         test,
-        targets=target_ids(word_tokenizer, "digits"),
+        targets=target_ids(word_tokenizer, "digits", IMDB),
         accelerator=Accelerator(cpu=True),
         mode="generate",
         tokenizer=word_tokenizer,
+        names=IMDB.names,
         predictions=tmp_path / "p.jsonl",
     )
     predictions = rows(tmp_path / "p.jsonl")
@@ -91,7 +95,7 @@ def test_generate_counts_unparseable_output_as_wrong(word_tokenizer, synthetic, 
 
 
 def test_metrics_values():
-    m = metrics([0, 0, 1, 1, 1], [0, 1, 1, 1, -1])
+    m = metrics([0, 0, 1, 1, 1], [0, 1, 1, 1, -1], IMDB.names)
     assert m["accuracy"] == pytest.approx(3 / 5)
     assert m["confusion_matrix"] == [[1, 1], [0, 2]]
     assert m["unparseable"] == 1

@@ -113,7 +113,7 @@ def test_a_label_that_still_is_no_class_says_how_it_was_written(tmp_path):
 
 def test_lookalike_labels_become_one_class_and_case_twins_are_warned_about(tmp_path, caplog):
     rows = labelled(["pos", "neg"] * 10 + ["pos\u200b", " neg"])
-    assert load_labelled(str(write_jsonl(tmp_path / "train.jsonl", rows))).labels.kind == "imdb"
+    assert load_labelled(str(write_jsonl(tmp_path / "train.jsonl", rows))).labels.kind == "polarity"
     rows = labelled(["caf\u00e9", "cafe\u0301", "tea"] * 5)
     assert load_labelled(str(write_jsonl(tmp_path / "train.jsonl", rows))).labels.values == (
         "caf\u00e9",
@@ -544,3 +544,28 @@ def test_an_arrow_file_datasets_wrote_is_read_with_its_class_names(tmp_path):
     (tmp_path / "bad.arrow").write_text("not arrow")
     with pytest.raises(DataError, match=r"bad.arrow: cannot be read as Arrow"):
         load_labelled(str(tmp_path / "bad.arrow"))
+
+
+def test_a_space_saved_as_imdb_loads_as_polarity():
+    """The two-class 0/1/neg/pos space is named for what it is, not for one dataset; a model saved when
+    it was called "imdb" reads its labels the same way."""
+    from flant5_imdb.data.labels import POLARITY, LabelSpace
+
+    old = LabelSpace.from_dict({"values": ["0", "1"], "names": ["negative", "positive"], "kind": "imdb"})
+    assert old == POLARITY and old.kind == "polarity" and old.index_of("pos") == 1
+    assert LabelSpace.from_dict(POLARITY.to_dict()) == POLARITY
+
+
+def test_no_generic_function_assumes_imdbs_classes():
+    """The functions that work for any data take its classes: none defaults to IMDB's."""
+    import inspect
+
+    from flant5_imdb.data import encode, labelled, labels
+    from flant5_imdb.evaluate import evaluate, metrics, metrics_from_counts
+    from flant5_imdb.modeling import save_settings
+
+    functions = (encode.target_ids, labels.verbalize, labelled._validate, evaluate, metrics,
+                 metrics_from_counts, save_settings)  # fmt: skip
+    for f in functions:
+        defaults = [p.default for p in inspect.signature(f).parameters.values()]
+        assert not any(d is labels.IMDB or d == labels.IMDB.names for d in defaults), f.__name__

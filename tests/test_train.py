@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from flant5_imdb.config import preset
-from flant5_imdb.data import Collator, target_ids, tokenize
+from flant5_imdb.data import IMDB, Collator, target_ids, tokenize
 from flant5_imdb.modeling import build_model
 from flant5_imdb.optim import optimizer_from
 from flant5_imdb.tokenizer import load_tokenizer
@@ -73,7 +73,10 @@ def test_matches_seq2seq_trainer_step_for_step(tmp_path, tokenizer_dir):
     # The Trainer gets the same tokenized rows, in the order our sampler drew them.
     tok = load_tokenizer(str(tokenizer_dir))
     train = tokenize(
-        load_splits(cfg.data)[0], tok, target_ids(tok, "digits"), max_source_length=cfg.max_source_length
+        load_splits(cfg.data)[0],
+        tok,
+        target_ids(tok, "digits", IMDB),
+        max_source_length=cfg.max_source_length,
     )["train"].select(order)
     set_seed(cfg.seed)
     model = build_model(cfg.model, model_config="tiny", vocab_size=len(tok), dropout=0.0)

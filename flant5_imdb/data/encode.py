@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from flant5_imdb.config import count_or_auto
-from flant5_imdb.data.labels import IMDB, LabelSpace, verbalize
+from flant5_imdb.data.labels import LabelSpace, verbalize
 from flant5_imdb.data.reader import DataError
 
 # datasets and pyarrow are imported by the functions that tokenize: prediction needs neither.
@@ -48,7 +48,7 @@ def prompt_template(prompt: str | None) -> str:
     return template
 
 
-def target_ids(tokenizer, verbalizer: str, space: LabelSpace = IMDB) -> list[list[int]]:
+def target_ids(tokenizer, verbalizer: str, space: LabelSpace) -> list[list[int]]:
     """Token ids (with EOS) of each class's target text, index = class.
 
     Raises:

@@ -24,7 +24,7 @@ from datasets.arrow_writer import ArrowWriter
 from datasets.table import InMemoryTable
 
 from flant5_imdb.data.encode import column
-from flant5_imdb.data.labels import IMDB, IMDB_SPELLINGS, LabelSpace, canonical, infer_labels
+from flant5_imdb.data.labels import POLARITY_SPELLINGS, LabelSpace, canonical, infer_labels
 from flant5_imdb.data.reader import BadRow, DataError, RawSplit, text_problem
 from flant5_imdb.data.source import Columns, Source, parse_source, read_splits
 
@@ -90,9 +90,9 @@ def load_labelled(
 
 def _named_order(staged: _Staged | None) -> tuple[str, ...] | None:
     """A `ClassLabel`'s names as the classes, in its order (class i is its integer i), unless they are
-    IMDB's own spellings (`neg`, `pos`: the IMDB label space, whose targets the seed recipe fixed)."""
+    polarity's spellings (`neg`, `pos`: IMDB's label space, whose targets the seed recipe fixed)."""
     names = staged.class_names if staged is not None else None
-    if not names or all(str(n).lower() in IMDB_SPELLINGS for n in names):
+    if not names or all(str(n).lower() in POLARITY_SPELLINGS for n in names):
         return None
     return names
 
@@ -217,7 +217,7 @@ def _validate(
     staged: _Staged,
     skip: bool,
     split: str,
-    space: LabelSpace = IMDB,
+    space: LabelSpace,
     other_flag: str | None = None,
     folder: Path | None = None,
 ) -> tuple[Dataset, list[BadRow]]:
@@ -295,12 +295,12 @@ def _warn_about_classes(
     present = [i for i, c in enumerate(counts) if c]
     swap = "(name the columns with --text-column and --label-column)"
     if len(present) == 1:
-        only = space.values[present[0]] if space.kind != "imdb" else present[0]
+        only = space.values[present[0]] if space.kind != "polarity" else present[0]
         logger.warning("%s: every training example has label %s: a classifier cannot learn from one class",
                        source, only)  # fmt: skip
     most = max(counts, default=0)
     rare = [f"{space.values[i]!r} ({c})" for i, c in enumerate(counts) if 0 < c <= 3 and most >= 10 * c]
-    if rare and space.kind != "imdb":
+    if rare and space.kind != "polarity":
         logger.warning(
             "%s: class(es) %s have 3 training examples or fewer beside one with %d: a typo? Name the classes "
             "with --labels to make any other value an error", source, ", ".join(rare), most,

@@ -8,15 +8,15 @@ decimal text, so an integral one is that integer's digits. A value that is no si
 an empty text, a list, an object) is a bad row, never a class (`canonical` says why).
 
 A `LabelSpace` is taken from the training split's labels, in a stable order:
-  * IMDB: every label is one of 0/1/neg/pos/negative/positive (as numbers or text): two classes,
-    0 = negative, 1 = positive, whichever spelling a file uses;
+  * polarity (IMDB's, and any data labelled so): every label is one of 0/1/neg/pos/negative/positive
+    (as numbers or text): two classes, 0 = negative, 1 = positive, whichever spelling a file uses;
   * integers: the distinct values, ascending;
   * names: as given by `--labels a,b,c` (then any other value is an error), or sorted.
 It is saved beside the model, so that evaluation and prediction read labels the same way.
 
-A verbalizer gives each class its target text: `auto` (the default: digits for IMDB and integer
-labels, the label names otherwise), `digits` (IMDB's "0"/"1", an integer label's own digits, a
-named class's index), `words` (IMDB's "negative"/"positive", the label names otherwise), or the
+A verbalizer gives each class its target text: `auto` (the default: digits for polarity and integer
+labels, the label names otherwise), `digits` (polarity's "0"/"1", an integer label's own digits, a
+named class's index), `words` (polarity's "negative"/"positive", the label names otherwise), or the
 texts themselves, `t1,t2,...`, one per class in order.
 """
 
@@ -34,7 +34,7 @@ from flant5_imdb.data.reader import DataError
 
 logger = logging.getLogger(__name__)
 
-IMDB_SPELLINGS = {"0": 0, "1": 1, "neg": 0, "pos": 1, "negative": 0, "positive": 1}
+POLARITY_SPELLINGS = {"0": 0, "1": 1, "neg": 0, "pos": 1, "negative": 0, "positive": 1}
 VERBALIZERS = ("auto", "digits", "words")
 
 
@@ -44,7 +44,7 @@ class LabelSpace:
 
     values: tuple[str, ...]
     names: tuple[str, ...]
-    kind: str  # "imdb", "int" or "name"
+    kind: str  # "polarity", "int" or "name"
 
     def __len__(self) -> int:
         return len(self.values)
@@ -53,15 +53,15 @@ class LabelSpace:
         """The class of a canonical label text (`canonical`), or None."""
         if text is None:
             return None
-        if self.kind == "imdb":
-            return IMDB_SPELLINGS.get(text.lower())
+        if self.kind == "polarity":
+            return POLARITY_SPELLINGS.get(text.lower())
         try:
             return self.values.index(text)
         except ValueError:
             return None
 
     def describe(self) -> str:
-        if self.kind == "imdb":
+        if self.kind == "polarity":
             return "0/1/neg/pos/negative/positive"
         return ", ".join(self.values)
 
@@ -73,11 +73,15 @@ class LabelSpace:
         """A saved label space; IMDB's for a model saved without one (an older run, or a Hub model)."""
         if not d:
             return IMDB
-        # Values saved before labels had one canonical text are read as the data now is.
-        return cls(tuple(label_text(v) or v for v in d["values"]), tuple(d["names"]), d["kind"])
+        # Values saved before labels had one canonical text are read as the data now is; the polarity
+        # kind was saved as "imdb" before it had a name of its own.
+        kind = "polarity" if d["kind"] == "imdb" else d["kind"]
+        return cls(tuple(label_text(v) or v for v in d["values"]), tuple(d["names"]), kind)
 
 
-IMDB = LabelSpace(("0", "1"), ("negative", "positive"), "imdb")
+# Two classes spelled 0/1/neg/pos/negative/positive: IMDB's, and any data labelled so.
+POLARITY = LabelSpace(("0", "1"), ("negative", "positive"), "polarity")
+IMDB = POLARITY  # IMDB's classes: where the data is IMDB (a model saved without classes: the baseline's)
 
 
 _NUMBER = re.compile(r"[+-]?\d+(?:\.\d*)?|[+-]?\.\d+")  # \d: a decimal digit of any script
@@ -157,8 +161,8 @@ def infer_labels(raw_labels: Iterable, explicit: Iterable[str] | None = None) ->
             )
         return LabelSpace(values, values, "name")
     texts = {t for t in map(label_text, raw_labels) if t is not None}
-    if all(t.lower() in IMDB_SPELLINGS for t in texts):  # IMDB's, or none at all
-        return IMDB
+    if all(t.lower() in POLARITY_SPELLINGS for t in texts):  # polarity's spellings, or none at all
+        return POLARITY
     ints = sorted((t for t in texts if _is_int(t)), key=int)
     if texts and len(ints) == len(texts):
         values = tuple(ints)
@@ -214,7 +218,7 @@ def _warn_mixed(ints: list[str], others: list[str]) -> None:
     )  # fmt: skip
 
 
-def verbalize(verbalizer: str, space: LabelSpace = IMDB) -> list[str]:
+def verbalize(verbalizer: str, space: LabelSpace) -> list[str]:
     """The target text of each class (see the module's doc).
 
     Raises:

@@ -80,7 +80,7 @@ class Prepared:
     eval: Dataset | None
     eval_source: str | None  # the split evaluated on, or how it was held out of train
     labels: LabelSpace
-    targets: list[list[int]]  # each class's target token ids
+    target_ids: list[list[int]]  # each class's target token ids (with EOS)
     skipped: list[BadRow]
     class_counts: list[int]  # training examples of each class, after any hold-out and subset
     example_text: str | None  # the first evaluation text (else training text): the model card's example
@@ -95,7 +95,7 @@ def prepare(
 ) -> Prepared:
     """Read, validate and tokenize `spec.data`; every process builds the same.
 
-    `make_tokenizer(labelled, targets)` gives the tokenizer once the classes and their target texts
+    `make_tokenizer(labelled, target_texts)` gives the tokenizer once the classes and their target texts
     are known; `labels` is a saved model's label space (else it is taken from the training split).
 
     Raises:
@@ -115,8 +115,8 @@ def prepare(
         for flag, split in asked:
             if split and split not in loaded.splits:
                 raise DataError(_no_such_split(spec, flag, split, list(loaded.splits)))
-        targets = verbalize(spec.verbalizer, loaded.labels)
-        tokenizer = make_tokenizer(loaded, targets)
+        target_texts = verbalize(spec.verbalizer, loaded.labels)
+        tokenizer = make_tokenizer(loaded, target_texts)
         ids = target_ids(tokenizer, spec.verbalizer, loaded.labels)
         tokenized = _tokenized(spec, loaded.splits, tokenizer, ids, checked, root)
     train, evaluated, eval_source, raw_split = _choose_eval(spec, tokenized)
@@ -131,7 +131,7 @@ def prepare(
             logger.warning("class(es) %s have no example among the --max-train-samples %d: the model cannot "
                            "learn them", ", ".join(map(repr, lost)), spec.max_train_samples)  # fmt: skip
     if train is not None:
-        _log_classes(loaded.labels, targets, counts)
+        _log_classes(loaded.labels, target_texts, counts)
     first = evaluated if evaluated is not None else train
     example = loaded.splits[raw_split][int(first[0]["id"])]["text"] if first is not None else None
     return Prepared(source, tokenizer, train, evaluated, eval_source, loaded.labels, ids, loaded.skipped,
