@@ -10,15 +10,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import functools
 import math
-import os
 import re
-import sys
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from flant5_imdb.launch import speaker
 
 
 class ConfigError(ValueError):
@@ -538,30 +537,6 @@ class Parser(argparse.ArgumentParser):
                 message += meant(given.split("=")[0], [s for a in self._actions for s in a.option_strings])
         # Every process of a launch parses the same command line: the first one says it for all.
         self.exit(2, f"error: {message} ({self.prog} --help lists every option)\n" if speaker() else None)
-
-
-def speaker() -> bool:
-    """Whether this process speaks for all: the first of a launch (a launcher sets RANK), or the only one."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def closes_launch(main):
-    """A script's `main(argv)` that may run as one process of `accelerate launch`: the launch's process
-    group is closed before the process exits, as training's `end_training` does (left to the
-    interpreter's exit, gloo's threads can abort a finished process). Nothing is imported for it where
-    torch never was (an option refused before the heavy imports)."""
-
-    @functools.wraps(main)
-    def run(argv: list[str] | None = None) -> int:
-        try:
-            return main(argv)
-        finally:
-            if "torch" in sys.modules:
-                from flant5_imdb.accel import close_processes
-
-                close_processes()
-
-    return run
 
 
 def meant(given: str, known: list[str]) -> str:

@@ -27,7 +27,6 @@ from accelerate.utils import broadcast_object_list, gather_object
 
 from flant5_imdb import hub
 from flant5_imdb.accel import cpu_threads, main_first, process_state, run_on
-from flant5_imdb.config import speaker
 from flant5_imdb.data import (
     BadRow,
     Collator,
@@ -40,6 +39,7 @@ from flant5_imdb.data import (
     texts_to_predict,
 )
 from flant5_imdb.evaluate import CHUNK, MAX_MATRIX_CLASSES, TOP_PROBS, deal, score_batch
+from flant5_imdb.launch import speaker
 from flant5_imdb.modeling import load_trained
 from flant5_imdb.output import JsonLines, OutputError, PredictionsFile, Table, TextDigest, output_format
 from flant5_imdb.progress import StreamProgress, duration

@@ -104,29 +104,22 @@ class MetricsLog:
         self.accelerator.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
 
 
-def maybe_log(
-    cfg,
-    state: TrainState,
-    window: Window,
-    counters: StepCounters,
-    log: MetricsLog,
-    bar,
-    *,
-    lr,
-    grad_norm,
-    last: bool = False,
-) -> None:
-    """Every `log_every` steps (and at step 1), and with `last` the steps since the last line (a run's
-    end: the last window, however short); the streak of non-finite updates is checked at least every
-    `max_bad_steps`.
+def logging_due(cfg, state: TrainState, last: bool = False) -> bool:
+    """Whether this step writes a line: every `log_every` steps, at step 1, and with `last` (a run's end)."""
+    return last or state.step % cfg.log_every == 0 or state.step == 1
+
+
+def maybe_check_updates(cfg, state: TrainState, counters: StepCounters, last: bool = False) -> None:
+    """The non-finite updates counted on the device, read (a host sync) where a line is logged and at
+    least every `max_bad_steps` steps; newly skipped ones warned about.
+
+    Raises:
+        NonFiniteError: `max_bad_steps` updates in a row were skipped.
     """
-    if last and window.last_step == state.step:
-        return
-    logging_now = last or state.step % cfg.log_every == 0 or state.step == 1
-    if not logging_now and state.step % cfg.max_bad_steps:
+    if not (logging_due(cfg, state, last) or state.step % cfg.max_bad_steps == 0):
         return
     skipped_before = state.skipped_steps
-    counters.sync_and_check(state)  # raises NonFiniteError after max_bad_steps bad updates in a row
+    counters.sync_and_check(state)
     if state.skipped_steps > skipped_before:
         logger.warning(
             "skipped %d update(s) with a non-finite loss or gradient norm by step %d (%d in all)",
@@ -134,7 +127,14 @@ def maybe_log(
             state.step,
             state.skipped_steps,
         )
-    if not logging_now:
+
+
+def maybe_log(cfg, state: TrainState, window: Window, log: MetricsLog, bar, *, lr, grad_norm,
+              last: bool = False) -> None:  # fmt: skip
+    """A metrics line (and the progress bar's figures) where one is due (`logging_due`); with `last`, the
+    steps since the last line (a run's end: the last window, however short). Call after
+    `maybe_check_updates`, whose count of skipped updates the line carries."""
+    if (last and window.last_step == state.step) or not logging_due(cfg, state, last):
         return
     loss, samples_per_s = window.drain(state.step, state.samples_seen)
     row = dict(

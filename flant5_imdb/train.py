@@ -66,7 +66,7 @@ from flant5_imdb.kernels.step import StepModel, apply_kernels, length_buckets
 from flant5_imdb.modeling import build_model, save_settings, source_mask
 from flant5_imdb.optim import UpdateInBackward, build_scheduler, on_device_skip, optimizer_from
 from flant5_imdb.plots import plot_run
-from flant5_imdb.progress import MetricsLog, Window, maybe_log
+from flant5_imdb.progress import MetricsLog, Window, maybe_check_updates, maybe_log
 from flant5_imdb.rundir import METRICS, RunLock, claim_on_main, preflight, truncate_metrics
 from flant5_imdb.sampler import StepPlan, StepSampler
 from flant5_imdb.tokenizer import TRAIN_HERE, load_tokenizer, train_word_tokenizer
@@ -335,7 +335,8 @@ def train(job: Job, on_step=None) -> None:
                 state.step += 1
                 state.samples_seen += plan.global_examples
                 bar.update(1)
-                maybe_log(cfg, state, window, counters, log, bar, lr=lr, grad_norm=grad_norm)
+                maybe_check_updates(cfg, state, counters)
+                maybe_log(cfg, state, window, log, bar, lr=lr, grad_norm=grad_norm)
                 try:
                     maybe_evaluate(job, log)
                 except Interrupted as e:  # the step is done: checkpointed and stopped as for any signal
@@ -357,7 +358,8 @@ def train(job: Job, on_step=None) -> None:
                 state.epoch += 1
                 sampler.set_epoch(state.epoch)
         if grad_norm is not None:  # the steps after the last line, logged too: a short run keeps its end
-            maybe_log(cfg, state, window, counters, log, bar, lr=lr, grad_norm=grad_norm, last=True)
+            maybe_check_updates(cfg, state, counters, last=True)
+            maybe_log(cfg, state, window, log, bar, lr=lr, grad_norm=grad_norm, last=True)
     counters.sync_and_check(state)
     job.train_seconds, job.last_loss = window.this_process_seconds(), window.last_loss
 

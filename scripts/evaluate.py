@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 # The standard library and the options only: --help and a bad option answer before torch is imported.
-from flant5_imdb.config import DATA_CACHE_HELP, THREADS_HELP, Parser, closes_launch, positive_int, speaker
+from flant5_imdb.config import DATA_CACHE_HELP, THREADS_HELP, Parser, positive_int
+from flant5_imdb.launch import closes_launch, speaker
 
 
 def parse(argv: list[str] | None = None):

@@ -9,7 +9,8 @@ accelerate launch --config_file configs/multi_gpu.yaml --num_processes 4 scripts
 
 import sys
 
-from flant5_imdb.config import THREADS_HELP, Parser, closes_launch, positive_int, speaker
+from flant5_imdb.config import THREADS_HELP, Parser, positive_int
+from flant5_imdb.launch import closes_launch, speaker
 
 
 def parse(argv: list[str] | None = None):

@@ -7,8 +7,9 @@ import logging
 import sys
 
 # The standard library only (torch comes after the checks): --help and a bad option answer at once.
-from flant5_imdb.config import ConfigError, parse_args, speaker
+from flant5_imdb.config import ConfigError, parse_args
 from flant5_imdb.data.reader import DataError
+from flant5_imdb.launch import speaker
 from flant5_imdb.rundir import preflight
 
 
