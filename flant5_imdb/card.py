@@ -2,15 +2,20 @@
 
 The card is written into final/README.md after every run that saves a model; `--push-to-hub REPO`
 uploads final/ with it (`--model-card-only` writes the card for that repo but uploads nothing).
-Every number in it comes from the run's summary.json.
+Every number in it comes from the run's summary (`run_summary`, also written as summary.json).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from flant5_imdb.data.labels import IMDB, verbalize
+
+if TYPE_CHECKING:
+    from flant5_imdb.train import Job
 
 logger = logging.getLogger(__name__)
 
@@ -266,3 +271,50 @@ def publish(final_dir: Path, summary: dict, repo: str | None, upload: bool) -> N
 def _eval_source(summary: dict) -> str:
     source = summary.get("eval_source") or summary["config"].get("eval_split") or "test"
     return f"the `{source}` split" if " " not in source else source
+
+
+def run_summary(job: Job, result: dict | None, graphs, graph_skips, checksums) -> dict:
+    """What a finished run says of itself (summary.json, and the card made from it): the data and its
+    classes, the steps, time and memory it took, how it ran, the final evaluation `result`, the options."""
+    import torch
+
+    cfg, acc, state = job.cfg, job.accelerator, job.state
+    space, targets = job.data.labels, verbalize(cfg.verbalizer, job.data.labels)
+    source = job.data.source
+    return dict(
+        model=f"{cfg.model_config} architecture, random init" if cfg.model_config else cfg.model,
+        labels=list(space.names),
+        targets=targets,
+        classes=[
+            dict(name=n, label=v, target=t, train_examples=c)
+            for n, v, t, c in zip(space.names, space.values, targets, job.data.class_counts, strict=True)
+        ],
+        steps=state.step,
+        samples_seen=state.samples_seen,
+        epochs=state.samples_seen / len(job.data.train),
+        target_tokens_seen=state.target_tokens_seen,
+        skipped_steps=state.skipped_steps,
+        resumed_from=str(job.resume_from) if job.resume_from else None,
+        train_seconds=job.train_seconds,
+        wall_seconds=time.perf_counter() - job.started,
+        samples_per_s=(state.samples_seen - job.samples_at_start) / max(job.train_seconds, 1e-9),
+        processes=acc.num_processes,
+        effective_batch=job.sampler.global_batch,
+        distributed_type=str(acc.distributed_type),
+        device=str(acc.device),
+        precision=cfg.precision,
+        compiled=job.step_model.compiled,
+        cuda_graphs=None if graphs is None else graphs > 0,
+        cuda_graphs_recorded=graphs,
+        cuda_graph_skips=graph_skips,
+        peak_gpu_memory_gib=torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+        skipped_rows=len(job.data.skipped),
+        last_logged_loss=job.last_loss,
+        rank_param_checksums=checksums,
+        eval_source=job.data.eval_source,
+        data_kind=source.kind,
+        data_files={k: v.name for k, v in source.files.items()} if source.kind == "files" else None,
+        example_text=job.data.example_text,
+        eval=result,
+        config=cfg.to_dict(),
+    )

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from flant5_imdb import hub
 from flant5_imdb.accel import cpu_threads, main_first, make_accelerator, run_on
-from flant5_imdb.card import publish
+from flant5_imdb.card import publish, run_summary
 from flant5_imdb.checkpoint import (
     CheckpointError,
     TrainState,
@@ -51,7 +51,7 @@ from flant5_imdb.checkpoint import (
     store_tied_once,
 )
 from flant5_imdb.config import ConfigError, TrainConfig
-from flant5_imdb.data import Collator, DataSpec, Prepared, column, prepare, verbalize, write_skipped
+from flant5_imdb.data import Collator, DataSpec, Prepared, column, prepare, write_skipped
 from flant5_imdb.evaluate import evaluate, write_report
 from flant5_imdb.guards import (
     Interrupted,
@@ -560,48 +560,3 @@ def finish(job: Job) -> dict:
             publish(out / "final", summary, cfg.push_to_hub, upload=not cfg.model_card_only)
     acc.end_training()
     return summary
-
-
-def run_summary(job: Job, result: dict | None, graphs, graph_skips, checksums) -> dict:
-    """What a finished run says of itself (summary.json, and the card made from it): the data and its
-    classes, the steps, time and memory it took, how it ran, the final evaluation `result`, the options."""
-    cfg, acc, state = job.cfg, job.accelerator, job.state
-    space, targets = job.data.labels, verbalize(cfg.verbalizer, job.data.labels)
-    source = job.data.source
-    return dict(
-        model=f"{cfg.model_config} architecture, random init" if cfg.model_config else cfg.model,
-        labels=list(space.names),
-        targets=targets,
-        classes=[
-            dict(name=n, label=v, target=t, train_examples=c)
-            for n, v, t, c in zip(space.names, space.values, targets, job.data.class_counts, strict=True)
-        ],
-        steps=state.step,
-        samples_seen=state.samples_seen,
-        epochs=state.samples_seen / len(job.data.train),
-        target_tokens_seen=state.target_tokens_seen,
-        skipped_steps=state.skipped_steps,
-        resumed_from=str(job.resume_from) if job.resume_from else None,
-        train_seconds=job.train_seconds,
-        wall_seconds=time.perf_counter() - job.started,
-        samples_per_s=(state.samples_seen - job.samples_at_start) / max(job.train_seconds, 1e-9),
-        processes=acc.num_processes,
-        effective_batch=job.sampler.global_batch,
-        distributed_type=str(acc.distributed_type),
-        device=str(acc.device),
-        precision=cfg.precision,
-        compiled=job.step_model.compiled,
-        cuda_graphs=None if graphs is None else graphs > 0,
-        cuda_graphs_recorded=graphs,
-        cuda_graph_skips=graph_skips,
-        peak_gpu_memory_gib=torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
-        skipped_rows=len(job.data.skipped),
-        last_logged_loss=job.last_loss,
-        rank_param_checksums=checksums,
-        eval_source=job.data.eval_source,
-        data_kind=source.kind,
-        data_files={k: v.name for k, v in source.files.items()} if source.kind == "files" else None,
-        example_text=job.data.example_text,
-        eval=result,
-        config=cfg.to_dict(),
-    )
