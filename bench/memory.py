@@ -103,7 +103,8 @@ def anchors_table() -> str:
         r = predict(setup)
         parts = " / ".join(f"{v:.2f}" for v in r["parts_gib"].values())
         own = measured - leaked
-        kernel = setup.kernel().kernel if setup.kernel() else "–"
+        choice = setup.kernel()
+        kernel = choice.kernel if choice else "–"
         rows.append(f"| {what} | {measured:.2f} | {own:.2f} | {r['peak_gib']:.2f} | "
                     f"{100 * (r['peak_gib'] / own - 1):+.1f}% | {kernel} | {parts} |")  # fmt: skip
         print(rows[-1], flush=True)

@@ -82,7 +82,8 @@ def measure_one(row, args, data: BenchData, peak, result: dict, out: Path, so_fa
         raise
     finally:
         live.pop("running")
-        if not rounds:
+        if not rounds:  # the first round: the row is what it measured (or its error)
+            rounds.append(got)
             live.update(got)
         elif "error" in got:
             live.setdefault("round_errors", []).append(f"round {len(rounds) + 1}: {got['error']}")
@@ -92,4 +93,4 @@ def measure_one(row, args, data: BenchData, peak, result: dict, out: Path, so_fa
     if args.json_rows:
         print(json.dumps(live), flush=True)
     write_results(result, out)  # after every row: a run stopped by its time guard keeps what it measured
-    return live, rounds or [got]
+    return live, rounds

@@ -77,8 +77,8 @@ def _opt(default, help: str, choices: tuple | None = None, resume: str = MATH, n
     """A field with its --help text and section, accepted choices or bounds, and resume rule. On the
     command line 'none' sets an optional field to None (its default behaviour), unless `none_is_a_value`
     (then it is the text 'none')."""
-    meta = dict(help=help, choices=choices, resume=resume, group=group, bounds=bounds)
-    return field(default=default, metadata={**meta, "none_is_a_value": none_is_a_value})
+    return field(default=default, metadata=dict(help=help, choices=choices, resume=resume, group=group,
+                                                bounds=bounds, none_is_a_value=none_is_a_value))  # fmt: skip
 
 
 THREADS_HELP = ("CPU threads per process (CPU runs only): auto = 1 for a small model, else the cores other "
@@ -244,7 +244,7 @@ class TrainConfig:
         ("bf16", "fp32"),
         group=TRAINING,
     )
-    seed: int = _opt(
+    seed: int = _opt(  # numpy's and torch's seeds are 32-bit
         42, "seed for initialisation, data order and dropout", group=TRAINING, bounds=Bounds(0, 2**32)
     )
     # The kernel path (flant5_imdb.kernels): each flag runs eagerly, with the same results, off CUDA

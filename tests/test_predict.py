@@ -150,17 +150,17 @@ def test_malformed_input_gives_one_line_and_no_partial_output(final, tmp_path):
     ]
 
 
+def evaluate_args(final, out) -> list[str]:
+    """evaluate.py's arguments for the trained smoke model on its generated data, the report into `out`."""
+    return ["--model", str(final[0]), "--data", "synthetic:2000", "--output-dir", str(out)]
+
+
 def test_evaluate_script_writes_the_report(final, tmp_path):
     proc = subprocess.run(
         [
             sys.executable,
             str(ROOT / "scripts" / "evaluate.py"),
-            "--model",
-            str(final[0]),
-            "--data",
-            "synthetic:2000",
-            "--output-dir",
-            str(tmp_path),
+            *evaluate_args(final, tmp_path),
             "--max-eval-samples",
             "100",
         ],
@@ -304,7 +304,7 @@ def test_two_processes_write_what_one_does(final, tmp_path):
 
 def test_a_second_evaluation_into_a_folder_is_refused_unless_overwritten(final, tmp_path, capsys):
     evaluate_main = load_script("evaluate").main
-    args = ["--model", str(final[0]), "--data", "synthetic:2000", "--output-dir", str(tmp_path)]
+    args = evaluate_args(final, tmp_path)
     assert evaluate_main([*args, "--max-eval-samples", "20"]) == 0
     first = (tmp_path / "eval_predictions.jsonl").read_text()
     capsys.readouterr()
@@ -329,16 +329,7 @@ def test_a_signal_mid_evaluation_stops_with_one_line_and_says_what_was_kept(
     from tests.conftest import signal_on_call
 
     expected, batches = signal_on_call(monkeypatch, evaluate_module, "score_batch", sig, at_call=3)
-    args = [
-        "--model",
-        str(final[0]),
-        "--data",
-        "synthetic:2000",
-        "--output-dir",
-        str(tmp_path),
-        "--batch-size",
-        "8",
-    ]
+    args = [*evaluate_args(final, tmp_path), "--batch-size", "8"]
     code = load_script("evaluate").main([*args, "--max-eval-samples", "64"])
     err = capsys.readouterr().err
     assert code == expected == {"SIGINT": 130, "SIGTERM": 143}[sig], err
@@ -354,7 +345,7 @@ def test_the_old_spelling_of_the_evaluation_bound_is_taken_with_a_pointer(final,
     import logging
 
     evaluate_main = load_script("evaluate").main
-    args = ["--model", str(final[0]), "--data", "synthetic:2000", "--output-dir", str(tmp_path)]
+    args = evaluate_args(final, tmp_path)
     with caplog.at_level(logging.INFO, logger="flant5_imdb"):
         assert evaluate_main([*args, "--max-samples", "12"]) == 0
     assert "evaluating 12 examples on cpu, 1 CPU thread, fp32" in caplog.text
