@@ -66,7 +66,7 @@ def random_model(config: str, tokenizer: str | None, work: Path) -> str:
     tok = load_tokenizer(tokenizer)
     build_model("x", model_config=config, vocab_size=len(tok)).save_pretrained(folder)
     tok.save_pretrained(folder)
-    save_settings(folder, verbalizer="digits", prompt=None, max_source_length=512, labels=IMDB)
+    save_settings(folder, verbalizer="digits", prompt=None, max_source_length=512, classes=IMDB)
     return str(folder)
 
 

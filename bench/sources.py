@@ -12,7 +12,7 @@ import torch
 
 from flant5_imdb.accel import cpu_threads
 from flant5_imdb.config import THREADS_HELP, count_or_auto, positive_int
-from flant5_imdb.data import DataError, DataSpec, column, load_labelled, parse_source, prepare
+from flant5_imdb.data import DataError, DataSpec, column, load_labelled, parse_source, prepare, verbalize
 from flant5_imdb.tokenizer import TRAIN_HERE, load_tokenizer, train_word_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,7 +76,8 @@ class BenchData:
         if not (
             self.folder / "ready"
         ).is_file():  # written once: rewritten files would defeat the datasets cache
-            raw = load_labelled(args.data).splits
+            labelled = load_labelled(args.data)
+            raw = labelled.splits
             if args.examples:
                 raw = type(raw)(
                     {s: d.shuffle(seed=0).select(range(min(args.examples, len(d)))) for s, d in raw.items()}
@@ -84,7 +85,7 @@ class BenchData:
                 for split, ds in raw.items():
                     ds.to_parquet(str(Path(self.data) / f"{split}.parquet"))
             tokenizer = (
-                train_word_tokenizer(raw["train"]["text"])
+                train_word_tokenizer(raw["train"]["text"], targets=verbalize("digits", labelled.classes))
                 if args.tokenizer == TRAIN_HERE
                 else load_tokenizer(args.tokenizer)
             )
@@ -93,7 +94,7 @@ class BenchData:
         self.tokenizer = load_tokenizer(str(self.tok_dir))
         spec = DataSpec(self.data, verbalizer="digits", max_source_length=512)
         prepared = prepare(spec, lambda *_: self.tokenizer)
-        self.target_ids, self.names = prepared.target_ids, prepared.labels.names
+        self.target_ids, self.names = prepared.target_ids, prepared.classes.names
         self.splits = {
             "train": prepared.train,
             **({prepared.eval_source: prepared.eval} if prepared.eval else {}),

@@ -279,7 +279,7 @@ def run_summary(job: Job, result: dict | None, graphs, graph_skips, checksums) -
     import torch
 
     cfg, acc, state = job.cfg, job.accelerator, job.state
-    space, targets = job.data.labels, verbalize(cfg.verbalizer, job.data.labels)
+    space, targets = job.data.classes, job.data.target_texts
     source = job.data.source
     return dict(
         model=f"{cfg.model_config} architecture, random init" if cfg.model_config else cfg.model,
@@ -294,7 +294,7 @@ def run_summary(job: Job, result: dict | None, graphs, graph_skips, checksums) -
         epochs=state.samples_seen / len(job.data.train),
         target_tokens_seen=state.target_tokens_seen,
         skipped_steps=state.skipped_steps,
-        resumed_from=str(job.resume_from) if job.resume_from else None,
+        resumed_from=str(job.resume.path) if job.resume else None,
         train_seconds=job.train_seconds,
         wall_seconds=time.perf_counter() - job.started,
         samples_per_s=(state.samples_seen - job.samples_at_start) / max(job.train_seconds, 1e-9),

@@ -24,6 +24,7 @@ checkpoint can never fall inside a gradient-accumulation window.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -275,6 +276,49 @@ def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
     )
 
 
+@dataclass(frozen=True)
+class ResumePoint:
+    """The checkpoint a run continues from: its folder, and what it saved (`train_state.json`). Each check
+    is made where what it compares is first known, all of them before a byte is written."""
+
+    path: Path
+    saved: dict
+
+    def check_classes(self, classes: LabelSpace, targets: list[str]) -> None:
+        """Once the data's classes are known, before it is tokenized: see `check_same_classes`."""
+        check_same_classes(self.path, classes, targets)
+
+    def check_continues(self, cfg: TrainConfig, processes: int, sampler) -> None:
+        """Once the sampler is built: options that change the math refused (`check_compatible`; applied with
+        --force-resume), and a data order this run cannot continue (tried on a copy of the sampler).
+
+        Raises:
+            CheckpointError: naming what differs.
+        """
+        check_compatible(self.saved, cfg.to_dict(), processes, cfg.force_resume)
+        if not cfg.force_resume:
+            continue_order(copy.deepcopy(sampler), self.saved["state"]["sampler"], force=False)
+
+
+def resume_point(resume: str | None, output_dir: str | Path) -> ResumePoint | None:
+    """What a run resumes from: `--resume` resolved (see `resolve_resume`; None: a fresh start) and what
+    the checkpoint saved. Read-only.
+
+    Raises:
+        CheckpointError: no usable checkpoint where one was named.
+    """
+    path = resolve_resume(resume, output_dir)
+    return None if path is None else ResumePoint(path, read_checkpoint(path))
+
+
+def continue_order(sampler, state: dict, force: bool) -> None:
+    """The data order continued from a checkpoint's sampler `state` (see `StepSampler.restore`)."""
+    try:
+        sampler.restore(state, force)
+    except ValueError as e:
+        raise CheckpointError(f"cannot resume the data order: {e}") from e
+
+
 def read_checkpoint(path: Path) -> dict:
     return json.loads((path / STATE_FILE).read_text())
 
@@ -323,7 +367,7 @@ def check_compatible(saved: dict, config: dict, num_processes: int, force: bool)
     return diffs
 
 
-def check_same_classes(path: Path, labels: LabelSpace, targets: list[str]) -> None:
+def check_same_classes(path: Path, classes: LabelSpace, targets: list[str]) -> None:
     """The classes, their order and the texts the model writes for them are what a checkpoint learned:
     a resume with others is refused, --force-resume or not (the learned "0" would mean another class).
 
@@ -334,15 +378,15 @@ def check_same_classes(path: Path, labels: LabelSpace, targets: list[str]) -> No
     before = LabelSpace.from_dict(saved.get("labels"))  # a checkpoint from before label spaces: IMDB's
     before_targets = saved.get("targets") or verbalize(saved.get("verbalizer", "digits"), before)
     diffs = []
-    old, new = before.values, labels.values
+    old, new = before.values, classes.values
     if set(old) != set(new):
         added, gone = [v for v in new if v not in old], [v for v in old if v not in new]
         if added:
             diffs.append(f"the data has class(es) the checkpoint does not: {', '.join(map(repr, added))}")
         if gone:
             diffs.append(f"the checkpoint has class(es) the data does not: {', '.join(map(repr, gone))}")
-    elif old != new or before.kind != labels.kind:
-        diffs.append(f"the classes' order changed: {', '.join(before.names)} -> {', '.join(labels.names)}")
+    elif old != new or before.kind != classes.kind:
+        diffs.append(f"the classes' order changed: {', '.join(before.names)} -> {', '.join(classes.names)}")
     if before_targets != targets and not diffs:
         diffs.append(
             f"the texts the model writes changed: {', '.join(map(repr, before_targets))} -> "

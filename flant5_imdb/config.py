@@ -159,7 +159,12 @@ class TrainConfig:
                            "names otherwise; digits ('0'/'1' there, the baseline's); words "
                            "('negative'/'positive' there, the names otherwise); or 'T1,T2,...'",
                            group=MODEL)  # fmt: skip
-    prompt: str | None = _opt(None, "prompt: 'none', 'flan', or a template containing {text}", group=MODEL)
+    prompt: str | None = _opt(
+        None,
+        "prompt: 'none', 'flan' (asks the text's sentiment, negative or positive), or a template "
+        "containing {text}",
+        group=MODEL,
+    )
     max_source_length: int = _opt(
         512,
         "truncate texts to this many tokens",

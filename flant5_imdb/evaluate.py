@@ -389,7 +389,7 @@ def load_for_evaluation(model_path: str, data: str, *, split, columns, skip_bad_
     spec = dataclasses.replace(spec, verbalizer=settings["verbalizer"], prompt=settings["prompt"],
                                max_source_length=settings["max_source_length"])  # fmt: skip
     # Only the split evaluated is read, in the model's label space.
-    return model, tokenizer, spec, prepare(spec, lambda *_: tokenizer, labels=settings["labels"])
+    return model, tokenizer, spec, prepare(spec, lambda *_: tokenizer, classes=settings["classes"])
 
 
 def evaluate_saved(
@@ -426,7 +426,7 @@ def evaluate_saved(
         model_path, data, split=split, columns=columns, skip_bad_rows=skip_bad_rows, max_samples=max_samples,
         seed=seed, data_cache=data_cache, verbalizer=verbalizer, prompt=prompt,
     )  # fmt: skip
-    ds, space, skipped = prepared.eval, prepared.labels, prepared.skipped
+    ds, space, skipped = prepared.eval, prepared.classes, prepared.skipped
     accelerator = make_accelerator(precision)
     n = cpu_threads(threads, sum(p.numel() for p in model.parameters()), accelerator.device)
     logger.info("evaluating %d examples on %s", len(ds), run_on(accelerator.device, n, precision,

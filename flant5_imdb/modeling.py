@@ -17,7 +17,9 @@ from accelerate.utils import extract_model_from_parallel
 from transformers import T5Config
 from transformers.models.t5.modeling_t5 import T5Attention
 
+from flant5_imdb.data.encode import prompt_template, trained_prompt
 from flant5_imdb.data.labels import LabelSpace, verbalize
+from flant5_imdb.data.reader import DataError
 from flant5_imdb.data.source import looks_like_path
 from flant5_imdb.rundir import model_folder
 from flant5_imdb.tokenizer import load_tokenizer
@@ -170,10 +172,12 @@ SETTINGS_FILE = "flant5_imdb.json"  # beside a saved model: how its inputs and t
 
 
 def save_settings(path: str | Path, *, verbalizer: str, prompt: str | None, max_source_length: int,
-                  labels: LabelSpace) -> None:  # fmt: skip
+                  classes: LabelSpace) -> None:  # fmt: skip
     """How a model's inputs and targets were made, saved beside its weights for evaluation and prediction."""
-    settings = dict(verbalizer=verbalizer, prompt=prompt, max_source_length=max_source_length,
-                    labels=labels.to_dict(), targets=verbalize(verbalizer, labels))  # fmt: skip
+    # The template beside the name: what the name means may change, what the model saw does not.
+    settings = dict(verbalizer=verbalizer, prompt=prompt, prompt_template=prompt_template(prompt),
+                    max_source_length=max_source_length, labels=classes.to_dict(),
+                    targets=verbalize(verbalizer, classes))  # fmt: skip
     Path(path, SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
 
 
@@ -194,7 +198,7 @@ def load_trained(
 
     The settings are the ones it was trained with (`flant5_imdb.json` beside it), each replaced by
     the argument where one is given, and the defaults where neither is (a Hub model has none):
-    `{"verbalizer", "prompt", "max_source_length", "labels"}`, `labels` a LabelSpace (IMDB's for a
+    `{"verbalizer", "prompt", "max_source_length", "classes"}`, `classes` a LabelSpace (IMDB's for a
     model saved without one).
 
     Raises:
@@ -206,9 +210,9 @@ def load_trained(
     saved = saved_settings(path)
     settings = {
         "verbalizer": verbalizer or saved.get("verbalizer", "digits"),
-        "prompt": prompt if prompt is not None else saved.get("prompt"),
+        "prompt": prompt if prompt is not None else trained_prompt(saved),
         "max_source_length": max_source_length or saved.get("max_source_length", 512),
-        "labels": LabelSpace.from_dict(saved.get("labels")),
+        "classes": LabelSpace.from_dict(saved.get("labels")),
     }
     _warn_about_other_settings(saved, settings, verbalizer, prompt)
     return model, tokenizer, settings
@@ -222,12 +226,20 @@ def _warn_about_other_settings(
     model, trained with none of them, is not warned about)."""
     if verbalizer and "targets" in saved:
         try:
-            targets = verbalize(verbalizer, settings["labels"])
+            targets = verbalize(verbalizer, settings["classes"])
         except ValueError:  # a verbalizer that fits no class list: said where the targets are made
             targets = saved["targets"]
         if targets != saved["targets"]:
             logger.warning("--verbalizer %r: this model was trained to write %s, not %s", verbalizer,
                            ", ".join(saved["targets"]), ", ".join(targets))  # fmt: skip
-    if prompt is not None and "prompt" in saved and (prompt or "none") != (saved["prompt"] or "none"):
+    trained = trained_prompt(saved) or "none"
+    if prompt is not None and "prompt" in saved and _template(prompt) != _template(trained):
         logger.warning("--prompt %r: this model was trained with the prompt %r; its inputs now differ",
-                       prompt, saved["prompt"] or "none")  # fmt: skip
+                       prompt, trained)  # fmt: skip
+
+
+def _template(prompt: str) -> str:
+    try:
+        return prompt_template(prompt)
+    except DataError:  # refused, by name, where the inputs are made
+        return prompt

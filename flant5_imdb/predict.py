@@ -86,9 +86,9 @@ class Classifier:
         self.device = torch.device(device) if device else self.state.device  # under a launch: this process's
         self.threads = cpu_threads(threads, sum(p.numel() for p in self.model.parameters()), self.device)
         self.model.to(self.device).eval()
-        self.labels = settings["labels"]
-        self.settings = {k: v for k, v in settings.items() if k != "labels"}
-        self.targets = target_ids(self.tokenizer, settings["verbalizer"], self.labels)
+        self.classes = settings["classes"]
+        self.settings = {k: v for k, v in settings.items() if k != "classes"}
+        self.targets = target_ids(self.tokenizer, settings["verbalizer"], self.classes)
         self.template = prompt_template(settings["prompt"])
         self.max_source_length = settings["max_source_length"]
         self.batch_size, self.chunk_size = batch_size, chunk_size
@@ -140,7 +140,7 @@ class Classifier:
             probs = torch.softmax(scores.float(), -1).tolist()
             mine += [(i, y, _kept(p)) for i, y, p in zip(idx, scores.argmax(-1).tolist(), probs, strict=True)]
         out: list[Prediction | None] = [None] * len(texts)
-        names = self.labels.names
+        names = self.classes.names
         for rows, their_cut in gather_object([(mine, cut)]):
             self.truncated += their_cut
             for i, y, p in rows:
@@ -323,7 +323,7 @@ class _Job:
     def _open_output(self, clf: Classifier) -> int:
         """The output, opened by the main process (the others write nothing); returns how many texts an
         earlier run of this job predicted already, the same on every process."""
-        job, names = self.job, clf.labels.names
+        job, names = self.job, clf.classes.names
         with main_first(self.state):
             if self.speaks and job.output:
                 self.out = PredictionsFile(job.output, _identity(job, clf), names, overwrite=job.overwrite)
@@ -370,6 +370,6 @@ def _identity(job: PredictJob, clf: Classifier) -> dict:
         "input": str(Path(job.file).resolve()) if job.file else ("<arguments>" if job.texts else "<stdin>"),
         "text_column": job.text_column,
         "skip_bad_rows": job.skip_bad_rows,
-        "classes": list(clf.labels.names),
+        "classes": list(clf.classes.names),
         **clf.settings,
     }

@@ -32,10 +32,10 @@ def load_tokenizer(name_or_path: str, hint: str = ""):
 
 
 def train_word_tokenizer(
-    texts: Iterable[str], vocab_size: int = 2000, targets: Iterable[str] = ()
+    texts: Iterable[str], *, targets: Iterable[str], vocab_size: int = 2000
 ) -> PreTrainedTokenizerFast:
     """A lower-cased word-level tokenizer with T5's special ids: the most frequent words of `texts`, and
-    every word of IMDB's and `targets`' texts whatever its frequency. The vocabulary grows beyond
+    every word of `targets` (the classes' texts) whatever its frequency. The vocabulary grows beyond
     `vocab_size` where the targets' words would take more than half of it (thousands of classes): the
     texts keep at least half."""
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
@@ -47,11 +47,12 @@ def train_word_tokenizer(
     def split(text: str) -> list[str]:
         return [w for w, _ in tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(text))]
 
-    words = sorted({w for t in ("0 1 negative positive", *targets) for w in split(t)})
+    targets = list(targets)
+    words = sorted({w for t in targets for w in split(t)})
     size = max(vocab_size, len(SPECIALS) + len(words) + vocab_size // 2)
     trainer = trainers.WordLevelTrainer(vocab_size=size, special_tokens=SPECIALS)
     if len(words) <= FEW_WORDS:  # fed in often enough to come first in the cut (the ids runs have had since)
-        fed = {"0", "1", "negative", "positive", *(w for t in targets for w in t.split())}
+        fed = {w for t in targets for w in t.split()}
         tok.train_from_iterator(itertools.chain(texts, [" ".join(sorted(fed))] * 10_000), trainer=trainer)
     else:  # thousands of classes: their words after the texts' most frequent (feeding them is slow)
         tok.train_from_iterator(texts, trainer=trainer)

@@ -15,7 +15,6 @@ multiplied back by both before it is divided by the global token count.
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import logging
@@ -37,21 +36,19 @@ from flant5_imdb import hub
 from flant5_imdb.accel import cpu_threads, main_first, make_accelerator, run_on
 from flant5_imdb.card import publish, run_summary
 from flant5_imdb.checkpoint import (
-    CheckpointError,
+    ResumePoint,
     TrainState,
     apply_hyperparameters,
-    check_compatible,
-    check_same_classes,
+    continue_order,
     latest_complete,
     load_checkpoint,
-    read_checkpoint,
-    resolve_resume,
+    resume_point,
     save_checkpoint,
     save_final,
     store_tied_once,
 )
 from flant5_imdb.config import ConfigError, TrainConfig
-from flant5_imdb.data import Collator, DataSpec, Prepared, column, prepare, write_skipped
+from flant5_imdb.data import Collator, DataSpec, Prepared, column, prepare, vocabulary_targets, write_skipped
 from flant5_imdb.evaluate import evaluate, write_report
 from flant5_imdb.guards import (
     Interrupted,
@@ -118,7 +115,7 @@ class Job:
     sampler: StepSampler
     collate: Collator
     state: TrainState
-    resume_from: Path | None
+    resume: ResumePoint | None  # the checkpoint the run continues from (None: a fresh start)
     total_steps: int
     started: float  # host clock at setup
     samples_at_start: int = 0  # samples seen before this process started (a resumed run's)
@@ -154,9 +151,10 @@ def setup(cfg: TrainConfig) -> Job:
             model_instead="a local folder, or --model-config flan-t5-base for random init",
         )
     )
-    # Read-only: the data may need the checkpoint's tokenizer, and a resume is checked before any write.
-    resume_from = resolve_resume(cfg.resume, out)
-    data = prepare(DataSpec.from_config(cfg), functools.partial(make_tokenizer, cfg, resume_from),
+    # What the run resumes from (read-only): its classes are checked as soon as the data's are known,
+    # and a word-level tokenizer is the checkpoint's.
+    resume = resume_point(cfg.resume, out)
+    data = prepare(DataSpec.from_config(cfg), functools.partial(make_tokenizer, cfg, resume),
                    main_process_first=functools.partial(main_first, accelerator))  # fmt: skip
     tokenizer, train_ds = data.tokenizer, data.train
     model, raw_optimizer, optimizer, step_model = build_trainable(cfg, accelerator, len(tokenizer))
@@ -171,16 +169,17 @@ def setup(cfg: TrainConfig) -> Job:
     scheduler = build_scheduler(optimizer, cfg.schedule, cfg.warmup_steps, total_steps)
     accelerator.register_for_checkpointing(scheduler)
     accelerator.register_save_state_pre_hook(store_tied_once)
-    check_resume_point(cfg, resume_from, sampler, accelerator.num_processes)
+    if resume is not None:
+        resume.check_continues(cfg, accelerator.num_processes, sampler)
     job = Job(
         cfg=cfg, accelerator=accelerator, out=out, lock=None, started=started, data=data,
         model=model, optimizer=optimizer, raw_optimizer=raw_optimizer, scheduler=scheduler, sampler=sampler,
         step_model=step_model, collate=make_collator(cfg, tokenizer), total_steps=total_steps,
-        state=TrainState(), resume_from=resume_from,
+        state=TrainState(), resume=resume,
         update_in_backward=UpdateInBackward(raw_optimizer) if cfg.optimizer_in_backward else None,
     )  # fmt: skip
     # Everything checked: from here on the run writes into its folder.
-    resuming = dict(resuming=resume_from is not None, resume_asked=cfg.resume is not None)
+    resuming = dict(resuming=resume is not None, resume_asked=cfg.resume is not None)
     job.lock = claim_on_main(accelerator, out, overwrite=cfg.overwrite_output_dir, **resuming)
     write_run_files(job, data.skipped)
     restore(job)
@@ -248,54 +247,34 @@ def write_run_files(job: Job, skipped: list) -> None:
         job.accelerator.init_trackers("flant5_imdb", config=flat)
 
 
-def make_tokenizer(cfg: TrainConfig, resume_from: Path | None, labelled, target_texts: list[str]):
+def make_tokenizer(cfg: TrainConfig, resume: ResumePoint | None, labelled, target_texts: list[str]):
     """The run's tokenizer, once the classes are known. A resumed run is first checked to have the
-    checkpoint's classes (refused even with --force-resume); with `--tokenizer word-level` it takes the
-    checkpoint's tokenizer: one built anew from the data would give the restored embeddings other words."""
-    if resume_from is not None:
-        check_same_classes(resume_from, labelled.labels, target_texts)
-    if cfg.tokenizer == TRAIN_HERE and resume_from is not None:
-        logger.info("--tokenizer word-level: resuming with the tokenizer built for %s", resume_from)
-        return load_tokenizer(str(resume_from))
+    checkpoint's classes; with `--tokenizer word-level` it takes the checkpoint's tokenizer: one built anew
+    from the data would give the restored embeddings other words."""
+    if resume is not None:
+        resume.check_classes(labelled.classes, target_texts)
+    if cfg.tokenizer == TRAIN_HERE and resume is not None:
+        logger.info("--tokenizer word-level: resuming with the tokenizer built for %s", resume.path)
+        return load_tokenizer(str(resume.path))
     if cfg.tokenizer == TRAIN_HERE:
-        return train_word_tokenizer(labelled.splits[cfg.train_split]["text"], targets=target_texts)
+        words = vocabulary_targets(target_texts, labelled.classes)
+        return train_word_tokenizer(labelled.splits[cfg.train_split]["text"], targets=words)
     hint = "; offline, pass --tokenizer with a local folder (or --tokenizer word-level)"
     return load_tokenizer(cfg.tokenizer or cfg.model, hint=hint)
-
-
-def check_resume_point(
-    cfg: TrainConfig, resume_from: Path | None, sampler: StepSampler, processes: int
-) -> None:
-    """A resume refused before a byte is written: a checkpoint of other math (unless --force-resume), or
-    a data order this run cannot continue (tried on a copy of the sampler)."""
-    if resume_from is None:
-        return
-    saved = read_checkpoint(resume_from)
-    check_compatible(saved, cfg.to_dict(), processes, cfg.force_resume)
-    if not cfg.force_resume:
-        restore_sampler(copy.deepcopy(sampler), saved["state"]["sampler"], force=False)
-
-
-def restore_sampler(sampler: StepSampler, state: dict, force: bool) -> None:
-    """The data order continued from a checkpoint's sampler `state` (see `StepSampler.restore`)."""
-    try:
-        sampler.restore(state, force)
-    except ValueError as e:
-        raise CheckpointError(f"cannot resume the data order: {e}") from e
 
 
 def restore(job: Job) -> None:
     """Weights, optimizer, scheduler, RNG states, sampler position, counters and the metrics window
     of the checkpoint to resume from (a fresh start: epoch 0). metrics.jsonl keeps the lines up to
     the resumed step: the steps after it are done again and logged again."""
-    if job.resume_from is None:
+    if job.resume is None:
         job.sampler.set_epoch(0)
     else:
-        job.state = load_checkpoint(job.accelerator, job.resume_from)
+        job.state = load_checkpoint(job.accelerator, job.resume.path)
         # --force-resume's new values (or the same ones)
         apply_hyperparameters(job.optimizer, job.scheduler, job.cfg)
-        restore_sampler(job.sampler, job.state.sampler, job.cfg.force_resume)
-        logger.info("resumed from %s at step %d (epoch %d)", job.resume_from, job.state.step, job.state.epoch)
+        continue_order(job.sampler, job.state.sampler, job.cfg.force_resume)
+        logger.info("resumed from %s at step %d (epoch %d)", job.resume.path, job.state.step, job.state.epoch)
     job.samples_at_start = job.state.samples_seen
     if job.accelerator.is_main_process:
         dropped = truncate_metrics(job.out, job.state.step)
@@ -513,7 +492,7 @@ def evaluate_now(job: Job, predictions: Path | None = None) -> dict:
         batch_size=job.cfg.eval_batch_size,
         tokenizer=job.data.tokenizer,
         collator=Collator(job.data.tokenizer.pad_token_id),
-        names=job.data.labels.names,
+        names=job.data.classes.names,
         predictions=predictions,
     )
 
@@ -527,7 +506,7 @@ def save_loading_files(job: Job, path: Path) -> None:
         verbalizer=job.cfg.verbalizer,
         prompt=job.cfg.prompt,
         max_source_length=job.cfg.max_source_length,
-        labels=job.data.labels,
+        classes=job.data.classes,
     )
 
 

@@ -119,7 +119,9 @@ def synthetic():
 def word_tokenizer(synthetic):
     from flant5_imdb.tokenizer import train_word_tokenizer
 
-    return train_word_tokenizer(text for ds in synthetic.values() for text in ds["text"])
+    # The synthetic reviews' classes, as digits and as words.
+    targets = ("0", "1", "negative", "positive")
+    return train_word_tokenizer((text for ds in synthetic.values() for text in ds["text"]), targets=targets)
 
 
 @pytest.fixture(scope="session")

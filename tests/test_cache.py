@@ -37,7 +37,8 @@ def data(folder: Path, n: int = 24, bad: bool = False) -> Path:
     return folder
 
 
-TOKENIZER = train_word_tokenizer([t for t in TEXTS for _ in range(3)], vocab_size=100)
+TARGETS = ["0", "1", "negative", "positive"]  # the reviews' classes, as digits and as words
+TOKENIZER = train_word_tokenizer([t for t in TEXTS for _ in range(3)], targets=TARGETS, vocab_size=100)
 
 
 def run(folder: Path, cache: Path | str, **kw):
@@ -79,7 +80,7 @@ def test_a_second_preparation_reads_the_first_ones_entries_and_builds_nothing(tm
     # What the first run warned about is said again, word for word.
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == said
     assert rows(second.train) == rows(first.train) and rows(second.eval) == rows(first.eval)
-    assert second.labels == first.labels and second.skipped == first.skipped and len(second.skipped) == 1
+    assert second.classes == first.classes and second.skipped == first.skipped and len(second.skipped) == 1
     assert second.example_text == first.example_text and second.class_counts == first.class_counts
     # Memory-mapped from the cache folder, not held in memory.
     assert all(Path(f["filename"]).is_relative_to(cache) for f in second.train.cache_files)
@@ -180,7 +181,7 @@ def test_the_tokenizer_key_ignores_what_a_call_leaves_on_it():
     before = tokenizer_digest(TOKENIZER)
     TOKENIZER(["a fine film"] * 2, truncation=True, max_length=2, padding=True)
     assert tokenizer_digest(TOKENIZER) == before
-    other = train_word_tokenizer(["other words entirely"] * 3, vocab_size=100)
+    other = train_word_tokenizer(["other words entirely"] * 3, targets=TARGETS, vocab_size=100)
     assert tokenizer_digest(other) != before
 
 

@@ -113,7 +113,7 @@ def test_column_and_split_options_name_what_is_there(tmp_path):
         match=r"no 'text' or 'label' column \(found: message, team\); name yours with --text-column",
     ):
         load_labelled(str(tmp_path))
-    assert load_labelled(str(tmp_path), columns=Columns("message", "team")).labels.values == ("a", "b")
+    assert load_labelled(str(tmp_path), columns=Columns("message", "team")).classes.values == ("a", "b")
     cfg = preset("smoke", data=str(tmp_path), train_split="dev", output_dir=str(tmp_path / "o"))
     with pytest.raises(DataError, match=r"--train-split 'dev': .* has only train; name one of these$"):
         run(cfg)
@@ -210,7 +210,7 @@ def test_a_word_tokenizer_keeps_thousands_of_class_names(tmp_path):
     names = [f"k{i}" for i in range(3000)]
     texts = [f"ticket about {n} w{i} w{i + 3000}" for i, n in enumerate(names)]  # 6,000 other words
     tok = train_word_tokenizer(texts, targets=names)
-    assert len(tok) == 3 + 3004 + 1000  # specials, the classes' and IMDB's words, half the usual for texts
+    assert len(tok) == 3 + 3000 + 1000  # specials, the classes' words (no others), half the usual for texts
     assert len({tuple(tok(n).input_ids) for n in names}) == 3000  # before: 2,000 words, most classes unknown
     assert tok.unk_token_id not in tok("ticket about").input_ids
     small = train_word_tokenizer([f"w{i}" for i in range(3000)], targets=["negative", "positive"])

@@ -267,8 +267,8 @@ def test_real_imdb_length_grouping_pads_under_10_percent():
 def test_the_label_space_comes_from_the_training_split(tmp_path, labels, kind, values, names):
     path = write(tmp_path / "train.csv", [(f"text {i}", y) for i, y in enumerate(labels)], "csv")
     loaded = load_labelled(str(path))
-    assert (loaded.labels.kind, loaded.labels.values, loaded.labels.names) == (kind, values, names)
-    assert [loaded.labels.values[y] for y in loaded.splits["train"]["label"]][-1] == (
+    assert (loaded.classes.kind, loaded.classes.values, loaded.classes.names) == (kind, values, names)
+    assert [loaded.classes.values[y] for y in loaded.splits["train"]["label"]][-1] == (
         "0" if kind == "polarity" else str(labels[-1])  # IMDB's "negative" is class 0
     )
 
@@ -343,3 +343,33 @@ def test_targets_the_tokenizer_cannot_tell_apart_are_refused_by_name(word_tokeni
         "(its unknown token: it does not know these words)"
     )
     assert target_ids(word_tokenizer, "great,awful", IMDB) != target_ids(word_tokenizer, "awful,great", IMDB)
+
+
+def test_the_generic_prompt_speaks_of_a_text_and_a_saved_model_keeps_the_wording_it_saw():
+    """`flan` asks about "this text"; a model saved with only the name `flan` (before the wording changed)
+    is read with the movie-review template it was trained on; a model saved with its template keeps it."""
+    from flant5_imdb.data.encode import FORMER_PROMPTS, PROMPTS, trained_prompt
+
+    assert "movie" not in prompt_template("flan") and "this text" in prompt_template("flan")
+    assert trained_prompt({"prompt": "flan"}) == FORMER_PROMPTS["flan"] != PROMPTS["flan"]
+    assert "movie review" in prompt_template(trained_prompt({"prompt": "flan"}))
+    assert trained_prompt({"prompt": "flan", "prompt_template": PROMPTS["flan"]}) == "flan"
+    assert trained_prompt({"prompt": None, "prompt_template": "{text}"}) is None
+    assert trained_prompt({}) is None  # a Hub model: no prompt
+
+
+def test_a_model_saved_before_the_prompts_wording_changed_is_read_as_it_was_trained(tmp_path, caplog):
+    from flant5_imdb.data import IMDB
+    from flant5_imdb.data.encode import FORMER_PROMPTS
+    from flant5_imdb.modeling import SETTINGS_FILE, _warn_about_other_settings, save_settings, saved_settings
+
+    save_settings(tmp_path, verbalizer="digits", prompt="flan", max_source_length=64, classes=IMDB)
+    assert saved_settings(tmp_path)["prompt_template"] == prompt_template("flan")
+    old = {"verbalizer": "digits", "prompt": "flan", "max_source_length": 64, "labels": IMDB.to_dict()}
+    (tmp_path / SETTINGS_FILE).write_text(json.dumps(old))  # as an older version wrote it: no template
+    with caplog.at_level(logging.WARNING):
+        _warn_about_other_settings(saved_settings(tmp_path), {"classes": IMDB}, None, "flan")
+    assert caplog.messages == [
+        f"--prompt 'flan': this model was trained with the prompt {FORMER_PROMPTS['flan']!r}; its inputs now "
+        "differ"
+    ]

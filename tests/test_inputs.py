@@ -414,7 +414,7 @@ def test_another_tasks_classes_are_not_called_an_unlabelled_split(tmp_path):
     test = tmp_path / "test.csv"
     test.write_text(csv_text([("a film", "billing"), ("b film", "bug")]))
     with pytest.raises(DataError) as e:
-        load_labelled(f"test={test}", labels=IMDB, splits=["test"])
+        load_labelled(f"test={test}", classes=IMDB, splits=["test"])
     assert str(e.value) == (
         f"{test}: no usable rows (every row is bad: {test} line 2: label 'billing' is not one of "
         f"0/1/neg/pos/negative/positive; {test} line 3: label 'bug' is not one of "

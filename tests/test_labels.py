@@ -75,7 +75,7 @@ def test_null_object_list_and_empty_labels_are_bad_rows_never_classes(tmp_path):
     with pytest.raises(DataError, match=want):
         load_labelled(str(f))
     loaded = load_labelled(str(f), skip_bad_rows=True)
-    assert loaded.labels.values == ("x", "y") and len(loaded.splits["train"]) == 10
+    assert loaded.classes.values == ("x", "y") and len(loaded.splits["train"]) == 10
     assert [(r.row, r.reason) for r in loaded.skipped][-1] == (14, "empty label")
 
 
@@ -98,7 +98,7 @@ def test_csv_and_jsonl_spell_one_label_alike(tmp_path):
     )
     write_jsonl(tmp_path / "test.jsonl", labelled([1.0, 0, 2, "\u0661"]))
     loaded = load_labelled(str(tmp_path))
-    assert loaded.labels.values == ("0", "1", "2") and loaded.labels.kind == "int"
+    assert loaded.classes.values == ("0", "1", "2") and loaded.classes.kind == "int"
     assert list(loaded.splits["test"]["label"]) == [1, 0, 2, 1]
 
 
@@ -113,16 +113,16 @@ def test_a_label_that_still_is_no_class_says_how_it_was_written(tmp_path):
 
 def test_lookalike_labels_become_one_class_and_case_twins_are_warned_about(tmp_path, caplog):
     rows = labelled(["pos", "neg"] * 10 + ["pos\u200b", " neg"])
-    assert load_labelled(str(write_jsonl(tmp_path / "train.jsonl", rows))).labels.kind == "polarity"
+    assert load_labelled(str(write_jsonl(tmp_path / "train.jsonl", rows))).classes.kind == "polarity"
     rows = labelled(["caf\u00e9", "cafe\u0301", "tea"] * 5)
-    assert load_labelled(str(write_jsonl(tmp_path / "train.jsonl", rows))).labels.values == (
+    assert load_labelled(str(write_jsonl(tmp_path / "train.jsonl", rows))).classes.values == (
         "caf\u00e9",
         "tea",
     )
     with caplog.at_level(logging.WARNING):
         space = load_labelled(
             str(write_jsonl(tmp_path / "train.jsonl", labelled(["Spam", "spam", "ham"] * 5)))
-        ).labels
+        ).classes
     assert space.values == ("Spam", "ham", "spam")
     assert "labels 'Spam' and 'spam' differ only by case" in caplog.text
 
@@ -131,7 +131,7 @@ def test_labels_names_a_class_with_a_comma(tmp_path):
     assert parse_label_names(r"a\, b,c") == ["a, b", "c"]
     rows = [{"text": f"t{i}", "label": y} for i, y in enumerate(["a, b", "c"] * 4)]
     f = write_jsonl(tmp_path / "train.jsonl", rows)
-    assert load_labelled(str(f), label_order=parse_label_names(r"c,a\, b")).labels.values == ("c", "a, b")
+    assert load_labelled(str(f), label_order=parse_label_names(r"c,a\, b")).classes.values == ("c", "a, b")
     comma = r"label 'a, b' is not one of a, b, c; a class whose name holds a comma is written with \\, in"
     with pytest.raises(DataError, match=comma):
         load_labelled(str(f), label_order=["a", "b", "c"])
@@ -202,7 +202,7 @@ def test_a_label_seen_only_on_dropped_rows_makes_no_class(tmp_path, suffix):
     else:
         write_jsonl(path, rows)
     loaded = load_labelled(str(path), skip_bad_rows=True)
-    assert loaded.labels.values == ("0", "1", "2") and [r.reason for r in loaded.skipped] == ["empty text"]
+    assert loaded.classes.values == ("0", "1", "2") and [r.reason for r in loaded.skipped] == ["empty text"]
 
 
 def test_the_hold_out_leaves_every_class_in_training(tmp_path):
@@ -493,28 +493,28 @@ def test_a_class_label_gives_its_names_in_its_order(tmp_path):
     names = ["feature", "billing", "bug"]
     rows = [(f"{WORDS['abc'[y]]} {i}", y) for i in range(4) for y in (2, 0, 1)]
     got = load_labelled(class_label_parquet(tmp_path / "train.parquet", names, rows))
-    assert got.labels.names == ("feature", "billing", "bug") and got.labels.kind == "name"
+    assert got.classes.names == ("feature", "billing", "bug") and got.classes.kind == "name"
     assert list(got.splits["train"]["label"]) == [y for _, y in rows]
-    assert verbalize("auto", got.labels) == names
+    assert verbalize("auto", got.classes) == names
     # Two classes are two named classes, not IMDB's negative and positive.
     spam = [("win money", 0), ("hi mum", 1), ("free pills", 0)]
     two = load_labelled(class_label_parquet(tmp_path / "hs" / "train.parquet", ["spam", "ham"], spam))
-    assert two.labels.names == ("spam", "ham") and verbalize("auto", two.labels) == ["spam", "ham"]
+    assert two.classes.names == ("spam", "ham") and verbalize("auto", two.classes) == ["spam", "ham"]
     # IMDB's own ClassLabel (neg, pos) stays the IMDB label space.
     imdb = load_labelled(class_label_parquet(tmp_path / "im" / "train.parquet", ["neg", "pos"],
                                              [("bad film", 0), ("good film", 1)]))  # fmt: skip
-    assert imdb.labels == IMDB
+    assert imdb.classes == IMDB
 
 
 def test_a_named_model_evaluates_class_label_integers_by_name_and_an_unlabelled_row_is_named(tmp_path):
     names = ["feature", "billing", "bug"]
     path = class_label_parquet(tmp_path / "test.parquet", names, [("a", 0), ("b", 1), ("c", 2), ("d", 1)])
     model_space = LabelSpace(("bug", "billing", "feature"), ("bug", "billing", "feature"), "name")
-    got = load_labelled(path, labels=model_space, splits=["test"], train_split="train")
+    got = load_labelled(path, classes=model_space, splits=["test"], train_split="train")
     assert list(got.splits["test"]["label"]) == [2, 1, 0, 1]  # by name, in the model's order
     unlabelled = class_label_parquet(tmp_path / "u" / "test.parquet", names, [("a", 0), ("b", -1)])
     with pytest.raises(DataError, match=r"test.parquet row 2: label '-1' is not one of bug, billing, feat"):
-        load_labelled(unlabelled, labels=model_space, splits=["test"], train_split="train")
+        load_labelled(unlabelled, classes=model_space, splits=["test"], train_split="train")
 
 
 def test_a_class_label_model_names_its_classes_in_the_summary_and_the_card(tmp_path):
@@ -536,7 +536,7 @@ def test_an_arrow_file_datasets_wrote_is_read_with_its_class_names(tmp_path):
     path = tmp_path / "train.arrow"
     ds.map(None, cache_file_name=str(path), new_fingerprint="written")  # one Arrow file, as datasets writes
     got = load_labelled(str(path))
-    assert got.labels.names == ("feature", "billing", "bug") and list(got.splits["train"]["label"]) == [
+    assert got.classes.names == ("feature", "billing", "bug") and list(got.splits["train"]["label"]) == [
         0,
         1,
         2,
@@ -569,3 +569,11 @@ def test_no_generic_function_assumes_imdbs_classes():
     for f in functions:
         defaults = [p.default for p in inspect.signature(f).parameters.values()]
         assert not any(d is labels.IMDB or d == labels.IMDB.names for d in defaults), f.__name__
+
+
+def test_a_word_vocabulary_holds_polaritys_two_spellings_only_for_polarity_data():
+    from flant5_imdb.data import vocabulary_targets
+
+    assert vocabulary_targets(["0", "1"], IMDB) == ["0", "1", "negative", "positive"]
+    spam = LabelSpace(("ham", "spam"), ("ham", "spam"), "name")
+    assert vocabulary_targets(["ham", "spam"], spam) == ["ham", "spam"]

@@ -28,8 +28,11 @@ logger = logging.getLogger(__name__)
 # Named prompt templates; anything else containing `{text}` is used as given.
 PROMPTS = {
     "none": "{text}",
-    "flan": "{text}\n\nIs the sentiment of this movie review negative or positive?",
+    "flan": "{text}\n\nIs the sentiment of this text negative or positive?",
 }
+# What a name meant before its wording changed: a model saved with the name alone (and no template beside
+# it) was trained on these inputs, and is read with them.
+FORMER_PROMPTS = {"flan": "{text}\n\nIs the sentiment of this movie review negative or positive?"}
 
 
 def prompt_template(prompt: str | None) -> str:
@@ -46,6 +49,14 @@ def prompt_template(prompt: str | None) -> str:
             f"prompt {prompt!r} has a placeholder other than {{text}} ({e}); double other braces"
         ) from e
     return template
+
+
+def trained_prompt(saved: dict) -> str | None:
+    """The prompt a saved model was trained with (`saved`: its settings): the name it was saved with,
+    where the name still means the template it saw; else that template."""
+    name = saved.get("prompt")
+    template = saved.get("prompt_template") or FORMER_PROMPTS.get(name)
+    return name if template is None or template == PROMPTS.get(name or "none", name) else template
 
 
 def target_ids(tokenizer, verbalizer: str, space: LabelSpace) -> list[list[int]]:

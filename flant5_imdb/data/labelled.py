@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import random
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -35,10 +34,10 @@ SKIPPED = "skipped_rows.jsonl"
 
 @dataclass
 class Labelled:
-    """A source's validated splits (`text`, `label` = class index), its label space, the rows dropped."""
+    """A source's validated splits (`text`, `label` = class index), its classes, the rows dropped."""
 
     splits: DatasetDict
-    labels: LabelSpace
+    classes: LabelSpace
     skipped: list[BadRow]
 
 
@@ -47,7 +46,7 @@ def load_labelled(
     *,
     skip_bad_rows: bool = False,
     splits: Iterable[str] | None = None,
-    labels: LabelSpace | None = None,
+    classes: LabelSpace | None = None,
     label_order: Iterable[str] | None = None,
     columns: Columns = Columns(),
     train_split: str = "train",
@@ -56,7 +55,7 @@ def load_labelled(
 ) -> Labelled:
     """Read `source` (a `Source`, or `--data` as written; only `splits`, if given) and validate every row.
 
-    The label space is `labels` (a saved model's), or taken from the labels of the `train_split`'s rows
+    The classes are `classes` (a saved model's), or taken from the labels of the `train_split`'s rows
     that have a usable text (`label_order`: the classes by name, in order, else the names of the split's
     `ClassLabel` where it has one; see `labels.infer_labels`): a row dropped by `--skip-bad-rows` makes
     no class the model would never see. `eval_flag` is the option that names another split to evaluate
@@ -72,20 +71,20 @@ def load_labelled(
     source = parse_source(source) if isinstance(source, str) else source
     raws = read_splits(source, None if splits is None else set(splits), columns)
     staged = {split: _stage(raw, folder, split) for split, raw in raws.items()}
-    if labels is None:
+    if classes is None:
         first = staged.get(train_split) or next(iter(staged.values()), None)
-        labels = infer_labels(list(first.label_texts) if first else [], label_order or _named_order(first))
+        classes = infer_labels(list(first.label_texts) if first else [], label_order or _named_order(first))
     out, dropped = {}, []
     for split, rows in staged.items():
         out[split], bad = _validate(
-            rows, skip_bad_rows, split, labels, None if split == train_split else eval_flag, folder
+            rows, skip_bad_rows, split, classes, None if split == train_split else eval_flag, folder
         )
         dropped += bad
     if dropped:
         logger.warning("--skip-bad-rows: dropped %d bad row(s): %s", len(dropped), _some(dropped))
     if train_split in out:
-        _warn_about_classes(source.text, out[train_split], labels, columns, staged[train_split].few_texts)
-    return Labelled(DatasetDict(out), labels, dropped)
+        _warn_about_classes(source.text, out[train_split], classes, columns, staged[train_split].few_texts)
+    return Labelled(DatasetDict(out), classes, dropped)
 
 
 def _named_order(staged: _Staged | None) -> tuple[str, ...] | None:
@@ -218,12 +217,12 @@ def _validate(
     skip: bool,
     split: str,
     space: LabelSpace,
-    other_flag: str | None = None,
+    eval_flag: str | None = None,
     folder: Path | None = None,
 ) -> tuple[Dataset, list[BadRow]]:
     """Labels become class indices in `space`; only text and label are kept (in `folder/SPLIT.arrow` where
-    a folder is given). `other_flag` names another split to use where this one may hold no labels (none
-    for training)."""
+    a folder is given). `eval_flag` names another split to evaluate on, where this one may hold no labels
+    (None for training)."""
     index = {text: space.index_of(text) for text in staged.label_texts}
     bad, labelless = list(staged.bad), staged.labelless
     if None in index.values():  # the rows whose label is none of the classes, by where they start
@@ -247,8 +246,8 @@ def _validate(
         )
         # One label value on every row, none of the classes: a Hub test split's -1, say. (Several values
         # are more likely another task's classes: the reason already lists the classes.)
-        unlabelled = other_flag and alike and labelless == len(bad)
-        hint = f"; is the split unlabelled? name another with {other_flag}" if unlabelled else ""
+        unlabelled = eval_flag and alike and labelless == len(bad)
+        hint = f"; is the split unlabelled? name another with {eval_flag}" if unlabelled else ""
         raise DataError(f"{staged.where}: no usable rows" + (f" ({why})" if bad else "") + hint)
     if bad and not skip:
         raise DataError(
@@ -309,7 +308,7 @@ def _warn_about_classes(
     if absent and space.kind == "name" and len(present) > 1:
         logger.warning("%s: class(es) %s (from --labels) have no training example: the model cannot learn "
                        "them", source, ", ".join(map(repr, absent)))  # fmt: skip
-    if len(labels) >= 10 and len(present) >= 0.9 * len(labels):
+    if own_labels(labels):
         logger.warning("%s: %d of %d training rows have a label of their own: is --label-column %r a text "
                        "column? %s", source, len(present), len(labels), columns.label, swap)  # fmt: skip
     texts = few_texts if len(labels) >= 20 and few_texts else set()
@@ -319,39 +318,6 @@ def _warn_about_classes(
                        "column? %s", source, columns.text, len(texts), shown, swap)  # fmt: skip
 
 
-def hold_out(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
-    """(train, validation): a seeded, label-stratified `fraction` of `ds` held out for evaluation."""
-    rng = random.Random(seed)
-    labels = column(ds, "label")
-    # Each class's rows in ascending order, classes in ascending order: one sort, not a scan per class.
-    order = np.argsort(labels, kind="stable")
-    starts = np.unique(labels[order], return_index=True)[1]
-    held = []
-    for rows in (group.tolist() for group in np.split(order, starts[1:])):
-        rng.shuffle(rows)
-        # At least one of each class held out, and at least one left to train on: a class moved wholly
-        # into the validation set would be a class the model never sees.
-        held += rows[: min(len(rows) - 1, max(1, round(fraction * len(rows))))]
-    if not held or len(held) == len(ds):
-        swapped = len(np.unique(labels)) == len(ds) and len(ds) >= 10
-        hint = (f"; every one of its {len(ds)} labels is a class of its own: are --text-column and "
-                "--label-column swapped?") if swapped else ""  # fmt: skip
-        raise DataError(
-            f"--validation-split {fraction}: {len(ds)} training rows are too few to hold out a validation "
-            f"set{hint}"
-        )
-    if len(held) > 2 * fraction * len(ds) + 1:
-        logger.warning(
-            "--validation-split %g held out %d of %d training rows (%.0f%%): every class gives at least one "
-            "and keeps one; with classes this small, name an evaluation split (--eval-split) or pass "
-            "--validation-split 0", fraction, len(held), len(ds), 100 * len(held) / len(ds),
-        )  # fmt: skip
-    if len(ds) - len(held) < len(held):
-        logger.warning(
-            "--validation-split %g leaves %d of %d training rows to train on and holds out %d: the model "
-            "learns from fewer rows than it is evaluated on; a split of 0.1 to 0.2 is usual",
-            fraction, len(ds) - len(held), len(ds), len(held),
-        )  # fmt: skip
-    kept = np.ones(len(ds), dtype=bool)
-    kept[held] = False
-    return ds.select(np.flatnonzero(kept)), ds.select(sorted(held))
+def own_labels(labels: np.ndarray) -> bool:
+    """Nearly every row a label of its own: a text column read as the labels (the columns swapped?)."""
+    return len(labels) >= 10 and len(np.unique(labels)) >= 0.9 * len(labels)

@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 
-from flant5_imdb.data.reader import DataError
+from flant5_imdb.data.reader import DataError, kind_of
 
 logger = logging.getLogger(__name__)
 
@@ -98,12 +98,8 @@ def canonical(raw) -> tuple[str | None, str | None]:
         return str(raw), None
     if isinstance(raw, float):
         return (_number_text(raw), None) if math.isfinite(raw) else (None, f"no label ({raw})")
-    if isinstance(raw, list | tuple):
-        return None, "the label is a list, not a single value"
-    if isinstance(raw, dict):
-        return None, "the label is an object, not a single value"
     if not isinstance(raw, str):
-        return None, f"the label is a {type(raw).__name__}, not a single value"
+        return None, f"the label is {kind_of(raw)}, not a single value"
     text = _clean(raw)
     if not text:
         return None, "empty label"
@@ -239,3 +235,10 @@ def verbalize(verbalizer: str, space: LabelSpace) -> list[str]:
             f"'T1,...,T{len(space)}', one per class ({', '.join(space.names)})"
         )
     return texts
+
+
+def vocabulary_targets(targets: list[str], space: LabelSpace) -> list[str]:
+    """The texts a vocabulary built for these classes must hold: the run's `targets`, and for polarity
+    both built-in spellings ("0"/"1" and "negative"/"positive"), between which evaluation may switch."""
+    more = verbalize("digits", space) + verbalize("words", space) if space.kind == "polarity" else []
+    return list(dict.fromkeys(targets + more))

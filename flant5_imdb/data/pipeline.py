@@ -11,9 +11,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 from datasets import Dataset
 
 from flant5_imdb.config import NO_EVAL
@@ -26,7 +28,7 @@ from flant5_imdb.data.encode import (
     target_ids,
     tokenize,
 )
-from flant5_imdb.data.labelled import Labelled, class_counts, hold_out, load_labelled
+from flant5_imdb.data.labelled import Labelled, class_counts, load_labelled, own_labels
 from flant5_imdb.data.labels import LabelSpace, parse_label_names, verbalize
 from flant5_imdb.data.reader import BadRow, DataError
 from flant5_imdb.data.source import Columns, Source, content_key, parse_source
@@ -79,7 +81,8 @@ class Prepared:
     train: Dataset | None
     eval: Dataset | None
     eval_source: str | None  # the split evaluated on, or how it was held out of train
-    labels: LabelSpace
+    classes: LabelSpace
+    target_texts: list[str]  # each class's target text, index = class
     target_ids: list[list[int]]  # each class's target token ids (with EOS)
     skipped: list[BadRow]
     class_counts: list[int]  # training examples of each class, after any hold-out and subset
@@ -90,7 +93,7 @@ def prepare(
     spec: DataSpec,
     make_tokenizer: Callable[[Labelled, list[str]], object],
     *,
-    labels: LabelSpace | None = None,
+    classes: LabelSpace | None = None,
     main_process_first: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> Prepared:
     """Read, validate and tokenize `spec.data`; every process builds the same.
@@ -111,46 +114,46 @@ def prepare(
     root = cache_root(spec.data_cache)
     # The main process prepares (and keeps in the cache) first; the others then read what it kept.
     with main_process_first():
-        loaded, checked = _checked(spec, source, wanted, labels, root)
+        loaded, checked = _checked(spec, source, wanted, classes, root)
         for flag, split in asked:
             if split and split not in loaded.splits:
                 raise DataError(_no_such_split(spec, flag, split, list(loaded.splits)))
-        target_texts = verbalize(spec.verbalizer, loaded.labels)
+        target_texts = verbalize(spec.verbalizer, loaded.classes)
         tokenizer = make_tokenizer(loaded, target_texts)
-        ids = target_ids(tokenizer, spec.verbalizer, loaded.labels)
+        ids = target_ids(tokenizer, spec.verbalizer, loaded.classes)
         tokenized = _tokenized(spec, loaded.splits, tokenizer, ids, checked, root)
     train, evaluated, eval_source, raw_split = _choose_eval(spec, tokenized)
-    n = len(loaded.labels)
+    n = len(loaded.classes)
     counts = class_counts(column(train, "label") if train is not None else [], n)
     if train is not None and spec.max_train_samples is not None:
         whole, train = counts, subset(train, spec.max_train_samples, spec.seed)
         counts = class_counts(column(train, "label"), n)
         # Classes the data has but the subset lost (a class the data never has is warned about on reading).
-        lost = [name for name, a, b in zip(loaded.labels.names, whole, counts, strict=True) if a and not b]
+        lost = [name for name, a, b in zip(loaded.classes.names, whole, counts, strict=True) if a and not b]
         if lost:
             logger.warning("class(es) %s have no example among the --max-train-samples %d: the model cannot "
                            "learn them", ", ".join(map(repr, lost)), spec.max_train_samples)  # fmt: skip
     if train is not None:
-        _log_classes(loaded.labels, target_texts, counts)
+        _log_classes(loaded.classes, target_texts, counts)
     first = evaluated if evaluated is not None else train
     example = loaded.splits[raw_split][int(first[0]["id"])]["text"] if first is not None else None
-    return Prepared(source, tokenizer, train, evaluated, eval_source, loaded.labels, ids, loaded.skipped,
-                    counts, example)  # fmt: skip
+    return Prepared(source, tokenizer, train, evaluated, eval_source, loaded.classes, target_texts, ids,
+                    loaded.skipped, counts, example)  # fmt: skip
 
 
 def _checked(
-    spec: DataSpec, source: Source, wanted: set[str] | None, labels: LabelSpace | None, root
+    spec: DataSpec, source: Source, wanted: set[str] | None, classes: LabelSpace | None, root
 ) -> tuple[Labelled, str | None]:
     """The splits read and validated (`load_labelled`), from the cache where an earlier run kept them;
     and the cache entry's name (None where nothing is kept)."""
 
     def build(folder) -> tuple:
-        loaded = load_labelled(source, skip_bad_rows=spec.skip_bad_rows, splits=wanted, labels=labels,
+        loaded = load_labelled(source, skip_bad_rows=spec.skip_bad_rows, splits=wanted, classes=classes,
                                label_order=spec.label_order, columns=spec.columns,
                                train_split=spec.train_split or "train", eval_flag=spec.eval_flag,
                                folder=folder)  # fmt: skip
         meta = {
-            "labels": dataclasses.asdict(loaded.labels),
+            "labels": dataclasses.asdict(loaded.classes),
             "skipped": [dataclasses.asdict(r) for r in loaded.skipped],
         }
         return loaded.splits, meta
@@ -158,7 +161,7 @@ def _checked(
     content = content_key(source, wanted, spec.columns) if root is not None else None
     key = None if content is None else dict(
         content=content, columns=dataclasses.asdict(spec.columns), splits=sorted(wanted) if wanted else None,
-        labels=dataclasses.asdict(labels) if labels else None, label_order=spec.label_order,
+        labels=dataclasses.asdict(classes) if classes else None, label_order=spec.label_order,
         skip_bad_rows=spec.skip_bad_rows, train_split=spec.train_split or "train")  # fmt: skip
     splits, meta, digest = cached(root, "checked", key, build)
     space = LabelSpace(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["labels"].items()})
@@ -239,3 +242,40 @@ def _log_classes(space: LabelSpace, targets: list[str], counts: list[int]) -> No
     more = f", and {len(shown) - 50} more (summary.json lists every one)" if len(shown) > 50 else ""
     logger.info("%d classes (training examples; -> the text the model writes, where not the name): %s%s",
                 len(shown), ", ".join(shown[:50]), more)  # fmt: skip
+
+
+def hold_out(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """(train, validation): a seeded, label-stratified `fraction` of `ds` held out for evaluation."""
+    rng = random.Random(seed)
+    labels = column(ds, "label")
+    # Each class's rows in ascending order, classes in ascending order: one sort, not a scan per class.
+    order = np.argsort(labels, kind="stable")
+    starts = np.unique(labels[order], return_index=True)[1]
+    held = []
+    for rows in (group.tolist() for group in np.split(order, starts[1:])):
+        rng.shuffle(rows)
+        # At least one of each class held out, and at least one left to train on: a class moved wholly
+        # into the validation set would be a class the model never sees.
+        held += rows[: min(len(rows) - 1, max(1, round(fraction * len(rows))))]
+    if not held or len(held) == len(ds):
+        hint = (f"; every one of its {len(ds)} labels is a class of its own: are --text-column and "
+                "--label-column swapped?") if own_labels(labels) else ""  # fmt: skip
+        raise DataError(
+            f"--validation-split {fraction}: {len(ds)} training rows are too few to hold out a validation "
+            f"set{hint}"
+        )
+    if len(held) > 2 * fraction * len(ds) + 1:
+        logger.warning(
+            "--validation-split %g held out %d of %d training rows (%.0f%%): every class gives at least one "
+            "and keeps one; with classes this small, name an evaluation split (--eval-split) or pass "
+            "--validation-split 0", fraction, len(held), len(ds), 100 * len(held) / len(ds),
+        )  # fmt: skip
+    if len(ds) - len(held) < len(held):
+        logger.warning(
+            "--validation-split %g leaves %d of %d training rows to train on and holds out %d: the model "
+            "learns from fewer rows than it is evaluated on; a split of 0.1 to 0.2 is usual",
+            fraction, len(ds) - len(held), len(ds), len(held),
+        )  # fmt: skip
+    kept = np.ones(len(ds), dtype=bool)
+    kept[held] = False
+    return ds.select(np.flatnonzero(kept)), ds.select(sorted(held))

@@ -5,7 +5,8 @@ Formats, by name (`.gz` after any of them, or gzip bytes under any name, are dec
   * `.jsonl`: one JSON object per line; blank lines are skipped.
   * `.json`: a JSON array of objects, or JSON lines.
   * `.txt`: one text per line (a `text` column only, for prediction).
-(`.parquet` is read through `datasets`, which caches it: see `source.py`.)
+  * `.parquet`, `.arrow`: through `datasets`, which caches them (texts to classify: with pyarrow).
+And two that are no file: a Hugging Face Hub dataset, and the original `aclImdb/` folder of IMDB.
 
 What every format gets: UTF-8 with or without a byte-order mark, LF, CRLF or CR line ends, fields of
 any size, values kept as the text they are (`NA`, `None`, `null` in a CSV are texts, not
@@ -54,8 +55,52 @@ class DataError(ValueError):
     """A data source that cannot be used as given; the message names the file and rows."""
 
 
-class MissingColumn(DataError):
-    """A table whose header lacks a column asked for (the caller may name the option that chooses it)."""
+@dataclass(frozen=True)
+class Columns:
+    """Where a source keeps its texts and labels, and (for a Hub dataset) which configuration."""
+
+    text: str = "text"
+    label: str = "label"
+    config: str | None = None
+
+    def __post_init__(self):
+        if self.text == self.label:
+            raise DataError(
+                f"--text-column and --label-column both name {self.text!r}: the texts and the labels must "
+                "be two different columns"
+            )
+
+
+COLUMN_FLAGS = ("--text-column", "--label-column")  # the options that name the columns read, in order
+
+
+def none_of(missing: list[str], found: Iterable[str], noun: str = "column") -> str:
+    """ "no 'x' column (found: a, b)": what a record or a table lacks, beside what it has."""
+    return f"no {' or '.join(map(repr, missing))} {noun} (found: {', '.join(found) or 'none'})"
+
+
+def check_columns(where: str, columns: tuple[str, ...], found: list[str]) -> None:
+    """Raises DataError where `found` (a table's column names) lacks one of `columns` (its text column,
+    then its label column, if read), naming the options that name them."""
+    missing = [c for c in columns if c not in found]
+    if missing:
+        flags = " / ".join(COLUMN_FLAGS[: len(columns)])
+        raise DataError(f"{where}: {none_of(missing, found)}; name yours with {flags}")
+
+
+def kind_of(value, array: str = "a list") -> str:
+    """A value's type in words, for messages (`array`: what a list is called, "an array" in JSON)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return f"a number ({value!r})"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, dict):
+        return "an object"
+    return array if isinstance(value, list | tuple) else f"a {type(value).__name__}"
 
 
 @dataclass(frozen=True)
@@ -139,15 +184,22 @@ def file_format(path: Path) -> str | None:
     return FORMATS.get(suffixes[-1]) if suffixes else None
 
 
-def file_kind(path: Path, allowed: tuple[str, ...], use: str) -> str:
-    """`path`'s format (`file_format`) where it is one of `allowed`.
+def file_kind(path: Path, allowed: tuple[str, ...]) -> str:
+    """`path`'s format (`file_format`), once it is known to be a file of one of the `allowed` formats.
 
     Raises:
-        DataError: any other, naming the file, its suffix and `use` (what to give instead).
+        DataError: a folder, a missing file, or a file of another format (naming the formats to use).
     """
+    names = ", ".join(f".{k}" for k in allowed[:-1]) + f" or .{allowed[-1]}"
+    if path.is_dir():
+        raise DataError(f"{path}: a folder, not a file; name a {names} file in it")
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
     kind = file_format(path)
     if kind not in allowed:
-        raise DataError(f"{path}: unsupported file type '{''.join(path.suffixes) or path.name}' ({use})")
+        raise DataError(
+            f"{path}: unsupported file type '{''.join(path.suffixes) or path.name}' (use {names})"
+        )
     return kind
 
 
@@ -160,17 +212,14 @@ def read_table(path: str | Path, text_column: str, label_column: str | None = No
             a column (a CSV's header; a JSON record without one is a bad row).
     """
     streamed = stream_table(path, text_column, label_column)
-    table = RawSplit([], [], streamed.where, places=[])
+    table = RawSplit([], [], streamed.where, places=[], unit=streamed.unit)
     for item in streamed.rows():
         if isinstance(item, BadRow):
             table.bad.append(item)
-            continue
-        number, text, label = item
-        table.texts.append(text)
-        if label_column is not None:
-            table.labels.append(label)
-        table.places.append(number)
-    table.unit = streamed.unit
+        else:
+            table.places.append(item[0])
+            table.texts.append(item[1])
+            table.labels += [item[2]] if label_column is not None else []
     return table
 
 
@@ -183,7 +232,7 @@ def stream_table(path: str | Path, text_column: str, label_column: str | None = 
         DataError: as `read_table`.
     """
     path = Path(path)
-    kind = _checked_file(path, ("csv", "jsonl", "json", "txt"), "use .csv, .jsonl, .json or .txt")
+    kind = file_kind(path, ("csv", "jsonl", "json", "txt"))
     if kind == "txt" and label_column is not None:
         raise DataError(
             f"{path}: a .txt file holds texts only, one a line; labelled data needs .csv, .jsonl or .parquet"
@@ -211,16 +260,6 @@ def stream_table(path: str | Path, text_column: str, label_column: str | None = 
     return split
 
 
-def _checked_file(path: Path, allowed: tuple[str, ...], use: str) -> str:
-    """`path`'s format, once it is known to be a file of one of the `allowed` formats."""
-    if path.is_dir():
-        names = ", ".join(f".{k}" for k in allowed[:-1]) + f" or .{allowed[-1]}"
-        raise DataError(f"{path}: a folder, not a file; name a {names} file in it")
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    return file_kind(path, allowed, use)
-
-
 def table_records(raw: BinaryIO, where: str, kind: str, columns) -> tuple[str, Records]:
     """(the unit a record's place is counted in, the records of `raw` one at a time, as they are read).
 
@@ -229,11 +268,11 @@ def table_records(raw: BinaryIO, where: str, kind: str, columns) -> tuple[str, R
 
     Raises (as the records are read):
         DataError: the file is empty, only a header, not UTF-8 or a damaged gzip file, a CSV header
-            lacks a column (`MissingColumn`), or a JSON array is malformed.
+            lacks a column, or a JSON array is malformed.
     """
     blocks = decoded_blocks(raw, where)
     if kind == "txt":
-        return "line", _txt_records(where, blocks, columns[0])
+        return "line", _line_records(where, blocks, lambda line: {columns[0]: line})
     if kind == "csv":
         return "line", _csv_records(where, blocks, columns)
     if kind == "json":
@@ -242,7 +281,7 @@ def table_records(raw: BinaryIO, where: str, kind: str, columns) -> tuple[str, R
             return "row", _json_array(where, blocks)
         if first is None:
             return "line", _empty(where)
-    return "line", _json_lines(where, blocks)
+    return "line", _line_records(where, blocks, _json_record)
 
 
 BLOCK = 1 << 20  # bytes read at a time
@@ -345,17 +384,6 @@ def _first_character(blocks: Iterator[str]) -> tuple[str | None, Iterator[str]]:
     return None, iter(read)
 
 
-def _txt_records(where: str, blocks: Iterable[str], column: str) -> Records:
-    seen = False
-    for number, line in enumerate(lines(blocks), start=1):
-        text = _without_end(line)
-        if text.strip():
-            seen = True
-            yield number, {column: text}
-    if not seen:
-        raise DataError(f"{where}: empty file")
-
-
 def _csv_records(where: str, blocks: Iterable[str], columns) -> Records:
     limit = csv.field_size_limit()
     csv.field_size_limit(sys.maxsize)  # a text may be longer than the module's 128 KiB default
@@ -374,17 +402,13 @@ def _csv_records(where: str, blocks: Iterable[str], columns) -> Records:
                 for n in twice
             )
             raise DataError(f"{where}: the header names a column twice ({at}); give each column its own name")
-        missing = [c for c in columns if c not in names]
-        if missing:
-            other = next((d for d in ";\t|" if len(names) == 1 and d in names[0]), None)
-            if other:
-                raise DataError(
-                    f"{where}: the header is one column, {names[0]!r}: the file looks separated by "
-                    f"{other!r}, and a .csv file's fields are separated by commas"
-                )
-            raise MissingColumn(
-                f"{where}: no {' or '.join(map(repr, missing))} column (found: {', '.join(names)})"
+        other = next((d for d in ";\t|" if len(names) == 1 and d in names[0]), None)
+        if other and any(c not in names for c in columns):
+            raise DataError(
+                f"{where}: the header is one column, {names[0]!r}: the file looks separated by "
+                f"{other!r}, and a .csv file's fields are separated by commas"
             )
+        check_columns(where, columns, names)
         start = reader.line_num + 1
         while True:
             try:
@@ -408,18 +432,23 @@ def _csv_records(where: str, blocks: Iterable[str], columns) -> Records:
         csv.field_size_limit(limit)
 
 
-def _json_lines(where: str, blocks: Iterable[str]) -> Records:
+def _line_records(where: str, blocks: Iterable[str], parse) -> Records:
+    """`parse(line)` of each line that is not blank (its end dropped), numbered from 1."""
     seen = False
     for number, line in enumerate(lines(blocks), start=1):
         line = _without_end(line)
         if line.strip():
             seen = True
-            try:
-                yield number, json.loads(line, object_pairs_hook=_Object)
-            except json.JSONDecodeError as e:
-                yield number, f"invalid JSON ({e.msg} at column {e.colno})"
+            yield number, parse(line)
     if not seen:
         raise DataError(f"{where}: empty file")
+
+
+def _json_record(line: str) -> dict | str:
+    try:
+        return json.loads(line, object_pairs_hook=_Object)
+    except json.JSONDecodeError as e:
+        return f"invalid JSON ({e.msg} at column {e.colno})"
 
 
 NEAR_END = 1024  # characters: a JSON error this close to the end of what is read may be a value cut short
@@ -515,16 +544,12 @@ class _JsonBlocks:
 def _record_problem(record, columns, unit: str) -> str | None:
     """Why a parsed record cannot be taken: not an object, a repeated field, a column missing."""
     if not isinstance(record, dict):
-        kind = {list: "an array", str: "a string", type(None): "null"}.get(
-            type(record), f"a {type(record).__name__}"
-        )
+        kind = kind_of(record, array="an array")
         return f'not a JSON object ({kind}); one object per {unit}, like {{"text": "...", "label": 1}}'
     if getattr(record, "repeated", None):  # json.loads would keep the last of them, silently
         return f"the field(s) {', '.join(map(repr, record.repeated))} appear more than once"
     missing = [c for c in columns if c not in record]
-    if missing:
-        return f"no {' or '.join(map(repr, missing))} field (found: {', '.join(record) or 'none'})"
-    return None
+    return none_of(missing, record, "field") if missing else None
 
 
 class _Object(dict):
@@ -544,15 +569,7 @@ def text_problem(value) -> str | None:
         except UnicodeEncodeError as e:
             return f"not UTF-8 (an undecodable byte at character {e.start + 1})"
         return None if value.strip() else "empty text"
-    if value is None:
-        return "no text (null)"
-    if isinstance(value, bool):
-        return "the text is a boolean, not a string"
-    if isinstance(value, int | float):
-        return f"the text is a number ({value!r}), not a string"
-    if isinstance(value, dict | list | tuple):  # a JSON object or array, a parquet struct or list
-        return f"the text is {'an object' if isinstance(value, dict) else 'a list'}, not a string"
-    return f"the text is a {type(value).__name__}, not a string"
+    return "no text (null)" if value is None else f"the text is {kind_of(value)}, not a string"
 
 
 TEXT_FORMATS = ("txt", "csv", "jsonl", "json", "parquet")  # what texts to classify may be read from
@@ -564,7 +581,7 @@ def check_text_file(path: str | Path) -> str:
     Raises:
         DataError: a folder, a missing file, or a format not in TEXT_FORMATS.
     """
-    return _checked_file(Path(path), TEXT_FORMATS, "use .txt, .csv, .jsonl, .json or .parquet")
+    return file_kind(Path(path), TEXT_FORMATS)
 
 
 def texts_to_predict(path: str | Path | None, *, text_column: str = "text",
@@ -583,18 +600,15 @@ def texts_to_predict(path: str | Path | None, *, text_column: str = "text",
         where, kind = str(path), check_text_file(path)
         opened = open(path, "rb")  # noqa: SIM115 - closed by the with below
     with opened as raw:
-        try:
-            if kind == "parquet":
-                unit, records = "row", _parquet_records(Path(path), text_column)
-            else:
-                unit, records = table_records(raw, where, kind, (text_column,))
-            for number, record in records:
-                problem = record if isinstance(record, str) else _record_problem(record, (text_column,), unit)
-                text = None if problem else record[text_column]
-                problem = problem or text_problem(text)
-                yield BadRow(where, number, problem, unit) if problem else text
-        except MissingColumn as e:
-            raise MissingColumn(f"{e}; name yours with --text-column") from None
+        if kind == "parquet":
+            unit, records = "row", _parquet_records(Path(path), text_column)
+        else:
+            unit, records = table_records(raw, where, kind, (text_column,))
+        for number, record in records:
+            problem = record if isinstance(record, str) else _record_problem(record, (text_column,), unit)
+            text = None if problem else record[text_column]
+            problem = problem or text_problem(text)
+            yield BadRow(where, number, problem, unit) if problem else text
 
 
 def _parquet_records(path: Path, column: str) -> Records:
@@ -605,10 +619,8 @@ def _parquet_records(path: Path, column: str) -> Records:
         table = pq.ParquetFile(path)
         names = table.schema_arrow.names
     except Exception as e:
-        why = f"{type(e).__name__}: {str(e).strip()[:200]}"
-        raise DataError(f"{path}: cannot be read as parquet ({why})") from None
-    if column not in names:
-        raise MissingColumn(f"{path}: no {column!r} column (found: {', '.join(names)})")
+        raise _cannot_read(path, "parquet", e) from None
+    check_columns(str(path), (column,), names)
     number = 0
     for batch in table.iter_batches(batch_size=4096, columns=[column]):
         for value in batch.column(0).to_pylist():
@@ -652,3 +664,111 @@ def read_texts(path: str | None, stdin: bytes = b"", *, skip_bad_rows: bool = Fa
     skipped: list[BadRow] = []
     check_texts(records, skip_bad_rows=skip_bad_rows, on_skip=skipped.append)
     return [r for r in records if isinstance(r, str)], skipped
+
+
+# --------------------------------------------------------------------------------------------
+# A split's table: a file of any kind, a Hub dataset, an aclImdb/ folder
+
+TABLE_FORMATS = (
+    "parquet",
+    "arrow",
+    "csv",
+    "jsonl",
+    "json",
+)  # what a split's file may be (the last three gzipped)
+
+
+def read_file(path: Path, columns: Columns) -> RawSplit:
+    """A split's file. csv / jsonl / json (+ .gz) are read here, as the records are taken, not by
+    `datasets`' loaders: those turn a CSV's `NA` into a missing value and `0`/`neg` labels into numbers
+    or nulls, and name no line when a record is bad. Parquet and Arrow go through `datasets`
+    (parquet cached, so tokenization is too; Arrow memory-mapped, its `ClassLabel` names kept).
+
+    Raises:
+        DataError: a file of another kind, unreadable, or without the columns.
+    """
+    kind = file_kind(path, TABLE_FORMATS)
+    if kind not in ("parquet", "arrow"):
+        return stream_table(path, columns.text, columns.label)
+    import datasets
+    import pyarrow.parquet as pq
+
+    try:
+        if kind == "arrow":
+            ds = datasets.Dataset.from_file(str(path))
+        else:
+            pq.ParquetFile(path).schema_arrow  # noqa: B018 - reads the footer: a damaged file fails here
+            with _quiet_datasets():
+                ds = datasets.load_dataset("parquet", data_files={"split": str(path)}, split="split")
+    except Exception as e:
+        raise _cannot_read(path, "Arrow" if kind == "arrow" else "parquet", e) from None
+    return RawSplit.of(renamed(ds, str(path), columns), str(path))
+
+
+def _cannot_read(path: Path, kind: str, e: Exception) -> DataError:
+    return DataError(f"{path}: cannot be read as {kind} ({type(e).__name__}: {str(e).strip()[:200]})")
+
+
+def renamed(ds: Dataset, where: str, columns: Columns) -> Dataset:
+    """The source's text and label columns under the names this project reads (`text`, `label`)."""
+    check_columns(where, (columns.text, columns.label), ds.column_names)
+    names = {columns.text: "text", columns.label: "label"}
+    ds = ds.remove_columns([c for c in ("text", "label") if c in ds.column_names and c not in names])
+    return ds.rename_columns({k: v for k, v in names.items() if k != v})
+
+
+@contextlib.contextmanager
+def _quiet_datasets():
+    """datasets logs an ERROR line of its own before raising; the error raised here says it all."""
+    import datasets
+
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
+    try:
+        yield
+    finally:
+        datasets.logging.set_verbosity(verbosity)
+
+
+def read_hub(name: str, config: str | None = None) -> dict[str, Dataset]:
+    """Every split of a Hugging Face Hub dataset (`datasets` caches it)."""
+    import datasets
+
+    try:
+        with _quiet_datasets():
+            return dict(datasets.load_dataset(name, config))
+    except Exception as e:  # the Hub raises many types; all mean "cannot use this source"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise DataError(
+            f"cannot load '{name}' from the Hugging Face Hub ({type(e).__name__}: {first[:200]}); "
+            "offline, pass --data with a local folder or file (parquet, csv, jsonl, or aclImdb/)"
+        ) from e
+
+
+def read_aclimdb(folder: Path, split: str) -> RawSplit:
+    """The original Large Movie Review Dataset layout (`neg/*.txt`, `pos/*.txt`), in (label, file id)
+    order; a file that is not UTF-8 or holds no text is a bad row named by its path."""
+    texts, labels, bad = [], [], []
+    for label, sub in ((0, "neg"), (1, "pos")):
+        if not (folder / sub).is_dir():
+            raise DataError(
+                f"{folder / sub}: missing folder (aclImdb layout needs {split}/neg and {split}/pos)"
+            )
+        for f in sorted((folder / sub).glob("*.txt"), key=_file_id):
+            try:
+                text = f.read_bytes().decode("utf-8")
+            except UnicodeDecodeError as e:
+                why = f"not valid UTF-8 (byte 0x{e.object[e.start]:02x} at offset {e.start})"
+                bad.append(BadRow(str(f), None, why))
+                continue
+            if not text.strip():
+                bad.append(BadRow(str(f), None, "empty text"))
+                continue
+            texts.append(text)
+            labels.append(label)
+    return RawSplit(texts, labels, str(folder), bad)
+
+
+def _file_id(path: Path) -> tuple[int, str]:
+    m = re.match(r"(\d+)", path.stem)
+    return (int(m.group(1)) if m else -1, path.name)

@@ -10,25 +10,21 @@ dataset's only the Hub knows), so a missing split or file fails before anything 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from flant5_imdb.data.reader import (
-    BadRow,
+    Columns,
     DataError,
-    MissingColumn,
     RawSplit,
     file_format,
-    file_kind,
-    stream_table,
+    read_aclimdb,
+    read_file,
+    read_hub,
+    renamed,
 )
-
-if TYPE_CHECKING:
-    from datasets import Dataset
 
 # `datasets` (and what reads with it) is imported where a split is read, not here: parsing `--data`
 # answers before any of it is loaded (a missing file is refused at once).
@@ -50,22 +46,6 @@ def looks_like_path(name: str) -> bool:
         or file_format(Path(name)) is not None
         or re.search(r"\.[A-Za-z]{2,5}(\.gz)?$", name) is not None
     )
-
-
-@dataclass(frozen=True)
-class Columns:
-    """Where a source keeps its texts and labels, and (for a Hub dataset) which configuration."""
-
-    text: str = "text"
-    label: str = "label"
-    config: str | None = None
-
-    def __post_init__(self):
-        if self.text == self.label:
-            raise DataError(
-                f"--text-column and --label-column both name {self.text!r}: the texts and the labels must "
-                "be two different columns"
-            )
 
 
 @dataclass(frozen=True)
@@ -171,19 +151,11 @@ def read_splits(source: Source, wanted: set[str] | None, columns: Columns = Colu
         return {k: RawSplit.of(v, f"synthetic/{k}") for k, v in made.items() if k in keep}
     if source.kind == "hub":
         where = f"{source.text}[{{}}]"
-        return {k: RawSplit.of(_renamed(v, where.format(k), columns), where.format(k))
-                for k, v in _read_hub(source.text, columns.config).items() if k in keep}  # fmt: skip
+        return {k: RawSplit.of(renamed(v, where.format(k), columns), where.format(k))
+                for k, v in read_hub(source.text, columns.config).items() if k in keep}  # fmt: skip
     if source.kind == "aclimdb":
-        return {k: _read_aclimdb(folder, k) for k, folder in source.files.items() if k in keep}
-    out = {}
-    for split, path in ((k, v) for k, v in source.files.items() if k in keep):
-        kind = file_kind(path, ("parquet", "arrow", "csv", "jsonl", "json"),
-                         "use parquet, arrow, csv, jsonl or json, the last three optionally .gz")  # fmt: skip
-        if kind == "arrow":
-            out[split] = _read_arrow(path, columns)
-        else:
-            out[split] = _read_parquet(path, columns) if kind == "parquet" else _read_table(path, columns)
-    return out
+        return {k: read_aclimdb(folder, k) for k, folder in source.files.items() if k in keep}
+    return {k: read_file(path, columns) for k, path in source.files.items() if k in keep}
 
 
 def content_key(source: Source, wanted: set[str] | None, columns: Columns = Columns()) -> dict | None:
@@ -195,7 +167,7 @@ def content_key(source: Source, wanted: set[str] | None, columns: Columns = Colu
     if source.kind == "synthetic":
         return None
     if source.kind == "hub":
-        found = _read_hub(source.text, columns.config)
+        found = read_hub(source.text, columns.config)
         return {"hub": source.text, "splits": {k: v._fingerprint for k, v in found.items() if k in keep}}
     out = {}
     for split, path in sorted((k, v) for k, v in source.files.items() if k in keep):
@@ -212,117 +184,3 @@ def content_key(source: Source, wanted: set[str] | None, columns: Columns = Colu
             size = path.stat().st_size
             out[split] = {"file": str(path.resolve()), "size": size, "content": file_digest(path)}
     return {"kind": source.kind, "splits": out}
-
-
-def _renamed(ds: Dataset, where: str, columns: Columns) -> Dataset:
-    """The source's text and label columns under the names this project reads (`text`, `label`)."""
-    missing = [c for c in (columns.text, columns.label) if c not in ds.column_names]
-    if missing:
-        flags = [
-            f for f, c in (("--text-column", columns.text), ("--label-column", columns.label)) if c in missing
-        ]
-        raise DataError(
-            f"{where}: no {' or '.join(map(repr, missing))} column (found: {', '.join(ds.column_names)}); "
-            f"name yours with {' / '.join(flags)}"
-        )
-    names = {columns.text: "text", columns.label: "label"}
-    ds = ds.remove_columns([c for c in ("text", "label") if c in ds.column_names and c not in names])
-    return ds.rename_columns({k: v for k, v in names.items() if k != v})
-
-
-@contextlib.contextmanager
-def _quiet_datasets():
-    """datasets logs an ERROR line of its own before raising; the error raised here says it all."""
-    import datasets
-
-    verbosity = datasets.logging.get_verbosity()
-    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
-    try:
-        yield
-    finally:
-        datasets.logging.set_verbosity(verbosity)
-
-
-def _read_hub(name: str, config: str | None = None) -> dict[str, Dataset]:
-    import datasets
-
-    try:
-        with _quiet_datasets():
-            return dict(datasets.load_dataset(name, config))
-    except Exception as e:  # the Hub raises many types; all mean "cannot use this source"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise DataError(
-            f"cannot load '{name}' from the Hugging Face Hub ({type(e).__name__}: {first[:200]}); "
-            "offline, pass --data with a local folder or file (parquet, csv, jsonl, or aclImdb/)"
-        ) from e
-
-
-def _read_parquet(path: Path, columns: Columns) -> RawSplit:
-    """Through `datasets` (cached, so tokenization is too); checked with pyarrow first for a clear error."""
-    import datasets
-    import pyarrow.parquet as pq
-
-    try:
-        pq.ParquetFile(path).schema_arrow  # noqa: B018 - reads the footer: a damaged or non-parquet file fails here
-        with _quiet_datasets():
-            ds = datasets.load_dataset("parquet", data_files={"split": str(path)}, split="split")
-    except Exception as e:
-        raise DataError(
-            f"{path}: cannot be read as parquet ({type(e).__name__}: {str(e).strip()[:200]})"
-        ) from None
-    return RawSplit.of(_renamed(ds, str(path), columns), str(path))
-
-
-def _read_arrow(path: Path, columns: Columns) -> RawSplit:
-    """An Arrow file as `datasets` writes one (a split's cache file; its `ClassLabel` names kept),
-    memory-mapped."""
-    from datasets import Dataset
-
-    try:
-        ds = Dataset.from_file(str(path))
-    except Exception as e:
-        raise DataError(
-            f"{path}: cannot be read as Arrow ({type(e).__name__}: {str(e).strip()[:200]})"
-        ) from None
-    return RawSplit.of(_renamed(ds, str(path), columns), str(path))
-
-
-def _read_table(path: Path, columns: Columns) -> RawSplit:
-    """csv / jsonl / json (+ .gz) through the project's reader (as the records are taken), not `datasets`'
-    loaders: those turn a CSV's `NA` into a missing value and `0`/`neg` labels into numbers or nulls, and
-    name no line when a record is bad; here values stay what the file holds and every bad record is named
-    by its line."""
-    try:
-        return stream_table(path, columns.text, columns.label)
-    except MissingColumn as e:
-        if (columns.text, columns.label) == ("text", "label"):
-            raise DataError(f"{e}; name yours with --text-column / --label-column") from None
-        raise
-
-
-def _read_aclimdb(folder: Path, split: str) -> RawSplit:
-    """The original Large Movie Review Dataset layout, in (label, file id) order."""
-    texts, labels, bad = [], [], []
-    for label, sub in ((0, "neg"), (1, "pos")):
-        if not (folder / sub).is_dir():
-            raise DataError(
-                f"{folder / sub}: missing folder (aclImdb layout needs {split}/neg and {split}/pos)"
-            )
-        for f in sorted((folder / sub).glob("*.txt"), key=_file_id):
-            try:
-                text = f.read_bytes().decode("utf-8")
-            except UnicodeDecodeError as e:
-                why = f"not valid UTF-8 (byte 0x{e.object[e.start]:02x} at offset {e.start})"
-                bad.append(BadRow(str(f), None, why))
-                continue
-            if not text.strip():  # named by its path, not by a row number in a folder
-                bad.append(BadRow(str(f), None, "empty text"))
-                continue
-            texts.append(text)
-            labels.append(label)
-    return RawSplit(texts, labels, str(folder), bad)
-
-
-def _file_id(path: Path) -> tuple[int, str]:
-    m = re.match(r"(\d+)", path.stem)
-    return (int(m.group(1)) if m else -1, path.name)

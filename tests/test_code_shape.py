@@ -1,0 +1,19 @@
+"""The code stays readable in pieces: no function in the package or the bench runs over 60 lines."""
+
+import ast
+
+from tests.conftest import ROOT
+
+LONGEST = 60
+
+
+def test_no_function_is_longer_than_sixty_lines():
+    long = []
+    for folder in ("flant5_imdb", "bench"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    lines = node.end_lineno - node.lineno + 1
+                    if lines > LONGEST:
+                        long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines} lines)")
+    assert not long, "functions over 60 lines: " + "; ".join(long)
