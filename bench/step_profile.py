@@ -4,7 +4,8 @@
     python bench/step_profile.py --config fast --model-config tiny --data synthetic:200 --tokenizer word-level
     # CPU
 
-Runs the real loop (`flant5_imdb.train.run`) for --warmup untimed steps, then profiles --steps
+Runs the real loop (`flant5_imdb.train.run`; for a Trainer row, `hf-trainer`, the Trainer itself) for
+--warmup untimed steps, then profiles --steps
 steps and writes --out (default step_profile-<config>.txt): per step, the wall time (CUDA events), the time
 the GPU was busy (the sum of its kernels' durations), and the kernel launches; then the top
 operators by device time and by host time. Busy time well under wall time means the GPU waits
@@ -93,11 +94,14 @@ def report(args, cfg, prof, seconds: list[float]) -> tuple[dict, list[str]]:
         device_busy_ms=busy_ms if cuda else None,
         kernels_per_step=len(device_events) / args.steps if cuda else None,
         graph_launches_per_step=sum(e.name == "cudaGraphLaunch" for e in events) / args.steps,
+        # Operator calls per step, by name: the work a step asks for, which no machine's speed changes.
+        op_calls={e.key: e.count / args.steps for e in prof.key_averages() if e.key.startswith("aten::")},
     )
     lines = [
         f"{args.config}: batch {cfg.batch_size}, {args.steps} profiled steps after {args.warmup} "
         f"({torch.cuda.get_device_name() if cuda else 'CPU'})",
         f"wall per step (median): {summary['wall_ms_median']:.2f} ms",
+        f"operator calls per step: {sum(summary['op_calls'].values()):.0f}",
     ]
     if cuda:
         lines += [
@@ -125,7 +129,9 @@ def parse(argv):
         description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument(
-        "--config", default="kernels", choices=[n for n, r in ROWS.items() if r.measures == "loop"]
+        "--config",
+        default="kernels",
+        choices=[n for n, r in ROWS.items() if r.measures in ("loop", "trainer")],
     )
     add_source_args(p)
     p.add_argument("--batch-size", type=int, default=None, help="override the configuration's batch")
