@@ -85,6 +85,20 @@ def test_aclimdb_layout(tmp_path):
     assert dsd["test"].num_rows == 5
 
 
+def test_an_aclimdb_folder_is_read_one_file_at_a_time(tmp_path, monkeypatch):
+    """Memory holds the file in hand, not the split: the first record comes after one file is read."""
+    from pathlib import Path
+
+    from flant5_imdb.data.reader import read_aclimdb
+
+    root = make_aclimdb(tmp_path / "aclImdb")
+    read, real = [], Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: read.append(self.name) or real(self))
+    rows = read_aclimdb(root / "train", "train").rows()
+    assert read == [] and next(rows) == (1, "boring 1", 0) and read == ["7_2.txt"]
+    assert [text for _, text, _ in rows] == ["awful 0", "fine 2", "superb 1", "great 0"] and len(read) == 5
+
+
 def test_aclimdb_invalid_utf8_names_the_file(tmp_path):
     root = make_aclimdb(tmp_path / "aclImdb", bad_bytes=True)
     with pytest.raises(DataError, match=r"99_9\.txt: not valid UTF-8 \(byte 0xe9 at offset 3\)"):

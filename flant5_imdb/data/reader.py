@@ -747,26 +747,30 @@ def read_hub(name: str, config: str | None = None) -> dict[str, Dataset]:
 
 def read_aclimdb(folder: Path, split: str) -> RawSplit:
     """The original Large Movie Review Dataset layout (`neg/*.txt`, `pos/*.txt`), in (label, file id)
-    order; a file that is not UTF-8 or holds no text is a bad row named by its path."""
-    texts, labels, bad = [], [], []
-    for label, sub in ((0, "neg"), (1, "pos")):
-        if not (folder / sub).is_dir():
-            raise DataError(
-                f"{folder / sub}: missing folder (aclImdb layout needs {split}/neg and {split}/pos)"
-            )
-        for f in sorted((folder / sub).glob("*.txt"), key=_file_id):
-            try:
-                text = f.read_bytes().decode("utf-8")
-            except UnicodeDecodeError as e:
-                why = f"not valid UTF-8 (byte 0x{e.object[e.start]:02x} at offset {e.start})"
-                bad.append(BadRow(str(f), None, why))
-                continue
-            if not text.strip():
-                bad.append(BadRow(str(f), None, "empty text"))
-                continue
-            texts.append(text)
-            labels.append(label)
-    return RawSplit(texts, labels, str(folder), bad)
+    order, one file at a time as the records are taken; a file that is not UTF-8 or holds no text is a
+    bad row named by its path."""
+    subs = [(label, folder / sub) for label, sub in ((0, "neg"), (1, "pos"))]
+    for _, sub in subs:
+        if not sub.is_dir():
+            raise DataError(f"{sub}: missing folder (aclImdb layout needs {split}/neg and {split}/pos)")
+
+    def records():
+        place = 0
+        for label, sub in subs:
+            for f in sorted(sub.glob("*.txt"), key=_file_id):
+                try:
+                    text = f.read_bytes().decode("utf-8")
+                except UnicodeDecodeError as e:
+                    why = f"not valid UTF-8 (byte 0x{e.object[e.start]:02x} at offset {e.start})"
+                    yield BadRow(str(f), None, why)
+                    continue
+                if not text.strip():
+                    yield BadRow(str(f), None, "empty text")
+                    continue
+                place += 1
+                yield place, text, label
+
+    return RawSplit([], [], str(folder), stream=records())
 
 
 def _file_id(path: Path) -> tuple[int, str]:
