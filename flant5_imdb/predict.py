@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +95,12 @@ class Classifier:
         self.batch_size, self.chunk_size = batch_size, chunk_size
         self.collate = Collator(pad_token_id=self.tokenizer.pad_token_id)
         self.truncated = 0  # texts cut to max_source_length tokens, of those predicted so far
+
+    @property
+    def labels(self):
+        """The classes under their former name (`classes` now): code written against it keeps working."""
+        warnings.warn("Classifier.labels is now Classifier.classes", DeprecationWarning, stacklevel=2)
+        return self.classes
 
     def predict(self, texts: str | Iterable[str]) -> Prediction | list[Prediction] | Iterator[Prediction]:
         """One prediction per text, in input order: a string gives a Prediction, a list or tuple a list,

@@ -385,3 +385,10 @@ def test_prediction_says_how_many_texts_were_cut_to_the_models_length(final, cap
     assert predict_main(["--model", str(final[0]), long, "an awful mess"]) == 0
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert "; 1 cut to their first 128 tokens (the model's --max-source-length)" in line
+
+
+def test_a_classifiers_classes_answer_under_their_former_name_with_a_warning(final):
+    clf = Classifier(str(final[0]))
+    with pytest.warns(DeprecationWarning, match="Classifier.labels is now Classifier.classes"):
+        assert clf.labels is clf.classes
+    assert clf.classes.names == ("negative", "positive")
