@@ -104,12 +104,10 @@ class Job:
 
     cfg: TrainConfig
     accelerator: Accelerator
-    out: Path
     lock: RunLock | None  # held by the main process
     data: Prepared  # tokenizer, train and evaluation splits, classes
     model: torch.nn.Module  # as accelerate prepared it
-    optimizer: torch.optim.Optimizer  # accelerate's wrapper
-    raw_optimizer: torch.optim.Optimizer
+    optimizer: torch.optim.Optimizer  # accelerate's wrapper (the optimizer itself: `.optimizer`)
     scheduler: object
     step_model: StepModel  # the model the step calls (compiled where asked)
     sampler: StepSampler
@@ -122,6 +120,10 @@ class Job:
     train_seconds: float = 0.0  # this process's time in the loop
     last_loss: float | None = None
     update_in_backward: UpdateInBackward | None = None  # --optimizer-in-backward: the update's hooks
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.output_dir)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -172,8 +174,8 @@ def setup(cfg: TrainConfig) -> Job:
     if resume is not None:
         resume.check_continues(cfg, accelerator.num_processes, sampler)
     job = Job(
-        cfg=cfg, accelerator=accelerator, out=out, lock=None, started=started, data=data,
-        model=model, optimizer=optimizer, raw_optimizer=raw_optimizer, scheduler=scheduler, sampler=sampler,
+        cfg=cfg, accelerator=accelerator, lock=None, started=started, data=data,
+        model=model, optimizer=optimizer, scheduler=scheduler, sampler=sampler,
         step_model=step_model, collate=make_collator(cfg, tokenizer), total_steps=total_steps,
         state=TrainState(), resume=resume,
         update_in_backward=UpdateInBackward(raw_optimizer) if cfg.optimizer_in_backward else None,
@@ -378,7 +380,7 @@ def forward_backward(job: Job, batches: list[dict], window: Window):
 
 def optimizer_step(job: Job, bad: torch.Tensor) -> None:
     """The update, unless `bad` (1.0: a non-finite loss or gradient norm), where it is skipped."""
-    raw = job.raw_optimizer
+    raw = job.optimizer.optimizer
     if on_device_skip(raw):  # the fused kernel reads found_inf: params and moments stay as they are
         raw.found_inf = bad
         job.optimizer.step()
