@@ -308,7 +308,7 @@ def _warn_about_classes(
     if absent and space.kind == "name" and len(present) > 1:
         logger.warning("%s: class(es) %s (from --labels) have no training example: the model cannot learn "
                        "them", source, ", ".join(map(repr, absent)))  # fmt: skip
-    if own_labels(labels):
+    if own_labels(len(labels), len(present)):
         logger.warning("%s: %d of %d training rows have a label of their own: is --label-column %r a text "
                        "column? %s", source, len(present), len(labels), columns.label, swap)  # fmt: skip
     texts = few_texts if len(labels) >= 20 and few_texts else set()
@@ -318,6 +318,7 @@ def _warn_about_classes(
                        "column? %s", source, columns.text, len(texts), shown, swap)  # fmt: skip
 
 
-def own_labels(labels: np.ndarray) -> bool:
-    """Nearly every row a label of its own: a text column read as the labels (the columns swapped?)."""
-    return len(labels) >= 10 and len(np.unique(labels)) >= 0.9 * len(labels)
+def own_labels(rows: int, classes: int) -> bool:
+    """Nearly every one of `rows` a label of its own (`classes` distinct ones): a text column read as the
+    labels (the columns swapped?)."""
+    return rows >= 10 and classes >= 0.9 * rows

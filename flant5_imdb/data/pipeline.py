@@ -259,7 +259,7 @@ def hold_out(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]
         held += rows[: min(len(rows) - 1, max(1, round(fraction * len(rows))))]
     if not held or len(held) == len(ds):
         hint = (f"; every one of its {len(ds)} labels is a class of its own: are --text-column and "
-                "--label-column swapped?") if own_labels(labels) else ""  # fmt: skip
+                "--label-column swapped?") if own_labels(len(ds), len(starts)) else ""  # fmt: skip
         raise DataError(
             f"--validation-split {fraction}: {len(ds)} training rows are too few to hold out a validation "
             f"set{hint}"

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flant5_imdb.data.reader import (
+    TABLE_FORMATS,
     Columns,
     DataError,
     RawSplit,
@@ -123,7 +124,7 @@ def _split_files(folder: Path) -> dict[str, Path]:
     files: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
         split = p.name.split(".")[0]
-        if p.is_file() and split in SPLITS and file_format(p) not in (None, "txt"):
+        if p.is_file() and split in SPLITS and file_format(p) in TABLE_FORMATS:
             if split in files:
                 raise DataError(
                     f"{folder}: two files for split '{split}' ({files[split].name}, {p.name}); keep one"
