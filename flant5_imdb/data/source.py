@@ -11,6 +11,7 @@ dataset's only the Hub knows), so a missing split or file fails before anything 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,10 +175,11 @@ def content_key(source: Source, wanted: set[str] | None, columns: Columns = Colu
     for split, path in sorted((k, v) for k, v in source.files.items() if k in keep):
         if source.kind == "aclimdb":
             listing = hashlib.sha256()
-            subs = [path / sub for sub in ("neg", "pos") if (path / sub).is_dir()]
-            for f in sorted(p for sub in subs for p in sub.iterdir()):
-                st = f.stat()
-                listing.update(f"{f.relative_to(path)}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+            # Each folder's names in order, one at a time (not every Path of the split held at once).
+            for sub in (s for s in ("neg", "pos") if (path / s).is_dir()):
+                for name in sorted(os.listdir(path / sub)):
+                    st = os.stat(path / sub / name)
+                    listing.update(f"{sub}/{name}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
             out[split] = {"folder": str(path.resolve()), "files": listing.hexdigest()[:32]}
         else:
             from flant5_imdb.data.cache import file_digest
