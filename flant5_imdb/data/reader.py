@@ -31,7 +31,7 @@ import re
 import sys
 import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -130,18 +130,12 @@ ROWS_BATCH = 10_000  # rows taken at a time from a dataset
 
 @dataclass
 class RawSplit:
-    """A split as read: texts and labels as written (`places`: where each record starts, named by `unit`;
-    else its row), and the records no reader could take. Texts to predict have no labels.
+    """A split as read: its records, from `ds` (the source's own dataset, read a batch at a time) or from
+    `stream` (a file or folder read as the records are taken); `rows()` gives them all, once. `unit` names
+    a record's place (a table's row, or a text file's line). Texts to predict have no labels."""
 
-    Its records come from lists, from `ds` (the source's own dataset, read a batch at a time) or from
-    `stream` (a file read as the records are taken): `rows()` gives them all, once, whichever it is."""
-
-    texts: list
-    labels: list
     where: str  # the file or folder named in error messages
-    bad: list[BadRow] = field(default_factory=list)
-    places: list[int] | None = None
-    unit: str = "row"  # how a place is named: a table's row, or a text file's line
+    unit: str = "row"
     ds: Dataset | None = None
     class_names: tuple[str, ...] | None = None  # a `ClassLabel`'s names, in its order: labels are these
     stream: Iterator | None = None
@@ -155,17 +149,13 @@ class RawSplit:
 
         feature = ds.features.get("label")
         names = tuple(feature.names) if isinstance(feature, ClassLabel) else None
-        return cls([], [], where, ds=ds, class_names=names)
+        return cls(where, ds=ds, class_names=names)
 
     def rows(self) -> Iterator[tuple[int, object, object] | BadRow]:
         """Every record, in the order read: (its place, its text, its label as written), or the `BadRow`
         of one no reader could take."""
         if self.stream is not None:
             yield from self.stream
-            return
-        yield from self.bad
-        if self.ds is None:
-            yield from zip(self.places or range(1, len(self.texts) + 1), self.texts, self.labels, strict=True)
             return
         names, row = self.class_names, 0
         for batch in self.ds.select_columns(["text", "label"]).iter(batch_size=ROWS_BATCH):
@@ -205,32 +195,14 @@ def file_kind(path: Path, allowed: tuple[str, ...]) -> str:
 
 
 def read_table(path: str | Path, text_column: str, label_column: str | None = None) -> RawSplit:
-    """Read a csv / jsonl / json / txt file's text and label columns (a .txt file: texts, one a line),
-    all of them into lists (`stream_table` reads them as they are taken).
+    """A csv / jsonl / json / txt file's text and label columns (a .txt file: texts, one a line), read as
+    `rows()` takes them (once): memory holds a block of the file and one record, whatever its size. A
+    whole-file problem is raised here, before any record is taken (the first is read now), or, for a
+    damaged end, where the records reach it.
 
     Raises:
         DataError: the file is missing, of an unknown type, empty, only a header, not UTF-8, or lacks
             a column (a CSV's header; a JSON record without one is a bad row).
-    """
-    streamed = stream_table(path, text_column, label_column)
-    table = RawSplit([], [], streamed.where, places=[], unit=streamed.unit)
-    for item in streamed.rows():
-        if isinstance(item, BadRow):
-            table.bad.append(item)
-        else:
-            table.places.append(item[0])
-            table.texts.append(item[1])
-            table.labels += [item[2]] if label_column is not None else []
-    return table
-
-
-def stream_table(path: str | Path, text_column: str, label_column: str | None = None) -> RawSplit:
-    """`read_table`'s records, read as `rows()` takes them (once): memory holds a block of the file and
-    one record, whatever its size. A whole-file problem is raised here, before any record is taken (the
-    first is read now), or, for a damaged end, where the records reach it.
-
-    Raises:
-        DataError: as `read_table`.
     """
     path = Path(path)
     kind = file_kind(path, ("csv", "jsonl", "json", "txt"))
@@ -239,7 +211,7 @@ def stream_table(path: str | Path, text_column: str, label_column: str | None = 
             f"{path}: a .txt file holds texts only, one a line; labelled data needs .csv, .jsonl or .parquet"
         )
     columns = (text_column,) if label_column is None else (text_column, label_column)
-    split = RawSplit([], [], str(path))
+    split = RawSplit(str(path))
 
     def records():
         with open(path, "rb") as raw:
@@ -690,7 +662,7 @@ def read_file(path: Path, columns: Columns) -> RawSplit:
     """
     kind = file_kind(path, TABLE_FORMATS)
     if kind not in ("parquet", "arrow"):
-        return stream_table(path, columns.text, columns.label)
+        return read_table(path, columns.text, columns.label)
     import datasets
     import pyarrow.parquet as pq
 
@@ -775,7 +747,7 @@ def read_aclimdb(folder: Path, split: str) -> RawSplit:
                 place += 1
                 yield place, text, label
 
-    return RawSplit([], [], str(folder), stream=records())
+    return RawSplit(str(folder), stream=records())
 
 
 def _file_id(name: str) -> tuple[int, str]:
