@@ -731,6 +731,20 @@ def test_the_steadiness_check_times_one_fixed_piece_of_work(capsys):
     assert capsys.readouterr().out.startswith("1 thread(s): min ")
 
 
+def test_the_steadiness_check_times_its_reference_beside_training_steps(capsys):
+    """--beside: the reference before each step, the lengths in turn, each length's spread raw and
+    divided by the reference (the same steps: a reference of constant time would leave the CV as it is)."""
+    from bench import steadiness
+
+    got = steadiness.main(["--repeats", "6", "--beside", "tiny", "--lengths", "8,32"])
+    assert sorted(got) == [8, 32] and [got[n]["steps"] for n in (8, 32)] == [3, 3]
+    for figures in got.values():
+        assert figures["step_p50"] > 0 and figures["raw_cv"] >= 0 and figures["normalised_cv"] >= 0
+        assert -1 <= figures["correlation"] <= 1
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in printed] == ["length 8", "length 32"]
+
+
 def test_our_loop_asks_no_more_operator_calls_per_step_than_the_trainer(tmp_path):
     """Our loop with the baseline's recipe runs the Trainer's math: per step it asks for no more operator
     calls than the Trainer does (a count no machine's speed moves; the wall-clock ratio of the two on a
