@@ -68,6 +68,7 @@ class StepClock:
         self.cuda = torch.cuda.is_available()
         self.marks: list = []
         self.host_mark: float | None = None
+        self.waited = 0.0  # seconds spent waiting for this row's turn (`Turns`): on no step's clock
 
     def __len__(self) -> int:
         return len(self.marks)
@@ -78,10 +79,12 @@ class StepClock:
             event.record()
             self.marks.append(event)
         else:
-            self.marks.append(time.perf_counter())
+            self.marks.append(time.perf_counter() - self.waited)
         if host_too:
             sync()
-            self.host_mark = time.perf_counter()
+            self.host_mark = time.perf_counter() - self.waited
+        if Turns.current is not None:  # the other rows' steps run now; this row's clock stands still
+            self.waited += Turns.current.pass_on()
 
     def seconds(self) -> list[float]:
         """Each mark's time in seconds after the first."""
@@ -89,6 +92,59 @@ class StepClock:
             return [t - self.marks[0] for t in self.marks]
         sync()
         return [self.marks[0].elapsed_time(e) / 1000 for e in self.marks]
+
+
+class Turns:
+    """Rows in processes of their own that compute one at a time, a step each in turn (`--turns`): a
+    slow spell of the machine then falls on every row's steps alike, not on whichever row ran then.
+
+    Made in the parent for `n` rows; each child process joins as row `index` (`join`, which waits for
+    its turn: set-up is taken in turn too), passes the turn on at the end of each step (`StepClock.mark`,
+    which leaves the wait off the row's clock) and leaves when its row is done. A row that has left is
+    skipped; `leave(index)` from the parent stands in for a child that died."""
+
+    current: Turns | None = None  # the one this process takes turns in (a child of a --turns run)
+
+    def __init__(self, n: int, context):
+        self.cond = context.Condition()
+        self.turn = context.Value("i", 0, lock=False)  # guarded by cond, as the two below
+        self.passes = context.Value("q", 0, lock=False)  # turns passed on so far, by every row
+        self.active = context.Array("b", [1] * n, lock=False)
+        self.index, self.passed_at, self.waited_s = -1, [], 0.0  # this process's
+
+    def join(self, index: int) -> None:
+        self.index, Turns.current = index, self
+        with self.cond:
+            self.cond.wait_for(lambda: self.turn.value == index)
+
+    def pass_on(self) -> float:
+        """The turn passed on at the end of a step; back when it comes round again: the seconds waited."""
+        started = time.perf_counter()
+        with self.cond:
+            self.passed_at.append(self.passes.value)
+            self.passes.value += 1
+            self._advance(self.index)
+            self.cond.wait_for(lambda: self.turn.value == self.index)
+        waited = time.perf_counter() - started
+        self.waited_s += waited
+        return waited
+
+    def leave(self, index: int | None = None) -> None:
+        index = self.index if index is None else index
+        with self.cond:
+            self.active[index] = 0
+            if self.turn.value == index:
+                self._advance(index)
+        if index == self.index:
+            Turns.current = None
+
+    def _advance(self, index: int) -> None:
+        """The turn to the next row still running after `index` (itself if it is the only one)."""
+        n = len(self.active)
+        self.turn.value = next(
+            (j for j in ((index + k) % n for k in range(1, n + 1)) if self.active[j]), index
+        )
+        self.cond.notify_all()
 
 
 def sync():

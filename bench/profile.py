@@ -36,6 +36,8 @@ import datetime as dt
 import logging
 import signal
 
+import torch
+
 from bench.clocks import device_name, slug
 from bench.harness import SEED_JOB_SAMPLES, row_setups
 from bench.report import PEAK_TFLOPS, start_results, write_results
@@ -91,6 +93,8 @@ OPTIONS = [
     ("--steps", positive_int, 20, "timed optimizer steps (default 20)"),
     ("--rounds", positive_int, 1, "measure the training rows this many times, interleaved (A B, B A, ...), "
      "each row's timed steps pooled: drift of the machine falls on every row alike (default 1)"),
+    ("--turns", bool, False, "CPU: every training row in a process of its own, all at once, computing one "
+     "at a time a step each in turn: the machine's drift falls on every row's steps alike"),
     ("--compiled-warmup", int, 40, "warm-up steps of compiled rows on a GPU (default 40: compilation and "
      "one CUDA graph per length bucket)"),
     ("--throughput-batch", int, None, "batch of the throughput rows (default: the largest of 128/96/64/32 "
@@ -125,6 +129,9 @@ def parse(argv):
     args = p.parse_args(argv)
     if args.eval_samples < 0:
         p.error(f"--eval-samples must be 0 (no evaluation timing) or more, got {args.eval_samples}")
+    if args.turns and (args.rounds > 1 or torch.cuda.is_available()):
+        p.error("--turns is for a CPU run, in place of --rounds (on a GPU, rows in processes of their own "
+                "would share its memory)")  # fmt: skip
     if args.row_limit is not None and not args.row_limit > 0:
         p.error(f"--row-limit must be a positive number of seconds, got {args.row_limit:g}")
     check_sources(p, args)

@@ -37,8 +37,8 @@ def start_results(args, out: Path, device: str, peak, seed_job_samples: int) -> 
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     return dict(device=device, date=now, versions=versions(), weights=weights, data=args.data,
                 examples=args.examples, tokenizer=args.tokenizer, model_config=args.model_config,
-                warmup_steps=args.warmup, timed_steps=args.steps, rounds=args.rounds, peak_tflops=peak,
-                seed_job_samples=seed_job_samples, documented_baseline=DOCUMENTED,
+                warmup_steps=args.warmup, timed_steps=args.steps, rounds=args.rounds, turns=args.turns,
+                peak_tflops=peak, seed_job_samples=seed_job_samples, documented_baseline=DOCUMENTED,
                 runs=[], rows=[], eval=[])  # fmt: skip
 
 
@@ -64,10 +64,12 @@ def ratio_field(peer: str) -> str:
     return "ratio_vs_" + peer.replace("-", "_")
 
 
-def rate(r: dict) -> float:
+def rate(r: dict, turns: bool = False) -> float:
     """A row's samples/s for a ratio: the median step's (a step slowed by another process moves a mean);
-    the mean in results measured before the median was recorded."""
-    return r.get("samples_per_s_median") or r["samples_per_s"]
+    the mean in results measured before the median was recorded. With --turns, every timed step's
+    examples over their seconds: a slow spell falls on every row's steps alike, and a length-grouped
+    row's steps differ in size (the median step of six batches of 450 to 4,100 tokens is no rate)."""
+    return r["samples_per_s"] if turns else r.get("samples_per_s_median") or r["samples_per_s"]
 
 
 def peers(rows: list[dict]) -> list[dict]:
@@ -77,12 +79,12 @@ def peers(rows: list[dict]) -> list[dict]:
     ]
 
 
-def add_ratios(rows: list[dict], documented: bool = True) -> None:
-    """Speed-up over each peer row of the same run (median-step samples/s over the peer's); on a GPU, over
-    the documented job."""
+def add_ratios(rows: list[dict], documented: bool = True, turns: bool = False) -> None:
+    """Speed-up over each peer row of the same run (samples/s over the peer's, as `rate` takes them); on a
+    GPU, over the documented job."""
     for r in measured(rows):
         for p in peers(rows):
-            r[ratio_field(p["name"])] = rate(r) / rate(p)
+            r[ratio_field(p["name"])] = rate(r, turns) / rate(p, turns)
         r["ratio_vs_documented_time"] = DOCUMENTED["minutes"] / r["projected_minutes"] if documented else None
         r["driver_vs_documented_memory"] = (
             r["peak_driver_mib"] / DOCUMENTED["driver_mib"]
@@ -95,7 +97,7 @@ def write_results(result: dict, out: Path, with_chart: bool = True) -> str:
     """results.json and results.md (and chart.png), each replaced atomically: a run killed at any
     moment leaves the previous complete file, never half of one."""
     gpu = not result["device"].startswith("CPU")
-    add_ratios(result["rows"], documented=gpu)
+    add_ratios(result["rows"], documented=gpu, turns=bool(result.get("turns")))
     # The GPU targets and the documented job are a GPU's; a CPU run is measured, and held only to the
     # targets that hold anywhere. Off CUDA the rows of a pair (the two bias lookups) also run the same
     # reference attention: no verdict from their difference.
@@ -132,6 +134,8 @@ def threads_said(result: dict) -> str:
 
 
 def rounds_said(result: dict) -> str:
+    if result.get("turns"):
+        return "every row in a process of its own, a step each in turn, "
     rounds = result.get("rounds", 1)
     return f"{rounds} interleaved rounds of " if rounds > 1 else ""
 

@@ -8,9 +8,14 @@ one evaluation row.
 from __future__ import annotations
 
 import json
+import multiprocessing
+import queue
 import tempfile
 from pathlib import Path
 
+import torch
+
+from bench.clocks import Turns
 from bench.eval_timing import EVAL_NOTE, RANDOM_WEIGHTS_NOTE, measure_eval
 from bench.harness import measure_row, pooled
 from bench.report import write_results
@@ -29,6 +34,9 @@ def measure_plan(args, data: BenchData, peak, result: dict, out: Path) -> None:
     B A, A B...): a machine that drifts slows every row alike, and each row's rounds are pooled."""
     rows = [ROWS[n] for n in args.configs]
     training, so_far = [r for r in rows if r.measures != "eval"], {}
+    if args.turns:
+        measure_in_turns(training, args, peak, result, out)
+        rows, training = [r for r in rows if r.measures == "eval"], []
     for n in range(args.rounds):
         for row in rows if n == 0 else training[:: -1 if n % 2 else 1]:
             if n and "error" in so_far[row.name][0]:
@@ -94,3 +102,63 @@ def measure_one(row, args, data: BenchData, peak, result: dict, out: Path, so_fa
         print(json.dumps(live), flush=True)
     write_results(result, out)  # after every row: a run stopped by its time guard keeps what it measured
     return live, rounds
+
+
+def measure_in_turns(rows: list, args, peak, result: dict, out: Path) -> None:
+    """`--turns`: each training row in a process of its own, all started at once, computing one at a time
+    a step each in turn (bench order, round and round; `clocks.Turns`), so that the machine's drift falls
+    on every row's steps alike. Each row's entry is written when every row is done."""
+    # Fresh interpreters (no state of this one's), not daemons: a row may start processes of its own.
+    context = multiprocessing.get_context("spawn")
+    turns, results = Turns(len(rows), context), context.Queue()
+    children = [
+        context.Process(target=_row_in_turn, args=(i, row.name, args, peak, turns, results))
+        for i, row in enumerate(rows)
+    ]
+    got: dict[int, dict] = {}
+    try:
+        for child in children:
+            child.start()
+        print(f"--- {', '.join(r.name for r in rows)}: a step each in turn", flush=True)
+        while len(got) < len(rows):
+            try:
+                index, row = results.get(timeout=1)
+                got[index] = row
+            except queue.Empty:
+                for i, child in enumerate(children):  # one that died without a word: the others go on
+                    # (One that ended well put its row on the queue before it ended: that row comes.)
+                    if i not in got and not child.is_alive() and child.exitcode not in (None, 0):
+                        turns.leave(i)
+                        got[i] = dict(error=f"its process ended (exit code {child.exitcode})")
+    finally:
+        for child in children:
+            if child.is_alive():
+                child.terminate()
+            child.join()
+        results.close()
+        for i, row in enumerate(rows):
+            ended = dict(error="stopped before it finished")
+            entry = {**dict(name=row.name, **row.described()), **got.get(i, ended)}
+            result["rows"].append(entry)
+            if args.json_rows:
+                print(json.dumps(entry), flush=True)
+        write_results(result, out)
+
+
+def _row_in_turn(index: int, name: str, args, peak, turns: Turns, results) -> None:
+    """A child of `measure_in_turns`: its row measured as `measure_one` would, taking its turns."""
+    from flant5_imdb.accel import cpu_threads
+
+    cpu_threads(args.threads, 0, torch.device("cpu"))  # the count the parent decided, for every row
+    data = BenchData(args)
+    turns.join(index)
+    try:
+        row = measure_row(ROWS[name], args, data, peak, Path(tempfile.mkdtemp(prefix=f"bench-{name}-")))
+    except BaseException as e:  # the parent is told whatever ended the row
+        row = dict(error=f"{type(e).__name__}: {e}")
+    finally:
+        turns.leave()
+    # Where this row's steps ended among every row's (0, 1, 2...: the order they computed in), and how
+    # long its clock stood still while the others computed.
+    row.update(turns_passed_at=turns.passed_at, turns_waited_s=turns.waited_s)
+    results.put((index, row))

@@ -1,4 +1,5 @@
 import dataclasses
+import itertools
 import json
 import re
 import statistics
@@ -721,6 +722,67 @@ def test_a_later_round_that_fails_leaves_the_rounds_before_it(tmp_path, monkeypa
     assert "error" not in row and row["timed_steps"] == 2 and len(row["rounds"]) == 2
     assert row["round_errors"] == ["round 2: RuntimeError: out of luck"]
     assert "fast: pooled without round 2: RuntimeError: out of luck" in (out / "results.md").read_text()
+
+
+def test_a_row_waiting_for_its_turn_has_the_wait_off_its_clock(monkeypatch):
+    """--turns: the time a row waits while the others compute is on no step of its own: with a turn that
+    takes 0.3 s to come round, three steps of about 10 ms read as about 10 ms each."""
+    from bench import clocks
+
+    class SlowTurn:
+        def pass_on(self):
+            time.sleep(0.3)
+            return 0.3
+
+    monkeypatch.setattr(clocks.Turns, "current", SlowTurn())
+    clock = clocks.StepClock()
+    for i in range(4):
+        time.sleep(0.01)
+        clock.mark(host_too=i == 0)
+    steps = [b - a for a, b in itertools.pairwise(clock.seconds())]
+    assert len(steps) == 3 and all(0.009 < s < 0.25 for s in steps), steps
+    assert clock.waited == pytest.approx(1.2)
+
+
+def test_a_turn_skips_the_rows_that_have_left():
+    """The turn goes round the rows still running: one that left (or died, its leave said by the parent)
+    is skipped, and the last row running keeps the turn."""
+    import multiprocessing
+
+    turns = clocks.Turns(3, multiprocessing.get_context("spawn"))
+    turns.join(0)  # row 0's turn: it returns at once
+    try:
+        turns.leave(1)  # as the parent says it for a row whose process ended
+        with turns.cond:  # as pass_on does, without waiting for the turn to come back
+            turns._advance(0)
+        assert turns.turn.value == 2
+        turns.leave(2)  # it held the turn: on to the next row running, round the end
+        assert turns.turn.value == 0 and list(turns.active) == [1, 0, 0]
+        assert turns.pass_on() < 1 and turns.passed_at == [0]  # the only row left: its turn again at once
+    finally:
+        turns.leave()
+    assert clocks.Turns.current is None
+
+
+def test_turns_run_each_row_in_its_process_a_step_each_in_turn(tmp_path):
+    """--turns: every training row in a process of its own; they compute a step each, in the bench's order,
+    round and round (the Trainer's steps end at turns 0, 2, 4, fast's at 1, 3, 5), each waiting while the
+    other computes; the rows compare as in any run; the header says how they ran."""
+    out = tmp_path / "bench"
+    argv = ["--configs", "fast,hf-trainer", *TINY, "--steps", "2", "--turns", "--eval-samples", "0"]
+    result = profile.main([*argv, "--out", str(out)])
+    trainer, fast = result["rows"]
+    assert [trainer["name"], fast["name"]] == ["hf-trainer", "fast"]
+    assert trainer["turns_passed_at"] == [0, 2, 4] and fast["turns_passed_at"] == [1, 3, 5]
+    for r in (trainer, fast):
+        assert "error" not in r and r["timed_steps"] == 2 and r["turns_waited_s"] > 0, r
+        assert r["cpu_threads"] == result["runs"][0]["cpu_threads"]
+    # The ratio from every timed step (examples over seconds), not from the median step.
+    assert fast["ratio_vs_hf_trainer"] == pytest.approx(fast["samples_per_s"] / trainer["samples_per_s"])
+    md = (out / "results.md").read_text()
+    assert "every row in a process of its own, a step each in turn, 2 timed steps" in md.splitlines()[0]
+    with pytest.raises(SystemExit):
+        profile.main([*argv, "--rounds", "2", "--out", str(out)])
 
 
 def test_the_steadiness_check_times_one_fixed_piece_of_work(capsys):
