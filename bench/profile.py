@@ -75,6 +75,7 @@ def main(argv=None) -> dict:
         data = BenchData(args)
         args.threads = this_run["cpu_threads"] = bench_threads(args, data)
         this_run["flush_denormal"] = bool(args.threads)  # set with the threads, for every row (accel.py)
+        this_run["keep_freed_memory"] = getattr(args, "keep_freed_memory", False)  # likewise
         measure_plan(args, data, peak, result, out)
         this_run["complete"] = True
     except (Stopped, Preempted) as e:

@@ -131,10 +131,11 @@ def measure_in_turns(rows: list, args, peak, result: dict, out: Path) -> None:
                         turns.leave(i)
                         got[i] = dict(error=f"its process ended (exit code {child.exitcode})")
     finally:
-        for child in children:
+        for i, child in enumerate(c for c in children if c.pid is not None):  # the ones started
+            child.join(timeout=60 if i in got else 0)  # a row done: let its process end (and clean up)
             if child.is_alive():
                 child.terminate()
-            child.join()
+                child.join()
         results.close()
         for i, row in enumerate(rows):
             ended = dict(error="stopped before it finished")
@@ -147,9 +148,10 @@ def measure_in_turns(rows: list, args, peak, result: dict, out: Path) -> None:
 
 def _row_in_turn(index: int, name: str, args, peak, turns: Turns, results) -> None:
     """A child of `measure_in_turns`: its row measured as `measure_one` would, taking its turns."""
-    from flant5_imdb.accel import cpu_threads
+    from flant5_imdb.accel import cpu_threads, keep_freed_memory
 
     cpu_threads(args.threads, 0, torch.device("cpu"))  # the count the parent decided, for every row
+    keep_freed_memory()  # as the parent (`bench_threads`): every row under the same allocator
     data = BenchData(args)
     turns.join(index)
     try:
