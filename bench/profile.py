@@ -44,6 +44,7 @@ from bench.report import PEAK_TFLOPS, start_results, write_results
 from bench.rows import PLAN, ROWS
 from bench.runner import Stopped, measure_plan
 from bench.sources import BenchData, add_source_args, bench_threads, check_sources
+from flant5_imdb.accel import keep_freed_memory
 from flant5_imdb.config import positive_int
 from flant5_imdb.guards import Preempted
 
@@ -75,7 +76,7 @@ def main(argv=None) -> dict:
         data = BenchData(args)
         args.threads = this_run["cpu_threads"] = bench_threads(args, data)
         this_run["flush_denormal"] = bool(args.threads)  # set with the threads, for every row (accel.py)
-        this_run["keep_freed_memory"] = getattr(args, "keep_freed_memory", False)  # likewise
+        this_run["keep_freed_memory"] = bool(args.threads) and keep_freed_memory()  # set with them (accel.py)
         measure_plan(args, data, peak, result, out)
         this_run["complete"] = True
     except (Stopped, Preempted) as e:

@@ -148,10 +148,9 @@ def measure_in_turns(rows: list, args, peak, result: dict, out: Path) -> None:
 
 def _row_in_turn(index: int, name: str, args, peak, turns: Turns, results) -> None:
     """A child of `measure_in_turns`: its row measured as `measure_one` would, taking its turns."""
-    from flant5_imdb.accel import cpu_threads, keep_freed_memory
+    from flant5_imdb.accel import training_threads
 
-    cpu_threads(args.threads, 0, torch.device("cpu"))  # the count the parent decided, for every row
-    keep_freed_memory()  # as the parent (`bench_threads`): every row under the same allocator
+    training_threads(args.threads, 0, torch.device("cpu"))  # as the parent (`bench_threads`), its count
     data = BenchData(args)
     turns.join(index)
     try:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from flant5_imdb.accel import cpu_threads, keep_freed_memory
+from flant5_imdb.accel import training_threads
 from flant5_imdb.config import THREADS_HELP, count_or_auto, positive_int
 from flant5_imdb.data import DataError, DataSpec, column, load_labelled, parse_source, prepare, verbalize
 from flant5_imdb.tokenizer import TRAIN_HERE, load_tokenizer, train_word_tokenizer
@@ -105,8 +105,9 @@ class BenchData:
 
 def bench_threads(args, data: BenchData) -> int | None:
     """The CPU threads of every row of this bench run, decided once, before the first row, as training
-    decides them (`--threads`; `auto`: the cores idle now): rows measured on different thread counts
-    would not compare. None on a GPU."""
+    decides them (`--threads`; `auto`: the cores idle now), with what training sets beside them (denormals
+    flushed, malloc keeping freed memory): rows measured on different thread counts would not compare.
+    None on a GPU."""
     from bench.flops import parameters
     from flant5_imdb.modeling import architecture_config
 
@@ -117,9 +118,7 @@ def bench_threads(args, data: BenchData) -> int | None:
         arch = AutoConfig.from_pretrained(args.model)
     else:
         arch = architecture_config(args.model_config, len(data.tokenizer))
-    threads = cpu_threads(args.threads, parameters(arch), device)
+    threads = training_threads(args.threads, parameters(arch), device)
     if threads:
-        # As a training run on a CPU sets it: the Trainer's rows run under it too (recorded in the run).
-        args.keep_freed_memory = keep_freed_memory()
         print(f"CPU threads, for every row: {threads} (--threads {args.threads})", flush=True)
     return threads

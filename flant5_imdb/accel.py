@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import logging
 import math
 import os
@@ -159,6 +160,7 @@ M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
 KEEP_TRIM = 2**31 - 1  # bytes free at the heap's top before glibc returns them: the most mallopt takes
 
 
+@functools.cache  # process-wide, set once: a second call answers what the first did
 def keep_freed_memory() -> bool:
     """Have glibc's malloc keep freed memory for the next allocation instead of returning it to the OS;
     True where it was set (Linux with glibc, the user's own malloc settings absent).
@@ -181,6 +183,15 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):  # not glibc (macOS, Windows): their allocators are left alone
         return False
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, KEEP_TRIM))
+
+
+def training_threads(setting: str | int, parameters: int, device: torch.device) -> int | None:
+    """What a training process sets up on a CPU: its threads and denormals (`cpu_threads`, whose count it
+    returns; None on a GPU) and malloc keeping freed memory for the next step (`keep_freed_memory`)."""
+    threads = cpu_threads(setting, parameters, device)
+    if threads:
+        keep_freed_memory()
+    return threads
 
 
 def run_on(device: torch.device, threads: int | None, precision: str, processes: int = 1) -> str:

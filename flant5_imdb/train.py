@@ -33,7 +33,7 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 from flant5_imdb import hub
-from flant5_imdb.accel import cpu_threads, keep_freed_memory, main_first, make_accelerator, run_on
+from flant5_imdb.accel import main_first, make_accelerator, run_on, training_threads
 from flant5_imdb.card import publish, run_summary
 from flant5_imdb.checkpoint import (
     ResumePoint,
@@ -160,9 +160,7 @@ def setup(cfg: TrainConfig) -> Job:
                    main_process_first=functools.partial(main_first, accelerator))  # fmt: skip
     tokenizer, train_ds = data.tokenizer, data.train
     model, raw_optimizer, optimizer, step_model = build_trainable(cfg, accelerator, len(tokenizer))
-    threads = cpu_threads(cfg.threads, sum(p.numel() for p in model.parameters()), accelerator.device)
-    if threads:  # a CPU run: each step's activations reuse the last step's memory (no page faults)
-        keep_freed_memory()
+    threads = training_threads(cfg.threads, sum(p.numel() for p in model.parameters()), accelerator.device)
     logger.info(
         "running on %s", run_on(accelerator.device, threads, cfg.precision, accelerator.num_processes)
     )

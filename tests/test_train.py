@@ -549,9 +549,9 @@ def test_a_missing_file_or_a_folder_in_use_is_refused_before_torch_is_imported(t
 def test_a_cpu_run_keeps_freed_memory_for_its_next_step(tmp_path, tokenizer_dir, monkeypatch):
     """A CPU training run asks malloc to keep what a step frees (no page faults for the next step's
     activations: `accel.keep_freed_memory`), once, at set-up."""
-    import flant5_imdb.train as train
+    from flant5_imdb import accel
 
     calls = []
-    monkeypatch.setattr(train, "keep_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(accel, "keep_freed_memory", lambda: calls.append(1) or True)
     run(tiny(tmp_path, tokenizer_dir, max_steps=2, final_eval=False))
     assert calls == [1]
