@@ -70,6 +70,12 @@ BAD_TRAINING_FILES = [
     ),  # every row bad: --skip-bad-rows, which would leave nothing, is not advised
     (
         "train.jsonl",
+        '{"text": "fine", "label": 0}\n"a text alone"\n',
+        "error: {path}: 1 bad row(s): {path} line 2: not a JSON object (a string); one object per line, like "
+        '{{"text": "...", "label": 1}}; pass --skip-bad-rows to drop them',
+    ),  # a JSON string is a record that is no object, not a reason of its own
+    (
+        "train.jsonl",
         '{"text": "fine", "label": 0}\n["a", 1]\n',
         "error: {path}: 1 bad row(s): {path} line 2: not a JSON object (an array); one object per line, like "
         '{{"text": "...", "label": 1}}; pass --skip-bad-rows to drop them',
@@ -420,6 +426,38 @@ def test_another_tasks_classes_are_not_called_an_unlabelled_split(tmp_path):
         f"0/1/neg/pos/negative/positive; {test} line 3: label 'bug' is not one of "
         "0/1/neg/pos/negative/positive)"
     )
+
+
+MALFORMED_ARRAYS = [  # a .json file's array: what is wrong, said with the line and column of the file
+    ('[{"text": "a", "label": 1} {"text": "b", "label": 0}]',
+     "line 1: invalid JSON (Expecting ',' delimiter at column 28)"),
+    ('[{"text": "a", "label": 1}, {"text": "b", "label": 0}] x',
+     "line 1: invalid JSON (Extra data at column 56)"),
+    ('[{"text": "a", "label": 1},\n {"text": "b", "label": 0',
+     "line 2: invalid JSON (Expecting ',' delimiter at column 26)"),
+    ('[\n{"text": "a", "label": 1},\n{"text": "b", "label": 0},\n]',
+     "line 4: invalid JSON (Expecting value at column 1)"),
+    (" \n\t ", ": empty file"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("block", [1, 3, 64, 1 << 20])
+def test_a_malformed_json_array_is_named_by_line_and_column_whatever_the_blocks(tmp_path, monkeypatch, block):
+    from flant5_imdb.data import DataError, reader
+
+    monkeypatch.setattr(reader, "BLOCK", block)
+    for i, (content, said) in enumerate(MALFORMED_ARRAYS):
+        path = tmp_path / f"{i}.json"
+        path.write_text(content)
+        with pytest.raises(DataError) as e:
+            list(reader.read_table(path, "text", "label").rows())
+        assert str(e.value) == f"{path} {said}".replace(" :", ":"), content
+    path = tmp_path / "strings.json"  # an element that is a string is a bad row, not a reason of its own
+    path.write_text('[{"text": "a", "label": 1}, "b", {"text": "c", "label": 0}]')
+    rows = [r if isinstance(r, tuple) else str(r) for r in reader.read_table(path, "text", "label").rows()]
+    assert rows == [(1, "a", 1), f'{path} row 2: not a JSON object (a string); one object per row, like '
+                    '{"text": "...", "label": 1}', (3, "c", 0)]  # fmt: skip
+    assert [str(r) for r in reader.texts_to_predict(path)] == ["a", str(rows[1]), "c"]
 
 
 @pytest.mark.parametrize("block", [1, 2, 3, 7, 64])

@@ -39,14 +39,7 @@ if TYPE_CHECKING:
     from datasets import Dataset
 
 
-FORMATS = {
-    ".csv": "csv",
-    ".jsonl": "jsonl",
-    ".json": "json",
-    ".txt": "txt",
-    ".parquet": "parquet",
-    ".arrow": "arrow",
-}
+FORMATS = {f".{kind}": kind for kind in ("csv", "jsonl", "json", "txt", "parquet", "arrow")}  # by suffix
 GZIP_MAGIC = b"\x1f\x8b"
 STDIN = "<stdin>"
 LINE_END = r"\r\n|\r|\n"  # as Python's text files and the csv module end a line
@@ -217,12 +210,12 @@ def read_table(path: str | Path, text_column: str, label_column: str | None = No
         with open(path, "rb") as raw:
             split.unit, found = table_records(raw, str(path), kind, columns)
             seen = False
-            for number, record in found:
+            for item in _with_columns(found, columns, str(path), split.unit):
                 seen = True
-                problem = record if isinstance(record, str) else _record_problem(record, columns, split.unit)
-                if problem:
-                    yield BadRow(str(path), number, problem, split.unit)
+                if isinstance(item, BadRow):
+                    yield item
                 else:
+                    number, record = item
                     yield number, record[text_column], None if label_column is None else record[label_column]
         if not seen:
             raise DataError(f"{path}: no records" + (" (only a header)" if kind == "csv" else ""))
@@ -339,7 +332,11 @@ def _without_end(line: str) -> str:
     return line[:-2] if line.endswith("\r\n") else line[:-1] if line.endswith(("\n", "\r")) else line
 
 
-Records = Iterator[tuple[int, "dict | str"]]  # (where a record starts, the record or why it is none)
+class Unreadable(str):
+    """Why a record could not be parsed at all (a type of its own: a JSON record may itself be a string)."""
+
+
+Records = Iterator[tuple[int, object]]  # (where a record starts, the record parsed or why it is `Unreadable`)
 
 
 def _empty(where: str) -> Records:
@@ -390,16 +387,12 @@ def _csv_records(where: str, blocks: Iterable[str], columns) -> Records:
                 return
             except csv.Error as e:
                 raise DataError(f"{where} line {start}: {e}") from None
-            if len(record) > 1 or any(f.strip() for f in record):  # a blank line is no record
-                yield (
-                    start,
-                    (
-                        dict(zip(names, record, strict=True))
-                        if len(record) == len(names)
-                        else f"{len(record)} fields, the header has {len(names)} "
-                        "(an unclosed quote, or a comma in an unquoted field?)"
-                    ),
-                )
+            blank = len(record) < 2 and not any(f.strip() for f in record)  # a blank line is no record
+            if not blank and len(record) == len(names):
+                yield start, dict(zip(names, record, strict=True))
+            elif not blank:
+                yield start, Unreadable(f"{len(record)} fields, the header has {len(names)} (an unclosed "
+                                        "quote, or a comma in an unquoted field?)")  # fmt: skip
             start = reader.line_num + 1
     finally:
         csv.field_size_limit(limit)
@@ -417,11 +410,11 @@ def _line_records(where: str, blocks: Iterable[str], parse) -> Records:
         raise DataError(f"{where}: empty file")
 
 
-def _json_record(line: str) -> dict | str:
+def _json_record(line: str):
     try:
         return json.loads(line, object_pairs_hook=_Object)
     except json.JSONDecodeError as e:
-        return f"invalid JSON ({e.msg} at column {e.colno})"
+        return Unreadable(f"invalid JSON ({e.msg} at column {e.colno})")
 
 
 NEAR_END = 1024  # characters: a JSON error this close to the end of what is read may be a value cut short
@@ -514,8 +507,17 @@ class _JsonBlocks:
             return value
 
 
+def _with_columns(records: Records, columns, where: str, unit: str) -> Iterator[tuple[int, dict] | BadRow]:
+    """Each record that holds `columns`, with its place; the `BadRow` of each that does not."""
+    for number, record in records:
+        problem = _record_problem(record, columns, unit)
+        yield BadRow(where, number, problem, unit) if problem else (number, record)
+
+
 def _record_problem(record, columns, unit: str) -> str | None:
-    """Why a parsed record cannot be taken: not an object, a repeated field, a column missing."""
+    """Why a record cannot be taken: unreadable, not an object, a repeated field, a column missing."""
+    if isinstance(record, Unreadable):
+        return str(record)
     if not isinstance(record, dict):
         kind = kind_of(record, array="an array")
         return f'not a JSON object ({kind}); one object per {unit}, like {{"text": "...", "label": 1}}'
@@ -577,11 +579,13 @@ def texts_to_predict(path: str | Path | None, *, text_column: str = "text",
             unit, records = "row", _parquet_records(Path(path), text_column)
         else:
             unit, records = table_records(raw, where, kind, (text_column,))
-        for number, record in records:
-            problem = record if isinstance(record, str) else _record_problem(record, (text_column,), unit)
-            text = None if problem else record[text_column]
-            problem = problem or text_problem(text)
-            yield BadRow(where, number, problem, unit) if problem else text
+        for item in _with_columns(records, (text_column,), where, unit):
+            if isinstance(item, BadRow):
+                yield item
+            else:
+                number, record = item
+                problem = text_problem(record[text_column])
+                yield BadRow(where, number, problem, unit) if problem else record[text_column]
 
 
 def _parquet_records(path: Path, column: str) -> Records:
@@ -642,13 +646,7 @@ def read_texts(path: str | None, stdin: bytes = b"", *, skip_bad_rows: bool = Fa
 # --------------------------------------------------------------------------------------------
 # A split's table: a file of any kind, a Hub dataset, an aclImdb/ folder
 
-TABLE_FORMATS = (
-    "parquet",
-    "arrow",
-    "csv",
-    "jsonl",
-    "json",
-)  # what a split's file may be (the last three gzipped)
+TABLE_FORMATS = ("parquet", "arrow", "csv", "jsonl", "json")  # a split's file (the last three also .gz)
 
 
 def read_file(path: Path, columns: Columns) -> RawSplit:
