@@ -161,7 +161,7 @@ def _stage(raw: RawSplit, folder: Path | None, split: str) -> _Staged:
             if len(text) > FEW[1] or len(few) > FEW[0]:
                 few = None
         # How the label was written, where it reads otherwise (for the message if it is no class).
-        written = value if isinstance(value, str) and value != shown and value.strip() != shown else None
+        written = value if isinstance(value, str) and value.strip() != shown else None
         writer.add(text=text, label=shown, written=written, place=place)
     return _Staged(writer.close(), raw.where, raw.unit, bad, counts, labelless, raw.class_names, few)
 
@@ -230,8 +230,7 @@ def _validate(
             columns = (batch.column(name).to_pylist() for name in ("label", "written", "place"))
             for shown, written, place in zip(*columns, strict=True):
                 if index[shown] is None:
-                    why = not_a_class(shown if written is None else written, shown, space)
-                    bad.append(BadRow(staged.where, place, why, staged.unit))
+                    bad.append(BadRow(staged.where, place, not_a_class(shown, written, space), staged.unit))
                     labelless += 1
     good = sum(n for text, n in staged.label_texts.items() if index[text] is not None)
     bad = [
@@ -267,11 +266,12 @@ def _validate(
     return writer.finish(), bad
 
 
-def not_a_class(value, shown: str, space: LabelSpace) -> str:
-    """Why a label (`value`, canonical text `shown`) is none of the classes (with a hint for a comma)."""
-    text = f"label {shown!r} is not one of {space.describe()}"
-    if shown != value and isinstance(value, str) and value.strip() != shown:
-        text += f" (written {value!r})"
+def not_a_class(shown: str, written: str | None, space: LabelSpace) -> str:
+    """Why a label (canonical text `shown`; `written`: as the file wrote it, where that reads otherwise) is
+    none of the classes (with a hint for a comma)."""
+    text = f"label {shown!r} is not one of {space.describe()}" + (
+        f" (written {written!r})" if written else ""
+    )
     if "," in shown and space.kind == "name":
         text += "; a class whose name holds a comma is written with \\, in --labels ('a\\, b,c')"
     return text

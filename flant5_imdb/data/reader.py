@@ -20,6 +20,7 @@ taken (invalid JSON, not an object, a repeated field, the wrong number of CSV fi
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import csv
 import gzip
@@ -251,12 +252,12 @@ def table_records(raw: BinaryIO, where: str, kind: str, columns) -> tuple[str, R
 
 
 BLOCK = 1 << 20  # bytes read at a time
-BOM = b"\xef\xbb\xbf"
 
 
 def decoded_blocks(raw: BinaryIO, where: str) -> Iterator[str]:
     """`raw`'s bytes as UTF-8 text, a block at a time: gunzipped if they are gzip (whatever the name), a
-    byte-order mark dropped, a character split between two blocks kept whole.
+    byte-order mark dropped, a character split between two blocks kept whole (the decoder holds its
+    first bytes back).
 
     Raises:
         DataError: bytes that are not UTF-8 (naming the line, as `lines` counts them, and the byte's
@@ -264,40 +265,32 @@ def decoded_blocks(raw: BinaryIO, where: str) -> Iterator[str]:
     """
     if not hasattr(raw, "peek"):
         raw = io.BufferedReader(raw)
-    gzipped = raw.peek(2)[:2] == GZIP_MAGIC
-    stream = gzip.GzipFile(fileobj=raw) if gzipped else raw
-    offset, carry, ends, ended_cr, first = 0, b"", 0, False, True
+    stream = gzip.GzipFile(fileobj=raw) if raw.peek(2)[:2] == GZIP_MAGIC else raw
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, ends, ended_cr, first = 0, 0, False, True  # offset: the bytes read before this block
     while True:
         try:
             block = stream.read(BLOCK)
         except (OSError, EOFError, zlib.error) as e:
             raise DataError(f"{where}: a damaged gzip file ({e})") from None
-        data = carry + block
-        if first:
-            if len(data) < len(BOM) and block:
-                carry = data  # too few bytes yet to tell a byte-order mark
-                continue
-            if data.startswith(BOM):
-                data, offset = data[len(BOM) :], len(BOM)
-            first = False
+        held = decoder.getstate()[0]  # the first bytes of a character the last block cut
         try:
-            text, carry = data.decode("utf-8"), b""
+            text = decoder.decode(block, final=not block)
         except UnicodeDecodeError as e:
-            if block and e.end == len(data) and e.reason == "unexpected end of data":
-                text, carry = data[: e.start].decode("utf-8"), data[e.start :]  # the rest comes next block
-            else:
-                before = data[: e.start].decode("utf-8")
-                line = ends + _line_ends(before, ended_cr) + 1
-                byte, at = data[e.start], offset + e.start
-                raise DataError(
-                    f"{where} line {line}: not UTF-8 (byte 0x{byte:02x} at offset {at}); "
-                    + ("give UTF-8 text" if where == STDIN else "save the file as UTF-8")
-                ) from None
+            data = held + block
+            line = ends + _line_ends(data[: e.start].decode("utf-8"), ended_cr) + 1
+            raise DataError(
+                f"{where} line {line}: not UTF-8 (byte 0x{data[e.start]:02x} at offset "
+                f"{offset - len(held) + e.start}); "
+                + ("give UTF-8 text" if where == STDIN else "save the file as UTF-8")
+            ) from None
+        if first and text:
+            text, first = text.removeprefix("\ufeff"), False
         if text:
             ends += _line_ends(text, ended_cr)
             ended_cr = text.endswith("\r")
             yield text
-        offset += len(data) - len(carry)
+        offset += len(block)
         if not block:
             return
 
