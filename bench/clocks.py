@@ -96,7 +96,8 @@ class StepClock:
 
 class Turns:
     """Rows in processes of their own that compute one at a time, a step each in turn (`--turns`): a
-    slow spell of the machine then falls on every row's steps alike, not on whichever row ran then.
+    slow spell of the machine then falls on every row's steps alike, not on whichever row ran then;
+    each pass over the rows goes in the reverse order of the one before (`_advance`).
 
     Made in the parent for `n` rows; each child process joins as row `index` (`join`, which waits for
     its turn: set-up is taken in turn too), passes the turn on at the end of each step (`StepClock.mark`,
@@ -123,7 +124,7 @@ class Turns:
         with self.cond:
             self.passed_at.append(self.passes.value)
             self.passes.value += 1
-            self._advance(self.index)
+            self._advance()
             self.cond.wait_for(lambda: self.turn.value == self.index)
         waited = time.perf_counter() - started
         self.waited_s += waited
@@ -134,16 +135,18 @@ class Turns:
         with self.cond:
             self.active[index] = 0
             if self.turn.value == index:
-                self._advance(index)
+                self._advance()
         if index == self.index:
             Turns.current = None
 
-    def _advance(self, index: int) -> None:
-        """The turn to the next row still running after `index` (itself if it is the only one)."""
-        n = len(self.active)
-        self.turn.value = next(
-            (j for j in ((index + k) % n for k in range(1, n + 1)) if self.active[j]), index
-        )
+    def _advance(self) -> None:
+        """The turn to the row whose step comes next: the rows still running take a step each, every pass
+        in the reverse order of the one before (A B C, C B A, A B C), as `--rounds` orders its rounds: no
+        row always comes first, or always right after the same other row."""
+        live = [j for j, running in enumerate(self.active) if running]
+        if live:
+            done, place = divmod(self.passes.value, len(live))
+            self.turn.value = live[place if done % 2 == 0 else len(live) - 1 - place]
         self.cond.notify_all()
 
 

@@ -96,7 +96,7 @@ OPTIONS = [
     ("--rounds", positive_int, 1, "measure the training rows this many times, interleaved (A B, B A, ...), "
      "each row's timed steps pooled: drift of the machine falls on every row alike (default 1)"),
     ("--turns", bool, False, "CPU: every training row in a process of its own, all at once, computing one "
-     "at a time a step each in turn: the machine's drift falls on every row's steps alike"),
+     "at a time a step each in turn (A B, B A, ...): the machine's drift falls on every row's steps alike"),
     ("--compiled-warmup", int, 40, "warm-up steps of compiled rows on a GPU (default 40: compilation and "
      "one CUDA graph per length bucket)"),
     ("--throughput-batch", int, None, "batch of the throughput rows (default: the largest of 128/96/64/32 "

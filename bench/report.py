@@ -135,7 +135,7 @@ def threads_said(result: dict) -> str:
 
 def rounds_said(result: dict) -> str:
     if result.get("turns"):
-        return "every row in a process of its own, a step each in turn, "
+        return "every row in a process of its own, a step each in turn (A B, B A, ...), "
     rounds = result.get("rounds", 1)
     return f"{rounds} interleaved rounds of " if rounds > 1 else ""
 

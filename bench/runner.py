@@ -106,8 +106,8 @@ def measure_one(row, args, data: BenchData, peak, result: dict, out: Path, so_fa
 
 def measure_in_turns(rows: list, args, peak, result: dict, out: Path) -> None:
     """`--turns`: each training row in a process of its own, all started at once, computing one at a time
-    a step each in turn (bench order, round and round; `clocks.Turns`), so that the machine's drift falls
-    on every row's steps alike. Each row's entry is written when every row is done."""
+    a step each in turn (each pass the reverse of the one before; `clocks.Turns`), so that the machine's
+    drift falls on every row's steps alike. Each row's entry is written when every row is done."""
     # Fresh interpreters (no state of this one's), not daemons: a row may start processes of its own.
     context = multiprocessing.get_context("spawn")
     turns, results = Turns(len(rows), context), context.Queue()

@@ -744,43 +744,53 @@ def test_a_row_waiting_for_its_turn_has_the_wait_off_its_clock(monkeypatch):
     assert clock.waited == pytest.approx(1.2)
 
 
-def test_a_turn_skips_the_rows_that_have_left():
-    """The turn goes round the rows still running: one that left (or died, its leave said by the parent)
-    is skipped, and the last row running keeps the turn."""
+def test_turns_go_each_pass_in_the_reverse_order_and_skip_the_rows_that_have_left():
+    """The turn goes round the rows still running, every pass in the reverse order of the one before (no
+    row always first, or always after the same row); one that left (or died, its leave said by the
+    parent) is skipped, and the last row running keeps the turn."""
     import multiprocessing
 
     turns = clocks.Turns(3, multiprocessing.get_context("spawn"))
+    order = []
+    for passed in range(7):  # as pass_on moves the turn on, without waiting for it to come back
+        with turns.cond:
+            turns.passes.value = passed
+            turns._advance()
+            order.append(turns.turn.value)
+    assert order == [0, 1, 2, 2, 1, 0, 0]
+    turns.passes.value = 0
     turns.join(0)  # row 0's turn: it returns at once
     try:
         turns.leave(1)  # as the parent says it for a row whose process ended
-        with turns.cond:  # as pass_on does, without waiting for the turn to come back
-            turns._advance(0)
+        with turns.cond:
+            turns.passes.value += 1
+            turns._advance()
         assert turns.turn.value == 2
-        turns.leave(2)  # it held the turn: on to the next row running, round the end
+        turns.leave(2)  # it held the turn: on to the one row still running
         assert turns.turn.value == 0 and list(turns.active) == [1, 0, 0]
-        assert turns.pass_on() < 1 and turns.passed_at == [0]  # the only row left: its turn again at once
+        assert turns.pass_on() < 1 and turns.passed_at == [1]  # the only row left: its turn again at once
     finally:
         turns.leave()
     assert clocks.Turns.current is None
 
 
 def test_turns_run_each_row_in_its_process_a_step_each_in_turn(tmp_path):
-    """--turns: every training row in a process of its own; they compute a step each, in the bench's order,
-    round and round (the Trainer's steps end at turns 0, 2, 4, fast's at 1, 3, 5), each waiting while the
-    other computes; the rows compare as in any run; the header says how they ran."""
+    """--turns: every training row in a process of its own; they compute a step each, every pass in the
+    reverse order of the one before (the Trainer's steps end at turns 0, 3, 4, fast's at 1, 2, 5), each
+    waiting while the other computes; the rows compare as in any run; the header says how they ran."""
     out = tmp_path / "bench"
     argv = ["--configs", "fast,hf-trainer", *TINY, "--steps", "2", "--turns", "--eval-samples", "0"]
     result = profile.main([*argv, "--out", str(out)])
     trainer, fast = result["rows"]
     assert [trainer["name"], fast["name"]] == ["hf-trainer", "fast"]
-    assert trainer["turns_passed_at"] == [0, 2, 4] and fast["turns_passed_at"] == [1, 3, 5]
+    assert trainer["turns_passed_at"] == [0, 3, 4] and fast["turns_passed_at"] == [1, 2, 5]
     for r in (trainer, fast):
         assert "error" not in r and r["timed_steps"] == 2 and r["turns_waited_s"] > 0, r
         assert r["cpu_threads"] == result["runs"][0]["cpu_threads"]
     # The ratio from every timed step (examples over seconds), not from the median step.
     assert fast["ratio_vs_hf_trainer"] == pytest.approx(fast["samples_per_s"] / trainer["samples_per_s"])
     md = (out / "results.md").read_text()
-    assert "every row in a process of its own, a step each in turn, 2 timed steps" in md.splitlines()[0]
+    assert "every row in a process of its own, a step each in turn (A B, B A, ...), 2 timed steps" in md.splitlines()[0]
     with pytest.raises(SystemExit):
         profile.main([*argv, "--rounds", "2", "--out", str(out)])
 
