@@ -790,7 +790,8 @@ def test_turns_run_each_row_in_its_process_a_step_each_in_turn(tmp_path):
     # The ratio from every timed step (examples over seconds), not from the median step.
     assert fast["ratio_vs_hf_trainer"] == pytest.approx(fast["samples_per_s"] / trainer["samples_per_s"])
     md = (out / "results.md").read_text()
-    assert "every row in a process of its own, a step each in turn (A B, B A, ...), 2 timed steps" in md.splitlines()[0]
+    header = md.splitlines()[0]
+    assert "every row in a process of its own, a step each in turn (A B, B A, ...), 2 timed steps" in header
     with pytest.raises(SystemExit):
         profile.main([*argv, "--rounds", "2", "--out", str(out)])
 
@@ -815,6 +816,22 @@ def test_the_steadiness_check_times_its_reference_beside_training_steps(capsys):
         assert -1 <= figures["correlation"] <= 1
     printed = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in printed] == ["length 8", "length 32"]
+
+
+def test_the_loss_paths_agree_before_they_are_timed(capsys, monkeypatch):
+    """bench/loss_path.py: the model's own loss and ours (summed over the target tokens, divided by their
+    count) agree on the batch before either is timed; a path that computed another loss is refused."""
+    from bench import loss_path
+
+    got = loss_path.main(["--model-config", "tiny", "--threads", "1", "--pairs", "3", "--length", "32"])
+    assert got["loss"] > 0 and got["model_s"] > 0 and got["ours_s"] > 0
+    assert got["ratio"] == pytest.approx(got["model_s"] / got["ours_s"])
+    assert "model's own / ours" in capsys.readouterr().out
+    from flant5_imdb.train import token_loss_sum
+
+    monkeypatch.setattr(loss_path, "token_loss_sum", lambda model, batch: 1.01 * token_loss_sum(model, batch))
+    with pytest.raises(SystemExit, match="the two paths disagree"):
+        loss_path.main(["--model-config", "tiny", "--threads", "1", "--pairs", "2", "--length", "32"])
 
 
 def test_our_loop_asks_no_more_operator_calls_per_step_than_the_trainer(tmp_path):
