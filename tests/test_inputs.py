@@ -69,6 +69,13 @@ BAD_TRAINING_FILES = [
         'object per line, like {{"text": "...", "label": 1}})',
     ),  # every row bad: --skip-bad-rows, which would leave nothing, is not advised
     (
+        "train.json",
+        json.dumps({"text": {"0": "a good film", "1": "a bad film"}, "label": {"0": 1, "1": 0}}),
+        "error: {path}: one JSON object holds whole columns ('text' and 'label', 2 values each); give one "
+        "object per row, as JSON lines or an array of objects (pandas: to_json(path, orient='records', "
+        "lines=True))",
+    ),  # pandas' default to_json: a table in one record, said as such (not "the text is an object")
+    (
         "train.jsonl",
         '{"text": "fine", "label": 0}\n"a text alone"\n',
         "error: {path}: 1 bad row(s): {path} line 2: not a JSON object (a string); one object per line, like "

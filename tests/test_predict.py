@@ -109,6 +109,13 @@ def test_every_input_form_gives_the_same_predictions(final, tmp_path, capsys):
             r"bad.jsonl line 2: invalid JSON \(Expecting value at column 1\)",
         ),
         ("bad.jsonl", '{"text": 5}\n', r"bad.jsonl line 1: the text is a number \(5\), not a string"),
+        (
+            "table.json",
+            '{"text": {"0": "a", "1": "b"}}',  # pandas' default to_json
+            r"table.json: one JSON object holds whole columns \('text', 2 values each\); give one object per "
+            "row",
+        ),
+        ("one.jsonl", '{"text": ["a", "b"]}\n{"text": "c"}\n', r"one.jsonl: one JSON object holds whole"),
         ("bad.tsv", "x\n", r"unsupported file type '.tsv'"),
     ],
 )

@@ -501,8 +501,23 @@ class _JsonBlocks:
 
 
 def _with_columns(records: Records, columns, where: str, unit: str) -> Iterator[tuple[int, dict] | BadRow]:
-    """Each record that holds `columns`, with its place; the `BadRow` of each that does not."""
+    """Each record that holds `columns`, with its place; the `BadRow` of each that does not.
+
+    Raises:
+        DataError: the first record is a JSON object holding whole columns (`{"text": [...], ...}`, or
+            pandas' default `to_json`, `{"text": {"0": ...}, ...}`): a table in one record, not a bad row.
+    """
+    first = True
     for number, record in records:
+        if first and isinstance(record, _Object):
+            sizes = {len(v) if isinstance(v, list | dict) else 0 for v in map(record.get, columns)}
+            if len(sizes) == 1 and min(sizes) > 1:
+                raise DataError(
+                    f"{where}: one JSON object holds whole columns ({' and '.join(map(repr, columns))}, "
+                    f"{min(sizes)} values each); give one object per row, as JSON lines or an array of "
+                    "objects (pandas: to_json(path, orient='records', lines=True))"
+                )
+        first = False
         problem = _record_problem(record, columns, unit)
         yield BadRow(where, number, problem, unit) if problem else (number, record)
 
