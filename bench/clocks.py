@@ -94,6 +94,13 @@ class StepClock:
         return [self.marks[0].elapsed_time(e) / 1000 for e in self.marks]
 
 
+def pass_order(rows: list, n: int) -> list:
+    """The rows in the order of the n-th pass over them (from 0): every pass the reverse of the one before
+    (A B C, C B A, A B C), so that no row always comes first, or always right after the same other row.
+    `--rounds` orders its rounds so, and `--turns` its passes."""
+    return rows[::-1] if n % 2 else rows
+
+
 class Turns:
     """Rows in processes of their own that compute one at a time, a step each in turn (`--turns`): a
     slow spell of the machine then falls on every row's steps alike, not on whichever row ran then;
@@ -140,13 +147,12 @@ class Turns:
             Turns.current = None
 
     def _advance(self) -> None:
-        """The turn to the row whose step comes next: the rows still running take a step each, every pass
-        in the reverse order of the one before (A B C, C B A, A B C), as `--rounds` orders its rounds: no
-        row always comes first, or always right after the same other row."""
+        """The turn to the row whose step comes next: the rows still running take a step each, pass after
+        pass (`pass_order`)."""
         live = [j for j, running in enumerate(self.active) if running]
         if live:
             done, place = divmod(self.passes.value, len(live))
-            self.turn.value = live[place if done % 2 == 0 else len(live) - 1 - place]
+            self.turn.value = pass_order(live, done)[place]
         self.cond.notify_all()
 
 

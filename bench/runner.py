@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from bench.clocks import Turns
+from bench.clocks import Turns, pass_order
 from bench.eval_timing import EVAL_NOTE, RANDOM_WEIGHTS_NOTE, measure_eval
 from bench.harness import measure_row, pooled
 from bench.report import write_results
@@ -38,7 +38,7 @@ def measure_plan(args, data: BenchData, peak, result: dict, out: Path) -> None:
         measure_in_turns(training, args, peak, result, out)
         rows, training = [r for r in rows if r.measures == "eval"], []
     for n in range(args.rounds):
-        for row in rows if n == 0 else training[:: -1 if n % 2 else 1]:
+        for row in rows if n == 0 else pass_order(training, n):
             if n and "error" in so_far[row.name][0]:
                 continue  # a row that failed in its first round is not run again
             print(f"--- {row.name}" + (f" (round {n + 1} of {args.rounds})" if n else ""), flush=True)
