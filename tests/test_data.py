@@ -387,3 +387,17 @@ def test_a_model_saved_before_the_prompts_wording_changed_is_read_as_it_was_trai
         f"--prompt 'flan': this model was trained with the prompt {FORMER_PROMPTS['flan']!r}; its inputs now "
         "differ"
     ]
+
+
+def test_lines_end_where_a_text_file_ends_them_wherever_the_blocks_are_cut():
+    """LF, CRLF and a lone CR end a line (U+2028 and a form feed do not); a CRLF cut between two blocks is
+    one end; each line keeps its end. The same for every cut into two blocks, and one character a block."""
+    from flant5_imdb.data.reader import lines
+
+    text = "a\nb\r\nc\rd\u2028e\x0cf\r\r\ng\n\nh"
+    expected = ["a\n", "b\r\n", "c\r", "d\u2028e\x0cf\r", "\r\n", "g\n", "\n", "h"]
+    assert list(lines([text])) == expected
+    for cut in range(1, len(text)):
+        assert list(lines([text[:cut], text[cut:]])) == expected, cut
+    assert list(lines(iter(text))) == expected
+    assert list(lines(["x\r", "\n", "\r"])) == ["x\r\n", "\r"]
