@@ -6,6 +6,9 @@ from the operating system (the largest process's resident set), every row under 
     python bench/scale.py classes --classes 5000              train + evaluate a model of N classes
     python bench/scale.py data --texts 20000,150000 --tokenizer DIR
                                     training's data stage, cold and warm, beside datasets' csv + map
+    python bench/scale.py read --texts 25000,250000,2500000
+                                    our reader alone (a CSV, a texts file) beside Python's csv module
+                                    and a plain loop over lines
 
 The texts are IMDB reviews (`--reviews`: a folder with train.parquet / test.parquet), one a line,
 repeated to the size asked. The model is `--model`, or the offline walkthrough's (`--preset smoke`,
@@ -14,6 +17,10 @@ random weights (for a GPU's timing: its predictions mean nothing). The peer of `
 bench/plain_predict.py; of `data`, bench/plain_data.py (`data` times `train.py --max-steps 1`, the data
 read, checked, tokenized and one step: each side's first run with an empty cache, then its second).
 Rows go to `--out` as results.json and results.md, rewritten after each row.
+
+A command's peak RSS is the operating system's count, which starts at the peak of the process that
+started it: the inputs are made in a process of their own (the reviews they load would make this one's
+peak 360 MiB), and a row that reads no more than this process's own peak says so (`<= N`).
 """
 
 import sys
@@ -27,14 +34,17 @@ sys.path.insert(0, str(ROOT))
 import argparse
 import contextlib
 import json
+import multiprocessing
 import os
 import platform
 import re
+import resource
 import shutil
 import subprocess
 import tempfile
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 from bench.scale_inputs import csv_file, make_classes, random_model, texts_file
 
@@ -57,6 +67,12 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(classes_row(args, n, work, env))
             save(args.out, conditions, rows)
         return 0
+    if args.command == "read":
+        for n in args.texts:
+            for row in read_rows(args, n, work, env):
+                rows.append(row)
+                save(args.out, conditions, rows)
+        return 0
     if args.command == "data":
         if not args.tokenizer:
             raise SystemExit("data: --tokenizer DIR, the tokenizer both sides use (e.g. flan-t5's)")
@@ -75,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 def prediction_rows(args, n: int, model: str, work: Path, env: dict, rows: list[dict], save) -> None:
     """`predict` (and `versus`) at `n` texts: our predict.py, then the plain transformers loop on the same
     texts with the same threads and batch, and how far they agree; `save()` after each."""
-    texts = texts_file(args.reviews, n, work)
+    texts = made(texts_file, args.reviews, n, work)
     same = ["--model", model, "--file", str(texts), "--threads", str(args.threads), "--batch-size",
             str(args.batch_size)]  # fmt: skip
     ours = [sys.executable, str(ROOT / "scripts" / "predict.py"), *same, "--output", str(work / "ours.jsonl"),
@@ -101,7 +117,7 @@ def prediction_rows(args, n: int, model: str, work: Path, env: dict, rows: list[
 
 def parse(argv):
     p = argparse.ArgumentParser(description="Prediction and evaluation at scale: time and peak memory.")
-    p.add_argument("command", choices=("predict", "versus", "classes", "data"))
+    p.add_argument("command", choices=("predict", "versus", "classes", "data", "read"))
     p.add_argument("--texts", type=counts, default=[10_000], help="sizes, e.g. 3000,60000 (default: 10000)")
     p.add_argument("--classes", type=counts, default=[5000], help="classes: how many (default: 5000)")
     p.add_argument(
@@ -152,12 +168,13 @@ def measure(name: str, command: list[str], n: int, env: dict) -> dict:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed ({proc.returncode}):\n{err[-3000:]}")
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # counted in the command's own peak
     row = dict(
         name=name,
         texts=n,
         seconds=round(seconds, 1),
         texts_per_s=round(n / seconds, 1),
-        peak_rss_mib=round(usage.ru_maxrss / 1024),
+        peak_rss_mib=round(usage.ru_maxrss / 1024) if usage.ru_maxrss > own else f"<= {round(own / 1024)}",
         peak_anon_mib=round(anon.peak / 1024),
         command=" ".join(os.path.relpath(a, ROOT) if a.startswith(str(ROOT)) else a for a in command[1:]),
     )
@@ -225,10 +242,46 @@ def agreement(a: Path, b: Path) -> float:
     return round(sum(same) / len(same), 4)
 
 
+def made(maker, *args):
+    """`maker(*args)`, an input of bench/scale_inputs.py, made in a process of its own (see the module's
+    doc: the bench's own peak memory would be every command's)."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(maker, *args).result()
+
+
+# `read`: what each row runs on a file of n reviews (sys.argv[1]), counting what it reads into `n`.
+READS = {
+    "ours, csv": ("csv", "from flant5_imdb.data.reader import read_table\n"
+                         "n = sum(1 for _ in read_table(sys.argv[1], 'text', 'label').rows())"),
+    "csv module, csv": ("csv", "import csv\ncsv.field_size_limit(sys.maxsize)\n"
+                               "with open(sys.argv[1], newline='', encoding='utf-8') as f:\n"
+                               "    n = sum(1 for _ in csv.DictReader(f))"),
+    "ours, texts": ("txt", "from flant5_imdb.data.reader import texts_to_predict\n"
+                           "n = sum(1 for t in texts_to_predict(sys.argv[1]) if isinstance(t, str))"),
+    "plain lines, texts": ("txt", "with open(sys.argv[1], encoding='utf-8') as f:\n"
+                                  "    n = sum(1 for line in f if line.strip())"),
+}  # fmt: skip
+
+
+def read_rows(args, n: int, work: Path, env: dict) -> list[dict]:
+    """Our reader beside the standard library's, on `n` reviews: a CSV (text and label) read by
+    `read_table` and by `csv.DictReader`; a texts file (one review a line) by `texts_to_predict` and by a
+    loop over its lines. Each command checks that it read every record."""
+    files = {"csv": made(csv_file, args.reviews, n, work), "txt": made(texts_file, args.reviews, n, work)}
+    env = {**env, "PYTHONPATH": str(ROOT)}
+    rows = []
+    for name, (kind, code) in READS.items():
+        check = f"\nif n != {n}: sys.exit(f'{{n:,}} records read of {n:,}')"
+        rows.append(
+            measure(name, [sys.executable, "-c", "import sys\n" + code + check, str(files[kind])], n, env)
+        )
+    return rows
+
+
 def data_rows(args, n: int, work: Path, env: dict) -> list[dict]:
     """Ours (train.py's data stage and one step) and the datasets csv + map pipeline on the same CSV and
     tokenizer: each first with an empty cache (cold), then again (warm)."""
-    table = csv_file(args.reviews, n, work)
+    table = made(csv_file, args.reviews, n, work)
     cache, hf, out = work / f"data-cache-{n}", work / f"hf-cache-{n}", work / "data-run"
     for folder in (cache, hf):
         shutil.rmtree(folder, ignore_errors=True)
@@ -252,7 +305,7 @@ def model_under_test(args, work: Path, env: dict) -> str:
     if args.model:
         return args.model
     if args.model_config:
-        return random_model(args.model_config, args.tokenizer, work)
+        return made(random_model, args.model_config, args.tokenizer, work)
     smoke = work / "smoke"
     if not (smoke / "final" / "model.safetensors").is_file():
         train = [sys.executable, str(ROOT / "scripts" / "train.py"), "--preset", "smoke"]
@@ -311,7 +364,9 @@ def save(out: str, conditions: dict, rows: list[dict]) -> None:
     batches = "smoke's batches, 30 steps" if c["command"] == "classes" else f"batch {c['batch_size']}"
     if c["command"] == "data":
         batches = f"tokenizer {Path(c['tokenizer']).name}, {c['workers']} tokenizing process(es) a side"
-    unit = "rows" if c["command"] == "data" else "texts"
+    if c["command"] == "read":
+        batches = "reading only, no model"
+    unit = {"data": "rows", "read": "records"}.get(c["command"], "texts")
     predicting = c["command"] in ("predict", "versus")  # the commands that say how long their loop took
     lines = [
         f"{c['command']}: {c['machine']}; {c['threads']} CPU thread(s) per process, {batches}; "

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from bench import plain_predict, scale
 from flant5_imdb.predict import PredictJob, run_job
 
@@ -83,3 +85,30 @@ def test_a_command_that_says_a_lot_on_stderr_is_not_stopped_by_it():
     worker.start()
     worker.join(timeout=60)
     assert got and got[0]["loop_seconds"] == 2.0
+
+
+def test_the_read_rows_read_every_record_of_both_files_on_both_sides(tmp_path):
+    """`read`: our reader and the standard library's on one CSV and one texts file, each command checking
+    it read every record; a command's peak memory is never reported below this process's own, which
+    Linux counts in the peak of every command it starts (this test's: torch and pytest)."""
+    import pandas as pd
+
+    reviews = tmp_path / "imdb"
+    reviews.mkdir()
+    texts = ['a fine, "quoted"\nfilm', "dull", "caf\u00e9 \u65e5\u672c"]
+    pd.DataFrame({"text": texts, "label": [1, 0, 1]}).to_parquet(reviews / "train.parquet")
+    args = scale.parse(["read", "--texts", "7", "--reviews", str(reviews)])
+    (tmp_path / "work").mkdir()
+    rows = scale.read_rows(args, 7, tmp_path / "work", {"PATH": "/usr/bin:/bin"})
+    assert [(r["name"], r["texts"]) for r in rows] == [
+        ("ours, csv", 7), ("csv module, csv", 7), ("ours, texts", 7), ("plain lines, texts", 7)
+    ]  # fmt: skip
+    assert all(str(r["peak_rss_mib"]).startswith("<= ") for r in rows), rows
+    scale.save(
+        str(tmp_path / "out"), dict(command="read", threads=1, batch_size=32, machine="m", started="s"), rows
+    )
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert "| run | records | seconds | records/s |" in table and "reading only, no model" in table
+    (tmp_path / "work" / "reviews-7.csv").write_text("text,label\nonly one,1\n")  # a record short: refused
+    with pytest.raises(SystemExit, match="ours, csv failed"):
+        scale.read_rows(args, 7, tmp_path / "work", {"PATH": "/usr/bin:/bin"})
