@@ -18,10 +18,8 @@ bench/plain_predict.py; of `data`, bench/plain_data.py (`data` times `train.py -
 read, checked, tokenized and one step: each side's first run with an empty cache, then its second).
 Rows go to `--out` as results.json and results.md, rewritten after each row.
 
-A command's peak RSS is the operating system's count, which starts at the peak of the process that
-started it: the inputs are made in a process of their own (the reviews they load would make this one's
-peak 360 MiB); a row that reads no more than this process's own peak says so (`<= N`), and `read`'s
-commands, smaller than this one, say their own.
+The inputs are made in a process of their own: the reviews they load would make this process's peak
+memory 360 MiB, and every command's peak starts at it (`bench/commands.py`).
 """
 
 import sys
@@ -33,20 +31,16 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"
 sys.path.insert(0, str(ROOT))
 
 import argparse
-import contextlib
 import json
 import multiprocessing
 import os
 import platform
-import re
-import resource
 import shutil
 import subprocess
-import tempfile
-import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 
+from bench.commands import SAY_PEAK, measure
 from bench.scale_inputs import csv_file, make_classes, random_model, texts_file
 
 
@@ -151,91 +145,6 @@ def counts(text: str) -> list[int]:
     return values
 
 
-def measure(name: str, command: list[str], n: int, env: dict) -> dict:
-    """One whole command: its wall time and its peak resident memory (the operating system's count for the
-    process and the children it waited for), printed as it ends."""
-    print(f"== {name}, {n:,}: {' '.join(command)}", flush=True)
-    # stderr into a file, not a pipe: a pipe read only at the end fills (64 KiB of progress bars) and
-    # stops the command at its next write, for ever.
-    with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as log:
-        started = time.perf_counter()
-        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log)
-        anon = AnonPeak(proc.pid)
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - started
-        anon.stop()
-        log.seek(0)
-        err = log.read()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"{name} failed ({proc.returncode}):\n{err[-3000:]}")
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # counted in the command's own peak
-    said = re.findall(r"^(\d+) KiB at the most$", err, re.M)  # a command that says its own peak (SAY_PEAK)
-    peak = int(said[-1]) if said else usage.ru_maxrss
-    row = dict(
-        name=name,
-        texts=n,
-        seconds=round(seconds, 1),
-        texts_per_s=round(n / seconds, 1),
-        peak_rss_mib=round(peak / 1024) if said or peak > own else f"<= {round(own / 1024)}",
-        peak_anon_mib=round(anon.peak / 1024),
-        command=" ".join(os.path.relpath(a, ROOT) if a.startswith(str(ROOT)) else a for a in command[1:]),
-    )
-    loop = loop_seconds(err)
-    if loop:  # the prediction loop alone, as the command timed it: no start-up, no model load
-        row.update(loop_seconds=round(loop, 1), loop_texts_per_s=round(n / loop, 1))
-    predicting = f" (predicting: {row['loop_texts_per_s']})" if loop else ""
-    print(f"   {row['seconds']} s, {row['texts_per_s']} a second{predicting}, peak {row['peak_rss_mib']} MiB "
-          f"({row['peak_anon_mib']} MiB anonymous)", flush=True)  # fmt: skip
-    return row
-
-
-class AnonPeak:
-    """The largest anonymous resident set (`RssAnon`: memory the process holds, not the pages of files it
-    maps, which the kernel drops when it needs them) of a process or any of its children, sampled every
-    0.2 s while it runs, in KiB. The peak RSS beside it counts a memory-mapped dataset's pages as they
-    are read."""
-
-    def __init__(self, pid: int):
-        self.pid, self.peak, self._done = pid, 0, threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-
-    def _watch(self) -> None:
-        while not self._done.wait(0.2):
-            for pid in self._tree():
-                with contextlib.suppress(OSError, ValueError, IndexError):
-                    status = Path(f"/proc/{pid}/status").read_text()
-                    kib = int(re.search(r"RssAnon:\s+(\d+)", status).group(1))
-                    self.peak = max(self.peak, kib)
-
-    def _tree(self) -> list[int]:
-        parents = {}
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-                parents[int(stat.parent.name)] = int(fields[1])
-        tree, found = [self.pid], True
-        while found:
-            found = [p for p, parent in parents.items() if parent in tree and p not in tree]
-            tree += found
-        return tree
-
-    def stop(self) -> None:
-        self._done.set()
-        self._thread.join()
-
-
-def loop_seconds(stderr: str) -> float | None:
-    """The seconds of `N texts predicted in 41.7 s` (or `3 min 5 s`, `1 h 18 min`), the last line both
-    predict.py and plain_predict.py print; None where there is none (a training command)."""
-    found = re.findall(r"texts predicted in ((?:[\d.]+ (?:h|min|s)\b ?)+)", stderr)
-    if not found:
-        return None
-    units = {"h": 3600, "min": 60, "s": 1}
-    return sum(float(v) * units[u] for v, u in re.findall(r"([\d.]+) (h|min|s)\b", found[-1]))
-
-
 def agreement(a: Path, b: Path) -> float:
     """The fraction of texts given the same class by the two outputs (in input order)."""
     with open(a) as fa, open(b) as fb:
@@ -264,13 +173,6 @@ READS = {
     "plain lines, texts": ("txt", "with open(sys.argv[1], encoding='utf-8') as f:\n"
                                   "    n = sum(1 for line in f if line.strip())"),
 }  # fmt: skip
-
-
-# The command's own peak, on stderr: these commands' peaks lie under the bench's own (see the module's doc).
-SAY_PEAK = (
-    "print(open('/proc/self/status').read().split('VmHWM:')[1].split()[0], 'KiB at the most', "
-    "file=sys.stderr)"
-)
 
 
 def read_rows(args, n: int, work: Path, env: dict) -> list[dict]:
@@ -379,7 +281,9 @@ def save(out: str, conditions: dict, rows: list[dict]) -> None:
     predicting = c["command"] in ("predict", "versus")  # the commands that say how long their loop took
     lines = [
         f"{c['command']}: {c['machine']}; {c['threads']} CPU thread(s) per process, {batches}; "
-        f"{c.get('model', 'the smoke model')}; {c['started']}" + (f" ({c['note']})" if c.get("note") else ""),
+        + ("" if c["command"] == "read" else f"{c.get('model', 'the smoke model')}; ")
+        + c["started"]
+        + (f" ({c['note']})" if c.get("note") else ""),
         "",
         f"| run | {unit} | seconds | {unit}/s |"
         + (" predicting: texts/s |" if predicting else "")

@@ -1,11 +1,12 @@
-"""bench/scale.py, and its peer bench/plain_predict.py: the loop a plain transformers user writes."""
+"""bench/scale.py, how it measures a command (bench/commands.py), and its peer bench/plain_predict.py: the
+loop a plain transformers user writes."""
 
 import json
 import sys
 
 import pytest
 
-from bench import plain_predict, scale
+from bench import commands, plain_predict, scale
 from flant5_imdb.predict import PredictJob, run_job
 
 
@@ -19,17 +20,19 @@ def test_the_peer_predicts_what_ours_does_and_both_say_how_long_the_loop_took(sm
     assert plain_predict.main(plain) == 0
     plain_line = capsys.readouterr().err.strip().splitlines()[-1]
     assert plain_line.startswith("40 texts predicted in ") and ours_line.startswith("40 texts predicted in ")
-    assert scale.loop_seconds(plain_line) >= 0 and scale.loop_seconds(ours_line) >= 0
+    assert commands.loop_seconds(plain_line) >= 0 and commands.loop_seconds(ours_line) >= 0
     assert scale.agreement(tmp_path / "ours.jsonl", tmp_path / "plain.jsonl") == 1.0
     names = [json.loads(line)["label_name"] for line in (tmp_path / "plain.jsonl").read_text().splitlines()]
     assert names == ["positive", "negative"] * 20
 
 
 def test_loop_times_are_read_in_every_spelling():
-    assert scale.loop_seconds("4,096 texts predicted in 41.7 s on cpu (1 CPU thread); written: p.csv") == 41.7
-    assert scale.loop_seconds("x\n1,000,000 texts predicted in 1 h 18 min on cpu") == 4680
-    assert scale.loop_seconds("12 texts predicted in 3 min 5 s on cpu") == 185
-    assert scale.loop_seconds("done: 30 steps in 1.0 s") is None
+    assert (
+        commands.loop_seconds("4,096 texts predicted in 41.7 s on cpu (1 CPU thread); written: p.csv") == 41.7
+    )
+    assert commands.loop_seconds("x\n1,000,000 texts predicted in 1 h 18 min on cpu") == 4680
+    assert commands.loop_seconds("12 texts predicted in 3 min 5 s on cpu") == 185
+    assert commands.loop_seconds("done: 30 steps in 1.0 s") is None
     assert scale.counts("3000,60_000") == [3000, 60000]
 
 
@@ -80,7 +83,9 @@ def test_a_command_that_says_a_lot_on_stderr_is_not_stopped_by_it():
     )
     got = []
     worker = threading.Thread(
-        target=lambda: got.append(scale.measure("loud", [sys.executable, "-c", loud], 5, dict(os.environ))),
+        target=lambda: got.append(
+            commands.measure("loud", [sys.executable, "-c", loud], 5, dict(os.environ))
+        ),
         daemon=True,
     )
     worker.start()
@@ -105,13 +110,13 @@ def test_the_read_rows_read_every_record_of_both_files_on_both_sides(tmp_path):
         ("ours, csv", 7), ("csv module, csv", 7), ("ours, texts", 7), ("plain lines, texts", 7)
     ]  # fmt: skip
     assert all(isinstance(r["peak_rss_mib"], int) and 5 < r["peak_rss_mib"] < 100 for r in rows), rows
-    tiny = scale.measure("tiny", [sys.executable, "-c", "pass"], 1, {"PATH": "/usr/bin:/bin"})
+    tiny = commands.measure("tiny", [sys.executable, "-c", "pass"], 1, {"PATH": "/usr/bin:/bin"})
     assert tiny["peak_rss_mib"].startswith("<= "), tiny
     scale.save(
         str(tmp_path / "out"), dict(command="read", threads=1, batch_size=32, machine="m", started="s"), rows
     )
     table = (tmp_path / "out" / "results.md").read_text()
-    assert "| run | records | seconds | records/s |" in table and "reading only, no model" in table
+    assert "| run | records | seconds | records/s |" in table and "reading only, no model; s\n" in table
     (tmp_path / "work" / "reviews-7.csv").write_text("text,label\nonly one,1\n")  # a record short: refused
     with pytest.raises(SystemExit, match="ours, csv failed"):
         scale.read_rows(args, 7, tmp_path / "work", {"PATH": "/usr/bin:/bin"})
