@@ -309,7 +309,7 @@ def lines(blocks: Iterable[str]) -> Iterator[str]:
 
     Each block is scanned once and a line longer than a block is joined once, from its pieces: reading
     a line of any length costs time in proportion to it (a line built up block by block, `rest + text`,
-    is copied and scanned again at every block: minutes for a 50 MB text)."""
+    is copied and scanned again at every block: time that grows with the square of its length)."""
     pending: list[str] = []  # the pieces of a line no block has ended yet
     for text in blocks:
         start = 0
