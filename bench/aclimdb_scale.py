@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 READ = """
-import resource, sys, tempfile, time
+import sys, tempfile, time
 from pathlib import Path
 from flant5_imdb.data import load_labelled
 from flant5_imdb.data.source import content_key, parse_source
@@ -26,7 +26,9 @@ if sys.argv[2] == "read":
         rows = f", {len(load_labelled(sys.argv[1], folder=Path(d)).splits['train'])} rows"
 else:
     content_key(parse_source(sys.argv[1]), None)
-rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# This process's own peak (VmHWM): ru_maxrss would start at the peak of the process that started it, which
+# held IMDB's reviews while it wrote the folder.
+rss = int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 1024
 print(f"{sys.argv[2]}: {time.perf_counter() - t:.1f} s, peak RSS {rss:.0f} MiB{rows}")
 """
 
