@@ -109,37 +109,42 @@ class Turns:
     Made in the parent for `n` rows; each child process joins as row `index` (`join`, which waits for
     its turn: set-up is taken in turn too), passes the turn on at the end of each step (`StepClock.mark`,
     which leaves the wait off the row's clock) and leaves when its row is done. A row that has left is
-    skipped; `leave(index)` from the parent stands in for a child that died."""
+    skipped; `leave(index)` from the parent stands in for a child that died.
+
+    Each row waits on a semaphore of its own, released when the turn comes to it: a row killed while it
+    waits (the OOM killer's -9; rows wait most of the time) holds nothing the others need. (A condition
+    variable's notify waits for every sleeper to wake, a dead one too: the whole run hung.)"""
 
     current: Turns | None = None  # the one this process takes turns in (a child of a --turns run)
 
     def __init__(self, n: int, context):
-        self.cond = context.Condition()
-        self.turn = context.Value("i", 0, lock=False)  # guarded by cond, as the two below
+        self.lock = context.Lock()  # held for a few assignments at a time, never while waiting
+        self.turn = context.Value("i", 0, lock=False)  # guarded by lock, as the two below
         self.passes = context.Value("q", 0, lock=False)  # turns passed on so far, by every row
         self.active = context.Array("b", [1] * n, lock=False)
+        self.go = [context.Semaphore(0) for _ in range(n)]  # row i's: released when the turn comes to it
+        self.go[0].release()  # the first turn is row 0's
         self.index, self.passed_at, self.waited_s = -1, [], 0.0  # this process's
 
     def join(self, index: int) -> None:
         self.index, Turns.current = index, self
-        with self.cond:
-            self.cond.wait_for(lambda: self.turn.value == index)
+        self.go[index].acquire()
 
     def pass_on(self) -> float:
         """The turn passed on at the end of a step; back when it comes round again: the seconds waited."""
         started = time.perf_counter()
-        with self.cond:
+        with self.lock:
             self.passed_at.append(self.passes.value)
             self.passes.value += 1
             self._advance()
-            self.cond.wait_for(lambda: self.turn.value == self.index)
+        self.go[self.index].acquire()
         waited = time.perf_counter() - started
         self.waited_s += waited
         return waited
 
     def leave(self, index: int | None = None) -> None:
         index = self.index if index is None else index
-        with self.cond:
+        with self.lock:
             self.active[index] = 0
             if self.turn.value == index:
                 self._advance()
@@ -148,12 +153,12 @@ class Turns:
 
     def _advance(self) -> None:
         """The turn to the row whose step comes next: the rows still running take a step each, pass after
-        pass (`pass_order`)."""
+        pass (`pass_order`). Called with the lock held."""
         live = [j for j, running in enumerate(self.active) if running]
         if live:
             done, place = divmod(self.passes.value, len(live))
             self.turn.value = pass_order(live, done)[place]
-        self.cond.notify_all()
+            self.go[self.turn.value].release()
 
 
 def sync():

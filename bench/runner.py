@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import queue
+import signal
 import tempfile
 from pathlib import Path
 
@@ -129,7 +130,7 @@ def measure_in_turns(rows: list, args, peak, result: dict, out: Path) -> None:
                     # (One that ended well put its row on the queue before it ended: that row comes.)
                     if i not in got and not child.is_alive() and child.exitcode not in (None, 0):
                         turns.leave(i)
-                        got[i] = dict(error=f"its process ended (exit code {child.exitcode})")
+                        got[i] = dict(error=process_ended(child.exitcode))
     finally:
         for i, child in enumerate(c for c in children if c.pid is not None):  # the ones started
             child.join(timeout=60 if i in got else 0)  # a row done: let its process end (and clean up)
@@ -144,6 +145,15 @@ def measure_in_turns(rows: list, args, peak, result: dict, out: Path) -> None:
             if args.json_rows:
                 print(json.dumps(entry), flush=True)
         write_results(result, out)
+
+
+def process_ended(code: int) -> str:
+    """Why a row's process ended without its row, in words (`code`: its exit code, minus the signal's number
+    where a signal ended it)."""
+    if code == -signal.SIGKILL:  # most often the kernel's, when memory runs out
+        return ("its process was killed (SIGKILL: the kernel's out-of-memory killer sends it; --turns holds "
+                "every row's process at once)")  # fmt: skip
+    return f"its process ended (exit code {code})"
 
 
 def _row_in_turn(index: int, name: str, args, peak, turns: Turns, results) -> None:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench import clocks, eval_timing, harness, profile, report
+from bench import clocks, eval_timing, harness, profile, report, runner
 from bench.flops import train_flops
 from bench.rows import PLAN, ROWS
 from bench.sources import BenchData
@@ -753,16 +753,16 @@ def test_turns_go_each_pass_in_the_reverse_order_and_skip_the_rows_that_have_lef
     turns = clocks.Turns(3, multiprocessing.get_context("spawn"))
     order = []
     for passed in range(7):  # as pass_on moves the turn on, without waiting for it to come back
-        with turns.cond:
+        with turns.lock:
             turns.passes.value = passed
             turns._advance()
             order.append(turns.turn.value)
     assert order == [0, 1, 2, 2, 1, 0, 0]
-    turns.passes.value = 0
+    turns = clocks.Turns(3, multiprocessing.get_context("spawn"))  # afresh: each turn above woke its row
     turns.join(0)  # row 0's turn: it returns at once
     try:
         turns.leave(1)  # as the parent says it for a row whose process ended
-        with turns.cond:
+        with turns.lock:
             turns.passes.value += 1
             turns._advance()
         assert turns.turn.value == 2
@@ -772,6 +772,65 @@ def test_turns_go_each_pass_in_the_reverse_order_and_skip_the_rows_that_have_lef
     finally:
         turns.leave()
     assert clocks.Turns.current is None
+
+
+def _take_turns(index: int, turns, waiting, go_on, done) -> None:
+    """A row of `test_a_row_killed_while_waiting_for_its_turn_stops_no_other`: three steps in turn."""
+    if index == 1:
+        waiting.set()  # about to wait for its first turn (where it is killed)
+    turns.join(index)
+    if index == 0:
+        go_on.wait(60)  # holds the turn until row 1 has been killed, waiting
+    for _ in range(3):
+        turns.pass_on()
+    done.put((index, turns.passed_at))
+    turns.leave()
+
+
+def test_a_row_killed_while_waiting_for_its_turn_stops_no_other():
+    """A row's process killed while it waits for its turn (the OOM killer's -9: rows wait most of the
+    time) is said to have left by the parent, and the others take their turns to the end: nothing waits
+    on the dead row (a condition variable's notify waited for every sleeper to wake, the dead one too,
+    and the whole run hung, silently)."""
+    import multiprocessing
+    import os
+    import queue
+    import signal
+    import threading
+    import time
+
+    context = multiprocessing.get_context("spawn")
+    turns, waiting, go_on, done = clocks.Turns(3, context), context.Event(), context.Event(), context.Queue()
+    rows = [context.Process(target=_take_turns, args=(i, turns, waiting, go_on, done)) for i in range(3)]
+    for row in rows:
+        row.start()
+    try:
+        assert waiting.wait(60)
+        time.sleep(1.0)  # row 1 now waits in join
+        os.kill(rows[1].pid, signal.SIGKILL)
+        rows[1].join(10)
+        go_on.set()
+        finished, left, deadline = {}, False, time.monotonic() + 60
+        while len(finished) < 2 and time.monotonic() < deadline:
+            try:
+                index, passed_at = done.get(timeout=0.5)
+                finished[index] = passed_at
+            except queue.Empty:
+                if not left and rows[1].exitcode == -signal.SIGKILL:  # as measure_in_turns does
+                    # In a thread of its own: where the turns hang, the parent's call hangs too.
+                    threading.Thread(target=turns.leave, args=(1,), daemon=True).start()
+                    left = True
+        assert sorted(finished) == [0, 2], f"rows finished: {sorted(finished)} (the others hang)"
+        assert len(finished[0]) == len(finished[2]) == 3
+        assert runner.process_ended(rows[1].exitcode).startswith(
+            "its process was killed (SIGKILL: the kernel's"
+        )
+        assert runner.process_ended(1) == "its process ended (exit code 1)"
+    finally:
+        for row in rows:
+            if row.is_alive():
+                row.kill()
+            row.join(10)
 
 
 def test_turns_run_each_row_in_its_process_a_step_each_in_turn(tmp_path):
