@@ -135,7 +135,9 @@ def threads_said(result: dict) -> str:
 
 def rounds_said(result: dict) -> str:
     if result.get("turns"):
-        return "every row in a process of its own, a step each in turn (A B, B A, ...), "
+        peaks = [r["process_peak_rss_gib"] for r in result["rows"] if r.get("process_peak_rss_gib")]
+        held = f" ({sum(peaks):.1f} GiB of memory at the most: their peaks summed)" if peaks else ""
+        return f"every row in a process of its own{held}, a step each in turn (A B, B A, ...), "
     rounds = result.get("rounds", 1)
     return f"{rounds} interleaved rounds of " if rounds > 1 else ""
 

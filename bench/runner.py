@@ -171,5 +171,16 @@ def _row_in_turn(index: int, name: str, args, peak, turns: Turns, results) -> No
         turns.leave()
     # Where this row's steps ended among every row's (0, 1, 2...: the order they computed in), and how
     # long its clock stood still while the others computed.
-    row.update(turns_passed_at=turns.passed_at, turns_waited_s=turns.waited_s)
+    row.update(
+        turns_passed_at=turns.passed_at, turns_waited_s=turns.waited_s, process_peak_rss_gib=own_peak_gib()
+    )
     results.put((index, row))
+
+
+def own_peak_gib() -> float | None:
+    """This process's peak resident memory (VmHWM), in GiB: a --turns row's own (its data, model and steps;
+    the rows' sum is what the run needs at once). None where there is no /proc."""
+    try:
+        return int(Path("/proc/self/status").read_text().split("VmHWM:")[1].split()[0]) / 2**20
+    except (OSError, IndexError, ValueError):
+        return None

@@ -774,19 +774,6 @@ def test_turns_go_each_pass_in_the_reverse_order_and_skip_the_rows_that_have_lef
     assert clocks.Turns.current is None
 
 
-def _take_turns(index: int, turns, waiting, go_on, done) -> None:
-    """A row of `test_a_row_killed_while_waiting_for_its_turn_stops_no_other`: three steps in turn."""
-    if index == 1:
-        waiting.set()  # about to wait for its first turn (where it is killed)
-    turns.join(index)
-    if index == 0:
-        go_on.wait(60)  # holds the turn until row 1 has been killed, waiting
-    for _ in range(3):
-        turns.pass_on()
-    done.put((index, turns.passed_at))
-    turns.leave()
-
-
 def test_a_row_killed_while_waiting_for_its_turn_stops_no_other():
     """A row's process killed while it waits for its turn (the OOM killer's -9: rows wait most of the
     time) is said to have left by the parent, and the others take their turns to the end: nothing waits
@@ -799,9 +786,11 @@ def test_a_row_killed_while_waiting_for_its_turn_stops_no_other():
     import threading
     import time
 
+    from tests.helpers.turns_row import take_turns
+
     context = multiprocessing.get_context("spawn")
     turns, waiting, go_on, done = clocks.Turns(3, context), context.Event(), context.Event(), context.Queue()
-    rows = [context.Process(target=_take_turns, args=(i, turns, waiting, go_on, done)) for i in range(3)]
+    rows = [context.Process(target=take_turns, args=(i, turns, waiting, go_on, done)) for i in range(3)]
     for row in rows:
         row.start()
     try:
@@ -845,12 +834,15 @@ def test_turns_run_each_row_in_its_process_a_step_each_in_turn(tmp_path):
     assert trainer["turns_passed_at"] == [0, 3, 4] and fast["turns_passed_at"] == [1, 2, 5]
     for r in (trainer, fast):
         assert "error" not in r and r["timed_steps"] == 2 and r["turns_waited_s"] > 0, r
+        assert 0.1 < r["process_peak_rss_gib"] < 8, r  # its own process's peak, not the test's
         assert r["cpu_threads"] == result["runs"][0]["cpu_threads"]
     # The ratio from every timed step (examples over seconds), not from the median step.
     assert fast["ratio_vs_hf_trainer"] == pytest.approx(fast["samples_per_s"] / trainer["samples_per_s"])
     md = (out / "results.md").read_text()
     header = md.splitlines()[0]
-    assert "every row in a process of its own, a step each in turn (A B, B A, ...), 2 timed steps" in header
+    held = f"{trainer['process_peak_rss_gib'] + fast['process_peak_rss_gib']:.1f} GiB"
+    assert (f"every row in a process of its own ({held} of memory at the most: their peaks summed), a step "
+            "each in turn (A B, B A, ...), 2 timed steps") in header  # fmt: skip
     with pytest.raises(SystemExit):
         profile.main([*argv, "--rounds", "2", "--out", str(out)])
 
