@@ -20,15 +20,16 @@ import sys, tempfile, time
 from pathlib import Path
 from flant5_imdb.data import load_labelled
 from flant5_imdb.data.source import content_key, parse_source
+from bench.commands import own_peak_kib
 t, rows = time.perf_counter(), ""
 if sys.argv[2] == "read":
     with tempfile.TemporaryDirectory() as d:
         rows = f", {len(load_labelled(sys.argv[1], folder=Path(d)).splits['train'])} rows"
 else:
     content_key(parse_source(sys.argv[1]), None)
-# This process's own peak (VmHWM): ru_maxrss would start at the peak of the process that started it, which
-# held IMDB's reviews while it wrote the folder.
-rss = int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 1024
+# This process's own peak: ru_maxrss would start at the peak of the process that started it, which held
+# IMDB's reviews while it wrote the folder.
+rss = own_peak_kib() / 1024
 print(f"{sys.argv[2]}: {time.perf_counter() - t:.1f} s, peak RSS {rss:.0f} MiB{rows}")
 """
 

@@ -19,7 +19,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Code that ends a `python -c` command: its own peak, on stderr, where `measure` reads it.
+
+def own_peak_kib() -> int | None:
+    """This process's peak resident memory since it started (VmHWM), in KiB: not its parent's, which
+    `ru_maxrss` starts at. None where there is no /proc."""
+    try:
+        return int(Path("/proc/self/status").read_text().split("VmHWM:")[1].split()[0])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+# Code that ends a `python -c` command: its own peak (`own_peak_kib`, written out: a peer row imports
+# nothing of this project), on stderr, where `measure` reads it.
 SAY_PEAK = (
     "print(open('/proc/self/status').read().split('VmHWM:')[1].split()[0], 'KiB at the most', "
     "file=sys.stderr)"

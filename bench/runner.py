@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from bench.clocks import Turns, pass_order
+from bench.commands import own_peak_kib
 from bench.eval_timing import EVAL_NOTE, RANDOM_WEIGHTS_NOTE, measure_eval
 from bench.harness import measure_row, pooled
 from bench.report import write_results
@@ -178,9 +179,7 @@ def _row_in_turn(index: int, name: str, args, peak, turns: Turns, results) -> No
 
 
 def own_peak_gib() -> float | None:
-    """This process's peak resident memory (VmHWM), in GiB: a --turns row's own (its data, model and steps;
-    the rows' sum is what the run needs at once). None where there is no /proc."""
-    try:
-        return int(Path("/proc/self/status").read_text().split("VmHWM:")[1].split()[0]) / 2**20
-    except (OSError, IndexError, ValueError):
-        return None
+    """A --turns row's own peak memory (its data, model and steps), in GiB: the rows' sum is what the run
+    needs at once."""
+    kib = own_peak_kib()
+    return None if kib is None else kib / 2**20
