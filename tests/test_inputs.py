@@ -533,14 +533,12 @@ def test_a_record_of_many_blocks_reads_in_time_proportional_to_it(tmp_path, monk
 
 
 READ_ALL = """
-import re, sys
+import sys
+from bench.commands import own_peak_kib  # not ru_maxrss: a child's starts at its parent's, the test's
 from flant5_imdb.data.reader import read_table
-def peak():  # this process's peak resident KiB (ru_maxrss would start at its parent's, the test's)
-    with open("/proc/self/status") as f:
-        return int(re.search(r"VmHWM:\\s+(\\d+)", f.read()).group(1))
-before = peak()
+before = own_peak_kib()
 rows = sum(1 for _ in read_table(sys.argv[1], "text", "label").rows())
-print(rows, (peak() - before) // 1024)
+print(rows, (own_peak_kib() - before) // 1024)
 """
 
 
