@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from bench.clocks import versions
+from bench.intervals import ratio_interval
 
 DOCUMENTED = {
     "minutes": 26.0,
@@ -80,11 +81,13 @@ def peers(rows: list[dict]) -> list[dict]:
 
 
 def add_ratios(rows: list[dict], documented: bool = True, turns: bool = False) -> None:
-    """Speed-up over each peer row of the same run (samples/s over the peer's, as `rate` takes them); on a
-    GPU, over the documented job."""
+    """Speed-up over each peer row of the same run (samples/s over the peer's, as `rate` takes them), with
+    how far it moves when the run's steps are drawn again (`bench/intervals.py`); on a GPU, over the
+    documented job."""
     for r in measured(rows):
         for p in peers(rows):
             r[ratio_field(p["name"])] = rate(r, turns) / rate(p, turns)
+            r[ratio_field(p["name"]) + "_interval"] = ratio_interval(r, p, turns)
         r["ratio_vs_documented_time"] = DOCUMENTED["minutes"] / r["projected_minutes"] if documented else None
         r["driver_vs_documented_memory"] = (
             r["peak_driver_mib"] / DOCUMENTED["driver_mib"]

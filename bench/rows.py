@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from bench.intervals import LEVEL
 from flant5_imdb.config import preset
 
 
@@ -31,18 +32,34 @@ class Target:
     gpu_only: bool = True  # a CPU run is measured, not graded, except for targets that hold anywhere
 
     def check(self, row: dict) -> dict | None:
-        """Wanted, measured, and met or missed by how much; None where the row has no such figure."""
+        """Wanted, measured, and met or missed by how much; None where the row has no such figure. Where
+        the row also has the figure's interval (`FIELD_interval`, see `bench/intervals.py`), the verdict
+        is the interval's: met or missed only where all of it is on one side of the limit, else
+        undecided (`met` None): one run's figure alone cannot say."""
         value = row.get(self.field)
         if value is None:
             return None
-        met = value >= self.limit if self.higher_is_better else value <= self.limit
+
+        def meets(x: float) -> bool:
+            return x >= self.limit if self.higher_is_better else x <= self.limit
+
         shown = f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+        interval = row.get(f"{self.field}_interval")
+        if interval is None:
+            met, shown = meets(value), f"{shown} {self.unit}"
+        else:
+            # Decided where the figure and all of its interval are on one side of the limit.
+            met = meets(value) if {meets(x) for x in interval} == {meets(value)} else None
+            shown = f"{shown} {self.unit} ({LEVEL:.0%} interval {interval[0]:.3g}–{interval[1]:.3g})"
+        verdict = {True: "yes", False: f"no: {value / self.limit:.2f}x the target"}.get(
+            met, "undecided: the interval spans the target"
+        )
         return dict(
             target=self.what.format(**row),
             wanted=f"{'≥' if self.higher_is_better else '≤'} {self.limit:g} {self.unit}",
-            measured=f"{shown} {self.unit}",
+            measured=shown,
             met=met,
-            verdict="yes" if met else f"no: {value / self.limit:.2f}x the target",
+            verdict=verdict,
         )
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench import clocks, eval_timing, harness, profile, report, runner
+from bench import clocks, eval_timing, harness, intervals, profile, report, runner
 from bench.flops import train_flops
 from bench.rows import PLAN, ROWS
 from bench.sources import BenchData
@@ -149,6 +149,79 @@ def test_targets_say_met_or_by_how_much_missed():
         "throughput": (False, "no: 0.80x the target"),
         "score evaluation of 25,000 examples": (True, "yes"),
     }
+
+
+def _steps_row(name: str, ms: list[float]) -> dict:
+    """A measured row of `ms` timed steps of 8 examples, as the harness records one."""
+    samples_per_s = 8 * len(ms) / (sum(ms) / 1000)
+    per_step = statistics.median(8000 / m for m in ms)
+    steps = dict(step_ms=ms, step_examples=[8] * len(ms), samples_per_s=samples_per_s)
+    return dict(
+        name=name, **ROWS[name].described(), **steps, samples_per_s_median=per_step, projected_minutes=1.0
+    )
+
+
+def test_a_ratio_target_is_decided_by_its_interval_not_by_one_draw():
+    """The parity target's verdict reads the ratio's 95% interval over the run's own steps: met or missed
+    only where the whole interval is on one side of 0.98, undecided where it spans it. With --turns the
+    steps are drawn in pairs, so a slow spell both rows shared does not widen it."""
+    import random
+
+    rng = random.Random(1)
+    spells = [rng.choice([1.0, 1.0, 1.6]) for _ in range(18)]  # slow spells, on both rows' steps alike
+    trainer = [1000 * s * rng.uniform(0.99, 1.01) for s in spells]
+
+    def verdict(ours_over_trainer_ms: float, noise: float, turns: bool = True):
+        ours = [t * ours_over_trainer_ms * rng.uniform(1 - noise, 1 + noise) for t in trainer]
+        rows = [_steps_row("hf-trainer", trainer), _steps_row("baseline-loop", ours)]
+        report.add_ratios(rows, documented=False, turns=turns)
+        [check] = report.targets(dict(rows=rows, eval=[]), gpu=False)
+        return check, rows[1]["ratio_vs_hf_trainer"], rows[1]["ratio_vs_hf_trainer_interval"]
+
+    check, ratio, (low, high) = verdict(1 / 0.90, 0.01)  # ours 10% slower, steadily
+    assert check["met"] is False and check["verdict"].startswith("no: 0.9")
+    assert (
+        low < ratio < high < 0.95
+        and check["measured"] == f"{ratio:.3g} x (95% interval {low:.3g}–{high:.3g})"
+    )
+    check, ratio, (low, high) = verdict(1.0, 0.01)
+    assert check["met"] is True and check["verdict"] == "yes" and 0.98 < low < ratio < high
+    check, ratio, (low, high) = verdict(1 / 0.985, 0.06)  # 1.5% slower, each step's ratio +-6%
+    assert check["met"] is None and check["verdict"] == "undecided: the interval spans the target"
+    assert low < 0.98 < high and low < ratio < high
+    # Pairs: the spells the two rows shared cancel. Drawn apart (rows measured one after the other),
+    # they are most of the spread.
+    _, _, paired = verdict(1.0, 0.01)
+    _, _, apart = verdict(1.0, 0.01, turns=False)
+    assert paired[1] - paired[0] < (apart[1] - apart[0]) / 3
+    # Seeded: the same steps give the same interval; under five steps, no interval and the figure alone.
+    rows = [_steps_row("hf-trainer", trainer), _steps_row("baseline-loop", trainer)]
+    assert intervals.ratio_interval(rows[1], rows[0], True) == intervals.ratio_interval(
+        rows[1], rows[0], True
+    )
+    short = [
+        _steps_row("hf-trainer", trainer[:4]),
+        _steps_row("baseline-loop", [t * 1.1 for t in trainer[:4]]),
+    ]
+    report.add_ratios(short, documented=False, turns=True)
+    assert short[1]["ratio_vs_hf_trainer_interval"] is None
+    assert [(c["met"], c["verdict"]) for c in report.targets(dict(rows=short, eval=[]), gpu=False)] == [
+        (False, "no: 0.93x the target")
+    ]
+
+
+def test_intervals_reads_a_recorded_run_again(tmp_path, capsys):
+    """`python bench/intervals.py FOLDER`: every ratio of a recorded run with its interval, the same as
+    the report's (a run recorded before intervals were has the steps it needs)."""
+    rows = [_steps_row("hf-trainer", [1000.0, 1100.0, 900.0, 1000.0, 1200.0, 950.0])]
+    rows.append(_steps_row("baseline-loop", [x * 1.25 for x in rows[0]["step_ms"]]))
+    rows.append(_steps_row("fast", rows[0]["step_ms"][:3]))
+    (tmp_path / "results.json").write_text(json.dumps(dict(rows=rows, turns=True)))
+    intervals.main([str(tmp_path)])
+    assert capsys.readouterr().out.splitlines() == [
+        f"{tmp_path}: baseline-loop x hf-trainer 0.800 (95%: 0.800–0.800)",
+        f"{tmp_path}: fast x hf-trainer 1.025 (too few steps)",
+    ]
 
 
 def test_step_clock_on_cpu_reads_the_host_clock():
