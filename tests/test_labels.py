@@ -284,6 +284,32 @@ def test_swapped_columns_get_a_hint(tmp_path, caplog):
         hold_out(loaded.splits["train"], 0.1, seed=0)
 
 
+@pytest.mark.parametrize(
+    "label, what",
+    [(lambda i: f"0.{i:03d}", "scores"), (lambda i: f"user-{i}", "ids or free text")],
+)
+def test_most_classes_of_one_example_each_are_warned_about(tmp_path, caplog, label, what):
+    """Scores (0.001, 0.002...) or ids in the label column are a class each, learnt from one example:
+    said by name (20 labels of their own among 40 rows: under the swapped-columns hint's 90%)."""
+    rows = [{"text": f"review {i}", "label": label(i) if i < 20 else label(0)} for i in range(40)]
+    with caplog.at_level(logging.WARNING):
+        load_labelled(str(write_jsonl(tmp_path / "train.jsonl", rows)))
+    shown = ", ".join(map(repr, sorted(label(i) for i in range(1, 20))[:5]))  # the classes' order: sorted
+    assert "a typo?" not in caplog.text  # not a few rare classes beside many: most are one example each
+    assert (
+        f"train.jsonl: 19 of the 20 classes have one training example each ({shown}, ...): a classifier "
+        f"cannot learn a class from one example; if the labels are {what} rather than classes, turn them "
+        "into classes first" in caplog.text
+    )
+
+
+def test_many_classes_of_a_few_examples_each_are_not_warned_about(tmp_path, caplog):
+    rows = [{"text": f"review {i}", "label": f"0.{i % 12}"} for i in range(36)]  # 12 classes, 3 each
+    with caplog.at_level(logging.WARNING):
+        load_labelled(str(write_jsonl(tmp_path / "train.jsonl", rows)))
+    assert "training example each" not in caplog.text
+
+
 def test_metrics_count_the_classes_present_and_name_the_absent():
     names = ("a", "b", "c")
     result = metrics([0, 0, 1, 1], [0, 1, 1, 1], names)  # no 'c' in the data, none predicted

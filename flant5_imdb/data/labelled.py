@@ -23,7 +23,7 @@ from datasets.arrow_writer import ArrowWriter
 from datasets.table import InMemoryTable
 
 from flant5_imdb.data.encode import column
-from flant5_imdb.data.labels import POLARITY_SPELLINGS, LabelSpace, canonical, infer_labels
+from flant5_imdb.data.labels import POLARITY_SPELLINGS, LabelSpace, canonical, infer_labels, is_number
 from flant5_imdb.data.reader import BadRow, DataError, RawSplit, text_problem
 from flant5_imdb.data.source import Columns, Source, parse_source, read_splits
 
@@ -287,8 +287,8 @@ def _warn_about_classes(
 ) -> None:
     """What a label space may get wrong without being an error, warned about by name at any data size:
     one class only; a class so rare beside another that it may be a typo; a class named by --labels
-    that training never shows; columns that look swapped (`few_texts`: the text column's values, where
-    it holds only a few short ones)."""
+    that training never shows; most classes with one example each (scores or ids, not classes); columns
+    that look swapped (`few_texts`: the text column's values, where it holds only a few short ones)."""
     labels = column(ds, "label")
     counts = class_counts(labels, len(space))
     present = [i for i, c in enumerate(counts) if c]
@@ -297,9 +297,12 @@ def _warn_about_classes(
         only = space.values[present[0]] if space.kind != "polarity" else present[0]
         logger.warning("%s: every training example has label %s: a classifier cannot learn from one class",
                        source, only)  # fmt: skip
+    single = [space.values[i] for i, c in enumerate(counts) if c == 1]
+    own = own_labels(len(labels), len(present))
+    one_each = not own and len(present) > 10 and 2 * len(single) >= len(present)  # scores or ids as classes
     most = max(counts, default=0)
     rare = [f"{space.values[i]!r} ({c})" for i, c in enumerate(counts) if 0 < c <= 3 and most >= 10 * c]
-    if rare and space.kind != "polarity":
+    if rare and space.kind != "polarity" and not one_each:  # not typos: said below
         logger.warning(
             "%s: class(es) %s have 3 training examples or fewer beside one with %d: a typo? Name the classes "
             "with --labels to make any other value an error", source, ", ".join(rare), most,
@@ -308,9 +311,17 @@ def _warn_about_classes(
     if absent and space.kind == "name" and len(present) > 1:
         logger.warning("%s: class(es) %s (from --labels) have no training example: the model cannot learn "
                        "them", source, ", ".join(map(repr, absent)))  # fmt: skip
-    if own_labels(len(labels), len(present)):
+    if own:
         logger.warning("%s: %d of %d training rows have a label of their own: is --label-column %r a text "
                        "column? %s", source, len(present), len(labels), columns.label, swap)  # fmt: skip
+    if one_each:
+        shown = ", ".join(map(repr, single[:5])) + ", ..." * (len(single) > 5)
+        what = "scores" if all(map(is_number, single)) else "ids or free text"
+        logger.warning(
+            "%s: %d of the %d classes have one training example each (%s): a classifier cannot learn a "
+            "class from one example; if the labels are %s rather than classes, turn them into classes first",
+            source, len(single), len(present), shown, what,
+        )  # fmt: skip
     texts = few_texts if len(labels) >= 20 and few_texts else set()
     if texts and len(texts) <= FEW[0] and max(map(len, texts)) <= FEW[1]:
         shown = ", ".join(map(repr, sorted(texts)[:5]))

@@ -190,7 +190,7 @@ def _is_int(text: str) -> bool:
     return re.fullmatch(r"-?[0-9]+", text) is not None
 
 
-def _is_number(text: str) -> bool:
+def is_number(text: str) -> bool:
     try:
         return math.isfinite(float(text))
     except ValueError:
@@ -200,7 +200,7 @@ def _is_number(text: str) -> bool:
 def _warn_mixed(ints: list[str], others: list[str]) -> None:
     """Integer labels beside words, or beside numbers that are not whole (0.5 beside 0 and 1): each is a
     class of its own, named as written; said by what the others are."""
-    numbers = [t for t in others if _is_number(t)]
+    numbers = [t for t in others if is_number(t)]
     words = [t for t in others if t not in numbers]
     kinds = ([f"words ({', '.join(words[:5])})"] if words else []) + (
         [f"numbers that are not whole ({', '.join(numbers[:5])})"] if numbers else []
