@@ -48,16 +48,28 @@ def ratio_interval(row: dict, peer: dict, turns: bool) -> tuple[float, float] | 
     return float(low), float(high)
 
 
+def parse_args(argv: list[str] | None = None):
+    import argparse
+
+    p = argparse.ArgumentParser(description="Each row's ratio to each peer row of recorded bench runs, "
+                                "with its interval (runs recorded before intervals were, too).")  # fmt: skip
+    p.add_argument(
+        "folders", nargs="+", metavar="RESULTS_FOLDER", help="a folder holding a run's results.json"
+    )
+    return p.parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> None:
     """`python bench/intervals.py RESULTS_FOLDER...`: each row's ratio to each peer row of a run, with its
-    interval, from the run's results.json (a run recorded before intervals were, too)."""
+    interval, from the run's results.json."""
     import json
-    import sys
     from pathlib import Path
 
     from bench.report import measured, peers, rate
 
-    for folder in argv if argv is not None else sys.argv[1:]:
+    for folder in parse_args(argv).folders:
+        if not (Path(folder) / "results.json").is_file():
+            raise SystemExit(f"error: {folder}: no results.json (name a folder a bench run wrote)")
         result = json.loads((Path(folder) / "results.json").read_text())
         turns = bool(result.get("turns"))
         for peer in peers(result["rows"]):

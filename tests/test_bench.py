@@ -222,6 +222,8 @@ def test_intervals_reads_a_recorded_run_again(tmp_path, capsys):
         f"{tmp_path}: baseline-loop x hf-trainer 0.800 (95%: 0.800–0.800)",
         f"{tmp_path}: fast x hf-trainer 1.025 (too few steps)",
     ]
+    with pytest.raises(SystemExit, match=f"error: {tmp_path / 'x'}: no results.json"):
+        intervals.main([str(tmp_path / "x")])
 
 
 def test_step_clock_on_cpu_reads_the_host_clock():
