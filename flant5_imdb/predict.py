@@ -218,6 +218,7 @@ def _to_stderr(line: str) -> None:
 class _Job:
     def __init__(self, job: PredictJob, stdout, say):
         self.job, self.stdout, self.state, self.out = job, stdout, None, None
+        self.skipped = 0  # records left out by --skip-bad-rows
         self.speaks = speaker()  # before the processes meet: every process checks the options alike
         self.say = say if self.speaks else (lambda line: None)
         if job.texts and job.file:
@@ -278,6 +279,8 @@ class _Job:
         if clf.truncated:
             n, cut = clf.truncated, clf.max_source_length
             line += f"; {n:,} cut to their first {cut} tokens (the model's --max-source-length)"
+        if self.skipped:  # the output's rows are then not the input's, one for one
+            line += f"; {self.skipped:,} record(s) skipped (each named above): the output holds the others"
         return line + (f"; written: {where}" if where else "")
 
     def _kept(self) -> str:
@@ -311,6 +314,7 @@ class _Job:
         return usable
 
     def _skipped(self, row: BadRow) -> None:
+        self.skipped += 1
         self.say(f"skipped {row}")
 
     def _texts(self) -> Iterator[str]:

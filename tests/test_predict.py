@@ -276,7 +276,9 @@ def test_texts_in_a_parquet_file_and_its_errors(final, tmp_path, capsys):
     assert [json.loads(line)["label_name"] for line in out.splitlines()] == ["positive", "negative"]
     assert err.splitlines()[0] == f"skipped {path} row 2: no text (null)"
     assert err.splitlines()[-1].startswith("2 texts predicted in ")
-    assert err.splitlines()[-1].endswith(" on cpu, 1 CPU thread, fp32")  # where it ran, in one line
+    assert err.splitlines()[-1].endswith(  # where it ran, and what is not in the output, in one line
+        " on cpu, 1 CPU thread, fp32; 1 record(s) skipped (each named above): the output holds the others"
+    )
 
 
 def test_two_processes_write_what_one_does(final, tmp_path):
