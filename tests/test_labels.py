@@ -164,6 +164,14 @@ def test_suspicious_label_spaces_are_warned_about_at_any_size(tmp_path, caplog):
             str(write_jsonl(tmp_path / "train.jsonl", labelled(["a", "b"] * 4))), label_order=["a", "b", "z"]
         )
     assert "class(es) 'z' (from --labels) have no training example" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # twelve rare classes: ten named, the rest counted
+        rare = [f"c{i:02d}" for i in range(12)] * 2
+        load_labelled(str(write_jsonl(tmp_path / "train.jsonl", labelled(["big"] * 40 + rare))))
+    named = ", ".join(f"'c{i:02d}' (2)" for i in range(10))
+    assert (
+        f"class(es) {named} (and 2 more) have 3 training examples or fewer beside one with 40" in caplog.text
+    )
 
 
 def test_a_class_without_training_examples_is_warned_about_once(tmp_path, caplog):
@@ -295,9 +303,10 @@ def test_most_classes_of_one_example_each_are_warned_about(tmp_path, caplog, lab
     with caplog.at_level(logging.WARNING):
         load_labelled(str(write_jsonl(tmp_path / "train.jsonl", rows)))
     shown = ", ".join(map(repr, sorted(label(i) for i in range(1, 20))[:5]))  # the classes' order: sorted
+    shown += " (and 14 more)"
     assert "a typo?" not in caplog.text  # not a few rare classes beside many: most are one example each
     assert (
-        f"train.jsonl: 19 of the 20 classes have one training example each ({shown}, ...): a classifier "
+        f"train.jsonl: 19 of the 20 classes have one training example each ({shown}): a classifier "
         f"cannot learn a class from one example; if the labels are {what} rather than classes, turn them "
         "into classes first" in caplog.text
     )

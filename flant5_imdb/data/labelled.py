@@ -305,17 +305,17 @@ def _warn_about_classes(
     if rare and space.kind != "polarity" and not one_each:  # not typos: said below
         logger.warning(
             "%s: class(es) %s have 3 training examples or fewer beside one with %d: a typo? Name the classes "
-            "with --labels to make any other value an error", source, ", ".join(rare), most,
+            "with --labels to make any other value an error", source, _listed(rare), most,
         )  # fmt: skip
     absent = [space.values[i] for i, c in enumerate(counts) if not c]
     if absent and space.kind == "name" and len(present) > 1:
         logger.warning("%s: class(es) %s (from --labels) have no training example: the model cannot learn "
-                       "them", source, ", ".join(map(repr, absent)))  # fmt: skip
+                       "them", source, _listed(list(map(repr, absent))))  # fmt: skip
     if own:
         logger.warning("%s: %d of %d training rows have a label of their own: is --label-column %r a text "
                        "column? %s", source, len(present), len(labels), columns.label, swap)  # fmt: skip
     if one_each:
-        shown = ", ".join(map(repr, single[:5])) + ", ..." * (len(single) > 5)
+        shown = _listed(list(map(repr, single)), 5)
         what = "scores" if all(map(is_number, single)) else "ids or free text"
         logger.warning(
             "%s: %d of the %d classes have one training example each (%s): a classifier cannot learn a "
@@ -327,6 +327,11 @@ def _warn_about_classes(
         shown = ", ".join(map(repr, sorted(texts)[:5]))
         logger.warning("%s: --text-column %r holds only %d distinct short values (%s): is it a label "
                        "column? %s", source, columns.text, len(texts), shown, swap)  # fmt: skip
+
+
+def _listed(items: list[str], most: int = 10) -> str:
+    """The first `most` of `items`, and how many more: a warning about a thousand classes stays a line."""
+    return ", ".join(items[:most]) + (f" (and {len(items) - most} more)" if len(items) > most else "")
 
 
 def own_labels(rows: int, classes: int) -> bool:
