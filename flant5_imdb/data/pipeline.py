@@ -99,7 +99,7 @@ def prepare(
     """Read, validate and tokenize `spec.data`; every process builds the same.
 
     `make_tokenizer(labelled, target_texts)` gives the tokenizer once the classes and their target texts
-    are known; `labels` is a saved model's label space (else it is taken from the training split).
+    are known; `classes` is a saved model's label space (else it is taken from the training split).
 
     Raises:
         DataError: a split named is not in the data, or the data is unusable (see `load_labelled`).
