@@ -106,11 +106,13 @@ def save_checkpoint(
     config: dict,
     keep: int,
     save_extra: Callable[[Path], None] | None = None,
+    data_content: str | None = None,
 ) -> Path:
     """Write `step-N` atomically (every process takes part), then keep only the newest `keep`.
 
     `save_extra(folder)` runs on the main process before the folder is sealed (the loop uses it
     to add the model config, tokenizer and settings, so that a checkpoint loads like a model).
+    `data_content` is the digest of the data trained on (`Prepared.content`), which a resume compares.
     """
     root = checkpoints_dir(output_dir)
     final = root / f"step-{state.step}"
@@ -130,6 +132,7 @@ def save_checkpoint(
             "config": config,
             "num_processes": accelerator.num_processes,
             "format": FORMAT,
+            "data_content": data_content,
         }
         _write_synced(tmp / STATE_FILE, json.dumps(payload, indent=2))
         for f in tmp.rglob("*"):
@@ -288,14 +291,19 @@ class ResumePoint:
         """Once the data's classes are known, before it is tokenized: see `check_same_classes`."""
         check_same_classes(self.path, classes, targets)
 
-    def check_continues(self, cfg: TrainConfig, processes: int, sampler) -> None:
+    def check_continues(self, cfg: TrainConfig, processes: int, sampler, data_content: str | None) -> None:
         """Once the sampler is built: options that change the math refused (`check_compatible`; applied with
-        --force-resume), and a data order this run cannot continue (tried on a copy of the sampler).
+        --force-resume), data whose content changed since the checkpoint too (`data_content`: the digest
+        of what this run read; a checkpoint or data without one is not compared), and a data order this
+        run cannot continue (tried on a copy of the sampler).
 
         Raises:
             CheckpointError: naming what differs.
         """
-        check_compatible(self.saved, cfg.to_dict(), processes, cfg.force_resume)
+        before = self.saved.get("data_content")
+        changed = before is not None and data_content is not None and before != data_content
+        data = [f"the content of --data {cfg.data!r} changed since {self.path.name}"] if changed else []
+        check_compatible(self.saved, cfg.to_dict(), processes, cfg.force_resume, also=data)
         if not cfg.force_resume:
             continue_order(copy.deepcopy(sampler), self.saved["state"]["sampler"], force=False)
 
@@ -323,8 +331,11 @@ def read_checkpoint(path: Path) -> dict:
     return json.loads((path / STATE_FILE).read_text())
 
 
-def check_compatible(saved: dict, config: dict, num_processes: int, force: bool) -> list[str]:
-    """The differences that change the math; raises unless `force` (then they are returned and logged).
+def check_compatible(
+    saved: dict, config: dict, num_processes: int, force: bool, also: list[str] = ()
+) -> list[str]:
+    """The differences that change the math (and `also`, what the caller found changed beside the
+    options); raises unless `force` (then they are returned and logged).
 
     Whether an option may differ is declared on its field in `config.py` (FREE, MATH, FIXED).
 
@@ -354,16 +365,16 @@ def check_compatible(saved: dict, config: dict, num_processes: int, force: bool)
             + " cannot be applied to a checkpoint (weights or optimizer state of another shape); "
             "start a new run in another --output-dir"
         )
-    diffs = [f"--{flag(k)} {a!r} -> {b!r}" for k, (a, b) in changed.items()]
+    diffs = [f"--{flag(k)} {a!r} -> {b!r}" for k, (a, b) in changed.items()] + list(also)
     if saved["num_processes"] != num_processes:
         diffs.append(f"processes {saved['num_processes']} -> {num_processes}")
     if diffs and not force:
         raise CheckpointError(
-            f"refusing to resume: the config changes the math ({'; '.join(diffs)}); "
+            f"refusing to resume: this run changes the math ({'; '.join(diffs)}); "
             "pass --force-resume to resume with the new values"
         )
     if diffs:
-        logger.warning("resuming with a changed config (--force-resume applies it): %s", "; ".join(diffs))
+        logger.warning("resuming with changes (--force-resume applies them): %s", "; ".join(diffs))
     return diffs
 
 

@@ -372,8 +372,8 @@ class TrainConfig:
     )
     force_resume: bool = _opt(
         False,
-        "resume even where the config changes the math (batch size, lr, seed, data, ...), "
-        "applying the new values",
+        "resume even where the config or the data's content changes the math (batch size, lr, seed, "
+        "data, ...), applying the new values",
         resume=FREE,
         group=OUTPUT,
     )

@@ -172,7 +172,7 @@ def setup(cfg: TrainConfig) -> Job:
     accelerator.register_for_checkpointing(scheduler)
     accelerator.register_save_state_pre_hook(store_tied_once)
     if resume is not None:
-        resume.check_continues(cfg, accelerator.num_processes, sampler)
+        resume.check_continues(cfg, accelerator.num_processes, sampler, data.content)
     job = Job(
         cfg=cfg, accelerator=accelerator, lock=None, started=started, data=data,
         model=model, optimizer=optimizer, scheduler=scheduler, sampler=sampler,
@@ -467,6 +467,7 @@ def maybe_save(job: Job, counters: StepCounters, window: Window, force: bool) ->
         cfg.to_dict(),
         keep=cfg.keep_checkpoints,
         save_extra=functools.partial(save_loading_files, job),
+        data_content=job.data.content,
     )
 
 

@@ -333,6 +333,38 @@ def test_resume_refuses_other_math_unless_forced(tmp_path, tokenizer_dir):
     assert forced["steps"] == 7
 
 
+def test_data_whose_content_changed_is_refused_unless_forced(tmp_path, tokenizer_dir, caplog):
+    """The same --data with one label edited and as many rows (the data order would continue as if
+    nothing had changed): refused by name, as an option that changes the math is; --force-resume trains
+    on the new data and says so. Unchanged data resumes without a word."""
+    data = tmp_path / "train.jsonl"
+
+    def write(flipped: int | None = None):
+        rows = [{"text": f"a {'good' if i % 2 else 'bad'} film {i}", "label": (i % 2) ^ (i == flipped)}
+                for i in range(160)]  # fmt: skip
+        data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    write()
+    run(cfg_for(tmp_path, tokenizer_dir, "d", data=str(data)))
+    with caplog.at_level("WARNING"):
+        run(cfg_for(tmp_path, tokenizer_dir, "d", data=str(data), resume="auto"))
+    assert "resuming with changes" not in caplog.text
+    write(flipped=3)
+    with pytest.raises(CheckpointError) as refused:
+        run(cfg_for(tmp_path, tokenizer_dir, "d", data=str(data), resume="auto"))
+    assert str(refused.value) == (
+        f"refusing to resume: this run changes the math (the content of --data {str(data)!r} changed since "
+        f"step-{STEPS}); pass --force-resume to resume with the new values"
+    )
+    with caplog.at_level("WARNING"):
+        forced = run(cfg_for(tmp_path, tokenizer_dir, "d", data=str(data), resume="auto", force_resume=True))
+    assert forced["steps"] == STEPS
+    assert (
+        f"resuming with changes (--force-resume applies them): the content of --data {str(data)!r}"
+        in caplog.text
+    )
+
+
 def test_kernel_path_flags_may_change_on_resume_and_new_options_count_as_defaults():
     saved = {"config": TrainConfig().to_dict(), "num_processes": 1}
     kernels = preset("kernels").to_dict() | {"output_dir": saved["config"]["output_dir"]}

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import json
 import logging
 import random
 from collections.abc import Callable
@@ -87,6 +89,7 @@ class Prepared:
     skipped: list[BadRow]
     class_counts: list[int]  # training examples of each class, after any hold-out and subset
     example_text: str | None  # the first evaluation text (else training text): the model card's example
+    content: str | None = None  # what was read, as a digest (`content_key`); None for generated data
 
 
 def prepare(
@@ -112,9 +115,12 @@ def prepare(
         others = (spec.eval_split, "test", "validation") if spec.evaluate else ()
         wanted = {spec.train_split, *(s for s in others if s)}
     root = cache_root(spec.data_cache)
+    # What the files hold, hashed once: the cache's key, and what a checkpoint says it was trained on.
+    needed = root is not None or spec.train_split is not None
+    content = content_key(source, wanted, spec.columns) if needed else None
     # The main process prepares (and keeps in the cache) first; the others then read what it kept.
     with main_process_first():
-        loaded, checked = _checked(spec, source, wanted, classes, root)
+        loaded, checked = _checked(spec, source, wanted, classes, None if root is None else content, root)
         for flag, split in asked:
             if split and split not in loaded.splits:
                 raise DataError(_no_such_split(spec, flag, split, list(loaded.splits)))
@@ -137,15 +143,17 @@ def prepare(
         _log_classes(loaded.classes, target_texts, counts)
     first = evaluated if evaluated is not None else train
     example = loaded.splits[raw_split][int(first[0]["id"])]["text"] if first is not None else None
+    digest = None if content is None else hashlib.sha256(json.dumps(content, sort_keys=True).encode())
     return Prepared(source, tokenizer, train, evaluated, eval_source, loaded.classes, target_texts, ids,
-                    loaded.skipped, counts, example)  # fmt: skip
+                    loaded.skipped, counts, example, digest and digest.hexdigest()[:32])  # fmt: skip
 
 
 def _checked(
-    spec: DataSpec, source: Source, wanted: set[str] | None, classes: LabelSpace | None, root
+    spec: DataSpec, source: Source, wanted: set[str] | None, classes: LabelSpace | None, content, root
 ) -> tuple[Labelled, str | None]:
-    """The splits read and validated (`load_labelled`), from the cache where an earlier run kept them;
-    and the cache entry's name (None where nothing is kept)."""
+    """The splits read and validated (`load_labelled`), from the cache where an earlier run kept them
+    (`content`: the source's `content_key`, None to keep nothing); and the cache entry's name (None where
+    nothing is kept)."""
 
     def build(folder) -> tuple:
         loaded = load_labelled(source, skip_bad_rows=spec.skip_bad_rows, splits=wanted, classes=classes,
@@ -158,7 +166,6 @@ def _checked(
         }
         return loaded.splits, meta
 
-    content = content_key(source, wanted, spec.columns) if root is not None else None
     key = None if content is None else dict(
         content=content, columns=dataclasses.asdict(spec.columns), splits=sorted(wanted) if wanted else None,
         labels=dataclasses.asdict(classes) if classes else None, label_order=spec.label_order,
