@@ -412,7 +412,11 @@ def test_a_resume_with_another_label_space_is_refused_and_writes_nothing(tmp_pat
         assert folder_state(out) == before  # config.json, metrics, checkpoints: every file as it was
 
 
-def test_a_refused_data_order_writes_nothing(tmp_path):
+def test_a_refused_resume_on_changed_data_writes_nothing(tmp_path):
+    """Fewer rows than the checkpoint's: refused for the content, and, from a checkpoint written before
+    checkpoints kept the data's digest, for the data order it cannot continue. Neither writes a byte."""
+    from flant5_imdb.checkpoint import MANIFEST, manifest
+
     out = tmp_path / "out"
     data = classes_data(tmp_path / "abc", "abc")
     tiny_run(data, out, validation_split=0.0)
@@ -420,6 +424,15 @@ def test_a_refused_data_order_writes_nothing(tmp_path):
     write_jsonl(
         data / "train.jsonl", [{"text": f"{WORDS['a']} {i}", "label": c} for i in range(3) for c in "abc"]
     )
+    with pytest.raises(CheckpointError, match=r"\(the content of --data '.*abc' changed since step-4\)"):
+        tiny_run(data, out, validation_split=0.0, resume="auto")
+    assert folder_state(out) == before
+    for step in (out / "checkpoints").iterdir():  # as written before: no digest (its manifest made anew)
+        saved = json.loads((step / "train_state.json").read_text())
+        del saved["data_content"]
+        (step / "train_state.json").write_text(json.dumps(saved))
+        (step / MANIFEST).write_text(json.dumps(manifest(step)))
+    before = folder_state(out)
     with pytest.raises(CheckpointError, match="cannot resume the data order"):
         tiny_run(data, out, validation_split=0.0, resume="auto")
     assert folder_state(out) == before
