@@ -301,7 +301,8 @@ class ResumePoint:
             CheckpointError: naming what differs.
         """
         before = self.saved.get("data_content")
-        changed = before is not None and data_content is not None and before != data_content
+        same_option = self.saved["config"].get("data") == cfg.data  # else that difference says it
+        changed = same_option and before is not None and data_content is not None and before != data_content
         data = [f"the content of --data {cfg.data!r} changed since {self.path.name}"] if changed else []
         check_compatible(self.saved, cfg.to_dict(), processes, cfg.force_resume, also=data)
         if not cfg.force_resume:

@@ -356,6 +356,10 @@ def test_data_whose_content_changed_is_refused_unless_forced(tmp_path, tokenizer
         f"refusing to resume: this run changes the math (the content of --data {str(data)!r} changed since "
         f"step-{STEPS}); pass --force-resume to resume with the new values"
     )
+    other = tmp_path / "other.jsonl"  # another --data: that difference alone is named
+    other.write_bytes(data.read_bytes())
+    with pytest.raises(CheckpointError, match=r"math \(--data '[^;]*' -> '[^;]*other.jsonl'\); pass"):
+        run(cfg_for(tmp_path, tokenizer_dir, "d", data=str(other), resume="auto"))
     with caplog.at_level("WARNING"):
         forced = run(cfg_for(tmp_path, tokenizer_dir, "d", data=str(data), resume="auto", force_resume=True))
     assert forced["steps"] == STEPS
