@@ -294,7 +294,8 @@ def _warn_about_classes(
     present = [i for i, c in enumerate(counts) if c]
     swap = "(name the columns with --text-column and --label-column)"
     if len(present) == 1:
-        only = space.values[present[0]] if space.kind != "polarity" else present[0]
+        i = present[0]  # polarity's by its value and name: a file may spell it 1, pos or positive
+        only = space.values[i] if space.kind != "polarity" else f"{space.values[i]} ({space.names[i]})"
         logger.warning("%s: every training example has label %s: a classifier cannot learn from one class",
                        source, only)  # fmt: skip
     single = [space.values[i] for i, c in enumerate(counts) if c == 1]
