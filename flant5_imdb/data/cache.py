@@ -57,11 +57,15 @@ def cache_root(option: str | None) -> Path | None:
     return base / "flant5_imdb" / "data"
 
 
+def digest(value) -> str:
+    """The hash of `value`'s JSON (keys sorted): a short name for what it holds."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
 def key_digest(key: dict) -> str:
     """A key's name on disk: the hash of its JSON, with this code's version and the entry format in it."""
     versions = {"flant5_imdb": flant5_imdb.__version__, "datasets": datasets.__version__}
-    whole = {"format": FORMAT, **versions, **key}
-    return hashlib.sha256(json.dumps(whole, sort_keys=True, default=str).encode()).hexdigest()[:32]
+    return digest({"format": FORMAT, **versions, **key})
 
 
 Build = Callable[[Path | None], tuple[DatasetDict, dict]]

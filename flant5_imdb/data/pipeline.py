@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import json
 import logging
 import random
 from collections.abc import Callable
@@ -21,7 +19,7 @@ import numpy as np
 from datasets import Dataset
 
 from flant5_imdb.config import NO_EVAL
-from flant5_imdb.data.cache import cache_root, cached, tokenizer_digest
+from flant5_imdb.data.cache import cache_root, cached, digest, tokenizer_digest
 from flant5_imdb.data.encode import (
     column,
     preprocess_workers,
@@ -143,9 +141,9 @@ def prepare(
         _log_classes(loaded.classes, target_texts, counts)
     first = evaluated if evaluated is not None else train
     example = loaded.splits[raw_split][int(first[0]["id"])]["text"] if first is not None else None
-    digest = None if content is None else hashlib.sha256(json.dumps(content, sort_keys=True).encode())
+    trained_on = None if content is None else digest(content)  # what a checkpoint compares on resume
     return Prepared(source, tokenizer, train, evaluated, eval_source, loaded.classes, target_texts, ids,
-                    loaded.skipped, counts, example, digest and digest.hexdigest()[:32])  # fmt: skip
+                    loaded.skipped, counts, example, trained_on)  # fmt: skip
 
 
 def _checked(
