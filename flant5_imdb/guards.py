@@ -111,6 +111,11 @@ class StopSignal(_Signals):
 
     def __init__(self, accelerator: Accelerator):
         self.accelerator = accelerator
+        # Two values, so that no signal is lost: `received` is written only by the handler (and by the
+        # loop for an interrupted evaluation), `signum` is what the processes agreed on. A signal that
+        # lands while this process waits in the agreement is kept in `received` for the next step's
+        # agreement; written into the agreed value, the agreement's result would overwrite it.
+        self.received = 0
         self.signum = 0
         self.reason: str | None = None
         self._launcher = os.getppid() if any(k in os.environ for k in self.LAUNCHED) else None
@@ -122,18 +127,19 @@ class StopSignal(_Signals):
             self._group = None if backend == "gloo" else torch.distributed.new_group(backend="gloo")
 
     def _handle(self, signum, frame):
-        if self.signum == signal.SIGINT and signum == signal.SIGINT:
+        if self.received == signal.SIGINT and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now
-        self.signum = signum
+        self.received = signum
 
     def requested(self) -> bool:
         """Whether any process was signalled or lost its launcher (all processes return the same answer)."""
-        if self._launcher is not None and not self.signum and os.getppid() != self._launcher:
-            self.signum = signal.SIGTERM
+        if self._launcher is not None and not self.received and os.getppid() != self._launcher:
+            self.received = signal.SIGTERM
             self.reason = f"stopped: the launcher (pid {self._launcher}) is gone"
         if self.accelerator.num_processes == 1:
+            self.signum = self.received
             return self.signum != 0
-        flag = torch.tensor([self.signum], dtype=torch.int64)
+        flag = torch.tensor([self.received], dtype=torch.int64)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=self._group)
         self.signum = int(flag.item())
         return self.signum != 0

@@ -321,7 +321,7 @@ def train(job: Job, on_step=None) -> None:
                 try:
                     maybe_evaluate(job, log)
                 except Interrupted as e:  # the step is done: checkpointed and stopped as for any signal
-                    stop.signum = e.signum
+                    stop.received = e.signum
                 stopping = stop.requested()
                 maybe_save(job, counters, window, force=stopping)
                 if on_step is not None:

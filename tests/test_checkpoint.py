@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -23,7 +24,7 @@ from flant5_imdb.checkpoint import (
     resolve_resume,
 )
 from flant5_imdb.config import TrainConfig, preset
-from flant5_imdb.guards import NonFiniteError, OutOfMemory
+from flant5_imdb.guards import NonFiniteError, OutOfMemory, StopSignal
 from flant5_imdb.train import run
 from tests.conftest import ROOT, accelerate_launch, flags
 
@@ -263,6 +264,26 @@ def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step(tmp_path, toke
     ckpt = latest_complete(out)
     assert ckpt.name == f"step-{reported[0]}" and 3 <= int(reported[0]) < 150
     assert (ckpt / "random_states_0.pkl").is_file() and (ckpt / "random_states_1.pkl").is_file()
+
+
+def test_a_signal_that_lands_during_the_ranks_agreement_stops_the_next_step(monkeypatch):
+    """The processes agree on a stop with an all-reduce at every step, and a process spends much of its
+    step waiting in it for the others. A signal handled there must survive the agreement's result (zero:
+    the others were not told), and stop every process after the next step."""
+    for name in StopSignal.LAUNCHED:
+        monkeypatch.delenv(name, raising=False)
+    sent = []
+
+    def all_reduce(flag, op, group):  # this process alone: MAX over one value leaves it as it is
+        sent.append(int(flag.item()))
+        if len(sent) == 1:
+            stop._handle(signal.SIGTERM, None)  # the handler runs as the wait returns
+
+    monkeypatch.setattr(torch.distributed, "get_backend", lambda: "gloo")
+    monkeypatch.setattr(torch.distributed, "all_reduce", all_reduce)
+    stop = StopSignal(SimpleNamespace(num_processes=2))
+    assert [stop.requested(), stop.requested()] == [False, True]
+    assert sent == [0, signal.SIGTERM] and stop.signum == signal.SIGTERM
 
 
 def nan_at(monkeypatch, steps: set[int]):
