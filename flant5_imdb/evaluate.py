@@ -20,6 +20,7 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -156,6 +157,7 @@ def evaluate(
     collator: Collator | None = None,
     names: tuple[str, ...],
     predictions: Path | None = None,
+    between_chunks: Callable[[], None] | None = None,
 ) -> dict:
     """Evaluate on `ds` (tokenized, with `label` and `id`), sharded over the processes, CHUNK rows at a
     time: the metrics are counted as the chunks come and nothing grows with the number of rows.
@@ -163,6 +165,8 @@ def evaluate(
     `predictions`: a JSON-lines file the main process writes as it goes, one row per example in the
     order of `ds` (`prediction_row`), under a temporary name until the last row is in. Returns the
     metrics (see `metrics`) plus `eval_seconds` and `examples_per_s`. Every process returns the same.
+    `between_chunks`: called by every process between two chunks, at the same point (where several
+    processes can agree to stop: it may raise).
     """
     collator = collator or Collator()
     unwrapped = accelerator.unwrap_model(model)
@@ -178,6 +182,8 @@ def evaluate(
         with tqdm(total=len(ds), desc=f"eval ({mode})", unit="ex", leave=False,
                   disable=not accelerator.is_local_main_process) as bar:  # fmt: skip
             for first in range(0, len(ds), CHUNK):
+                if first and between_chunks is not None:
+                    between_chunks()
                 chunk = ds[first : first + CHUNK]
                 mine, ls, nt = predict_chunk(unwrapped, chunk, mode=mode, batch_size=batch_size,
                                              targets=targets, tokenizer=tokenizer, collator=collator,

@@ -13,7 +13,9 @@
   tested: it is the same number on every rank, so every rank skips the same updates. The counts stay
   on the device; the host reads them at log steps and every `--max-bad-steps` steps (one sync then).
 - SIGTERM / SIGINT during an evaluation (`interruptible`): it stops at once with `Interrupted`, whose
-  one line says what was kept (the trained model is saved before the final evaluation).
+  one line says what was kept (the trained model is saved before the final evaluation). With several
+  processes, an evaluation during training stops where they agree (`StopSignal.check`, between two
+  chunks of examples): one that stopped alone would leave the others waiting for it.
 - Out of GPU memory (`oom_hint`): `OutOfMemory` names the micro-batch and a smaller --batch-size
   with a larger --grad-accum that keeps the effective batch.
 """
@@ -143,6 +145,13 @@ class StopSignal(_Signals):
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=self._group)
         self.signum = int(flag.item())
         return self.signum != 0
+
+    def check(self, message: str) -> None:
+        """Raises `Interrupted(signum, message)` where any process was signalled: for work the processes
+        share (an evaluation), called by every one at the same point, so that all of them stop there (one
+        that stopped alone would leave the others waiting for it in the work's next gather)."""
+        if self.requested():
+            raise Interrupted(self.signum, message)
 
 
 class StepCounters:

@@ -319,7 +319,7 @@ def train(job: Job, on_step=None) -> None:
                 maybe_check_updates(cfg, state, counters)
                 maybe_log(cfg, state, window, log, bar, lr=lr, grad_norm=grad_norm)
                 try:
-                    maybe_evaluate(job, log)
+                    maybe_evaluate(job, log, stop)
                 except Interrupted as e:  # the step is done: checkpointed and stopped as for any signal
                     stop.received = e.signum
                 stopping = stop.requested()
@@ -471,11 +471,19 @@ def maybe_save(job: Job, counters: StepCounters, window: Window, force: bool) ->
     )
 
 
-def maybe_evaluate(job: Job, log: MetricsLog) -> None:
+def maybe_evaluate(job: Job, log: MetricsLog, stop: StopSignal) -> None:
+    """The evaluation every `--eval-every` steps. A signal stops it (`Interrupted`; the loop then
+    checkpoints this step and stops): at once in a single process; with several, where they all agree,
+    between two chunks of examples (a process that left alone would leave the others waiting for it in
+    the evaluation's next gather, for good)."""
     if not job.cfg.eval_every or job.state.step % job.cfg.eval_every or job.data.eval is None:
         return
-    with interruptible("during an evaluation"):  # Interrupted: the loop checkpoints this step and stops
-        r = evaluate_now(job)
+    why = "during an evaluation"
+    if job.accelerator.num_processes == 1:
+        with interruptible(why):
+            r = evaluate_now(job)
+    else:  # the loop's handler stays: it notes the signal for the agreement
+        r = evaluate_now(job, between_chunks=functools.partial(stop.check, why))
     log.write(
         step=job.state.step,
         eval_accuracy=r["accuracy"],
@@ -484,8 +492,9 @@ def maybe_evaluate(job: Job, log: MetricsLog) -> None:
     )
 
 
-def evaluate_now(job: Job, predictions: Path | None = None) -> dict:
-    """The evaluation split evaluated now; `predictions`: the file its rows are written to as they come."""
+def evaluate_now(job: Job, predictions: Path | None = None, between_chunks=None) -> dict:
+    """The evaluation split evaluated now; `predictions`: the file its rows are written to as they come;
+    `between_chunks`: see `evaluate`."""
     return evaluate(
         job.model,
         job.data.eval,
@@ -497,6 +506,7 @@ def evaluate_now(job: Job, predictions: Path | None = None) -> dict:
         collator=Collator(job.data.tokenizer.pad_token_id),
         names=job.data.classes.names,
         predictions=predictions,
+        between_chunks=between_chunks,
     )
 
 

@@ -266,6 +266,18 @@ def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step(tmp_path, toke
     assert (ckpt / "random_states_0.pkl").is_file() and (ckpt / "random_states_1.pkl").is_file()
 
 
+def test_sigterm_to_one_rank_in_an_evaluation_stops_every_rank_there(tmp_path, tokenizer_dir):
+    """An evaluation during training is shared work: a rank told alone stops it where all agree, between
+    two chunks (it used to leave it at once, and the other rank waited for it in the next gather for good)."""
+    out, faulty = tmp_path / "ddp", str(ROOT / "tests" / "helpers" / "faulty_train.py")
+    argv = cli(tokenizer_dir, out, "--batch-size", "8", "--eval-every", "2", "--no-final-eval")
+    proc = launch([faulty, "sigterm-in-eval", "1", *argv], two_processes=True, timeout=180)
+    assert proc.returncode != 0
+    assert re.findall(r"preempted by SIGTERM after step (\d+);", proc.stderr) == ["2"], proc.stderr[-3000:]
+    assert latest_complete(out).name == "step-2"
+    assert [m["step"] for m in metrics(out)] == [1, 2]  # no evaluation line: it stopped part way
+
+
 def test_a_signal_that_lands_during_the_ranks_agreement_stops_the_next_step(monkeypatch):
     """The processes agree on a stop with an all-reduce at every step, and a process spends much of its
     step waiting in it for the others. A signal handled there must survive the agreement's result (zero:

@@ -2,6 +2,8 @@
 
 python tests/helpers/faulty_train.py crash-after-step N  [train.py options]   # exit 3 after step N
 python tests/helpers/faulty_train.py kill-in-save N      [train.py options]   # SIGKILL while saving step-N
+python tests/helpers/faulty_train.py sigterm-in-eval R   [train.py options]   # rank R alone gets SIGTERM in
+    the first evaluation, while it predicts its first chunk (chunks of 8 examples: an evaluation has several)
 """
 
 import functools
@@ -12,6 +14,7 @@ import sys
 from pathlib import Path
 
 from flant5_imdb import checkpoint, train
+from flant5_imdb import evaluate as evaluate_module
 
 ROOT = Path(__file__).resolve().parents[2]
 mode, n, *argv = sys.argv[1:]
@@ -34,6 +37,16 @@ elif mode == "kill-in-save":
         commit(tmp, final)
 
     checkpoint._commit = killing_commit
+elif mode == "sigterm-in-eval":
+    predict_chunk, evaluate_module.CHUNK = evaluate_module.predict_chunk, 8
+
+    def signalled_predict_chunk(*args, **kwargs):
+        if int(os.environ.get("RANK", 0)) == n and not getattr(signalled_predict_chunk, "sent", False):
+            signalled_predict_chunk.sent = True
+            os.kill(os.getpid(), signal.SIGTERM)
+        return predict_chunk(*args, **kwargs)
+
+    evaluate_module.predict_chunk = signalled_predict_chunk
 else:
     raise SystemExit(f"unknown mode {mode}")
 
