@@ -56,7 +56,8 @@ def test_one_canonical_text_per_label(raw, text):
     "raw, problem",
     [(None, "no label (null or missing)"), ([1, 2], "the label is a list, not a single value"),
      ({"x": 1}, "the label is an object, not a single value"), ("", "empty label"),
-     (" \u200b ", "empty label"), (float("nan"), "no label (nan)")],
+     (" \u200b ", "empty label"), (float("nan"), "no label (nan)"),
+     (b"pos", "the label is binary data (store the column as strings), not a single value")],
 )  # fmt: skip
 def test_values_that_are_no_label(raw, problem):
     assert canonical(raw)[1] == problem and label_text(raw) is None

@@ -95,6 +95,8 @@ def kind_of(value, array: str = "a list") -> str:
         return "a string"
     if isinstance(value, dict):
         return "an object"
+    if isinstance(value, bytes | bytearray):  # a parquet or Arrow column of binary type
+        return "binary data (store the column as strings)"
     return array if isinstance(value, list | tuple) else f"a {type(value).__name__}"
 
 
