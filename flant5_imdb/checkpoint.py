@@ -463,19 +463,27 @@ def load_checkpoint(accelerator: Accelerator, path: Path) -> TrainState:
 
 
 def save_final(accelerator: Accelerator, model, path: Path, export_to: Callable[[Path], None]) -> None:
-    """save_pretrained of the unwrapped model (no DDP `module.` or compile `_orig_mod.` prefixes), tokenizer,
-    settings.
+    """save_pretrained of the unwrapped model (no DDP `module.` or compile `_orig_mod.` prefixes), then
+    `export_to(folder)` (tokenizer, settings), written into `PATH.tmp` and renamed to `path` once whole: a
+    save stopped part way leaves no `path` (weights without the settings beside them would load as a
+    model of IMDB's two classes), and an earlier `path` is replaced only by a whole one.
     """
+    tmp = path.with_name(path.name + ".tmp")
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)  # left by a save stopped part way
     accelerator.wait_for_everyone()
     state_dict = accelerator.get_state_dict(
         model
     )  # gathered from the shards under FSDP; a plain state dict otherwise
     unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
     unwrapped.save_pretrained(
-        path,
+        tmp,
         is_main_process=accelerator.is_main_process,
         save_function=accelerator.save,
         state_dict=state_dict,
     )
+    accelerator.wait_for_everyone()  # every process is done with the folder before it is renamed
     if accelerator.is_main_process:
-        export_to(path)
+        export_to(tmp)
+        _commit(tmp, path)
+    accelerator.wait_for_everyone()

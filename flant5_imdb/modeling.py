@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 import transformers
 from accelerate.utils import extract_model_from_parallel
+from safetensors import SafetensorError
 from transformers import T5Config
 from transformers.models.t5.modeling_t5 import T5Attention
 
@@ -109,6 +110,11 @@ def build_model(
             output_loading_info=True,
             **extra,
         )
+    except SafetensorError as e:  # a weights file cut short or changed: an interrupted save or copy
+        raise ValueError(
+            f"cannot load model '{model}': its weights file is damaged or incomplete ({str(e)[:200]}); "
+            "copy or save it again"
+        ) from e
     except OSError as e:
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise ValueError(

@@ -537,7 +537,12 @@ def finish(job: Job) -> dict:
     # The model is saved before the final evaluation, which can take hours on a CPU: stopping it
     # (Ctrl-C, SIGTERM) loses no training.
     if cfg.save_model:
-        save_final(acc, job.model, out / "final", functools.partial(save_loading_files, job))
+        # Saved whole or not at all (see `save_final`): a save stopped part way says how to get the model.
+        rest = "the same command with --resume auto saves it from the last checkpoint"
+        if not cfg.keep_checkpoints:
+            rest = "with --keep-checkpoints 0 there is no checkpoint to save it from"
+        with interruptible(f"while saving the trained model; {out / 'final'} was not written; {rest}"):
+            save_final(acc, job.model, out / "final", functools.partial(save_loading_files, job))
     kept = f"the trained model is saved in {out / 'final'}" if cfg.save_model else f"checkpoints are in {out}"
     final_eval = cfg.final_eval and job.data.eval is not None
     with interruptible(f"during the final evaluation; {kept}"):

@@ -52,6 +52,17 @@ def test_missing_weights_give_a_clear_error(tmp_path):
         build_model("x", model_config="huge", vocab_size=10)
 
 
+def test_a_damaged_weights_file_is_said_in_one_line(tmp_path):
+    """Weights cut short (a copy or save stopped part way): one line naming the model, not a traceback."""
+    build_model("unused", model_config="tiny", vocab_size=100).save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(
+        ValueError, match=r"^cannot load model '.*': its weights file is damaged or incomplete \("
+    ):
+        build_model(str(tmp_path))
+
+
 def test_activation_checkpointing_recomputes_blocks_with_the_same_results():
     """Dropout on: the recompute replays the RNG state, so losses and gradients stay those of the
     plain model (to float32 rounding), while every block runs a second time in the backward (seen

@@ -490,6 +490,45 @@ def test_a_signal_in_the_final_evaluation_keeps_the_model_and_says_so(
     assert (out / "final" / "model.safetensors").is_file() and (out / "final" / "config.json").is_file()
 
 
+def test_a_model_save_stopped_part_way_leaves_no_final_folder_and_resume_saves_it(
+    tmp_path, monkeypatch, capsys
+):
+    """final/ appears whole or not at all: weights without the settings beside them would load as a model
+    of IMDB's two classes. Stopped once the files are written but before they are sealed: no final/, one
+    line saying how to get the model; the same command with --resume auto writes it whole."""
+    import os
+    import signal
+    import time
+
+    from flant5_imdb import train as train_module
+
+    real = train_module.save_final
+
+    def stopped_save(accelerator, model, path, export_to):
+        def export(folder):
+            export_to(folder)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)  # the handler runs here
+
+        real(accelerator, model, path, export)
+
+    monkeypatch.setattr(train_module, "save_final", stopped_save)
+    out = tmp_path / "run"
+    argv = ["--preset", "smoke", "--data", "synthetic:200", "--max-steps", "2", "--no-final-eval",
+            "--output-dir", str(out)]  # fmt: skip
+    assert load_script("train").main(argv) == 143
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"stopped by SIGTERM while saving the trained model; {out / 'final'} was not written; the same "
+        "command with --resume auto saves it from the last checkpoint"
+    )
+    assert not (out / "final").exists()
+    monkeypatch.setattr(train_module, "save_final", real)
+    assert load_script("train").main([*argv, "--resume", "auto"]) == 0
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("final")) == ["final"]
+    whole = ("model.safetensors", "flant5_imdb.json", "config.json")
+    assert all((out / "final" / f).is_file() for f in whole)
+
+
 def test_a_signal_in_an_evaluation_during_training_checkpoints_and_stops(tmp_path, monkeypatch, capsys):
     """`--eval-every`: Ctrl-C inside an evaluation between steps stops it at once; the step before it is
     checkpointed, as for a signal between steps, and `--resume auto` goes on from there."""
