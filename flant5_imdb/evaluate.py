@@ -201,14 +201,19 @@ def evaluate(
     finally:
         if out is not None:
             out.discard()  # a no-op once closed
-    seconds = time.perf_counter() - start
-    losses = gather_object([(loss_sum, n_tok)])  # every process's: the loss is over all the targets
+    result = _result(counts, names, loss_sum, n_tok, mode, time.perf_counter() - start)
+    if was_training:
+        unwrapped.train()
+    return result
+
+
+def _result(counts: Counter, names, loss_sum: float, n_tok: int, mode: str, seconds: float) -> dict:
+    """The metrics of the (label, prediction) `counts`, and the loss over every process's targets."""
+    losses = gather_object([(loss_sum, n_tok)])
     total_tok = sum(n for _, n in losses)
     result = metrics_from_counts(counts, names)
     eval_loss = sum(s for s, _ in losses) / total_tok if total_tok else None
     result.update(mode=mode, eval_loss=eval_loss, eval_seconds=seconds, examples_per_s=result["n"] / seconds)
-    if was_training:
-        unwrapped.train()
     return result
 
 
