@@ -35,7 +35,7 @@ from transformers.modeling_outputs import BaseModelOutput
 from flant5_imdb import hub
 from flant5_imdb.accel import cpu_threads, main_first, make_accelerator, run_on
 from flant5_imdb.data import IMDB, Collator, Columns
-from flant5_imdb.guards import interruptible
+from flant5_imdb.guards import PREPARING, interruptible
 from flant5_imdb.modeling import load_trained, source_mask
 from flant5_imdb.rundir import refuse_held_evaluation
 
@@ -400,7 +400,8 @@ def load_for_evaluation(model_path: str, data: str, *, split, columns, skip_bad_
     spec = dataclasses.replace(spec, verbalizer=settings["verbalizer"], prompt=settings["prompt"],
                                max_source_length=settings["max_source_length"])  # fmt: skip
     # Only the split evaluated is read, in the model's label space.
-    return model, tokenizer, spec, prepare(spec, lambda *_: tokenizer, classes=settings["classes"])
+    with interruptible(PREPARING):  # unwound, so that the tokenizing processes are ended too
+        return model, tokenizer, spec, prepare(spec, lambda *_: tokenizer, classes=settings["classes"])
 
 
 def evaluate_saved(

@@ -16,6 +16,8 @@
   one line says what was kept (the trained model is saved before the final evaluation). With several
   processes, an evaluation during training stops where they agree (`StopSignal.check`, between two
   chunks of examples): one that stopped alone would leave the others waiting for it.
+- SIGTERM / SIGINT while the data is prepared (`interruptible(PREPARING)`): one line, and the
+  processes that tokenize are ended with it (a process killed outright would leave them behind).
 - Out of GPU memory (`oom_hint`): `OutOfMemory` names the micro-batch and a smaller --batch-size
   with a larger --grad-accum that keeps the effective batch.
 """
@@ -73,10 +75,10 @@ class _Signals:
     _previous: dict
 
     def __enter__(self):
-        self._previous = {}
+        self._previous, self._pid = {}, os.getpid()
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
+                self._previous[sig] = signal.signal(sig, self._dispatch)
         return self
 
     def __exit__(self, *exc):
@@ -84,8 +86,24 @@ class _Signals:
             signal.signal(sig, handler)
         return False
 
+    def _dispatch(self, signum, frame):
+        if os.getpid() != self._pid:
+            # A process forked inside the block (a worker that tokenizes) has the handler too: it reacts as
+            # it would without it (ended by SIGTERM), or a pool that ends its workers would wait for good.
+            signal.signal(signum, self._previous[signum])
+            os.kill(os.getpid(), signum)
+            return
+        self._handle(signum, frame)
+
     def _handle(self, signum, frame):
         raise NotImplementedError
+
+
+# What a stop while the data is read and tokenized says (a data cache entry is kept whole or not at all).
+PREPARING = (
+    "while preparing the data; the same command prepares it again, taking what was finished from the "
+    "data cache"
+)
 
 
 class interruptible(_Signals):  # noqa: N801 - used as a context manager, like torch.no_grad
@@ -94,10 +112,19 @@ class interruptible(_Signals):  # noqa: N801 - used as a context manager, like t
     silence)."""
 
     def __init__(self, message: str):
-        self.message = message
+        self.message, self.signum = message, 0
 
     def _handle(self, signum, frame):
+        self.signum = signum
         raise Interrupted(signum, self.message)
+
+    def __exit__(self, exc_type, exc, tb):
+        super().__exit__(exc_type, exc, tb)
+        # Code that cleans up on the way out may raise an error of its own in place of the stop (datasets'
+        # worker pool, for one, a TimeoutError): the stop is what happened, and what is said.
+        if self.signum and exc is not None and not isinstance(exc, Interrupted):
+            raise Interrupted(self.signum, self.message) from exc
+        return False
 
 
 class OutOfMemory(RuntimeError):

@@ -51,6 +51,7 @@ from flant5_imdb.config import ConfigError, TrainConfig
 from flant5_imdb.data import Collator, DataSpec, Prepared, column, prepare, vocabulary_targets, write_skipped
 from flant5_imdb.evaluate import evaluate, write_report
 from flant5_imdb.guards import (
+    PREPARING,
     Interrupted,
     Preempted,
     StepCounters,
@@ -156,8 +157,9 @@ def setup(cfg: TrainConfig) -> Job:
     # What the run resumes from (read-only): its classes are checked as soon as the data's are known,
     # and a word-level tokenizer is the checkpoint's.
     resume = resume_point(cfg.resume, out)
-    data = prepare(DataSpec.from_config(cfg), functools.partial(make_tokenizer, cfg, resume),
-                   main_process_first=functools.partial(main_first, accelerator))  # fmt: skip
+    with interruptible(PREPARING):  # unwound, so that the tokenizing processes are ended too
+        data = prepare(DataSpec.from_config(cfg), functools.partial(make_tokenizer, cfg, resume),
+                       main_process_first=functools.partial(main_first, accelerator))  # fmt: skip
     tokenizer, train_ds = data.tokenizer, data.train
     model, raw_optimizer, optimizer, step_model = build_trainable(cfg, accelerator, len(tokenizer))
     threads = training_threads(cfg.threads, sum(p.numel() for p in model.parameters()), accelerator.device)

@@ -24,7 +24,7 @@ from flant5_imdb.checkpoint import (
     resolve_resume,
 )
 from flant5_imdb.config import TrainConfig, preset
-from flant5_imdb.guards import NonFiniteError, OutOfMemory, StopSignal
+from flant5_imdb.guards import Interrupted, NonFiniteError, OutOfMemory, StopSignal, interruptible
 from flant5_imdb.train import run
 from tests.conftest import ROOT, accelerate_launch, flags
 
@@ -276,6 +276,43 @@ def test_sigterm_to_one_rank_in_an_evaluation_stops_every_rank_there(tmp_path, t
     assert re.findall(r"preempted by SIGTERM after step (\d+);", proc.stderr) == ["2"], proc.stderr[-3000:]
     assert latest_complete(out).name == "step-2"
     assert [m["step"] for m in metrics(out)] == [1, 2]  # no evaluation line: it stopped part way
+
+
+def test_a_stop_while_worker_processes_run_ends_them_and_says_the_stop():
+    """Workers forked inside a guarded block (datasets' tokenizing pool) inherit its handler: on the pool's
+    SIGTERM they must end as they would without it, or the pool waits for them for good (it did: a run
+    stopped while tokenizing hung, or, killed outright, left its workers behind)."""
+    code = (
+        "import os, signal, sys, time\n"
+        "import multiprocess\n"
+        "from flant5_imdb.guards import Interrupted, interruptible\n"
+        "def work(i):\n"
+        "    if i == 0:\n"
+        "        os.kill(os.getppid(), signal.SIGTERM)\n"
+        "    time.sleep(60)\n"
+        "try:\n"
+        "    with interruptible('while working'):\n"
+        "        with multiprocess.get_context('fork').Pool(2) as pool:\n"
+        "            pool.map(work, range(2))\n"
+        "except Interrupted as e:\n"
+        "    print(e, flush=True)\n"
+        "    sys.exit(e.exit_code)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=50, cwd=ROOT)
+    assert (proc.returncode, proc.stdout.strip()) == (143, "stopped by SIGTERM while working"), proc.stderr
+
+
+def test_a_stop_is_what_is_said_though_cleaning_up_raised_another_error():
+    """datasets' pool, stopped, raises a TimeoutError of its own on the way out: the stop is what happened."""
+    with (
+        pytest.raises(Interrupted, match="^stopped by SIGTERM while working$"),
+        interruptible("while working"),
+    ):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)  # the handler runs here
+        finally:
+            raise TimeoutError  # noqa: B012 - what the pool's clean-up raises
 
 
 def test_a_signal_that_lands_during_the_ranks_agreement_stops_the_next_step(monkeypatch):
