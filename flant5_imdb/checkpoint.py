@@ -162,16 +162,15 @@ def store_tied_once(models, weights: list[dict], output_dir) -> None:
 
 def _commit(tmp: Path, final: Path) -> None:
     """The atomic step: a rename. An existing `final` (same step, written by an earlier run) is replaced
-    whole.
+    whole: moved aside to `final.old`, which goes once the new one is in place (and goes then too where a
+    process stopped between the two renames left it, with no `final`).
     """
+    trash = final.with_name(final.name + ".old")
     if final.exists():
-        trash = final.with_name(final.name + ".old")
         shutil.rmtree(trash, ignore_errors=True)
         os.rename(final, trash)
-        os.rename(tmp, final)
-        shutil.rmtree(trash)
-    else:
-        os.rename(tmp, final)
+    os.rename(tmp, final)
+    shutil.rmtree(trash, ignore_errors=True)
     _fsync(final.parent)
 
 

@@ -278,6 +278,29 @@ def test_sigterm_to_one_rank_in_an_evaluation_stops_every_rank_there(tmp_path, t
     assert [m["step"] for m in metrics(out)] == [1, 2]  # no evaluation line: it stopped part way
 
 
+def test_a_folder_is_replaced_whole_and_a_stop_between_the_renames_leaves_no_copy_behind(tmp_path):
+    """`final/` (or a step's folder) replaced: the new one in, the old one gone; where a process stopped
+    between the two renames (no `final/`, the old one aside as `final.old/`), the next save removes it."""
+    from flant5_imdb.checkpoint import _commit
+
+    def written(name: str, text: str) -> Path:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "weights").write_text(text)
+        return tmp_path / name
+
+    final = written("final", "first")
+    _commit(written("final.tmp", "second"), final)
+    assert (
+        sorted(p.name for p in tmp_path.iterdir()) == ["final"]
+        and (final / "weights").read_text() == "second"
+    )
+    final.rename(tmp_path / "final.old")  # stopped between the renames
+    _commit(written("final.tmp", "third"), final)
+    assert (
+        sorted(p.name for p in tmp_path.iterdir()) == ["final"] and (final / "weights").read_text() == "third"
+    )
+
+
 def test_a_stop_while_worker_processes_run_ends_them_and_says_the_stop():
     """Workers forked inside a guarded block (datasets' tokenizing pool) inherit its handler: on the pool's
     SIGTERM they must end as they would without it, or the pool waits for them for good (it did: a run
