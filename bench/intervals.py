@@ -65,16 +65,18 @@ def main(argv: list[str] | None = None) -> None:
     import json
     from pathlib import Path
 
-    from bench.report import measured, peers, rate
+    from bench.report import add_ratios, measured, peers, ratio_field
 
     for folder in parse_args(argv).folders:
         if not (Path(folder) / "results.json").is_file():
             raise SystemExit(f"error: {folder}: no results.json (name a folder a bench run wrote)")
         result = json.loads((Path(folder) / "results.json").read_text())
-        turns = bool(result.get("turns"))
-        for peer in peers(result["rows"]):
-            for row in (r for r in measured(result["rows"]) if r is not peer):
-                ratio, interval = rate(row, turns) / rate(peer, turns), ratio_interval(row, peer, turns)
+        rows = result["rows"]
+        add_ratios(rows, documented=False, turns=bool(result.get("turns")))  # as the report sets them
+        for peer in peers(rows):
+            for row in (r for r in measured(rows) if r is not peer):
+                field = ratio_field(peer["name"])
+                ratio, interval = row[field], row[field + "_interval"]
                 spread = f"{LEVEL:.0%}: {interval[0]:.3f}–{interval[1]:.3f}" if interval else "too few steps"
                 print(f"{folder}: {row['name']} x {peer['name']} {ratio:.3f} ({spread})")
 
