@@ -8,11 +8,11 @@ import sys
 import pytest
 
 from flant5_imdb import Classifier
-from flant5_imdb.data import DataError, read_texts
+from flant5_imdb.data import DataError
 from flant5_imdb.evaluate import evaluate_saved
 from flant5_imdb.predict import InputError
 from tests.conftest import ROOT, load_script
-from tests.helpers import load_splits
+from tests.helpers import load_splits, read_texts
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ _HOME = {
     "labels": ("IMDB", "LabelSpace", "infer_labels", "parse_label_names", "verbalize", "vocabulary_targets"),
     "pipeline": ("DataSpec", "Prepared", "check_splits", "hold_out", "prepare"),
     "reader": ("TEXT_FORMATS", "BadRow", "Columns", "DataError", "check_text_file", "check_texts",
-               "read_texts", "text_problem", "texts_to_predict"),
+               "text_problem", "texts_to_predict"),
     "source": ("SPLITS", "Source", "looks_like_path", "parse_source"),
 }  # fmt: skip
 _MODULE = {name: module for module, names in _HOME.items() for name in names}

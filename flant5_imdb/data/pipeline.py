@@ -105,7 +105,7 @@ def prepare(
     Raises:
         DataError: a split named is not in the data, or the data is unusable (see `load_labelled`).
     """
-    source, asked = check_splits(spec), _asked(spec)
+    source = check_splits(spec)
     wanted = None  # the usual splits: every split read (and cached) as a whole
     if spec.train_split is None:
         wanted = {spec.eval_split}
@@ -119,9 +119,7 @@ def prepare(
     # The main process prepares (and keeps in the cache) first; the others then read what it kept.
     with main_process_first():
         loaded, checked = _checked(spec, source, wanted, classes, None if root is None else content, root)
-        for flag, split in asked:
-            if split and split not in loaded.splits:
-                raise DataError(_no_such_split(spec, flag, split, list(loaded.splits)))
+        _check_asked(spec, list(loaded.splits))
         target_texts = verbalize(spec.verbalizer, loaded.classes)
         tokenizer = make_tokenizer(loaded, target_texts)
         ids = target_ids(tokenizer, spec.verbalizer, loaded.classes)
@@ -158,19 +156,16 @@ def _checked(
                                label_order=spec.label_order, columns=spec.columns,
                                train_split=spec.train_split or "train", eval_flag=spec.eval_flag,
                                folder=folder)  # fmt: skip
-        meta = {
-            "labels": dataclasses.asdict(loaded.classes),
-            "skipped": [dataclasses.asdict(r) for r in loaded.skipped],
-        }
-        return loaded.splits, meta
+        return loaded.splits, {"labels": loaded.classes.to_dict(),
+                               "skipped": [dataclasses.asdict(r) for r in loaded.skipped]}  # fmt: skip
 
     key = None if content is None else dict(
         content=content, columns=dataclasses.asdict(spec.columns), splits=sorted(wanted) if wanted else None,
-        labels=dataclasses.asdict(classes) if classes else None, label_order=spec.label_order,
+        labels=classes.to_dict() if classes else None, label_order=spec.label_order,
         skip_bad_rows=spec.skip_bad_rows, train_split=spec.train_split or "train")  # fmt: skip
     splits, meta, digest = cached(root, "checked", key, build)
-    space = LabelSpace(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["labels"].items()})
-    return Labelled(splits, space, [BadRow(**r) for r in meta["skipped"]]), digest
+    skipped = [BadRow(**r) for r in meta["skipped"]]
+    return Labelled(splits, LabelSpace.from_dict(meta["labels"]), skipped), digest
 
 
 def _tokenized(spec: DataSpec, splits, tokenizer, ids: list[list[int]], checked: str | None, root):
@@ -190,13 +185,6 @@ def _tokenized(spec: DataSpec, splits, tokenizer, ids: list[list[int]], checked:
     return cached(root, "tokenized", key, build)[0]
 
 
-def _asked(spec: DataSpec) -> list[tuple[str, str | None]]:
-    return [
-        ("--train-split", spec.train_split),
-        (spec.eval_flag, None if spec.eval_split == NO_EVAL else spec.eval_split),
-    ]
-
-
 def check_splits(spec: DataSpec) -> Source:
     """The source, once the splits `spec` names are known to be in it (a Hub dataset's: once read).
 
@@ -204,10 +192,21 @@ def check_splits(spec: DataSpec) -> Source:
         DataError: malformed `--data`, a path that does not exist, or a split named that is not there.
     """
     source = parse_source(spec.data)
-    for flag, split in _asked(spec):
-        if split and source.splits is not None and split not in source.splits:
-            raise DataError(_no_such_split(spec, flag, split, source.splits))
+    if source.splits is not None:
+        _check_asked(spec, source.splits)
     return source
+
+
+def _check_asked(spec: DataSpec, found: list[str]) -> None:
+    """Raises DataError where a split `spec` names (to train on, to evaluate on) is not among `found`."""
+    eval_split = None if spec.eval_split == NO_EVAL else spec.eval_split
+    for flag, split in (("--train-split", spec.train_split), (spec.eval_flag, eval_split)):
+        if split and split not in found:
+            advice = "name one of these"
+            if flag == "--eval-split":
+                advice += (", add the split to --data (train=PATH,test=PATH), or leave --eval-split out to "
+                           "hold out --validation-split of train")  # fmt: skip
+            raise DataError(f"{flag} {split!r}: {spec.data} has only {', '.join(found)}; {advice}")
 
 
 def _choose_eval(spec: DataSpec, tokenized) -> tuple[Dataset | None, Dataset | None, str | None, str]:
@@ -230,14 +229,6 @@ def _choose_eval(spec: DataSpec, tokenized) -> tuple[Dataset | None, Dataset | N
     logger.info("%s has no test or validation split: evaluating on %s; training on the other %d",
                 spec.data, how, len(train))  # fmt: skip
     return train, subset(held, spec.max_eval_samples, spec.seed), how, spec.train_split
-
-
-def _no_such_split(spec: DataSpec, flag: str, split: str, found: list[str]) -> str:
-    advice = "name one of these"
-    if flag == "--eval-split":
-        advice += (", add the split to --data (train=PATH,test=PATH), or leave --eval-split out to hold out "
-                   "--validation-split of train")  # fmt: skip
-    return f"{flag} {split!r}: {spec.data} has only {', '.join(found)}; {advice}"
 
 
 def _log_classes(space: LabelSpace, targets: list[str], counts: list[int]) -> None:

@@ -1,21 +1,14 @@
-"""One reader for every text file a user brings: training and evaluation data, and texts to predict.
+"""Every reader of the data a user brings: training and evaluation splits, and texts to classify.
 
-Formats, by name (`.gz` after any of them, or gzip bytes under any name, are decompressed):
-  * `.csv`: a header row, then one record per row; quoted fields may hold commas and newlines.
-  * `.jsonl`: one JSON object per line; blank lines are skipped.
-  * `.json`: a JSON array of objects, or JSON lines.
-  * `.txt`: one text per line (a `text` column only, for prediction).
-  * `.parquet`, `.arrow`: through `datasets`, which caches them (texts to classify: with pyarrow).
-And two that are no file: a Hugging Face Hub dataset, and the original `aclImdb/` folder of IMDB.
+Files, by name (`.gz` after it, or gzip bytes under any name, decompressed): `.csv` (a header row;
+quoted fields may hold commas and newlines), `.jsonl`, `.json` (an array of objects, or JSON lines),
+`.txt` (one text a line, to classify), read as a stream: UTF-8 with or without a byte-order mark, LF,
+CRLF or CR line ends, values kept as the text they are (a CSV's `NA` is a text, `0`/`neg` labels stay
+strings); `.parquet` and `.arrow`. And two that are no file: a Hub dataset, and IMDB's `aclImdb/` folder.
 
-What every format gets: UTF-8 with or without a byte-order mark, LF, CRLF or CR line ends, fields of
-any size, values kept as the text they are (`NA`, `None`, `null` in a CSV are texts, not
-missing values; `0`/`1` and `neg`/`pos` labels in one file stay strings, whatever its size).
-
-What goes wrong is said in one line naming the file and the line: a whole-file problem (missing,
-empty, only a header, not UTF-8, not gzip) stops at once (`DataError`); a record that cannot be
-taken (invalid JSON, not an object, a repeated field, the wrong number of CSV fields) is a
-`BadRow`, which the caller reports or, with `--skip-bad-rows`, drops and lists.
+A whole-file problem (missing, empty, only a header, not UTF-8, not gzip) stops at once (`DataError`,
+naming the file and line); a record that cannot be taken is a `BadRow`, which the caller reports or,
+with `--skip-bad-rows`, drops and lists.
 """
 
 from __future__ import annotations
@@ -191,15 +184,9 @@ def file_kind(path: Path, allowed: tuple[str, ...]) -> str:
 
 
 def read_table(path: str | Path, text_column: str, label_column: str | None = None) -> RawSplit:
-    """A csv / jsonl / json / txt file's text and label columns (a .txt file: texts, one a line), read as
-    `rows()` takes them (once): memory holds a block of the file and one record, whatever its size. A
-    whole-file problem is raised here, before any record is taken (the first is read now), or, for a
-    damaged end, where the records reach it.
-
-    Raises:
-        DataError: the file is missing, of an unknown type, empty, only a header, not UTF-8, or lacks
-            a column (a CSV's header; a JSON record without one is a bad row).
-    """
+    """A csv / jsonl / json / txt file's text and label columns, read as `rows()` takes them (once). A
+    whole-file problem (see `table_records`) is raised here, before any record is taken (the first is
+    read now), or, for a damaged end, where the records reach it."""
     path = Path(path)
     kind = file_kind(path, ("csv", "jsonl", "json", "txt"))
     if kind == "txt" and label_column is not None:
@@ -213,13 +200,9 @@ def read_table(path: str | Path, text_column: str, label_column: str | None = No
         with open(path, "rb") as raw:
             split.unit, found = table_records(raw, str(path), kind, columns)
             seen = False
-            for item in _with_columns(found, columns, str(path), split.unit):
+            for item in found:
                 seen = True
-                if isinstance(item, BadRow):
-                    yield item
-                else:
-                    number, record = item
-                    yield number, record[text_column], None if label_column is None else record[label_column]
+                yield item if label_column or isinstance(item, BadRow) else (*item, None)
         if not seen:
             raise DataError(f"{path}: no records" + (" (only a header)" if kind == "csv" else ""))
 
@@ -229,28 +212,28 @@ def read_table(path: str | Path, text_column: str, label_column: str | None = No
     return split
 
 
-def table_records(raw: BinaryIO, where: str, kind: str, columns) -> tuple[str, Records]:
-    """(the unit a record's place is counted in, the records of `raw` one at a time, as they are read).
-
-    `raw` holds a csv / jsonl / json / txt file's bytes (gzipped or not); `where` names it in errors.
-    Only the record in hand and a block of bytes are held: a file of any size reads in bounded memory.
+def table_records(raw: BinaryIO, where: str, kind: str, columns) -> tuple[str, Iterator[tuple | BadRow]]:
+    """(the unit a record's place is counted in, each record of `raw` as it is read: (its place, its
+    `columns`' values), or the `BadRow` of one that cannot be taken). `raw` holds a file's bytes (text
+    gzipped or not, or parquet); only a block of them and the record in hand are held.
 
     Raises (as the records are read):
-        DataError: the file is empty, only a header, not UTF-8 or a damaged gzip file, a CSV header
-            lacks a column, or a JSON array is malformed.
+        DataError: the file is empty, only a header, not UTF-8 or a damaged gzip file, unreadable as
+            parquet, lacks a column (a CSV's header, a parquet schema), or a JSON array is malformed.
     """
-    blocks = decoded_blocks(raw, where)
-    if kind == "txt":
-        return "line", _line_records(where, blocks, lambda line: {columns[0]: line})
-    if kind == "csv":
-        return "line", _csv_records(where, blocks, columns)
-    if kind == "json":
+    blocks, first = decoded_blocks(raw, where), None  # a generator: nothing is read until it is
+    if kind == "json":  # an array, or JSON lines: a .json file may hold either
         first, blocks = _first_character(blocks)
-        if first == "[":
-            return "row", _json_array(where, blocks)
-        if first is None:
-            return "line", _empty(where)
-    return "line", _line_records(where, blocks, _json_record)
+    if kind == "parquet":
+        unit, records = "row", _parquet_records(raw, where, columns)
+    elif first == "[":
+        unit, records = "row", _json_array(where, blocks)
+    elif kind == "csv":
+        unit, records = "line", _csv_records(where, blocks, columns)
+    else:
+        parse = (lambda line: {columns[0]: line}) if kind == "txt" else _json_record
+        unit, records = "line", _line_records(where, blocks, parse)
+    return unit, _with_columns(records, columns, where, unit)
 
 
 # Bytes read at a time. 64 KiB reads as fast as 1 MiB, and a process reading a file of any size stays at
@@ -347,11 +330,6 @@ class Unreadable(str):
 Records = Iterator[tuple[int, object]]  # (where a record starts, the record parsed or why it is `Unreadable`)
 
 
-def _empty(where: str) -> Records:
-    raise DataError(f"{where}: empty file")
-    yield  # a generator: the error comes when the records are read
-
-
 def _first_character(blocks: Iterator[str]) -> tuple[str | None, Iterator[str]]:
     """The first character that is not white space (None: there is none), and the blocks, all of them."""
     read = []
@@ -434,22 +412,15 @@ def _json_array(where: str, blocks: Iterator[str]) -> Records:
     text = _JsonBlocks(where, blocks)
     text.skip_space()
     text.pos += 1  # the "[" that made this an array
-    number = 0
-    while True:
-        c = text.skip_space()
-        if c == "]" and number == 0:
-            text.pos += 1
-            break
+    number, c = 0, text.skip_space()
+    text.pos += c == "]"  # an empty array
+    while c != "]":
         number += 1
         yield number, text.value()
         c = text.skip_space()
-        if c == ",":
-            text.pos += 1
-        elif c == "]":
-            text.pos += 1
-            break
-        else:
+        if c not in (",", "]"):
             text.fail("Expecting ',' delimiter", text.pos)
+        text.pos += 1  # after a comma a value must follow: a "]" there is json's "Expecting value"
     if text.skip_space() is not None:
         text.fail("Extra data", text.pos)
 
@@ -501,7 +472,8 @@ class _JsonBlocks:
                 return None
 
     def value(self):
-        """The JSON value at `pos`, read on across the ends of blocks."""
+        """The JSON value after `pos` (and white space), read on across the ends of blocks."""
+        self.skip_space()
         while True:
             try:
                 value, end = _DECODER.raw_decode(self.buf, self.pos)
@@ -520,8 +492,8 @@ class _JsonBlocks:
             return value
 
 
-def _with_columns(records: Records, columns, where: str, unit: str) -> Iterator[tuple[int, dict] | BadRow]:
-    """Each record that holds `columns`, with its place; the `BadRow` of each that does not.
+def _with_columns(records: Records, columns, where: str, unit: str) -> Iterator[tuple | BadRow]:
+    """(the place, the `columns`' values) of each record that holds them; the `BadRow` of each that does not.
 
     Raises:
         DataError: the first record is a JSON object holding whole columns (`{"text": [...], ...}`, or
@@ -539,7 +511,7 @@ def _with_columns(records: Records, columns, where: str, unit: str) -> Iterator[
                 )
         first = False
         problem = _record_problem(record, columns, unit)
-        yield BadRow(where, number, problem, unit) if problem else (number, record)
+        yield BadRow(where, number, problem, unit) if problem else (number, *(record[c] for c in columns))
 
 
 def _record_problem(record, columns, unit: str) -> str | None:
@@ -582,11 +554,7 @@ TEXT_FORMATS = ("txt", "csv", "jsonl", "json", "parquet")  # what texts to class
 
 
 def check_text_file(path: str | Path) -> str:
-    """The format of a file of texts to classify, once it is known to be one (before anything is read).
-
-    Raises:
-        DataError: a folder, a missing file, or a format not in TEXT_FORMATS.
-    """
+    """The format of a file of texts to classify (`TEXT_FORMATS`), checked before anything is read."""
     return file_kind(Path(path), TEXT_FORMATS)
 
 
@@ -594,11 +562,7 @@ def texts_to_predict(path: str | Path | None, *, text_column: str = "text",
                      stdin: BinaryIO | None = None) -> Iterator[str | BadRow]:  # fmt: skip
     """Each record of a file of texts (`TEXT_FORMATS`, gzipped or not) or of `stdin` (one text a line, read
     as a .txt file is), in order, as it is read: its text, or a `BadRow` saying why it is none. Blank
-    lines are no records. Memory is bounded by a block and the record in hand, whatever the file's size.
-
-    Raises (as the records are read):
-        DataError: the file cannot be read (see `table_records`), or has no `text_column`.
-    """
+    lines are no records. Raises `DataError` as the records are read (see `table_records`)."""
     if path is None:
         where, kind = STDIN, "txt"
         opened = contextlib.nullcontext(stdin if stdin is not None else sys.stdin.buffer)
@@ -606,45 +570,37 @@ def texts_to_predict(path: str | Path | None, *, text_column: str = "text",
         where, kind = str(path), check_text_file(path)
         opened = open(path, "rb")  # noqa: SIM115 - closed by the with below
     with opened as raw:
-        if kind == "parquet":
-            unit, records = "row", _parquet_records(Path(path), text_column)
-        else:
-            unit, records = table_records(raw, where, kind, (text_column,))
-        for item in _with_columns(records, (text_column,), where, unit):
+        unit, records = table_records(raw, where, kind, (text_column,))
+        for item in records:
             if isinstance(item, BadRow):
                 yield item
+            elif problem := text_problem(item[1]):
+                yield BadRow(where, item[0], problem, unit)
             else:
-                number, record = item
-                problem = text_problem(record[text_column])
-                yield BadRow(where, number, problem, unit) if problem else record[text_column]
+                yield item[1]
 
 
-def _parquet_records(path: Path, column: str) -> Records:
-    """A parquet file's `column`, a batch of rows at a time (pyarrow; rows counted from 1)."""
+def _parquet_records(raw: BinaryIO, where: str, columns) -> Records:
+    """A parquet file's `columns`, a batch of rows at a time (pyarrow; rows counted from 1)."""
     import pyarrow.parquet as pq
 
     try:
-        table = pq.ParquetFile(path)
+        table = pq.ParquetFile(raw)
         names = table.schema_arrow.names
     except Exception as e:
-        raise _cannot_read(path, "parquet", e) from None
-    check_columns(str(path), (column,), names)
+        raise _cannot_read(where, "parquet", e) from None
+    check_columns(where, columns, names)
     number = 0
-    for batch in table.iter_batches(batch_size=4096, columns=[column]):
-        for value in batch.column(0).to_pylist():
+    for batch in table.iter_batches(batch_size=4096, columns=list(columns)):
+        for values in zip(*(c.to_pylist() for c in batch.columns), strict=True):
             number += 1
-            yield number, {column: value}
+            yield number, dict(zip(columns, values, strict=True))
 
 
 def check_texts(records: Iterable[str | BadRow], *, skip_bad_rows: bool = False,
                 on_skip=None) -> int:  # fmt: skip
     """The number of usable texts in `records` (from `texts_to_predict`), every record read; with
-    `skip_bad_rows`, `on_skip(bad_row)` for each that is none.
-
-    Raises:
-        DataError: naming the first record that is no usable text, and how many more there are
-            (unless `skip_bad_rows`).
-    """
+    `skip_bad_rows`, `on_skip(bad_row)` for each that is none, else a `DataError` naming the first."""
     usable, first, bad = 0, None, 0
     for record in records:
         if isinstance(record, str):
@@ -658,20 +614,6 @@ def check_texts(records: Iterable[str | BadRow], *, skip_bad_rows: bool = False,
         more = f" (and {bad - 1} more)" if bad > 1 else ""
         raise DataError(f"{first}{more}; pass --skip-bad-rows to leave such records out")
     return usable
-
-
-def read_texts(path: str | None, stdin: bytes = b"", *, skip_bad_rows: bool = False,
-               text_column: str = "text") -> tuple[list[str], list[BadRow]]:  # fmt: skip
-    """All the texts of a file or of `stdin`'s bytes (see `texts_to_predict`) as a list, checked first:
-    (texts, records skipped). For inputs that fit in memory; `texts_to_predict` streams.
-
-    Raises:
-        DataError: naming the first record that is no usable text (unless `skip_bad_rows`).
-    """
-    records = list(texts_to_predict(path, text_column=text_column, stdin=io.BytesIO(stdin)))
-    skipped: list[BadRow] = []
-    check_texts(records, skip_bad_rows=skip_bad_rows, on_skip=skipped.append)
-    return [r for r in records if isinstance(r, str)], skipped
 
 
 # --------------------------------------------------------------------------------------------
