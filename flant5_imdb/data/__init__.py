@@ -1,18 +1,7 @@
 """The one way in for data: from `--data` to tokenized splits, a label space and a `Collator`.
 
-    source.py    `--data` parsed once into a `Source` (Hub id, files, a folder, aclImdb/, synthetic)
-                 and read into raw splits
-    reader.py    every reader: csv / jsonl / json / txt files read as a stream, with a line-level error
-                 for every bad record; parquet, Arrow, a Hub dataset, aclImdb/
-    labels.py    label values' canonical text, label spaces, verbalizers
-    labelled.py  validation (bad rows, label space, warnings about it)
-    encode.py    prompt, target ids, tokenization, `Collator`
-    cache.py     the checked and the tokenized splits kept on disk (memory-mapped Arrow) for the next run
-    pipeline.py  `prepare(spec, ...)`: all of it, for training, evaluation and the bench; the splits
-                 chosen (the evaluation split, or one held out of train)
-    synthetic.py the generated sentiment set behind `--data synthetic[:N]`
-
-Data flows one way through them: source -> reader -> labelled -> encode, `prepare` calling each.
+Data flows one way: source -> reader -> labelled (with labels) -> encode, `pipeline.prepare` calling
+each and `cache` keeping what they made; docs/layout.md says what each module holds.
 """
 
 # Each name is imported from its module when first used: `parse_source` (a missing file, a malformed

@@ -111,22 +111,15 @@ def tokenize(
     files = {split: str(folder / f"{split}.arrow") for split in dsd} if folder is not None else None
     out = dsd.map(encode, batched=True, with_indices=True, remove_columns=["text"], desc="tokenizing",
                   cache_file_names=files, num_proc=workers if workers > 1 else None)  # fmt: skip
-    for split, ds in out.items():
-        # Counted by Arrow on the column, not by a Python list of every row's length.
-        import pyarrow.compute as pc
+    import pyarrow.compute as pc
 
-        n_trunc = pc.sum(pc.greater_equal(ds.data.column("length"), max_source_length)).as_py() or 0
-        if n_trunc:
-            # Most texts cut short is worth a warning: the model then learns from their beginnings only.
-            most = n_trunc > len(ds) / 2
-            note = (
-                " (most of them: the model sees only their beginning; see --max-source-length)"
-                if most
-                else ""
-            )
-            level = logging.WARNING if most else logging.INFO
-            logger.log(level, "%s: %d of %d sources truncated to %d tokens%s", split, n_trunc, len(ds),
-                       max_source_length, note)  # fmt: skip
+    for split, ds in out.items():  # counted by Arrow on the column, not in a list of every row's length
+        cut = pc.sum(pc.greater_equal(ds.data.column("length"), max_source_length)).as_py() or 0
+        most = cut > len(ds) / 2  # worth a warning: the model then learns from their beginnings only
+        note = " (most of them: the model sees only their beginning; see --max-source-length)" * most
+        if cut:
+            logger.log(logging.WARNING if most else logging.INFO, "%s: %d of %d sources truncated to %d "
+                       "tokens%s", split, cut, len(ds), max_source_length, note)  # fmt: skip
     return out
 
 

@@ -53,20 +53,14 @@ def load_labelled(
     eval_flag: str = "--eval-split",
     folder: Path | None = None,
 ) -> Labelled:
-    """Read `source` (a `Source`, or `--data` as written; only `splits`, if given) and validate every row.
+    """Read `source` (a `Source`, or `--data` as written; only `splits`, if given) and validate every row,
+    each split once, a batch of rows at a time, into Arrow: `folder/SPLIT.arrow` where a folder is given
+    (memory-mapped: memory bounded by a batch), else in memory.
 
     The classes are `classes` (a saved model's), or taken from the labels of the `train_split`'s rows
-    that have a usable text (`label_order`: the classes by name, in order, else the names of the split's
-    `ClassLabel` where it has one; see `labels.infer_labels`): a row dropped by `--skip-bad-rows` makes
-    no class the model would never see. `eval_flag` is the option that names another split to evaluate
-    on, for the message about an unlabelled one.
-
-    Each split is read once, a batch of rows at a time, into Arrow: in `folder` where one is given (files
-    `SPLIT.arrow`, memory-mapped: memory is bounded by a batch, not by the rows), else in memory.
-
-    Raises:
-        DataError: the source is missing, unreadable or malformed, a split lacks a column, or a row is
-            bad and `skip_bad_rows` is off.
+    with a usable text (in `label_order`, else a `ClassLabel`'s; see `labels.infer_labels`): a row
+    `--skip-bad-rows` drops makes no class. `eval_flag` names the option that picks another split to
+    evaluate on. Raises `DataError` for a source that cannot be read, or a bad row (unless skipped).
     """
     source = parse_source(source) if isinstance(source, str) else source
     raws = read_splits(source, None if splits is None else set(splits), columns)
@@ -225,13 +219,20 @@ def _validate(
     (None for training)."""
     index = {text: space.index_of(text) for text in staged.label_texts}
     bad, labelless = list(staged.bad), staged.labelless
-    if None in index.values():  # the rows whose label is none of the classes, by where they start
-        for batch in _batches(staged.rows):
-            columns = (batch.column(name).to_pylist() for name in ("label", "written", "place"))
-            for shown, written, place in zip(*columns, strict=True):
-                if index[shown] is None:
-                    bad.append(BadRow(staged.where, place, not_a_class(shown, written, space), staged.unit))
-                    labelless += 1
+    writer = _Writer(None if folder is None else folder / f"{split}.arrow", CHECKED)
+    for batch in _batches(staged.rows):
+        texts, labels = (batch.column(name).to_pylist() for name in ("text", "label"))
+        for i, (text, shown) in enumerate(zip(texts, labels, strict=True)):
+            if index[shown] is not None:
+                writer.add(text=text, label=index[shown])
+            else:  # none of the classes: a bad row, named where it starts
+                written, place = (batch.column(name)[i].as_py() for name in ("written", "place"))
+                bad.append(BadRow(staged.where, place, not_a_class(shown, written, space), staged.unit))
+                labelless += 1
+    checked = writer.finish()
+    if isinstance(staged.rows, Path):  # the rows as read are not needed once checked
+        with contextlib.suppress(OSError):
+            staged.rows.unlink()
     good = sum(n for text, n in staged.label_texts.items() if index[text] is not None)
     bad = [
         dataclasses.replace(r, split=split) for r in sorted(bad, key=lambda r: (r.row is None, r.row or 0))
@@ -252,18 +253,7 @@ def _validate(
         raise DataError(
             f"{staged.where}: {len(bad)} bad row(s): {_some(bad, False)}; pass --skip-bad-rows to drop them"
         )
-
-    writer = _Writer(None if folder is None else folder / f"{split}.arrow", CHECKED)
-    for batch in _batches(staged.rows):
-        for text, shown in zip(
-            batch.column("text").to_pylist(), batch.column("label").to_pylist(), strict=True
-        ):
-            if index[shown] is not None:
-                writer.add(text=text, label=index[shown])
-    if isinstance(staged.rows, Path):  # the rows as read are not needed once checked
-        with contextlib.suppress(OSError):
-            staged.rows.unlink()
-    return writer.finish(), bad
+    return checked, bad
 
 
 def not_a_class(shown: str, written: str | None, space: LabelSpace) -> str:

@@ -1,23 +1,12 @@
-"""The classes of a run, and the texts the model writes for them.
+"""The classes of a run, and the texts the model writes for them (docs/data.md gives the rules to users).
 
-Every label value has one canonical text, the same whichever format it came in (`label_text`):
-surrounding space stripped and each run of white space inside one space, Unicode NFC, invisible
-characters (zero-width spaces, joiners, byte-order marks: Unicode's format characters) removed;
-a number in any spelling (`1`, `1.0`, `01`, `+1`, another script's digits) is its shortest
-decimal text, so an integral one is that integer's digits. A value that is no single label (null,
-an empty text, a list, an object) is a bad row, never a class (`canonical` says why).
-
-A `LabelSpace` is taken from the training split's labels, in a stable order:
-  * polarity (IMDB's, and any data labelled so): every label is one of 0/1/neg/pos/negative/positive
-    (as numbers or text): two classes, 0 = negative, 1 = positive, whichever spelling a file uses;
-  * integers: the distinct values, ascending;
-  * names: as given by `--labels a,b,c` (then any other value is an error), or sorted.
-It is saved beside the model, so that evaluation and prediction read labels the same way.
-
-A verbalizer gives each class its target text: `auto` (the default: digits for polarity and integer
-labels, the label names otherwise), `digits` (polarity's "0"/"1", an integer label's own digits, a
-named class's index), `words` (polarity's "negative"/"positive", the label names otherwise), or the
-texts themselves, `t1,t2,...`, one per class in order.
+Every label value has one canonical text whichever format it came in (`canonical`): white space
+collapsed, NFC, invisible (format) characters removed, a number in any spelling (`01`, `1.0`, `+1`,
+another script's digits) its shortest decimal text. A value that is no single label (null, an empty
+text, a list) is a bad row, never a class. A `LabelSpace` is taken from the training split's labels:
+polarity (every label one of 0/1/neg/pos/negative/positive: 0 = negative, 1 = positive, whichever
+spelling a file uses), integers ascending, or names (in `--labels`' order, else sorted). It is saved
+beside the model, so that evaluation and prediction read labels as training did.
 """
 
 from __future__ import annotations
@@ -215,11 +204,10 @@ def _warn_mixed(ints: list[str], others: list[str]) -> None:
 
 
 def verbalize(verbalizer: str, space: LabelSpace) -> list[str]:
-    """The target text of each class (see the module's doc).
-
-    Raises:
-        DataError: a list of texts of the wrong length, with an empty or a repeated text.
-    """
+    """The target text of each class: `auto` (digits for polarity and integer labels, the names otherwise),
+    `digits` (polarity's "0"/"1", an integer's own digits, a named class's index), `words` (polarity's
+    "negative"/"positive", the names otherwise), or the texts `t1,t2,...`, one per class in order
+    (a `DataError` where they are not as many as the classes, all different and none empty)."""
     if verbalizer in ("auto", "digits"):
         if verbalizer == "auto" and space.kind == "name":
             return list(space.names)

@@ -119,15 +119,13 @@ ROWS_BATCH = 10_000  # rows taken at a time from a dataset
 
 @dataclass
 class RawSplit:
-    """A split as read: its records, from `ds` (the source's own dataset, read a batch at a time) or from
-    `stream` (a file or folder read as the records are taken); `rows()` gives them all, once. `unit` names
-    a record's place (a table's row, or a text file's line). Texts to predict have no labels."""
+    """A split as read: `rows()` gives its records once, as they are taken (a file or a folder read as it
+    goes, a dataset a batch at a time). `unit` names a record's place (a table's row, a file's line)."""
 
     where: str  # the file or folder named in error messages
-    unit: str = "row"
-    ds: Dataset | None = None
-    class_names: tuple[str, ...] | None = None  # a `ClassLabel`'s names, in its order: labels are these
     stream: Iterator | None = None
+    unit: str = "row"
+    class_names: tuple[str, ...] | None = None  # a `ClassLabel`'s names, in its order: labels are these
 
     @classmethod
     def of(cls, ds: Dataset, where: str) -> RawSplit:
@@ -138,22 +136,23 @@ class RawSplit:
 
         feature = ds.features.get("label")
         names = tuple(feature.names) if isinstance(feature, ClassLabel) else None
-        return cls(where, ds=ds, class_names=names)
+
+        def records():
+            row = 0
+            for batch in ds.select_columns(["text", "label"]).iter(batch_size=ROWS_BATCH):
+                labels = batch["label"]
+                if names:
+                    labels = [names[y] if isinstance(y, int) and 0 <= y < len(names) else y for y in labels]
+                for text, label in zip(batch["text"], labels, strict=True):
+                    row += 1
+                    yield row, text, label
+
+        return cls(where, records(), class_names=names)
 
     def rows(self) -> Iterator[tuple[int, object, object] | BadRow]:
         """Every record, in the order read: (its place, its text, its label as written), or the `BadRow`
         of one no reader could take."""
-        if self.stream is not None:
-            yield from self.stream
-            return
-        names, row = self.class_names, 0
-        for batch in self.ds.select_columns(["text", "label"]).iter(batch_size=ROWS_BATCH):
-            labels = batch["label"]
-            if names:
-                labels = [names[y] if isinstance(y, int) and 0 <= y < len(names) else y for y in labels]
-            for text, label in zip(batch["text"], labels, strict=True):
-                row += 1
-                yield row, text, label
+        return self.stream
 
 
 def file_format(path: Path) -> str | None:
@@ -718,7 +717,7 @@ def read_aclimdb(folder: Path, split: str) -> RawSplit:
                 place += 1
                 yield place, text, label
 
-    return RawSplit(str(folder), stream=records())
+    return RawSplit(str(folder), records())
 
 
 def _file_id(name: str) -> tuple[int, str]:
