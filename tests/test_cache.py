@@ -239,3 +239,27 @@ def test_preprocess_workers(setting, rows_, expected):
     assert preprocess_workers(setting, rows_) == (cores if expected is None else expected)
     with pytest.raises(ValueError, match="--preprocess-workers '0': auto, or a whole number of at least 1"):
         preprocess_workers("0", 5)
+
+
+def test_a_hub_dataset_is_loaded_once_a_preparation_whatever_the_cache(tmp_path, monkeypatch):
+    """Its fingerprints key the cache and its rows are read: one load of it (two, before, with no cache or
+    on a first run), and its rows as the Hub gave them."""
+    import datasets
+    from datasets import Dataset, DatasetDict
+
+    from flant5_imdb.data.reader import read_hub
+
+    texts, labels = [f"{t} {i}" for i, t in enumerate(TEXTS * 3)], [i % 2 for i in range(12)]
+    rows_ = {split: Dataset.from_dict({"text": texts, "label": labels}) for split in ("train", "test")}
+    calls = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a: calls.append(a) or DatasetDict(rows_))
+    try:
+        for cache in ("none", tmp_path / "cache"):
+            read_hub.cache_clear()
+            calls.clear()
+            prepared = run("org/reviews", cache)
+            assert calls == [("org/reviews", None)], cache
+            assert prepared.classes.kind == "polarity"
+            assert (len(prepared.train), len(prepared.eval), prepared.example_text) == (12, 12, texts[0])
+    finally:
+        read_hub.cache_clear()  # another test's Hub dataset of the same name is its own

@@ -1,18 +1,10 @@
-"""The prepared data kept on disk as memory-mapped Arrow, so that a second run does not prepare it again.
+"""The prepared data kept on disk as memory-mapped Arrow, so that a second run does not prepare it again
+(docs/data.md says what is kept, keyed by what).
 
-Two stages are kept, each keyed by everything that decides its result:
-
-    checked    the splits read and validated (text, class index), the label space and the rows dropped:
-               keyed by the source's content, the columns, the splits read and the label rules
-    tokenized  the model inputs: keyed by the checked entry, the tokenizer, the prompt, the targets'
-               ids and the maximum length
-
-A second run, a resume or the next trial on the same data reads both in seconds; a changed file or
-setting makes a new entry. An entry is built in a temporary folder and renamed into place whole, so a
-reader never sees half of one, and two runs building the same entry at once both succeed (the copy
-renamed second is thrown away). The warnings a stage logged are kept with it and said again when the
-entry is used: a cached run says what a fresh one would. Errors are never kept: bad data fails the
-same way every time.
+Each stage (`checked`: the splits read and validated; `tokenized`: the model inputs) is built once per
+key, in a temporary folder renamed into place whole: a reader never sees half an entry, and two runs
+building the same one both succeed (the copy renamed second is thrown away). The warnings a build
+logged are kept with it and said again when the entry is used; errors are never kept.
 """
 
 from __future__ import annotations
@@ -21,8 +13,10 @@ import contextlib
 import hashlib
 import json
 import logging
+import logging.handlers
 import os
 import shutil
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -75,16 +69,12 @@ def cached(
     root: Path | None, stage: str, key: dict | None, build: Build
 ) -> tuple[DatasetDict, dict, str | None]:
     """(splits, meta, the entry's digest): what `build(folder)` returns, or what it returned before under
-    the same `key`, read memory-mapped. `build` may write its splits' Arrow files into `folder`
-    (None: no cache, keep them in memory); a split it does not is written after it. `meta`
-    must be JSON. With no `root` or no `key` (a source that cannot be identified), nothing is kept.
-
-    A cache folder that cannot be written is warned about once and the run goes on in memory; a damaged
-    entry is warned about and built again.
-    """
+    the same `key`, read memory-mapped. `build` may write its splits' Arrow files into `folder` (None: keep
+    them in memory); a split it does not is written after it; `meta` must be JSON. With no `root` or no
+    `key`, nothing is kept. A folder that cannot be written is warned about once and the run goes on in
+    memory; a damaged entry is warned about and built again."""
     if root is None or key is None:
-        splits, meta = build(None)
-        return splits, meta, None
+        return (*build(None), None)
     digest = key_digest(key)
     final = root / stage / digest
     if (final / META).is_file():
@@ -105,8 +95,7 @@ def cached(
         tmp.mkdir(parents=True)
     except OSError as e:
         _unwritable(root, e)
-        splits, meta = build(None)
-        return splits, meta, None
+        return (*build(None), None)
     try:
         with _recorded() as logs:
             splits, meta = build(tmp)
@@ -177,20 +166,15 @@ def _recorded() -> Iterator[list[tuple[str, int, str]]]:
     """The package's log records of INFO and above made while a stage is built, to say again when its entry
     is used."""
     records: list[tuple[str, int, str]] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if record.name != __name__:
-                records.append((record.name, record.levelno, record.getMessage()))
-
-    # Only what the run's logging level lets through is made, so only that is kept.
+    handler = logging.handlers.BufferingHandler(capacity=sys.maxsize)  # never flushed: read at the end
+    handler.setLevel(logging.INFO)  # only what the run's logging level lets through is made, and kept
     package = logging.getLogger("flant5_imdb")
-    handler = Keep(logging.INFO)
     package.addHandler(handler)
     try:
         yield records
     finally:
         package.removeHandler(handler)
+        records += [(r.name, r.levelno, r.getMessage()) for r in handler.buffer if r.name != __name__]
 
 
 def file_digest(path: Path) -> str:

@@ -116,7 +116,7 @@ def tokenize(
     for split, ds in out.items():  # counted by Arrow on the column, not in a list of every row's length
         cut = pc.sum(pc.greater_equal(ds.data.column("length"), max_source_length)).as_py() or 0
         most = cut > len(ds) / 2  # worth a warning: the model then learns from their beginnings only
-        note = " (most of them: the model sees only their beginning; see --max-source-length)" * most
+        note = " (most of them: the model sees only their beginning; see --max-source-length)" if most else ""
         if cut:
             logger.log(logging.WARNING if most else logging.INFO, "%s: %d of %d sources truncated to %d "
                        "tokens%s", split, cut, len(ds), max_source_length, note)  # fmt: skip

@@ -259,9 +259,8 @@ def _validate(
 def not_a_class(shown: str, written: str | None, space: LabelSpace) -> str:
     """Why a label (canonical text `shown`; `written`: as the file wrote it, where that reads otherwise) is
     none of the classes (with a hint for a comma)."""
-    text = f"label {shown!r} is not one of {space.describe()}" + (
-        f" (written {written!r})" if written else ""
-    )
+    text = f"label {shown!r} is not one of {space.describe()}"
+    text += f" (written {written!r})" if written else ""
     if "," in shown and space.kind == "name":
         text += "; a class whose name holds a comma is written with \\, in --labels ('a\\, b,c')"
     return text

@@ -16,6 +16,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import csv
+import functools
 import gzip
 import io
 import itertools
@@ -673,6 +674,7 @@ def _quiet_datasets():
         datasets.logging.set_verbosity(verbosity)
 
 
+@functools.lru_cache(maxsize=1)  # one load a run: its fingerprints key the data cache, then its rows are read
 def read_hub(name: str, config: str | None = None) -> dict[str, Dataset]:
     """Every split of a Hugging Face Hub dataset (`datasets` caches it)."""
     import datasets
