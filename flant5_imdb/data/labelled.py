@@ -312,11 +312,10 @@ def _warn_about_classes(
             "class from one example; if the labels are %s rather than classes, turn them into classes first",
             source, len(single), len(present), shown, what,
         )  # fmt: skip
-    texts = few_texts if len(labels) >= 20 and few_texts else set()
-    if texts and len(texts) <= FEW[0] and max(map(len, texts)) <= FEW[1]:
-        shown = ", ".join(map(repr, sorted(texts)[:5]))
+    if few_texts and len(labels) >= 20:  # (staging kept them only while they were few and short)
+        shown = ", ".join(map(repr, sorted(few_texts)[:5]))
         logger.warning("%s: --text-column %r holds only %d distinct short values (%s): is it a label "
-                       "column? %s", source, columns.text, len(texts), shown, swap)  # fmt: skip
+                       "column? %s", source, columns.text, len(few_texts), shown, swap)  # fmt: skip
 
 
 def _listed(items: list[str], most: int = 10) -> str:
