@@ -413,7 +413,8 @@ def _json_array(where: str, blocks: Iterator[str]) -> Records:
     text.skip_space()
     text.pos += 1  # the "[" that made this an array
     number, c = 0, text.skip_space()
-    text.pos += c == "]"  # an empty array
+    if c == "]":  # an empty array
+        text.pos += 1
     while c != "]":
         number += 1
         yield number, text.value()
@@ -511,7 +512,7 @@ def _with_columns(records: Records, columns, where: str, unit: str) -> Iterator[
                 )
         first = False
         problem = _record_problem(record, columns, unit)
-        yield BadRow(where, number, problem, unit) if problem else (number, *(record[c] for c in columns))
+        yield BadRow(where, number, problem, unit) if problem else (number, *[record[c] for c in columns])
 
 
 def _record_problem(record, columns, unit: str) -> str | None:
@@ -585,7 +586,7 @@ def _parquet_records(raw: BinaryIO, where: str, columns) -> Records:
     import pyarrow.parquet as pq
 
     try:
-        table = pq.ParquetFile(raw)
+        table = pq.ParquetFile(where)
         names = table.schema_arrow.names
     except Exception as e:
         raise _cannot_read(where, "parquet", e) from None
