@@ -149,7 +149,7 @@ class TrainConfig:
     skip_bad_rows: bool = _opt(
         False, "drop (and report) invalid rows instead of stopping with an error", resume=FREE, group=DATA
     )
-    data_cache: str | None = _opt(None, DATA_CACHE_HELP, resume=FREE, group=DATA)
+    data_cache: str | None = _opt(None, DATA_CACHE_HELP, resume=FREE, none_is_a_value=True, group=DATA)
     preprocess_workers: str = _opt(
         "auto", "processes that tokenize the data: a number, or auto = the CPU cores this process may use, "
         "one per 10,000 rows at most", resume=FREE, group=DATA,

@@ -401,3 +401,27 @@ def test_lines_end_where_a_text_file_ends_them_wherever_the_blocks_are_cut():
         assert list(lines([text[:cut], text[cut:]])) == expected, cut
     assert list(lines(iter(text))) == expected
     assert list(lines(["x\r", "\n", "\r"])) == ["x\r\n", "\r"]
+
+
+def test_a_runs_data_options_reach_its_data_spec_each_as_given():
+    """Every data option of a run is in what it asks of its data: one dropped on the way (a silent wrong
+    run) or taken from the wrong option fails here."""
+    from flant5_imdb.config import parse_args
+    from flant5_imdb.data import DataSpec
+    from flant5_imdb.data.reader import Columns
+
+    options = (
+        "--data org/tickets --data-config en --text-column body --label-column topic "
+        "--train-split validation --eval-split test --validation-split 0.2 --labels a\\,_b,c "
+        "--skip-bad-rows --verbalizer words "
+        "--prompt flan --max-source-length 64 --max-train-samples 7 --max-eval-samples 5 --seed 3 "
+        "--data-cache none --preprocess-workers 2"
+    )
+    cfg = parse_args([word.replace("_", " ") for word in options.split()])
+    assert DataSpec.from_config(cfg) == DataSpec(
+        "org/tickets", Columns("body", "topic", "en"), "validation", "test", validation_split=0.2,
+        label_order=("a, b", "c"), skip_bad_rows=True, verbalizer="words", prompt="flan",
+        max_source_length=64, max_train_samples=7, max_eval_samples=5, seed=3, evaluate=True,
+        data_cache="none", preprocess_workers="2",
+    )  # fmt: skip
+    assert not DataSpec.from_config(parse_args(["--eval-split", "none"])).evaluate

@@ -60,16 +60,14 @@ class DataSpec:
 
     @classmethod
     def from_config(cls, cfg) -> DataSpec:
+        """A run's data options: each field named as an option takes it; the others are made from options."""
+        same = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls) if hasattr(cfg, f.name)}
         return cls(
-            cfg.data, Columns(cfg.text_column, cfg.label_column, cfg.data_config), cfg.train_split,
-            cfg.eval_split, validation_split=cfg.validation_split,
+            **same,
+            columns=Columns(cfg.text_column, cfg.label_column, cfg.data_config),
             label_order=tuple(parse_label_names(cfg.labels)) if cfg.labels else None,
-            skip_bad_rows=cfg.skip_bad_rows, verbalizer=cfg.verbalizer, prompt=cfg.prompt,
-            max_source_length=cfg.max_source_length, max_train_samples=cfg.max_train_samples,
-            max_eval_samples=cfg.max_eval_samples, seed=cfg.seed,
             evaluate=bool(cfg.final_eval or cfg.eval_every) and cfg.eval_split != NO_EVAL,
-            data_cache=cfg.data_cache, preprocess_workers=cfg.preprocess_workers,
-        )  # fmt: skip
+        )
 
 
 @dataclass
