@@ -56,12 +56,6 @@ def digest(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
-def key_digest(key: dict) -> str:
-    """A key's name on disk: the hash of its JSON, with this code's version and the entry format in it."""
-    versions = {"flant5_imdb": flant5_imdb.__version__, "datasets": datasets.__version__}
-    return digest({"format": FORMAT, **versions, **key})
-
-
 Build = Callable[[Path | None], tuple[DatasetDict, dict]]
 
 
@@ -75,8 +69,9 @@ def cached(
     memory; a damaged entry is warned about and built again."""
     if root is None or key is None:
         return (*build(None), None)
-    digest = key_digest(key)
-    final = root / stage / digest
+    versions = {"flant5_imdb": flant5_imdb.__version__, "datasets": datasets.__version__}
+    entry = digest({"format": FORMAT, **versions, **key})  # the entry's name: a new version makes new ones
+    final = root / stage / entry
     if (final / META).is_file():
         try:
             splits, saved = _read(final)
@@ -88,9 +83,9 @@ def cached(
             logger.info("%s data taken from the cache %s (prepared %s)", stage, final, saved["written"])
             for name, level, message in saved["logs"]:
                 logging.getLogger(name).log(level, "%s", message)
-            return splits, saved["meta"], digest
+            return splits, saved["meta"], entry
     _sweep(root / stage)
-    tmp = root / stage / f".tmp-{digest}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = root / stage / f".tmp-{entry}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         tmp.mkdir(parents=True)
     except OSError as e:
@@ -112,7 +107,7 @@ def cached(
                 raise
         splits, saved = _read(final)
         logger.info("%s data kept in the cache %s for the next run", stage, final)
-        return splits, saved["meta"], digest
+        return splits, saved["meta"], entry
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
