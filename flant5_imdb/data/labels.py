@@ -208,14 +208,10 @@ def verbalize(verbalizer: str, space: LabelSpace) -> list[str]:
     `digits` (polarity's "0"/"1", an integer's own digits, a named class's index), `words` (polarity's
     "negative"/"positive", the names otherwise), or the texts `t1,t2,...`, one per class in order
     (a `DataError` where they are not as many as the classes, all different and none empty)."""
-    if verbalizer in ("auto", "digits"):
-        if verbalizer == "auto" and space.kind == "name":
-            return list(space.names)
-        if space.kind == "name":
-            return [str(i) for i in range(len(space))]
-        return list(space.values)  # IMDB's "0"/"1"; an integer label's own digits
-    if verbalizer == "words":
+    if verbalizer == "words" or (verbalizer == "auto" and space.kind == "name"):
         return list(space.names)
+    if verbalizer in ("auto", "digits"):  # polarity's "0"/"1", an integer label's own digits, else indices
+        return list(space.values) if space.kind != "name" else [str(i) for i in range(len(space))]
     texts = [t.strip() for t in verbalizer.split(",")]
     if len(texts) != len(space) or not all(texts) or len(set(texts)) != len(texts):
         raise DataError(
