@@ -161,9 +161,9 @@ def _checked(
         content=content, columns=dataclasses.asdict(spec.columns), splits=sorted(wanted) if wanted else None,
         labels=classes.to_dict() if classes else None, label_order=spec.label_order,
         skip_bad_rows=spec.skip_bad_rows, train_split=spec.train_split or "train")  # fmt: skip
-    splits, meta, digest = cached(root, "checked", key, build)
+    splits, meta, entry = cached(root, "checked", key, build)
     skipped = [BadRow(**r) for r in meta["skipped"]]
-    return Labelled(splits, LabelSpace.from_dict(meta["labels"]), skipped), digest
+    return Labelled(splits, LabelSpace.from_dict(meta["labels"]), skipped), entry
 
 
 def _tokenized(spec: DataSpec, splits, tokenizer, ids: list[list[int]], checked: str | None, root):
